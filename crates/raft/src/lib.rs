@@ -1,0 +1,28 @@
+//! Consensus, through openraft (0.10 line; ARCHITECTURE.md says why), met at its seams:
+//!
+//! - [`LogStore`] (`RaftLogStorage`): the segmented write-ahead log of `cairn-storage`, with
+//!   group commit: openraft's append callback fires after the batch's `fdatasync`.
+//! - [`StateMachine`] (`RaftStateMachine`): applies committed entries to the MVCC store of
+//!   `cairn-shard` in one atomic engine write per batch, with the applied log id and the
+//!   membership in the same write. Snapshots are point-in-time engine views, exported only when
+//!   a follower needs one.
+//! - [`network`] (`RaftNetworkFactory`/`RaftNetworkV2`): gRPC over the peer listener; openraft's
+//!   messages travel postcard-encoded inside `cairn.peer` messages.
+//! - [`PeerService`]: the receiving side of the peer RPC, plus request forwarding, which it hands
+//!   to a [`PeerHandler`] supplied by the services layer.
+//!
+//! [`RaftNode::open`] assembles them. Nothing above this crate calls openraft directly except
+//! through [`RaftNode`].
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use node::{NodeOptions, RaftNode, RaftTimers};
+pub use server::{PeerHandler, PeerService};
+pub use state_machine::{SnapshotData, StateMachine};
+pub use types::{PeerNode, Raft, TypeConfig};

@@ -1,0 +1,272 @@
+//! The sending side of the peer RPC: openraft's messages over gRPC.
+//!
+//! Each replication stream, heartbeat stream and snapshot transfer gets its own lazily
+//! connected HTTP/2 channel, so a large append or snapshot never delays a heartbeat.
+
+use std::future::Future;
+use std::time::Duration;
+
+use cairn_proto::peer::peer_client::PeerClient;
+use cairn_proto::peer::{RaftReply, RaftRequest, SnapshotChunk};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::state_machine::SnapshotData;
+use crate::types::{PeerNode, Snapshot, TypeConfig, Vote};
+
+/// Bytes per snapshot chunk on the wire.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest peer message accepted (an append batch is capped well below this by the log reader).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Creates connections to peers.
+#[derive(Clone, Default)]
+pub struct Network {}
+
+/// TLS for connections to `https://` peer URLs (`--peer-cert-file`, `--peer-key-file`,
+/// `--peer-trusted-ca-file`), set once at start-up.
+static PEER_TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
+
+pub fn set_peer_tls(tls: tonic::transport::ClientTlsConfig) {
+    let _ = PEER_TLS.set(tls);
+}
+
+/// An endpoint for a peer URL: with this member's peer TLS settings when it is `https://`.
+/// Every connection to a peer (Raft, forwarded requests, bootstrap) goes through here.
+pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
+    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| format!("bad peer URL {url}: {e}"))?;
+    if url.starts_with("https://") {
+        let tls = PEER_TLS.get().cloned().ok_or_else(|| format!("{url}: https peer URL but no peer TLS settings"))?;
+        return ep.tls_config(tls).map_err(|e| format!("{url}: {e}"));
+    }
+    Ok(ep)
+}
+
+fn channel(node: &PeerNode) -> Option<Channel> {
+    let url = node.peer_urls.first()?;
+    let ep = peer_endpoint(url).ok()?;
+    Some(
+        ep.connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    )
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Conn {
+        let client = channel(node).map(|c| {
+            PeerClient::new(c)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        });
+        Conn { target, client }
+    }
+}
+
+/// One connection to one peer.
+pub struct Conn {
+    target: u64,
+    client: Option<PeerClient<Channel>>,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("raft types serialize")
+}
+
+fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn status_err(s: tonic::Status) -> RPCError<TypeConfig> {
+    use tonic::Code;
+    match s.code() {
+        // The peer is down, paused or cut off: back off before retrying.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => unreachable(s),
+        _ => RPCError::Network(NetworkError::from_string(s)),
+    }
+}
+
+fn decode_reply<T: serde::de::DeserializeOwned>(r: RaftReply) -> Result<T, RPCError<TypeConfig>> {
+    if !r.error.is_empty() {
+        return Err(unreachable(r.error));
+    }
+    postcard::from_bytes(&r.data).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+}
+
+impl Conn {
+    fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().ok_or_else(|| unreachable(format!("member {:x} has no usable peer URL", self.target)))
+    }
+
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(PeerClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        self.fault().await?;
+        let mut request = tonic::Request::new(RaftRequest { data: encode(req).into() });
+        request.set_timeout(ttl);
+        let reply = f(self.client()?, request).await.map_err(status_err)?;
+        decode_reply(reply.into_inner())
+    }
+
+    /// Test-only link faults (`failpoints` feature; a no-op otherwise).
+    async fn fault(&self) -> Result<(), RPCError<TypeConfig>> {
+        match cairn_types::faults::link(self.target) {
+            cairn_types::faults::Link::Pass => Ok(()),
+            cairn_types::faults::Link::Drop => Err(unreachable("link cut by fault injection")),
+            cairn_types::faults::Link::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Adapts the synchronous snapshot writer to a stream of chunks.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<SnapshotChunk>,
+    header: Option<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let header = self.header.take().unwrap_or_default();
+        self.tx
+            .blocking_send(SnapshotChunk { header: header.into(), data: data.into() })
+            .map_err(|_| std::io::Error::other("snapshot receiver went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= SNAPSHOT_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() || self.header.is_some() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Conn {
+    type SnapshotData = SnapshotData;
+
+    /// Replication over one long-lived gRPC stream: openraft keeps several AppendEntries in
+    /// flight, so a batch does not wait for the previous one's fsync on the follower.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            self.fault().await?;
+            let target = self.target;
+            let mut client = self.client()?;
+            let requests = input.map(|r| RaftRequest { data: encode(&r).into() });
+            let replies = client.stream_append(requests).await.map_err(status_err)?.into_inner();
+            let results = replies.map(move |r| {
+                // A link cut while the stream is open ends it, as a real cut would.
+                if cairn_types::faults::link(target) == cairn_types::faults::Link::Drop {
+                    return Err(unreachable("link cut by fault injection"));
+                }
+                match r {
+                    Ok(reply) => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
+                    Err(s) => Err(status_err(s)),
+                }
+            });
+            let boxed: BoxStream<'s, _> = Box::pin(results);
+            Ok(boxed)
+        })
+    }
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.append_entries(r).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, option.soft_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        self.fault().await.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let data = snapshot.snapshot;
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter { tx, header: Some(header), buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES) };
+            data.write_to(&mut w)
+        });
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::select! {
+            r = call => {
+                let produced = producer.await.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+                let reply = r.map_err(|s| StreamingError::Unreachable(Unreachable::from_string(s)))?;
+                produced.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+                decode_reply(reply.into_inner()).map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+            }
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Services: what users call, independent of wire protocol.
+//!
+//! - [`Cluster`]: this member's view of the cluster — identity, the current leader, request
+//!   routing (a member that is not the leader forwards writes to it over the peer listener),
+//!   proposals through Raft and linearizable reads (ReadIndex, batched).
+//! - [`kv::Kv`]: etcd's KV service (Range, Put, DeleteRange, Txn, Compact).
+//! - [`members::Members`]: etcd's Cluster service (member list/add/remove/update/promote).
+//! - [`maintenance::Maintenance`]: status, alarms, hash.
+//! - [`watch`]: etcd's Watch streams, served by any member from its applied state.
+//! - [`lease::Leases`]: etcd's Lease service; the leader's lessor decides expiry.
+//! - [`auth::Auth`]: etcd's Auth service (users, roles, permissions, tokens); enforcement is
+//!   in the front end, writes are guarded by the auth revision they were checked at.
+//! - [`boot`]: working out who this member is and forming or joining the cluster.
+//!
+//! Consistency (etcd's): writes are linearizable. Range and read-only parts of Txn are
+//! linearizable by default (ReadIndex: the leader confirms it still leads with a quorum round,
+//! then the serving member waits until it has applied that far); `serializable: true` reads are
+//! served from the local member's state without that round and may be stale.
+
+pub mod auth;
+pub mod boot;
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod lock;
+pub mod maintenance;
+pub mod members;
+pub mod metrics;
+pub mod peer;
+pub mod watch;
+
+pub use cluster::{Cluster, ClusterConfig};
+pub use metrics::Metrics;

@@ -1,0 +1,187 @@
+//! Prometheus metrics. Gauges that mirror Raft and store state are refreshed when scraped; the
+//! rest are counted where things happen. A few carry etcd's names so existing etcd dashboards
+//! and alerts work unchanged.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cluster::Cluster;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_seconds: Family<MethodLabels, Histogram>,
+    pub forwarded: Counter,
+    pub proposals_committed: Counter,
+    pub proposals_failed: Counter,
+    pub proposal_seconds: Histogram,
+    pub read_index_rounds: Counter,
+    pub leader_changes: Counter,
+    /// etcd's etcd_debugging_mvcc_watch_stream_total / watcher_total.
+    pub watch_streams: Gauge,
+    pub watchers: Gauge,
+    pub watch_events_sent: Counter,
+    /// Times a watch stream fell behind the event feed and caught up from the store.
+    pub watch_resyncs: Counter,
+    has_leader: Gauge,
+    is_leader: Gauge,
+    term: Gauge,
+    last_log_index: Gauge,
+    committed_index: Gauge,
+    applied_index: Gauge,
+    db_size: Gauge,
+    wal_size: Gauge,
+    revision: Gauge,
+    compact_revision: Gauge,
+    keys: Gauge,
+    members: Gauge,
+    wal_fsync_enabled: Gauge,
+    wal_syncs: Gauge,
+    wal_entries: Gauge,
+    wal_bytes: Gauge,
+    wal_sync_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            grpc_requests: Family::default(),
+            grpc_seconds: Family::new_with_constructor(latency_histogram),
+            forwarded: Counter::default(),
+            proposals_committed: Counter::default(),
+            proposals_failed: Counter::default(),
+            proposal_seconds: latency_histogram(),
+            read_index_rounds: Counter::default(),
+            leader_changes: Counter::default(),
+            watch_streams: Gauge::default(),
+            watchers: Gauge::default(),
+            watch_events_sent: Counter::default(),
+            watch_resyncs: Counter::default(),
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            committed_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            db_size: Gauge::default(),
+            wal_size: Gauge::default(),
+            revision: Gauge::default(),
+            compact_revision: Gauge::default(),
+            keys: Gauge::default(),
+            members: Gauge::default(),
+            wal_fsync_enabled: Gauge::default(),
+            wal_syncs: Gauge::default(),
+            wal_entries: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            wal_sync_seconds: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register("cairn_grpc_requests", "Client gRPC requests by method and status code", m.grpc_requests.clone());
+        r.register("cairn_grpc_request_duration_seconds", "Client gRPC request latency", m.grpc_seconds.clone());
+        r.register("cairn_forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
+        r.register(
+            "etcd_server_proposals_committed",
+            "Proposals committed and applied (etcd name)",
+            m.proposals_committed.clone(),
+        );
+        r.register(
+            "etcd_server_proposals_failed",
+            "Proposals that failed or timed out (etcd name)",
+            m.proposals_failed.clone(),
+        );
+        r.register("cairn_proposal_duration_seconds", "Time from proposal to applied", m.proposal_seconds.clone());
+        r.register("cairn_read_index_rounds", "ReadIndex rounds served as leader", m.read_index_rounds.clone());
+        r.register("etcd_server_leader_changes_seen", "Leader changes seen (etcd name)", m.leader_changes.clone());
+        r.register("etcd_debugging_mvcc_watch_stream_total", "Open watch streams (etcd name)", m.watch_streams.clone());
+        r.register("etcd_debugging_mvcc_watcher_total", "Active watchers (etcd name)", m.watchers.clone());
+        r.register("cairn_watch_events_sent", "Watch events sent to clients", m.watch_events_sent.clone());
+        r.register(
+            "cairn_watch_resyncs",
+            "Watch streams that fell behind the event feed and caught up from the store",
+            m.watch_resyncs.clone(),
+        );
+        r.register("etcd_server_has_leader", "1 if a leader is known (etcd name)", m.has_leader.clone());
+        r.register("etcd_server_is_leader", "1 if this member leads (etcd name)", m.is_leader.clone());
+        r.register("cairn_raft_term", "Current Raft term", m.term.clone());
+        r.register("cairn_raft_last_log_index", "Index of the last log entry", m.last_log_index.clone());
+        r.register("cairn_raft_committed_index", "Committed index", m.committed_index.clone());
+        r.register("cairn_raft_applied_index", "Applied index", m.applied_index.clone());
+        r.register("etcd_mvcc_db_total_size_in_bytes", "State store file size (etcd name)", m.db_size.clone());
+        r.register("cairn_wal_size_bytes", "Raft log size on disk", m.wal_size.clone());
+        r.register("etcd_debugging_mvcc_current_revision", "Current store revision (etcd name)", m.revision.clone());
+        r.register(
+            "etcd_debugging_mvcc_compact_revision",
+            "Last compaction revision (etcd name)",
+            m.compact_revision.clone(),
+        );
+        r.register("etcd_debugging_mvcc_keys_total", "Live keys (etcd name)", m.keys.clone());
+        r.register("cairn_cluster_members", "Members in the Raft configuration", m.members.clone());
+        r.register("cairn_wal_fsync_enabled", "0 when --unsafe-no-fsync is set", m.wal_fsync_enabled.clone());
+        r.register("cairn_wal_syncs", "Raft log write batches, one fdatasync each (group commit)", m.wal_syncs.clone());
+        r.register("cairn_wal_entries", "Raft log entries written", m.wal_entries.clone());
+        r.register("cairn_wal_bytes", "Raft log entry bytes written", m.wal_bytes.clone());
+        r.register("cairn_wal_sync_seconds", "Time spent in fdatasync", m.wal_sync_seconds.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    /// Updates the state gauges from `c` and renders everything in Prometheus text format.
+    pub fn render(&self, c: &Cluster) -> String {
+        {
+            let m = c.raft().metrics();
+            let m = m.borrow_watched();
+            self.has_leader.set(i64::from(m.current_leader.is_some()));
+            self.is_leader.set(i64::from(m.current_leader == Some(c.id())));
+            self.term.set(m.current_term as i64);
+            self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+            self.committed_index.set(m.local_committed.map_or(0, |l| l.index) as i64);
+            self.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+            self.members.set(m.membership_config.membership().nodes().count() as i64);
+        }
+        let store = c.store();
+        self.db_size.set(store.engine().size_bytes() as i64);
+        self.wal_size.set(c.node.wal.size_bytes() as i64);
+        self.revision.set(store.current_revision());
+        self.compact_revision.set(store.compact_revision().max(0));
+        self.keys.set(store.key_count() as i64);
+        self.wal_fsync_enabled.set(i64::from(!c.cfg.unsafe_no_fsync));
+        let ws = c.node.wal.stats();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as i64;
+        self.wal_syncs.set(get(&ws.syncs));
+        self.wal_entries.set(get(&ws.entries));
+        self.wal_bytes.set(get(&ws.bytes));
+        self.wal_sync_seconds.set(get(&ws.sync_micros) as f64 / 1e6);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

@@ -1,0 +1,106 @@
+//! Requests forwarded to this member by others, run here only if this member leads.
+
+use std::sync::Arc;
+
+use cairn_proto::peer::{
+    forward_reply::Response as Fr, forward_request::Request as Fq, ClusterInfoReply, ForwardReply, ForwardRequest,
+    ReadIndexReply, SetMemberAttrsReply,
+};
+use cairn_raft::PeerHandler;
+use cairn_shard::{validate, MemberAttrs, Op};
+use cairn_types::Error;
+use tonic::Status;
+
+use crate::cluster::Cluster;
+use crate::kv::Kv;
+use crate::lease::Leases;
+use crate::maintenance::Maintenance;
+use crate::members::Members;
+
+/// The gRPC status for an error: etcd's code and message (the one mapping table lives in
+/// `cairn_types::Error::to_etcd`).
+pub fn status(e: Error) -> Status {
+    let (code, msg) = e.to_etcd();
+    Status::new(tonic::Code::from_i32(code), msg)
+}
+
+pub struct Forwarded {
+    c: Arc<Cluster>,
+}
+
+impl Forwarded {
+    pub fn new(c: Arc<Cluster>) -> Self {
+        Forwarded { c }
+    }
+
+    async fn run(&self, req: Fq) -> Result<Fr, Error> {
+        if !self.c.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let d = self.c.deadline();
+        let kv = Kv::new(self.c.clone());
+        let members = Members::new(self.c.clone());
+        let limits = self.c.limits();
+        Ok(match req {
+            Fq::Range(_) => return Err(Error::Internal("ranges are not forwarded".into())),
+            Fq::ReadIndex(_) => {
+                let log_id = self.c.local_read_index().await?;
+                Fr::ReadIndex(ReadIndexReply { log_id: postcard::to_allocvec(&log_id).expect("serializable").into() })
+            }
+            Fq::Put(r) => {
+                validate::put(&r, limits)?;
+                Fr::Put(kv.put_on_leader(r, d).await?)
+            }
+            Fq::DeleteRange(r) => {
+                validate::delete_range(&r, limits)?;
+                Fr::DeleteRange(kv.delete_on_leader(r, d).await?)
+            }
+            Fq::Txn(r) => {
+                validate::txn(&r, limits)?;
+                Fr::Txn(kv.txn_on_leader(r, d).await?)
+            }
+            Fq::Compact(r) => Fr::Compact(kv.compact_on_leader(r, d).await?),
+            Fq::Alarm(r) => Fr::Alarm(Maintenance::new(self.c.clone()).alarm_on_leader(r, d).await?),
+            Fq::LeaseGrant(r) => Fr::LeaseGrant(Leases::new(self.c.clone()).grant_on_leader(r, d).await?),
+            Fq::LeaseRevoke(r) => Fr::LeaseRevoke(Leases::new(self.c.clone()).revoke_on_leader(r, d).await?),
+            Fq::LeaseKeepAlive(r) => Fr::LeaseKeepAlive(Leases::new(self.c.clone()).keep_alive_on_leader(r).await?),
+            Fq::LeaseTimeToLive(r) => Fr::LeaseTimeToLive(Leases::new(self.c.clone()).time_to_live_on_leader(r).await?),
+            Fq::MemberAdd(r) => Fr::MemberAdd(members.add_on_leader(r).await?),
+            Fq::MemberRemove(r) => Fr::MemberRemove(members.remove_on_leader(r).await?),
+            Fq::MemberUpdate(r) => Fr::MemberUpdate(members.update_on_leader(r).await?),
+            Fq::MemberPromote(r) => Fr::MemberPromote(members.promote_on_leader(r).await?),
+            Fq::Propose(b) => {
+                let op: Op =
+                    postcard::from_bytes(&b).map_err(|e| Error::Internal(format!("forwarded proposal: {e}")))?;
+                if !matches!(op, Op::Auth(_)) {
+                    return Err(Error::Internal("only auth changes are forwarded as proposals".into()));
+                }
+                let r = self.c.propose(op, d).await?;
+                Fr::Proposed(postcard::to_allocvec(&r).expect("serializable").into())
+            }
+            Fq::SetMemberAttrs(a) => {
+                let attrs = MemberAttrs { name: a.name, client_urls: a.client_urls };
+                self.c.propose(Op::SetMemberAttrs { id: a.id, attrs }, d).await?;
+                Fr::SetMemberAttrs(SetMemberAttrsReply {})
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PeerHandler for Forwarded {
+    async fn forward(&self, req: ForwardRequest) -> Result<ForwardReply, Status> {
+        let guard = req.auth_revision.map(|revision| crate::auth::Guard { revision, user: req.auth_user.clone() });
+        let req = req.request.ok_or_else(|| Status::invalid_argument("empty forwarded request"))?;
+        crate::auth::guarded(guard, self.run(req)).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
+    }
+
+    async fn forward_batch(&self, reqs: Vec<ForwardRequest>) -> Vec<Result<ForwardReply, Status>> {
+        // Concurrently, so the batch's proposals reach Raft together and share log appends.
+        futures::future::join_all(reqs.into_iter().map(|r| self.forward(r))).await
+    }
+
+    async fn cluster_info(&self) -> Result<ClusterInfoReply, Status> {
+        Ok(ClusterInfoReply { cluster_id: self.c.cfg.cluster_id, members: Members::new(self.c.clone()).list_local() })
+    }
+}

@@ -1,0 +1,765 @@
+//! MVCC semantics, checked against etcd's documented behaviour.
+
+use super::*;
+use cairn_storage::MemEngine;
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::request_op::Request;
+use pb::response_op::Response as R;
+
+fn store() -> Store {
+    Store::open(Arc::new(MemEngine::new())).unwrap()
+}
+
+fn apply(s: &Store, op: Op) -> Response {
+    let mut b = s.begin().unwrap();
+    let r = b.apply(&Command { stamp_ms: 0, op }).unwrap();
+    b.commit().unwrap();
+    r
+}
+
+fn put(s: &Store, k: &str, v: &str) -> pb::PutResponse {
+    match apply(s, Op::Put(pb::PutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() })) {
+        Response::Put(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn del(s: &Store, k: &str, end: &str) -> pb::DeleteRangeResponse {
+    match apply(s, Op::DeleteRange(pb::DeleteRangeRequest { key: k.into(), range_end: end.into(), prev_kv: true })) {
+        Response::DeleteRange(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn get(s: &Store, k: &str) -> Option<KeyValue> {
+    s.range(&pb::RangeRequest { key: k.into(), ..Default::default() }).unwrap().kvs.pop()
+}
+
+fn rng(k: &str, end: &str) -> pb::RangeRequest {
+    pb::RangeRequest { key: k.into(), range_end: end.into(), ..Default::default() }
+}
+
+fn keys(r: &pb::RangeResponse) -> Vec<String> {
+    r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect()
+}
+
+fn rev(r: &pb::PutResponse) -> i64 {
+    r.header.as_ref().unwrap().revision
+}
+
+#[test]
+fn revisions_start_at_one_and_count_write_requests() {
+    let s = store();
+    assert_eq!(s.current_revision(), 1);
+    assert_eq!(s.range(&rng("a", "")).unwrap().header.unwrap().revision, 1);
+    assert_eq!(rev(&put(&s, "a", "1")), 2);
+    assert_eq!(rev(&put(&s, "b", "1")), 3);
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+    let p = put(&s, "a", "2");
+    assert_eq!(rev(&p), 4);
+    assert_eq!(p.prev_kv.unwrap().value, b"1");
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version, kv.value), (2, 4, 2, b"2".to_vec()));
+}
+
+#[test]
+fn delete_bumps_revision_only_when_it_deletes() {
+    let s = store();
+    put(&s, "a", "1");
+    let d = del(&s, "zzz", "");
+    assert_eq!((d.deleted, d.header.unwrap().revision), (0, 2));
+    assert_eq!(s.current_revision(), 2);
+    let d = del(&s, "a", "");
+    assert_eq!((d.deleted, d.header.unwrap().revision), (1, 3));
+    assert_eq!(d.prev_kvs[0].value, b"1");
+    assert_eq!(get(&s, "a"), None);
+    put(&s, "a", "again");
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.version), (4, 1), "version restarts after delete");
+}
+
+#[test]
+fn delete_range_shares_one_revision() {
+    let s = store();
+    for k in ["a", "b", "c", "d"] {
+        put(&s, k, "v");
+    }
+    let d = del(&s, "b", "d");
+    assert_eq!(d.deleted, 2);
+    assert_eq!(d.header.unwrap().revision, 6);
+    assert_eq!(keys(&s.range(&rng("a", "\0")).unwrap()), vec!["a", "d"]);
+}
+
+#[test]
+fn range_prefix_from_key_limit_count() {
+    let s = store();
+    for k in ["a", "b/1", "b/2", "b/3", "c"] {
+        put(&s, k, k);
+    }
+    let r = s.range(&rng("b/", "b0")).unwrap();
+    assert_eq!(keys(&r), vec!["b/1", "b/2", "b/3"]);
+    assert_eq!(r.count, 3);
+    let r = s.range(&pb::RangeRequest { limit: 2, ..rng("b/", "b0") }).unwrap();
+    assert_eq!(keys(&r), vec!["b/1", "b/2"]);
+    assert!(r.more);
+    assert_eq!(r.count, 3, "count ignores the limit");
+    let r = s.range(&pb::RangeRequest { limit: 3, ..rng("b/", "b0") }).unwrap();
+    assert!(!r.more);
+    assert_eq!(keys(&s.range(&rng("b/2", "\0")).unwrap()), vec!["b/2", "b/3", "c"]);
+    assert_eq!(keys(&s.range(&rng("\0", "\0")).unwrap()).len(), 5);
+    assert!(s.range(&rng("c", "a")).unwrap().kvs.is_empty(), "end before start is empty");
+    let r = s.range(&pb::RangeRequest { count_only: true, ..rng("a", "\0") }).unwrap();
+    assert_eq!((r.count, r.kvs.len()), (5, 0));
+    let r = s.range(&pb::RangeRequest { keys_only: true, ..rng("a", "") }).unwrap();
+    assert!(r.kvs[0].value.is_empty());
+}
+
+#[test]
+fn range_at_old_revisions_and_errors() {
+    let s = store();
+    put(&s, "k", "v1"); // 2
+    put(&s, "k", "v2"); // 3
+    del(&s, "k", ""); // 4
+    put(&s, "k", "v3"); // 5
+    let at = |r: i64| s.range(&pb::RangeRequest { revision: r, ..rng("k", "") });
+    assert!(at(1).unwrap().kvs.is_empty());
+    assert_eq!(at(2).unwrap().kvs[0].value, b"v1");
+    assert_eq!(at(3).unwrap().kvs[0].version, 2);
+    assert!(at(4).unwrap().kvs.is_empty());
+    assert_eq!(at(5).unwrap().kvs[0].value, b"v3");
+    assert_eq!(at(5).unwrap().header.unwrap().revision, 5);
+    assert_eq!(at(6).unwrap_err(), Error::FutureRev);
+    match apply(&s, Op::Compact(pb::CompactionRequest { revision: 3, physical: true })) {
+        Response::Compact(c) => assert_eq!(c.header.unwrap().revision, 5),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(at(2).unwrap_err(), Error::Compacted);
+    assert_eq!(at(3).unwrap().kvs[0].value, b"v2", "the compaction revision itself stays readable");
+    assert_eq!(
+        apply(&s, Op::Compact(pb::CompactionRequest { revision: 3, physical: false })),
+        Response::Error(Error::Compacted)
+    );
+    assert_eq!(
+        apply(&s, Op::Compact(pb::CompactionRequest { revision: 9, physical: false })),
+        Response::Error(Error::FutureRev)
+    );
+}
+
+#[test]
+fn compaction_deletes_records_and_survives_reopen() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    for i in 0..10 {
+        put(&s, "k", &format!("v{i}"));
+    }
+    put(&s, "gone", "x");
+    del(&s, "gone", "");
+    s.flush().unwrap();
+    let before = engine.size_bytes();
+    apply(&s, Op::Compact(pb::CompactionRequest { revision: s.current_revision(), physical: true }));
+    s.flush().unwrap();
+    assert!(engine.size_bytes() < before);
+    let reopened = Store::open(engine.clone()).unwrap();
+    assert_eq!(reopened.current_revision(), s.current_revision());
+    assert_eq!(reopened.compact_revision(), s.current_revision());
+    let kv = get(&reopened, "k").unwrap();
+    assert_eq!((kv.version, kv.create_revision, kv.value), (10, 2, b"v9".to_vec()));
+    assert_eq!(get(&reopened, "gone"), None);
+}
+
+#[test]
+fn sort_and_filters() {
+    let s = store();
+    put(&s, "a", "3"); // 2
+    put(&s, "b", "1"); // 3
+    put(&s, "c", "2"); // 4
+    put(&s, "a", "4"); // 5
+    use pb::range_request::{SortOrder, SortTarget};
+    let sorted = |target: SortTarget, order: SortOrder| {
+        keys(
+            &s.range(&pb::RangeRequest { sort_target: target as i32, sort_order: order as i32, ..rng("a", "\0") })
+                .unwrap(),
+        )
+    };
+    assert_eq!(sorted(SortTarget::Key, SortOrder::Descend), vec!["c", "b", "a"]);
+    assert_eq!(sorted(SortTarget::Value, SortOrder::Ascend), vec!["b", "c", "a"]);
+    assert_eq!(
+        sorted(SortTarget::Mod, SortOrder::None),
+        vec!["b", "c", "a"],
+        "non-key targets sort ascending by default"
+    );
+    assert_eq!(sorted(SortTarget::Create, SortOrder::Descend), vec!["c", "b", "a"]);
+    assert_eq!(sorted(SortTarget::Version, SortOrder::Descend)[0], "a");
+    let r = s.range(&pb::RangeRequest { min_mod_revision: 4, ..rng("a", "\0") }).unwrap();
+    assert_eq!(keys(&r), vec!["a", "c"]);
+    let r = s.range(&pb::RangeRequest { max_create_revision: 3, ..rng("a", "\0") }).unwrap();
+    assert_eq!(keys(&r), vec!["a", "b"]);
+    let r = s
+        .range(&pb::RangeRequest {
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            limit: 1,
+            ..rng("a", "\0")
+        })
+        .unwrap();
+    assert_eq!((keys(&r), r.more), (vec!["a".to_string()], true), "limit applies after sorting");
+}
+
+fn cmp(key: &str, target: CompareTarget, result: CompareResult, v: TargetUnion) -> pb::Compare {
+    pb::Compare {
+        key: key.into(),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(v),
+        range_end: vec![],
+    }
+}
+
+fn txn(s: &Store, t: pb::TxnRequest) -> pb::TxnResponse {
+    match apply(s, Op::Txn(t)) {
+        Response::Txn(t) => t,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn op_put(k: &str, v: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(Request::RequestPut(pb::PutRequest { key: k.into(), value: v.into(), ..Default::default() })),
+    }
+}
+
+fn op_get(k: &str) -> pb::RequestOp {
+    pb::RequestOp { request: Some(Request::RequestRange(rng(k, ""))) }
+}
+
+#[test]
+fn txn_compare_branches_and_one_revision() {
+    let s = store();
+    put(&s, "k", "v"); // 2
+    let t = pb::TxnRequest {
+        compare: vec![cmp("k", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(b"v".to_vec()))],
+        success: vec![op_put("k", "v2"), op_put("other", "x"), op_get("k")],
+        failure: vec![op_get("k")],
+    };
+    let r = txn(&s, t.clone());
+    assert!(r.succeeded);
+    assert_eq!(r.header.unwrap().revision, 3, "all writes of a txn share one revision");
+    match &r.responses[2].response {
+        Some(R::ResponseRange(rr)) => {
+            assert_eq!(rr.kvs[0].value, b"v2", "reads see the txn's own writes")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&s, "other").unwrap().mod_revision, 3);
+    let r = txn(&s, t);
+    assert!(!r.succeeded);
+    assert_eq!(r.header.unwrap().revision, 3, "a read-only txn takes no revision");
+    assert_eq!(s.current_revision(), 3);
+}
+
+#[test]
+fn txn_compare_targets() {
+    let s = store();
+    put(&s, "k", "v"); // 2
+    put(&s, "k", "w"); // 3
+    let ok = |c: pb::Compare| txn(&s, pb::TxnRequest { compare: vec![c], success: vec![], failure: vec![] }).succeeded;
+    use CompareResult::*;
+    use CompareTarget::*;
+    assert!(ok(cmp("k", Version, Equal, TargetUnion::Version(2))));
+    assert!(ok(cmp("k", Create, Equal, TargetUnion::CreateRevision(2))));
+    assert!(ok(cmp("k", Mod, Greater, TargetUnion::ModRevision(2))));
+    assert!(ok(cmp("k", Mod, Less, TargetUnion::ModRevision(4))));
+    assert!(ok(cmp("k", Value, NotEqual, TargetUnion::Value(b"v".to_vec()))));
+    assert!(ok(cmp("k", Lease, Equal, TargetUnion::Lease(0))));
+    assert!(!ok(cmp("k", Version, Greater, TargetUnion::Version(2))));
+    // A missing key has version 0 and create revision 0; a value compare on it fails.
+    assert!(ok(cmp("missing", Version, Equal, TargetUnion::Version(0))));
+    assert!(ok(cmp("missing", Create, Equal, TargetUnion::CreateRevision(0))));
+    assert!(!ok(cmp("missing", Value, Equal, TargetUnion::Value(vec![]))));
+    // A compare over a range holds only if every key satisfies it.
+    put(&s, "k2", "w");
+    let mut c = cmp("k", Value, Equal, TargetUnion::Value(b"w".to_vec()));
+    c.range_end = b"l".to_vec();
+    assert!(ok(c.clone()));
+    put(&s, "k3", "other");
+    assert!(!ok(c));
+}
+
+#[test]
+fn nested_txn_and_state_dependent_errors() {
+    let s = store();
+    put(&s, "a", "1"); // 2
+    let nested = pb::TxnRequest {
+        compare: vec![cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(1))],
+        success: vec![op_put("b", "from-nested")],
+        failure: vec![],
+    };
+    let t = pb::TxnRequest {
+        compare: vec![],
+        success: vec![op_put("a", "2"), pb::RequestOp { request: Some(Request::RequestTxn(nested)) }],
+        failure: vec![],
+    };
+    let r = txn(&s, t);
+    // The nested compare was evaluated before the outer put (etcd evaluates the whole path first).
+    match &r.responses[1].response {
+        Some(R::ResponseTxn(n)) => assert!(n.succeeded),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&s, "b").unwrap().mod_revision, 3);
+    // ignore_value on a missing key fails the whole txn and changes nothing.
+    let t = pb::TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("c", "x"),
+            pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: b"missing".to_vec(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(apply(&s, Op::Txn(t)), Response::Error(Error::KeyNotFound));
+    assert_eq!(get(&s, "c"), None);
+    assert_eq!(s.current_revision(), 3);
+}
+
+#[test]
+fn ignore_value_keeps_value() {
+    let s = store();
+    put(&s, "k", "keep");
+    match apply(&s, Op::Put(pb::PutRequest { key: b"k".to_vec(), ignore_value: true, ..Default::default() })) {
+        Response::Put(p) => assert_eq!(p.header.unwrap().revision, 3),
+        other => panic!("{other:?}"),
+    }
+    let kv = get(&s, "k").unwrap();
+    assert_eq!((kv.value, kv.version), (b"keep".to_vec(), 2));
+    assert_eq!(
+        apply(&s, Op::Put(pb::PutRequest { key: b"nope".to_vec(), ignore_value: true, ..Default::default() })),
+        Response::Error(Error::KeyNotFound)
+    );
+}
+
+#[test]
+fn nospace_alarm_blocks_puts_but_not_deletes() {
+    let s = store();
+    put(&s, "k", "v");
+    let activate = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Activate as i32,
+        member_id: 7,
+        alarm: pb::AlarmType::Nospace as i32,
+    };
+    match apply(&s, Op::Alarm(activate)) {
+        Response::Alarm(a) => assert_eq!(a.alarms.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        apply(&s, Op::Put(pb::PutRequest { key: b"x".to_vec(), ..Default::default() })),
+        Response::Error(Error::NoSpace)
+    );
+    assert_eq!(del(&s, "k", "").deleted, 1);
+    let disarm = pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Deactivate as i32, member_id: 0, alarm: 0 };
+    apply(&s, Op::Alarm(disarm));
+    assert!(s.alarms().is_empty());
+    put(&s, "x", "ok");
+}
+
+#[test]
+fn batch_is_invisible_until_commit_and_reads_within_see_it() {
+    let s = Arc::new(store());
+    put(&s, "k", "old");
+    let mut b = s.begin().unwrap();
+    b.apply(&Command {
+        stamp_ms: 0,
+        op: Op::Put(pb::PutRequest { key: b"k".to_vec(), value: b"new".to_vec(), ..Default::default() }),
+    })
+    .unwrap();
+    // A put later in the same batch sees the earlier one (prev_kv).
+    let r = b
+        .apply(&Command {
+            stamp_ms: 0,
+            op: Op::Put(pb::PutRequest {
+                key: b"k".to_vec(),
+                value: b"newer".to_vec(),
+                prev_kv: true,
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+    match r {
+        Response::Put(p) => assert_eq!(p.prev_kv.unwrap().value, b"new"),
+        other => panic!("{other:?}"),
+    }
+    let reader = {
+        let s = s.clone();
+        std::thread::spawn(move || get(&s, "k").unwrap().value)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!reader.is_finished(), "a reader waits for the batch");
+    b.commit().unwrap();
+    assert_eq!(reader.join().unwrap(), b"newer");
+}
+
+#[test]
+fn member_attrs_persist() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    let attrs = MemberAttrs { name: "n1".into(), client_urls: vec!["http://x:2379".into()] };
+    apply(&s, Op::SetMemberAttrs { id: 42, attrs: attrs.clone() });
+    s.flush().unwrap();
+    assert_eq!(Store::open(engine.clone()).unwrap().members().get(&42), Some(&attrs));
+    let mut b = s.begin().unwrap();
+    b.retain_members(&BTreeSet::from([7]));
+    b.commit().unwrap();
+    s.flush().unwrap();
+    assert!(Store::open(engine).unwrap().members().is_empty());
+}
+
+#[test]
+fn snapshot_roundtrip_rebuilds_the_same_store() {
+    let s = store();
+    for i in 0..50 {
+        put(&s, &format!("k{}", i % 7), &format!("v{i}"));
+    }
+    del(&s, "k3", "");
+    apply(&s, Op::Compact(pb::CompactionRequest { revision: 20, physical: true }));
+    let mut file = Vec::new();
+    s.flush().unwrap();
+    crate::snapshot::export(&*s.engine().reader().unwrap(), &[], &mut file).unwrap();
+    let other: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    crate::snapshot::import(&*other, std::io::Cursor::new(file)).unwrap();
+    let t = Store::open(other).unwrap();
+    assert_eq!(t.current_revision(), s.current_revision());
+    assert_eq!(t.compact_revision(), 20);
+    let all = rng("\0", "\0");
+    assert_eq!(t.range(&all).unwrap().kvs, s.range(&all).unwrap().kvs);
+    let old = pb::RangeRequest { revision: 25, ..all };
+    assert_eq!(t.range(&old).unwrap().kvs, s.range(&old).unwrap().kvs);
+}
+
+#[test]
+fn read_only_txn_matches_the_logged_path() {
+    let s = store();
+    put(&s, "k", "v");
+    let t = pb::TxnRequest {
+        compare: vec![cmp("k", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(b"v".to_vec()))],
+        success: vec![
+            op_get("k"),
+            pb::RequestOp {
+                request: Some(Request::RequestTxn(pb::TxnRequest {
+                    compare: vec![],
+                    success: vec![op_get("missing")],
+                    failure: vec![],
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let local = s.txn_read_only(&t).unwrap();
+    let logged = txn(&s, t);
+    assert_eq!(local, logged);
+    assert_eq!(s.current_revision(), 2, "no revision taken");
+}
+
+#[test]
+fn buffered_changes_are_visible_before_and_after_a_flush_and_lost_only_unflushed() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    put(&s, "a", "1");
+    assert_eq!(get(&s, "a").unwrap().value, b"1", "readable while only buffered");
+    assert_eq!(Store::open(engine.clone()).unwrap().current_revision(), 1, "not in the engine yet");
+    s.flush().unwrap();
+    put(&s, "b", "2");
+    assert_eq!(get(&s, "a").unwrap().value, b"1", "readable from the engine after the flush");
+    // A crash now loses "b" from the engine; the Raft log re-applies it (not modelled here).
+    let reopened = Store::open(engine.clone()).unwrap();
+    assert_eq!(reopened.current_revision(), 2);
+    assert_eq!(get(&reopened, "b"), None);
+    // Enough changes flush by themselves.
+    for i in 0..FLUSH_OPS {
+        put(&s, &format!("k{i}"), "v");
+    }
+    assert!(Store::open(engine).unwrap().current_revision() > 3);
+}
+
+#[test]
+fn a_batch_applies_each_op_as_its_own_request() {
+    let s = store();
+    let ops = vec![
+        Op::Put(pb::PutRequest { key: b"a".to_vec(), value: b"1".to_vec(), ..Default::default() }),
+        Op::Put(pb::PutRequest { key: b"missing".to_vec(), ignore_value: true, ..Default::default() }),
+        Op::Put(pb::PutRequest { key: b"a".to_vec(), value: b"2".to_vec(), prev_kv: true, ..Default::default() }),
+        Op::DeleteRange(pb::DeleteRangeRequest { key: b"zzz".to_vec(), ..Default::default() }),
+    ];
+    match apply(&s, Op::Batch(ops)) {
+        Response::Batch(rs) => {
+            assert_eq!(rs.len(), 4);
+            match &rs[0] {
+                Response::Put(p) => assert_eq!(p.header.as_ref().unwrap().revision, 2),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(rs[1], Response::Error(Error::KeyNotFound), "one failed op does not fail the others");
+            match &rs[2] {
+                Response::Put(p) => {
+                    assert_eq!(p.header.as_ref().unwrap().revision, 3, "each op takes its own revision");
+                    assert_eq!(p.prev_kv.as_ref().unwrap().value, b"1", "and sees the ops before it");
+                }
+                other => panic!("{other:?}"),
+            }
+            match &rs[3] {
+                Response::DeleteRange(d) => assert_eq!((d.deleted, d.header.as_ref().unwrap().revision), (0, 3)),
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&s, "a").unwrap().version, 2);
+}
+
+fn ev_summary(events: &[cairn_proto::mvccpb::Event]) -> Vec<(i32, String, i64)> {
+    events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (e.r#type, String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision)
+        })
+        .collect()
+}
+
+const PUT: i32 = 0;
+const DELETE: i32 = 1;
+
+#[test]
+fn feed_publishes_each_batch_in_order_only_when_subscribed() {
+    let s = store();
+    put(&s, "a", "0"); // nobody subscribed: nothing to receive later
+    let mut sub = s.subscribe();
+    assert_eq!(sub.current, 2);
+    put(&s, "a", "1");
+    del(&s, "a", "");
+    txn(&s, pb::TxnRequest { success: vec![op_put("x/1", "v"), op_put("x/2", "v")], ..Default::default() });
+    let mut got = Vec::new();
+    while let Ok(Some(Feed::Events(b))) = sub.feed.try_recv() {
+        got.push((b.revision, ev_summary(&b.events)));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (3, vec![(PUT, "a".into(), 3)]),
+            (4, vec![(DELETE, "a".into(), 4)]),
+            (5, vec![(PUT, "x/1".into(), 5), (PUT, "x/2".into(), 5)]),
+        ]
+    );
+}
+
+#[test]
+fn history_reads_events_by_revision_across_the_flush_buffer() {
+    let s = store();
+    for i in 0..10 {
+        put(&s, &format!("k/{i}"), "v");
+        if i == 4 {
+            s.flush().unwrap(); // revisions 2..=6 in the engine, the rest buffered
+        }
+    }
+    del(&s, "k/3", "");
+    put(&s, "other", "v");
+    let h = s.history(b"k/", b"k0", 5, usize::MAX).unwrap();
+    assert_eq!(h.current, 13);
+    assert_eq!(h.through, 13);
+    let revs: Vec<i64> = ev_summary(&h.events).iter().map(|e| e.2).collect();
+    assert_eq!(revs, vec![5, 6, 7, 8, 9, 10, 11, 12]);
+    assert_eq!(ev_summary(&h.events).last().unwrap().0, DELETE);
+    // A single key.
+    let h = s.history(b"k/3", b"", 1, usize::MAX).unwrap();
+    assert_eq!(ev_summary(&h.events), vec![(PUT, "k/3".into(), 5), (DELETE, "k/3".into(), 12)]);
+    // In chunks: stops after the revision that passes the byte limit.
+    let h = s.history(b"k/", b"k0", 2, 1).unwrap();
+    assert_eq!(h.events.len(), 1);
+    assert_eq!(h.through, 2);
+    let h = s.history(b"k/", b"k0", 14, usize::MAX).unwrap();
+    assert!(h.events.is_empty());
+}
+
+#[test]
+fn history_below_the_compaction_is_refused_and_prev_kv_reads_old_versions() {
+    let s = store();
+    put(&s, "a", "1"); // 2
+    put(&s, "a", "2"); // 3
+    put(&s, "a", "3"); // 4
+    assert_eq!(s.get_at(b"a", 3).unwrap().value, b"2");
+    assert_eq!(s.get_at(b"a", 1), None);
+    apply(&s, Op::Compact(pb::CompactionRequest { revision: 3, physical: false }));
+    assert_eq!(s.history(b"a", b"", 2, usize::MAX).unwrap_err(), HistoryError::Compacted(3));
+    let h = s.history(b"a", b"", 3, usize::MAX).unwrap();
+    assert_eq!(ev_summary(&h.events), vec![(PUT, "a".into(), 3), (PUT, "a".into(), 4)]);
+    assert_eq!(s.get_at(b"a", 2), None, "compacted");
+}
+
+#[test]
+fn snapshot_install_tells_subscribers_to_resync() {
+    let s = store();
+    let mut sub = s.subscribe();
+    s.replace(|_| Ok::<(), StoreError>(())).unwrap();
+    assert!(matches!(sub.feed.try_recv(), Ok(Some(Feed::Resync))));
+}
+
+#[test]
+fn history_of_a_sparse_range_comes_in_bounded_steps() {
+    let s = store();
+    for i in 0..(watch::HISTORY_SCAN_RECORDS + 100) {
+        put(&s, &format!("noise/{i}"), "v");
+    }
+    let last = rev(&put(&s, "a", "1"));
+    let mut from = 2;
+    let mut steps = 0;
+    let mut found = Vec::new();
+    loop {
+        let h = s.history(b"a", b"", from, usize::MAX).unwrap();
+        steps += 1;
+        assert!(h.through >= from - 1 && h.through <= h.current);
+        found.extend(ev_summary(&h.events));
+        from = h.through + 1;
+        if h.through == h.current {
+            break;
+        }
+    }
+    assert_eq!(steps, 2, "one scan-limited step, then the rest");
+    assert_eq!(found, vec![(PUT, "a".into(), last)]);
+    // A start in the future stays put.
+    let h = s.history(b"a", b"", last + 10, usize::MAX).unwrap();
+    assert_eq!(h.through, last + 9);
+}
+
+fn grant(s: &Store, id: i64, ttl: i64) -> Response {
+    apply(s, Op::LeaseGrant(pb::LeaseGrantRequest { id, ttl }))
+}
+
+fn put_lease(s: &Store, k: &str, v: &str, lease: i64) -> Response {
+    apply(s, Op::Put(pb::PutRequest { key: k.into(), value: v.into(), lease, ..Default::default() }))
+}
+
+#[test]
+fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
+    let s = store();
+    assert!(matches!(put_lease(&s, "x", "1", 7), Response::Error(Error::LeaseNotFound)));
+    assert!(matches!(grant(&s, 7, 10), Response::LeaseGrant(g) if g.id == 7 && g.ttl == 10));
+    assert!(matches!(grant(&s, 7, 10), Response::Error(Error::LeaseExist)));
+    let rev0 = s.current_revision();
+    assert_eq!(rev0, 1, "granting does not take a revision");
+    put_lease(&s, "a", "1", 7);
+    put_lease(&s, "b", "1", 7);
+    put_lease(&s, "c", "1", 7);
+    assert_eq!(get(&s, "a").unwrap().lease, 7);
+    // Re-put without a lease detaches; deleting detaches.
+    put(&s, "c", "2");
+    del(&s, "b", "");
+    let l = s.lease(7).unwrap();
+    assert_eq!(l.keys.into_iter().collect::<Vec<_>>(), vec![b"a".to_vec()]);
+    // ignore_lease keeps the attachment.
+    apply(&s, Op::Put(pb::PutRequest { key: "a".into(), value: "2".into(), ignore_lease: true, ..Default::default() }));
+    assert_eq!(get(&s, "a").unwrap().lease, 7);
+    put_lease(&s, "d", "1", 7);
+    let before = s.current_revision();
+    let mut sub = s.subscribe();
+    match apply(&s, Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 7 })) {
+        Response::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, before + 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(get(&s, "a").is_none() && get(&s, "d").is_none());
+    assert_eq!(get(&s, "c").unwrap().value, b"2");
+    assert!(s.lease(7).is_none());
+    assert!(matches!(
+        apply(&s, Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 7 })),
+        Response::Error(Error::LeaseNotFound)
+    ));
+    // Watchers see one revision with both deletes.
+    match sub.feed.try_recv() {
+        Ok(Some(Feed::Events(b))) => {
+            assert_eq!(ev_summary(&b.events), vec![(DELETE, "a".into(), before + 1), (DELETE, "d".into(), before + 1)])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn leases_and_attachments_survive_reopen_and_txn_checks_leases() {
+    let engine: Arc<dyn cairn_storage::Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    grant(&s, 1, 30);
+    grant(&s, 2, 60);
+    put_lease(&s, "a", "1", 1);
+    put_lease(&s, "b", "1", 2);
+    put_lease(&s, "b", "2", 1); // moved to lease 1
+    let t = pb::TxnRequest {
+        success: vec![pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest { key: "z".into(), lease: 99, ..Default::default() })),
+        }],
+        ..Default::default()
+    };
+    assert!(matches!(apply(&s, Op::Txn(t)), Response::Error(Error::LeaseNotFound)));
+    s.flush().unwrap();
+    drop(s);
+    let s = Store::open(engine).unwrap();
+    assert_eq!(s.leases(), vec![(1, 30), (2, 60)]);
+    assert_eq!(s.lease(1).unwrap().keys.len(), 2);
+    assert!(s.lease(2).unwrap().keys.is_empty());
+}
+
+#[test]
+fn auth_changes_persist_and_guarded_writes_refuse_an_older_auth_revision() {
+    use crate::auth::AuthOp;
+    let engine: Arc<dyn cairn_storage::Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    let auth = |op| apply(&s, Op::Auth(op));
+    assert!(matches!(auth(AuthOp::Enable { secret: vec![1] }), Response::Error(Error::RootUserNotExist)));
+    auth(AuthOp::UserAdd { name: "root".into(), hash: "h".into(), no_password: false });
+    auth(AuthOp::UserGrantRole { user: "root".into(), role: "root".into() });
+    auth(AuthOp::Enable { secret: vec![1] });
+    let checked_at = s.auth().revision;
+    assert!(s.auth().enabled && checked_at == 3);
+    let guarded = |rev| Op::Guarded {
+        auth_revision: rev,
+        user: "root".into(),
+        op: Box::new(Op::Put(pb::PutRequest { key: "k".into(), value: "v".into(), ..Default::default() })),
+    };
+    assert!(matches!(apply(&s, guarded(checked_at)), Response::Put(_)));
+    // The auth store moves on (say, a permission is revoked): a write checked before is refused
+    // and changes nothing.
+    auth(AuthOp::RoleAdd { name: "r".into() });
+    let rev = s.current_revision();
+    assert!(matches!(apply(&s, guarded(checked_at)), Response::Error(Error::AuthOldRevision)));
+    assert_eq!(s.current_revision(), rev);
+    // With auth enabled: no user; a lease revoke touching a key the user may not write; auth
+    // changes need the root role at apply, not an unchanged auth revision.
+    let as_user =
+        |user: &str, rev: u64, op: Op| Op::Guarded { auth_revision: rev, user: user.into(), op: Box::new(op) };
+    let now = s.auth().revision;
+    let put = Op::Put(pb::PutRequest { key: "k".into(), value: "v".into(), ..Default::default() });
+    assert!(matches!(apply(&s, as_user("", now, put)), Response::Error(Error::UserEmpty)));
+    grant(&s, 5, 60);
+    let leased = Op::Put(pb::PutRequest { key: "k".into(), value: "v".into(), lease: 5, ..Default::default() });
+    assert!(matches!(apply(&s, as_user("root", now, leased)), Response::Put(_)));
+    apply(
+        &s,
+        as_user("root", 0, Op::Auth(AuthOp::UserAdd { name: "bob".into(), hash: "h".into(), no_password: false })),
+    );
+    let now = s.auth().revision;
+    let revoke = || Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 5 });
+    assert!(matches!(apply(&s, as_user("bob", now, revoke())), Response::Error(Error::PermissionDenied)));
+    assert_eq!(s.lease(5).unwrap().keys.len(), 1, "a refused revoke deleted nothing");
+    let bob_adds = as_user("bob", now, Op::Auth(AuthOp::RoleAdd { name: "x".into() }));
+    assert!(matches!(apply(&s, bob_adds), Response::Error(Error::PermissionDenied)));
+    assert!(matches!(
+        apply(&s, as_user("root", 0, Op::Auth(AuthOp::RoleAdd { name: "x".into() }))),
+        Response::Done { .. }
+    ));
+    assert!(matches!(apply(&s, as_user("root", s.auth().revision, revoke())), Response::LeaseRevoke(_)));
+    s.flush().unwrap();
+    drop(s);
+    let s = Store::open(engine).unwrap();
+    assert_eq!(s.auth().revision, 6);
+    assert!(s.auth().enabled && s.auth().roles.contains_key("r") && s.auth().users.contains_key("bob"));
+}

@@ -1,0 +1,564 @@
+//! The chaos harness: a fresh cluster, concurrent clients, a seeded schedule of faults, then
+//! heal, settle, read everything back and check the history (in the manner of Jepsen and of
+//! etcd's robustness tests).
+//!
+//! [`run`] is the whole procedure; `scripts/chaos` runs it through the `cairn-chaos` binary. The
+//! same seed gives the same fault schedule ([`schedule::plan`]); what the cluster does under it
+//! can still vary with timing, which is the point of running many seeds.
+
+pub mod runtime;
+pub mod schedule;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cairn_proto::etcdserverpb as pb;
+use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
+use serde::Serialize;
+
+use crate::check::{check_final_state, CheckOptions};
+use crate::cluster::{ClusterSpec, ProcessCluster};
+use crate::history::Outcome;
+use runtime::ProcessRuntime;
+use schedule::{Fault, Nemesis, Step, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Per-key read / write / compare-and-set; linearizability per key, no lost writes.
+    Register,
+    /// Unique adds; every acknowledged add is in the final set.
+    Set,
+    /// Transfers between accounts in transactions; every read sees the same total.
+    Bank,
+    /// Watchers see every revision of their prefix in order, no gap, no duplicate, across
+    /// reconnects to other members.
+    Watch,
+    /// Fenced critical sections never interleave (needs the coordination issue).
+    Lock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// OS processes on loopback.
+    Process,
+    /// Containers on a private bridge network, links cut with iptables (scripts/chaos-image).
+    Docker,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub workload: Workload,
+    pub nemesis: Vec<Nemesis>,
+    pub time_limit: Duration,
+    pub seed: u64,
+    pub runtime: Runtime,
+    pub bug: Option<String>,
+    /// A `cairn` binary built with `--features failpoints`.
+    pub binary: PathBuf,
+    /// With the docker runtime: an image of that binary.
+    pub image: String,
+    /// Where to write the report (and the history next to it).
+    pub report: PathBuf,
+    pub clients: usize,
+}
+
+/// The last line the harness prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub workload: Workload,
+    pub nemesis: Vec<Nemesis>,
+    pub ops_ok: usize,
+    pub ops_failed: usize,
+    pub ops_unknown: usize,
+    pub faults: usize,
+    pub anomalies: usize,
+    pub lost_acked: usize,
+    pub valid: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Event {
+    at_ms: u64,
+    what: String,
+}
+
+fn log(t0: Instant, events: &mut Vec<Event>, what: String) {
+    let at_ms = t0.elapsed().as_millis() as u64;
+    eprintln!("[chaos {:>7.1}s] {what}", at_ms as f64 / 1000.0);
+    events.push(Event { at_ms, what });
+}
+
+fn resolve(rt: &ProcessRuntime, target: Target, leader: Option<usize>) -> usize {
+    let members = rt.members();
+    match target {
+        Target::Leader => leader.unwrap_or(members[0]),
+        Target::Member(p) => members[p % members.len()],
+    }
+}
+
+/// Injects one step's fault; returns what to undo when it is healed.
+async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut Vec<Event>) -> Result<Heal, String> {
+    let leader = rt.leader(Duration::from_secs(2)).await;
+    let name = |rt: &ProcessRuntime, i: usize| rt.cluster.members[i].name.clone();
+    Ok(match &step.fault {
+        Fault::Kill(t) => {
+            let i = resolve(rt, *t, leader);
+            rt.cluster.kill(i);
+            log(t0, events, format!("SIGKILL {}{}", name(rt, i), if Some(i) == leader { " (leader)" } else { "" }));
+            Heal::Restart(i)
+        }
+        Fault::Pause(t) => {
+            let i = resolve(rt, *t, leader);
+            rt.cluster.pause(i);
+            log(t0, events, format!("SIGSTOP {}{}", name(rt, i), if Some(i) == leader { " (leader)" } else { "" }));
+            Heal::Resume(i)
+        }
+        Fault::Partition(cut) => {
+            let pairs = rt.partition(cut, leader).await?;
+            let desc: Vec<String> = pairs.iter().map(|(a, b)| format!("{}-{}", name(rt, *a), name(rt, *b))).collect();
+            log(t0, events, format!("partition {cut:?}: cut {}", desc.join(" ")));
+            Heal::Faults
+        }
+        Fault::Delay { target, ms } => {
+            let i = resolve(rt, *target, leader);
+            rt.delay(i, *ms).await?;
+            log(t0, events, format!("links of {} slowed by {ms} ms each way", name(rt, i)));
+            Heal::Faults
+        }
+        Fault::Clock { member, offset_ms } => {
+            let members = rt.members();
+            let i = members[member % members.len()];
+            rt.clock(i, *offset_ms).await?;
+            log(t0, events, format!("clock of {} moved by {offset_ms} ms", name(rt, i)));
+            Heal::Faults
+        }
+        Fault::RollingRestart => {
+            for i in rt.members() {
+                rt.cluster.stop(i);
+                rt.cluster.restart(i).map_err(|e| e.to_string())?;
+                log(t0, events, format!("restarted {}", name(rt, i)));
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Heal::Nothing
+        }
+        Fault::ReplaceMember(t) => {
+            rt.learn_ids().await;
+            let i = resolve(rt, *t, leader);
+            let id = rt.id(i).and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or("member id unknown")?;
+            let others: Vec<String> = rt
+                .members()
+                .into_iter()
+                .filter(|m| *m != i)
+                .map(|m| rt.cluster.members[m].client_url.clone())
+                .collect();
+            member_call(
+                &others,
+                |mut c| async move { c.member_remove(pb::MemberRemoveRequest { id }).await.map(|_| ()) },
+            )
+            .await?;
+            rt.cluster.mark_removed(i);
+            log(t0, events, format!("removed {} through the Cluster API", name(rt, i)));
+            let n = rt.cluster.new_member();
+            let peer = rt.cluster.members[n].peer_url.clone();
+            member_call(&others, |mut c| {
+                let peer = peer.clone();
+                async move {
+                    c.member_add(pb::MemberAddRequest { peer_ur_ls: vec![peer], is_learner: false }).await.map(|_| ())
+                }
+            })
+            .await?;
+            rt.cluster.start_member(n).map_err(|e| e.to_string())?;
+            log(t0, events, format!("added {} in its place", name(rt, n)));
+            Heal::Nothing
+        }
+    })
+}
+
+/// Calls the Cluster API on the first endpoint that answers (retrying while a leader is elected).
+async fn member_call<F, Fut>(endpoints: &[String], f: F) -> Result<(), String>
+where
+    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut last = String::new();
+    for _ in 0..20 {
+        for e in endpoints {
+            match f(ClusterClient::new(workload::channel(e))).await {
+                Ok(()) => return Ok(()),
+                Err(s) => last = format!("{e}: {}", s.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("membership change failed: {last}"))
+}
+
+enum Heal {
+    Restart(usize),
+    Resume(usize),
+    Faults,
+    Nothing,
+}
+
+async fn heal(rt: &mut ProcessRuntime, h: Heal, t0: Instant, events: &mut Vec<Event>) -> Result<(), String> {
+    match h {
+        Heal::Restart(i) => {
+            rt.cluster.restart(i).map_err(|e| e.to_string())?;
+            log(t0, events, format!("restarted {}", rt.cluster.members[i].name));
+        }
+        Heal::Resume(i) => {
+            rt.cluster.resume(i);
+            log(t0, events, format!("SIGCONT {}", rt.cluster.members[i].name));
+        }
+        Heal::Faults => {
+            let errors = rt.heal_faults().await;
+            log(
+                t0,
+                events,
+                format!(
+                    "healed links and clocks{}",
+                    if errors.is_empty() { String::new() } else { format!(" ({errors:?})") }
+                ),
+            );
+        }
+        Heal::Nothing => {}
+    }
+    Ok(())
+}
+
+/// Runs the whole procedure and writes the report. `Err` means the harness itself could not
+/// run (bad options, a cluster that never started); anomalies are in the summary.
+pub async fn run(o: Options) -> Result<Summary, String> {
+    let dir =
+        tempfile::Builder::new().prefix(&format!("cairn-chaos-{}-", o.seed)).tempdir().map_err(|e| e.to_string())?;
+    let mut extra = Vec::new();
+    if let Some(b) = &o.bug {
+        extra.push(format!("--bug={b}"));
+    }
+    let cluster = ProcessCluster::start(ClusterSpec {
+        binary: o.binary.clone(),
+        size: o.nodes,
+        dir: dir.path().to_path_buf(),
+        extra_args: extra,
+        docker: (o.runtime == Runtime::Docker).then(|| crate::cluster::DockerSpec { image: o.image.clone() }),
+    })
+    .map_err(|e| format!("cannot start the cluster: {e}"))?;
+    let mut rt = ProcessRuntime::new(cluster);
+    rt.cluster.wait_leader(Duration::from_secs(30)).await?;
+    rt.learn_ids().await;
+    // The fault layer must be there: a build without it would make delays and clock jumps (and,
+    // on processes, link cuts) silently no-ops.
+    rt.heal_faults().await.into_iter().next().map_or(Ok(()), Err)?;
+
+    let time_limit_ms = o.time_limit.as_millis() as u64;
+    let steps = schedule::plan(o.seed, &o.nemesis, o.nodes, time_limit_ms);
+    let t0 = Instant::now();
+    let mut events = Vec::new();
+    log(t0, &mut events, format!("seed {}: {} faults planned over {} s", o.seed, steps.len(), o.time_limit.as_secs()));
+    let wl = match o.workload {
+        Workload::Register => Running::Register(workload::Register::start(o.clients, 16, o.seed, rt.endpoints())),
+        Workload::Set => Running::Set(workload::Set::start(o.clients, o.seed, rt.endpoints())),
+        Workload::Bank => Running::Bank(workload::Bank::start(o.clients, o.seed, rt.endpoints()).await?),
+        Workload::Watch => Running::Watch(workload::Watch::start(o.clients, o.seed, rt.endpoints()).await?),
+        Workload::Lock => Running::Lock(workload::LockWorkload::start(o.clients, o.seed, rt.endpoints())),
+    };
+    let mut faults = 0;
+    let mut harness_errors = Vec::new();
+    for step in &steps {
+        let at = t0 + Duration::from_millis(step.at_ms);
+        tokio::time::sleep_until(at.into()).await;
+        match inject(&mut rt, step, t0, &mut events).await {
+            Ok(h) => {
+                faults += 1;
+                tokio::time::sleep(Duration::from_millis(step.lasts_ms)).await;
+                if let Err(e) = heal(&mut rt, h, t0, &mut events).await {
+                    harness_errors.push(e);
+                }
+            }
+            Err(e) => {
+                log(t0, &mut events, format!("could not inject {:?}: {e}", step.fault));
+                harness_errors.push(e);
+            }
+        }
+    }
+    tokio::time::sleep_until((t0 + o.time_limit).into()).await;
+    let finished = wl.stop().await;
+    log(t0, &mut events, format!("workload stopped: {} operations", finished.ops()));
+
+    // Heal everything and let the cluster settle before the final reads.
+    let _ = rt.heal_faults().await;
+    rt.heal_processes().map_err(|e| e.to_string())?;
+    let mut converged = true;
+    match rt.cluster.wait_leader(Duration::from_secs(30)).await {
+        Ok(l) => {
+            let target = rt.cluster.status(l, Duration::from_secs(2)).await.map_or(0, |s| s.raft_applied_index);
+            if let Err(e) = rt.cluster.wait_applied(target, Duration::from_secs(30)).await {
+                converged = false;
+                log(t0, &mut events, format!("did not converge: {e}"));
+            }
+        }
+        Err(e) => {
+            converged = false;
+            log(t0, &mut events, format!("no leader after healing: {e}"));
+        }
+    }
+    log(t0, &mut events, "healed and settled; reading every key".into());
+    let checked = finished.check(&rt.endpoints()).await;
+    let (ok, failed, unknown) = (checked.ok, checked.failed, checked.unknown);
+    let (check_text, anomalies, lost, conclusive) = (checked.text, checked.anomalies, checked.lost, checked.conclusive);
+    let anomalies = anomalies + usize::from(!converged);
+    let valid = anomalies == 0 && conclusive && harness_errors.is_empty();
+    let summary = Summary {
+        seed: o.seed,
+        workload: o.workload,
+        nemesis: o.nemesis.clone(),
+        ops_ok: ok,
+        ops_failed: failed,
+        ops_unknown: unknown,
+        faults,
+        anomalies,
+        lost_acked: lost,
+        valid,
+    };
+
+    let history_path = o.report.with_extension("history.json");
+    let _ = std::fs::write(&history_path, &checked.history_json);
+    let report = serde_json::json!({
+        "summary": summary,
+        "bug": o.bug,
+        "nodes": o.nodes,
+        "time_limit_s": o.time_limit.as_secs(),
+        "schedule": steps,
+        "events": events,
+        "harness_errors": harness_errors,
+        "converged": converged,
+        "conclusive": conclusive,
+        "check": check_text,
+        "history": history_path,
+        "member_logs": dir.path(),
+    });
+    std::fs::write(&o.report, serde_json::to_string_pretty(&report).expect("serializable"))
+        .map_err(|e| format!("cannot write {}: {e}", o.report.display()))?;
+    if !valid {
+        // Keep the members' logs for whoever reads the report.
+        let kept = dir.keep();
+        eprintln!("[chaos] member logs kept in {}", kept.display());
+    }
+    Ok(summary)
+}
+
+enum Running {
+    Register(workload::Register),
+    Set(workload::Set),
+    Bank(workload::Bank),
+    Watch(workload::Watch),
+    Lock(workload::LockWorkload),
+}
+
+enum Finished {
+    Register(crate::History, Vec<String>),
+    Set(crate::check::SetHistory),
+    Bank(crate::check::BankHistory, crate::check::BankModel),
+    /// Writers stopped; watchers still following until the final read.
+    Watch(workload::Watch),
+    Lock(workload::LockWorkload),
+}
+
+struct Checked {
+    text: String,
+    anomalies: usize,
+    lost: usize,
+    conclusive: bool,
+    ok: usize,
+    failed: usize,
+    unknown: usize,
+    history_json: String,
+}
+
+impl Checked {
+    /// The final state could not be read: one anomaly, nothing concluded.
+    fn unreadable(text: String) -> Checked {
+        Checked {
+            text,
+            anomalies: 1,
+            lost: 0,
+            conclusive: false,
+            ok: 0,
+            failed: 0,
+            unknown: 0,
+            history_json: String::new(),
+        }
+    }
+}
+
+impl Running {
+    async fn stop(self) -> Finished {
+        match self {
+            Running::Register(w) => {
+                let (h, keys) = w.stop().await;
+                Finished::Register(h, keys)
+            }
+            Running::Set(w) => Finished::Set(w.stop().await),
+            Running::Bank(w) => {
+                let (h, m) = w.stop().await;
+                Finished::Bank(h, m)
+            }
+            Running::Watch(mut w) => {
+                w.stop_writers().await;
+                Finished::Watch(w)
+            }
+            Running::Lock(w) => Finished::Lock(w.stop().await),
+        }
+    }
+}
+
+fn counts<O>(
+    outcomes: impl Iterator<Item = O>,
+    ok: impl Fn(&O) -> bool,
+    unknown: impl Fn(&O) -> bool,
+) -> (usize, usize, usize) {
+    let (mut o, mut f, mut u) = (0, 0, 0);
+    for x in outcomes {
+        if ok(&x) {
+            o += 1;
+        } else if unknown(&x) {
+            u += 1;
+        } else {
+            f += 1;
+        }
+    }
+    (o, f, u)
+}
+
+impl Finished {
+    fn ops(&self) -> usize {
+        match self {
+            Finished::Register(h, _) => h.ops.len(),
+            Finished::Set(h) => h.ops.len(),
+            Finished::Bank(h, _) => h.ops.len(),
+            Finished::Watch(w) => w.writes(),
+            Finished::Lock(w) => w.ops(),
+        }
+    }
+
+    /// Reads the final state and checks the history against it.
+    async fn check(self, endpoints: &[String]) -> Checked {
+        use crate::check::bank::BankOutcome;
+        use crate::check::set::SetOutcome;
+        match self {
+            Finished::Register(ref history, ref keys) => {
+                let (ok, failed, unknown) = counts(
+                    history.ops.iter().map(|o| &o.outcome),
+                    |o| matches!(o, Outcome::Ok(_)),
+                    |o| matches!(o, Outcome::Unknown),
+                );
+                let (text, anomalies, lost, conclusive) = match workload::final_reads(keys, endpoints).await {
+                    Ok(finals) => match check_final_state(history, &finals, &CheckOptions::default()) {
+                        Ok(r) => (
+                            format!("{r}"),
+                            r.linearizability.violations.len() + r.lost_writes.len() + r.unread_keys.len(),
+                            r.lost_writes.len(),
+                            r.linearizability.inconclusive.is_empty(),
+                        ),
+                        Err(e) => (format!("malformed history: {e:?}"), 1, 0, false),
+                    },
+                    Err(e) => (e, 1, 0, false),
+                };
+                Checked { text, anomalies, lost, conclusive, ok, failed, unknown, history_json: history.to_jsonl() }
+            }
+            Finished::Set(ref history) => {
+                let (ok, failed, unknown) = counts(
+                    history.ops.iter().map(|o| &o.outcome),
+                    |o| matches!(o, SetOutcome::Ok(_)),
+                    |o| matches!(o, SetOutcome::Unknown),
+                );
+                let (text, anomalies, lost) = match workload::final_set(endpoints).await {
+                    Ok(fin) => match crate::check::check_set(history, &fin) {
+                        Ok(r) => {
+                            let a = r.lost_count
+                                + r.unexpected_count
+                                + r.resurrected_count
+                                + r.premature_count
+                                + r.stale_read_count;
+                            (format!("{r}"), a, r.lost_count)
+                        }
+                        Err(e) => (format!("malformed history: {e:?}"), 1, 0),
+                    },
+                    Err(e) => (e, 1, 0),
+                };
+                let history_json = serde_json::to_string(history).unwrap_or_default();
+                Checked { text, anomalies, lost, conclusive: true, ok, failed, unknown, history_json }
+            }
+            Finished::Watch(w) => {
+                use crate::check::watch::WatchWriteOutcome;
+                match w.finish(endpoints).await {
+                    Ok(history) => {
+                        let (ok, failed, unknown) = counts(
+                            history.writes.iter().map(|w| w.outcome),
+                            |o| matches!(o, WatchWriteOutcome::Ok { .. }),
+                            |o| matches!(o, WatchWriteOutcome::Unknown),
+                        );
+                        let r = crate::check::check_watch(&history);
+                        let history_json = serde_json::to_string(&history).unwrap_or_default();
+                        Checked {
+                            text: format!("{r}"),
+                            anomalies: r.anomalies.len(),
+                            lost: r.lost_acked,
+                            conclusive: true,
+                            ok,
+                            failed,
+                            unknown,
+                            history_json,
+                        }
+                    }
+                    Err(e) => Checked::unreadable(e),
+                }
+            }
+            Finished::Lock(w) => {
+                use crate::check::lock::FencedOutcome;
+                match w.finish(endpoints).await {
+                    Ok(history) => {
+                        let (ok, failed, unknown) = counts(
+                            history.writes.iter().map(|(_, o)| *o),
+                            |o| matches!(o, FencedOutcome::Written | FencedOutcome::Fenced),
+                            |o| matches!(o, FencedOutcome::Unknown),
+                        );
+                        let r = crate::check::check_lock(&history);
+                        Checked {
+                            text: format!("{r}"),
+                            anomalies: r.anomalies.len(),
+                            lost: 0,
+                            conclusive: true,
+                            ok: ok + history.holds.len(),
+                            failed,
+                            unknown,
+                            history_json: serde_json::to_string(&history).unwrap_or_default(),
+                        }
+                    }
+                    Err(e) => Checked::unreadable(e),
+                }
+            }
+            Finished::Bank(ref history, ref model) => {
+                let (ok, failed, unknown) = counts(
+                    history.ops.iter().map(|o| &o.outcome),
+                    |o| matches!(o, BankOutcome::Ok(_)),
+                    |o| matches!(o, BankOutcome::Unknown),
+                );
+                let (text, anomalies) = match workload::final_balances(endpoints).await {
+                    Ok(fin) => match crate::check::check_bank(history, model, &fin) {
+                        Ok(r) => (format!("{r}"), r.bad_read_count + usize::from(r.bad_final_read.is_some())),
+                        Err(e) => (format!("malformed history: {e:?}"), 1),
+                    },
+                    Err(e) => (e, 1),
+                };
+                let history_json = serde_json::to_string(history).unwrap_or_default();
+                Checked { text, anomalies, lost: 0, conclusive: true, ok, failed, unknown, history_json }
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The fault schedule: a pure function of the seed, so a failing run is replayed exactly by
+//! running again with the same seed.
+//!
+//! One fault at a time: a fault starts, lasts a few seconds, is healed, and the cluster gets a
+//! quiet gap before the next one (the shape of Jepsen's default nemesis schedule). Targets that
+//! depend on the cluster's state at that moment ("the leader") are resolved when the step runs;
+//! everything random is drawn here.
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A kind of fault the harness can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// SIGKILL a member (often the leader), restart it later.
+    Kill,
+    /// SIGSTOP a member longer than the election timeout, then SIGCONT.
+    Pause,
+    /// Cut links between members: isolate the leader, random halves, a majority ring, a bridge.
+    Partition,
+    /// Slow every link of one member (often the leader) by tens to hundreds of milliseconds.
+    Delay,
+    /// Jump one member's wall clock.
+    Clock,
+    /// Restart every member in turn (SIGTERM, start again).
+    Restart,
+    /// Replace a member: remove it through the Cluster API, add a fresh one.
+    Membership,
+}
+
+/// A member, chosen when the step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Target {
+    /// Whoever leads when the step runs.
+    Leader,
+    /// The member at this position among the current members.
+    Member(usize),
+}
+
+/// How members are split by a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Cut {
+    /// The leader alone on one side.
+    IsolateLeader,
+    /// These member positions on one side, the rest on the other.
+    Halves(Vec<usize>),
+    /// Every member sees only its two ring neighbours (a majority ring with 5 members).
+    Ring,
+    /// Two halves joined through one bridge member that sees both.
+    Bridge { bridge: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Fault {
+    Kill(Target),
+    Pause(Target),
+    Partition(Cut),
+    Delay { target: Target, ms: u64 },
+    Clock { member: usize, offset_ms: i64 },
+    RollingRestart,
+    ReplaceMember(Target),
+}
+
+/// One step: inject `fault` at `at_ms`, heal it `lasts_ms` later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub at_ms: u64,
+    pub lasts_ms: u64,
+    pub fault: Fault,
+}
+
+/// When faults start and the quiet time left at the end for the workload alone.
+pub const LEAD_IN_MS: u64 = 3_000;
+pub const LEAD_OUT_MS: u64 = 3_000;
+
+/// The schedule for `seed`.
+pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) -> Vec<Step> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut steps = Vec::new();
+    if nemeses.is_empty() || members == 0 {
+        return steps;
+    }
+    let mut t = LEAD_IN_MS;
+    loop {
+        let nemesis = nemeses[rng.random_range(0..nemeses.len())];
+        let pick_target = |rng: &mut rand::rngs::StdRng| {
+            if rng.random_bool(0.5) {
+                Target::Leader
+            } else {
+                Target::Member(rng.random_range(0..members))
+            }
+        };
+        let (fault, lasts_ms) = match nemesis {
+            Nemesis::Kill => (Fault::Kill(pick_target(&mut rng)), rng.random_range(1_000..5_000)),
+            // Longer than the election timeout (500 ms by default), so others take over.
+            Nemesis::Pause => (Fault::Pause(pick_target(&mut rng)), rng.random_range(1_000..5_000)),
+            Nemesis::Partition => {
+                let cut = match rng.random_range(0..4) {
+                    0 => Cut::IsolateLeader,
+                    1 => {
+                        let mut side: Vec<usize> = (0..members).filter(|_| rng.random_bool(0.5)).collect();
+                        if side.is_empty() || side.len() == members {
+                            side = vec![rng.random_range(0..members)];
+                        }
+                        Cut::Halves(side)
+                    }
+                    2 if members >= 4 => Cut::Ring,
+                    _ => Cut::Bridge { bridge: rng.random_range(0..members) },
+                };
+                (Fault::Partition(cut), rng.random_range(2_000..6_000))
+            }
+            Nemesis::Delay => {
+                let target = pick_target(&mut rng);
+                // Up to most of an election timeout (500 ms) round trip.
+                (Fault::Delay { target, ms: rng.random_range(20..200) }, rng.random_range(2_000..6_000))
+            }
+            Nemesis::Clock => {
+                let offset_ms = rng.random_range(1_000..120_000) * if rng.random_bool(0.5) { 1 } else { -1 };
+                (Fault::Clock { member: rng.random_range(0..members), offset_ms }, rng.random_range(2_000..6_000))
+            }
+            Nemesis::Restart => (Fault::RollingRestart, 0),
+            Nemesis::Membership => (Fault::ReplaceMember(Target::Member(rng.random_range(0..members))), 0),
+        };
+        if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
+            break;
+        }
+        steps.push(Step { at_ms: t, lasts_ms, fault });
+        t += lasts_ms + rng.random_range(1_000..3_000);
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_schedule() {
+        let all = [Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Clock];
+        assert_eq!(plan(7, &all, 3, 60_000), plan(7, &all, 3, 60_000));
+        assert_ne!(plan(7, &all, 3, 60_000), plan(8, &all, 3, 60_000));
+    }
+
+    #[test]
+    fn steps_fit_the_time_limit_and_do_not_overlap() {
+        let all = [Nemesis::Kill, Nemesis::Pause, Nemesis::Partition, Nemesis::Clock, Nemesis::Restart];
+        for seed in 0..50 {
+            let steps = plan(seed, &all, 5, 60_000);
+            assert!(!steps.is_empty());
+            for w in steps.windows(2) {
+                assert!(w[0].at_ms + w[0].lasts_ms < w[1].at_ms, "{w:?}");
+            }
+            let last = steps.last().unwrap();
+            assert!(last.at_ms + last.lasts_ms + LEAD_OUT_MS <= 60_000);
+            for s in &steps {
+                if let Fault::Partition(Cut::Halves(side)) = &s.fault {
+                    assert!(!side.is_empty() && side.len() < 5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_chosen_nemeses_appear() {
+        let steps = plan(3, &[Nemesis::Pause], 3, 60_000);
+        assert!(steps.iter().all(|s| matches!(s.fault, Fault::Pause(_))));
+    }
+}

@@ -1,0 +1,117 @@
+//! Test-only fault injection, compiled in only with the `failpoints` feature (never in the
+//! default build). Without it every function here is a constant the compiler folds away.
+//!
+//! The chaos harness (`scripts/chaos`) sets the faults of each member over HTTP
+//! (`POST /debug/faults` on the client listener). They are:
+//!
+//! - **link faults**: outgoing peer RPCs to listed members are dropped (as if the network were cut)
+//!   or delayed. Cutting A→B on A and B→A on B is a partition between them; because every peer
+//!   exchange is a request from one side, this needs no separate network stack.
+//! - **clock offset**: shifts this member's wall clock (the time a leader stamps into commands).
+//! - **bugs**: deliberate defects (`--bug NAME` at start-up) the harness must detect:
+//!   `stale-read` serves linearizable reads from local state without the ReadIndex round;
+//!   `early-ack` acknowledges puts before they are committed; `lease-ignore-ttl` makes the
+//!   leader expire leases 300 ms after their last grant or keep-alive, whatever their TTL.
+
+use std::time::Duration;
+
+/// What happens to an outgoing peer RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Pass,
+    Drop,
+    Delay(Duration),
+}
+
+#[cfg(feature = "failpoints")]
+mod imp {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::RwLock;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The fault state of this member, as set by the harness.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Faults {
+        /// Member ids (hex, as `cairn status` shows them) whose links are cut.
+        #[serde(default)]
+        pub blocked: BTreeSet<String>,
+        /// Member id (hex) -> added delay in milliseconds.
+        #[serde(default)]
+        pub delay_ms: BTreeMap<String, u64>,
+        #[serde(default)]
+        pub clock_offset_ms: i64,
+    }
+
+    pub static FAULTS: RwLock<Option<Faults>> = RwLock::new(None);
+    pub static BUGS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+}
+
+#[cfg(feature = "failpoints")]
+pub use imp::Faults;
+
+/// The fault for an RPC to member `to`.
+#[inline]
+pub fn link(to: u64) -> Link {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(f) = imp::FAULTS.read().expect("faults lock").as_ref() {
+            let id = format!("{to:x}");
+            if f.blocked.contains(&id) {
+                return Link::Drop;
+            }
+            if let Some(ms) = f.delay_ms.get(&id) {
+                return Link::Delay(Duration::from_millis(*ms));
+            }
+        }
+    }
+    let _ = to;
+    Link::Pass
+}
+
+/// Milliseconds to add to this member's wall clock.
+#[inline]
+pub fn clock_offset_ms() -> i64 {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(f) = imp::FAULTS.read().expect("faults lock").as_ref() {
+            return f.clock_offset_ms;
+        }
+    }
+    0
+}
+
+/// Whether the deliberate defect `name` is switched on.
+#[inline]
+pub fn bug(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        return imp::BUGS.read().expect("bugs lock").contains(name);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// Replaces this member's faults.
+#[cfg(feature = "failpoints")]
+pub fn set(f: Faults) {
+    *imp::FAULTS.write().expect("faults lock") = Some(f);
+}
+
+/// This member's faults.
+#[cfg(feature = "failpoints")]
+pub fn get() -> Faults {
+    imp::FAULTS.read().expect("faults lock").clone().unwrap_or_default()
+}
+
+/// Switches a deliberate defect on (at start-up).
+#[cfg(feature = "failpoints")]
+pub fn enable_bug(name: &str) {
+    imp::BUGS.write().expect("bugs lock").insert(name.to_string());
+}
+
+/// The defects `--bug` accepts.
+pub const BUGS: &[&str] = &["stale-read", "early-ack", "lease-ignore-ttl"];

@@ -1,0 +1,328 @@
+//! `cairn server` settings: etcd's flag names, from the command line, `CAIRN_*` environment
+//! variables, or a TOML file, in that order of precedence.
+//!
+//! The file is merged by turning its keys into flags placed *before* the command line's own
+//! (clap keeps the last occurrence), and skipping keys whose environment variable is set, so a
+//! flag beats the environment, which beats the file, which beats the default.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use cairn_types::Limits;
+use clap::{Args, CommandFactory};
+
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct ServerArgs {
+    /// Read settings from this TOML file (keys are the flag names: `name = "n1"`).
+    #[arg(long, env = "CAIRN_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Human-readable name for this member.
+    #[arg(long, env = "CAIRN_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: `<name>.etcd`, as etcd).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (etcd v3 gRPC, plus /health and /metrics).
+    #[arg(long, env = "CAIRN_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+
+    /// This member's client URLs, as published to the rest of the cluster.
+    #[arg(long, env = "CAIRN_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// URLs to listen on for peer traffic (Raft and forwarded requests).
+    #[arg(long, env = "CAIRN_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+
+    /// This member's peer URLs, as given to the rest of the cluster.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration for bootstrapping: name=peer-url,...
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER", default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+
+    /// "new" to form a cluster, "existing" to join one (after `etcdctl member add`).
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token; members of one cluster share it.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Extra URLs to serve /metrics, /health, /ready and /v1/status on (plain HTTP).
+    #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Path to the client server TLS certificate (PEM); serves https:// client URLs.
+    #[arg(long, env = "CAIRN_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key (PEM).
+    #[arg(long, env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA certificate file (PEM), for client certificates.
+    #[arg(long, env = "CAIRN_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require and verify client certificates (signed by --trusted-ca-file) on client TLS.
+    #[arg(long, env = "CAIRN_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+
+    /// Path to the peer server TLS certificate (PEM); serves https:// peer URLs and is this
+    /// member's client certificate towards its peers.
+    #[arg(long, env = "CAIRN_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key (PEM).
+    #[arg(long, env = "CAIRN_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer TLS trusted CA file (PEM): verifies peers' certificates both ways.
+    #[arg(long, env = "CAIRN_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require and verify peer client certificates (signed by --peer-trusted-ca-file).
+    #[arg(long, env = "CAIRN_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value_t = 50)]
+    pub heartbeat_interval: u64,
+
+    /// Time (ms) without a leader after which a follower campaigns (between 7/8 of it and all
+    /// of it).
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT", default_value_t = 500)]
+    pub election_timeout: u64,
+
+    /// Number of committed entries between snapshots (after which the log is compacted).
+    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
+    /// Maximum client request size in bytes.
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = cairn_types::limits::REQUEST_BYTES_MAX_DEFAULT)]
+    pub max_request_bytes: usize,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = cairn_types::limits::TXN_OPS_MAX_DEFAULT)]
+    pub max_txn_ops: usize,
+
+    /// How often watchers created with progress_notify receive a progress notification when
+    /// nothing else was sent to them (etcd's flag; a duration such as 10m, 30s, 500ms).
+    #[arg(long, env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_progress_interval)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
+
+    /// Auth token type. cairn issues signed tokens that every member verifies (etcd's
+    /// `simple`, replicated); only `simple` is accepted.
+    #[arg(long, env = "CAIRN_AUTH_TOKEN", default_value = "simple", value_parser = ["simple"])]
+    pub auth_token: String,
+
+    /// Seconds an auth token stays valid after Authenticate (etcd's flag and default).
+    #[arg(long, env = "CAIRN_AUTH_TOKEN_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost for hashing user passwords (etcd's flag and default; 4 to 31).
+    #[arg(long, env = "CAIRN_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
+    /// Raise an alarm (and refuse writes) when the backend exceeds this size in bytes.
+    #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = cairn_types::limits::QUOTA_BACKEND_BYTES_DEFAULT)]
+    pub quota_backend_bytes: u64,
+
+    /// Maximum key size in bytes.
+    #[arg(long, env = "CAIRN_MAX_KEY_BYTES", default_value_t = cairn_types::limits::KEY_BYTES_MAX_DEFAULT)]
+    pub max_key_bytes: usize,
+
+    /// Memory for the state engine's page cache, in bytes.
+    #[arg(long, env = "CAIRN_BACKEND_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub backend_cache_bytes: usize,
+
+    /// UNSAFE: acknowledge writes without fsync. Acknowledged writes can be lost on power
+    /// failure. For benchmarks only (etcd's flag of the same name).
+    #[arg(long, env = "CAIRN_UNSAFE_NO_FSYNC", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_no_fsync: bool,
+
+    /// UNSAFE: serve linearizable reads from the leader's lease (no quorum round). Stale reads
+    /// become possible under clock jumps or long pauses.
+    #[arg(long, env = "CAIRN_UNSAFE_LEASE_READS", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_lease_reads: bool,
+
+    /// TEST ONLY (failpoints builds): switch on a deliberate defect the chaos harness must
+    /// catch: stale-read, early-ack, lease-ignore-ttl.
+    #[cfg(feature = "failpoints")]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(cairn_types::faults::BUGS))]
+    pub bug: Vec<String>,
+
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A duration as etcd writes them ("10m", "10m0s", "500ms"), at least etcd's minimum of 100 ms.
+fn parse_progress_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 10m, 30s, 500ms): {e}"))?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err(format!("{s} is below the minimum of 100ms"));
+    }
+    Ok(d)
+}
+
+impl ServerArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            request_bytes_max: self.max_request_bytes,
+            txn_ops_max: self.max_txn_ops,
+            quota_backend_bytes: self.quota_backend_bytes,
+            key_bytes_max: self.max_key_bytes,
+        }
+    }
+
+    /// `--initial-cluster` as (name, peer URLs); a name may repeat to give several URLs.
+    pub fn initial_cluster(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) =
+                part.split_once('=').with_context(|| format!("--initial-cluster entry {part:?} is not name=url"))?;
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => out.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        if out.is_empty() {
+            bail!("--initial-cluster is empty");
+        }
+        Ok(out)
+    }
+}
+
+fn toml_to_flag_value(key: &str, v: &toml::Value) -> anyhow::Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| match x {
+                toml::Value::String(s) => Ok(s.clone()),
+                other => bail!("config key {key}: list items must be strings, got {other}"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .join(","),
+        other => bail!("config key {key}: unsupported value {other}"),
+    })
+}
+
+/// For `cairn server`: reads the config file named by `--config-file` (or
+/// `CAIRN_CONFIG_FILE`) and splices its settings in as flags ahead of the command line's.
+pub fn expand_config_file(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if argv.get(1).map(String::as_str) != Some("server") {
+        return Ok(argv);
+    }
+    let mut path = std::env::var("CAIRN_CONFIG_FILE").ok();
+    let mut it = argv.iter().skip(2);
+    while let Some(a) = it.next() {
+        if let Some(p) = a.strip_prefix("--config-file=") {
+            path = Some(p.to_string());
+        } else if a == "--config-file" {
+            path = it.next().cloned();
+        }
+    }
+    let Some(path) = path else { return Ok(argv) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {path}"))?;
+    let table: toml::Table = text.parse().with_context(|| format!("config file {path} is not valid TOML"))?;
+    let cmd = crate::Cli::command();
+    let server = cmd.find_subcommand("server").expect("server subcommand");
+    let known: Vec<String> = server.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+    let mut file_args = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        if !known.contains(&flag) || flag == "config-file" {
+            bail!("config file {path}: unknown setting {key:?}");
+        }
+        let env = format!("CAIRN_{}", flag.to_uppercase().replace('-', "_"));
+        if std::env::var_os(&env).is_some() {
+            continue; // the environment beats the file
+        }
+        file_args.push(format!("--{flag}={}", toml_to_flag_value(key, value)?));
+    }
+    let mut out = vec![argv[0].clone(), argv[1].clone()];
+    out.extend(file_args);
+    out.extend(argv.into_iter().skip(2));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(argv: Vec<String>) -> ServerArgs {
+        match crate::Cli::parse_from(argv).cmd {
+            crate::Cmd::Server(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_etcds() {
+        let a = parse(vec!["cairn".into(), "server".into()]);
+        assert_eq!(a.name, "default");
+        assert_eq!(a.data_dir(), PathBuf::from("default.etcd"));
+        assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(
+            a.initial_cluster().unwrap(),
+            vec![("default".to_string(), vec!["http://localhost:2380".to_string()])]
+        );
+        a.limits().validate().unwrap();
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "name = \"from-file\"\nsnapshot-count = 7\nlisten-client-urls = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\n").unwrap();
+        let argv = vec![
+            "cairn".into(),
+            "server".into(),
+            format!("--config-file={}", f.display()),
+            "--snapshot-count=9".into(),
+        ];
+        let a = parse(expand_config_file(argv).unwrap());
+        assert_eq!(a.name, "from-file");
+        assert_eq!(a.snapshot_count, 9, "the flag wins over the file");
+        assert_eq!(a.listen_client_urls.len(), 2);
+    }
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let f = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cairn.toml");
+        let argv = vec!["cairn".into(), "server".into(), format!("--config-file={f}")];
+        let a = parse(expand_config_file(argv).unwrap());
+        assert_eq!(a.name, "n1");
+        assert_eq!(a.max_request_bytes, 1_572_864);
+        a.limits().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "nmae = \"typo\"\n").unwrap();
+        let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
+        assert!(expand_config_file(argv).unwrap_err().to_string().contains("unknown setting"));
+    }
+}

@@ -1,0 +1,76 @@
+//! `cairn`: one binary for the server and its tools.
+//!
+//! - `cairn server`: a member of a cluster; flags follow etcd's (`--name`, `--data-dir`,
+//!   `--initial-cluster`, ...), also settable from a TOML file (`--config-file`) and `CAIRN_*`
+//!   environment variables.
+//! - `cairn status`: members, leader, term, indexes and sizes, like `etcdctl endpoint status`.
+//! - `cairn demo`: a local 3-member cluster, a workload, a leader killed and replaced.
+//! - `cairn bench`: a load generator for any etcd v3 endpoints (cairn's or etcd's).
+
+mod bench;
+mod client;
+mod config;
+mod demo;
+mod server;
+mod status;
+mod watch_scan;
+
+use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator: a member allocates per request and per watch
+/// event, and glibc's malloc and free were a fifth of a member's CPU fanning out events to
+/// 10,000 watchers (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A distributed data platform in one binary: an etcd-compatible replicated key-value store, and more to come"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a cluster member (flags as etcd's).
+    Server(Box<config::ServerArgs>),
+    /// Show the status of members, like `etcdctl endpoint status -w table`.
+    Status(status::StatusArgs),
+    /// Start a local 3-member cluster, run a workload, kill the leader, check nothing was lost.
+    Demo(demo::DemoArgs),
+    /// Load-test etcd v3 endpoints (cairn's or etcd's).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    // `server` reads its config file before clap sees the command line (see config.rs).
+    let argv = match config::expand_config_file(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(a) => server::run(*a).await,
+            Cmd::Status(a) => status::run(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

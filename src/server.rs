@@ -1,0 +1,402 @@
+//! `cairn server`: start a member and serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cairn_api::grpc::Api;
+use cairn_proto::peer::peer_server::PeerServer;
+use cairn_raft::node::{lock_data_dir, NodeOptions};
+use cairn_raft::{PeerNode, PeerService, RaftNode, RaftTimers};
+use cairn_services::boot::{self, BootOptions, ClusterState};
+use cairn_services::cluster::{Cluster, ClusterConfig};
+use cairn_services::members::Members;
+use cairn_services::peer::Forwarded;
+use cairn_services::Metrics;
+use openraft::async_runtime::WatchReceiver;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ServerArgs;
+
+/// Parses `http://host:port` or `https://host:port` into addresses to bind.
+fn bind_addrs(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let rest = if let Some(r) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) {
+        r
+    } else {
+        bail!("{url}: expected a URL like http://host:port or https://host:port");
+    };
+    let hostport = rest.trim_end_matches('/');
+    let addrs: Vec<SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(hostport).with_context(|| format!("{url}: cannot resolve"))?.collect();
+    // "localhost" resolves to both ::1 and 127.0.0.1; etcd binds the first, so do we.
+    Ok(addrs.into_iter().take(1).collect())
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic sets TCP_NODELAY only on listeners it
+/// binds itself, and a small response held back 40 ms by Nagle meeting delayed ACKs would
+/// dominate every round trip.
+fn incoming(l: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(l).map(|r| {
+        r.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
+/// Binds every URL; each listener comes with whether it serves TLS (`https://`).
+async fn listen(urls: &[String], what: &str) -> anyhow::Result<Vec<(tokio::net::TcpListener, bool)>> {
+    let mut out = Vec::new();
+    for u in urls {
+        let tls = u.starts_with("https://");
+        for addr in bind_addrs(u)? {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for {what} on {u} ({addr})"))?;
+            tracing::info!(%addr, tls, "listening for {what}");
+            out.push((l, tls));
+        }
+    }
+    Ok(out)
+}
+
+fn read_pem(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+}
+
+/// The TLS settings of one side (client or peer traffic), from etcd's flags.
+struct TlsFiles<'a> {
+    cert: Option<&'a Path>,
+    key: Option<&'a Path>,
+    ca: Option<&'a Path>,
+    cert_auth: bool,
+    /// Flag prefix for messages: "" or "peer-".
+    prefix: &'static str,
+}
+
+impl TlsFiles<'_> {
+    /// The server side, for `https://` listeners; `None` when no certificate is given.
+    fn server(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        let p = self.prefix;
+        let (cert, key) = match (self.cert, self.key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                if self.cert_auth || self.ca.is_some() {
+                    bail!("--{p}client-cert-auth and --{p}trusted-ca-file need --{p}cert-file and --{p}key-file");
+                }
+                return Ok(None);
+            }
+            _ => bail!("--{p}cert-file and --{p}key-file go together"),
+        };
+        let id = tonic::transport::Identity::from_pem(
+            read_pem(cert, &format!("--{p}cert-file"))?,
+            read_pem(key, &format!("--{p}key-file"))?,
+        );
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(id);
+        if self.cert_auth {
+            let ca = self.ca.with_context(|| format!("--{p}client-cert-auth needs --{p}trusted-ca-file"))?;
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
+                ca,
+                &format!("--{p}trusted-ca-file"),
+            )?));
+        }
+        Ok(Some(cfg))
+    }
+
+    /// The client side (this member connecting to its peers): trusts the CA, presents the
+    /// member's certificate.
+    fn client(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        let p = self.prefix;
+        let Some(ca) = self.ca else { return Ok(None) };
+        let mut cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read_pem(ca, &format!("--{p}trusted-ca-file"))?));
+        if let (Some(c), Some(k)) = (self.cert, self.key) {
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(
+                read_pem(c, &format!("--{p}cert-file"))?,
+                read_pem(k, &format!("--{p}key-file"))?,
+            ));
+        }
+        Ok(Some(cfg))
+    }
+}
+
+/// A tonic server builder for one listener: with TLS if it is an `https://` one.
+fn builder(tls: bool, cfg: &Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<tonic::transport::Server> {
+    let b = tonic::transport::Server::builder();
+    if !tls {
+        return Ok(b);
+    }
+    let cfg = cfg.clone().context("https:// URLs need a certificate (--cert-file/--key-file or --peer-...)")?;
+    Ok(b.tls_config(cfg)?)
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // openraft reports every failed heartbeat to an unreachable peer as a warning; leader
+        // changes are logged by cairn itself.
+        tracing_subscriber::EnvFilter::new(format!("{level},openraft=error,h2=warn,tower=warn,hyper=warn"))
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&a.log_level);
+    let limits = a.limits();
+    limits.validate().map_err(anyhow::Error::msg)?;
+    let timers = RaftTimers { heartbeat_ms: a.heartbeat_interval, election_timeout_ms: a.election_timeout };
+    timers.validate().map_err(anyhow::Error::msg)?;
+    if a.snapshot_count == 0 {
+        bail!("--snapshot-count must be positive");
+    }
+    let state = match a.initial_cluster_state.as_str() {
+        "new" => ClusterState::New,
+        "existing" => ClusterState::Existing,
+        other => bail!("--initial-cluster-state must be \"new\" or \"existing\", got {other:?}"),
+    };
+    #[cfg(feature = "failpoints")]
+    for b in &a.bug {
+        tracing::warn!(bug = %b, "DELIBERATE DEFECT switched on (failpoints build, for the chaos harness)");
+        cairn_types::faults::enable_bug(b);
+    }
+    if a.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync is set: acknowledged writes can be lost on power failure");
+    }
+    if a.unsafe_lease_reads {
+        tracing::warn!("--unsafe-lease-reads is set: linearizable reads rely on clocks and may be stale after pauses");
+    }
+    let client_tls = TlsFiles {
+        cert: a.cert_file.as_deref(),
+        key: a.key_file.as_deref(),
+        ca: a.trusted_ca_file.as_deref(),
+        cert_auth: a.client_cert_auth,
+        prefix: "",
+    };
+    let peer_tls = TlsFiles {
+        cert: a.peer_cert_file.as_deref(),
+        key: a.peer_key_file.as_deref(),
+        ca: a.peer_trusted_ca_file.as_deref(),
+        cert_auth: a.peer_client_cert_auth,
+        prefix: "peer-",
+    };
+    let client_server_tls = client_tls.server()?;
+    let peer_server_tls = peer_tls.server()?;
+    if let Some(c) = peer_tls.client()? {
+        cairn_raft::network::set_peer_tls(c);
+    }
+    for (urls, cfg, what) in [
+        (&a.listen_client_urls, &client_server_tls, "--listen-client-urls"),
+        (&a.listen_peer_urls, &peer_server_tls, "--listen-peer-urls"),
+    ] {
+        if cfg.is_none() && urls.iter().any(|u| u.starts_with("https://")) {
+            let p = if what.contains("peer") { "peer-" } else { "" };
+            bail!("{what} has an https:// URL but --{p}cert-file/--{p}key-file are not set");
+        }
+    }
+    if a.initial_advertise_peer_urls.iter().any(|u| u.starts_with("https://")) && a.peer_trusted_ca_file.is_none() {
+        bail!("https:// peer URLs need --peer-trusted-ca-file to verify the other members");
+    }
+    let data_dir = a.data_dir();
+    let lock = lock_data_dir(&data_dir)?;
+
+    // Bind every listener before joining anything, so a port clash fails fast.
+    let peer_listeners = listen(&a.listen_peer_urls, "peer traffic").await?;
+    let client_listeners = listen(&a.listen_client_urls, "client traffic").await?;
+    let metrics_listeners = listen(&a.listen_metrics_urls, "metrics").await?;
+
+    let identity = match boot::load_identity(&data_dir)? {
+        Some(id) => {
+            tracing::info!(
+                member = format!("{:x}", id.member_id),
+                "restarting with the identity in {}",
+                data_dir.display()
+            );
+            id
+        }
+        None => {
+            let opts = BootOptions {
+                name: a.name.clone(),
+                data_dir: data_dir.clone(),
+                initial_cluster: a.initial_cluster()?,
+                state,
+                token: a.initial_cluster_token.clone(),
+                advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
+            };
+            let id = boot::identify(&opts).await?;
+            boot::save_identity(&data_dir, &id)?;
+            id
+        }
+    };
+    tracing::info!(
+        name = %identity.name,
+        member = format!("{:x}", identity.member_id),
+        cluster = format!("{:x}", identity.cluster_id),
+        "starting member"
+    );
+
+    let node = RaftNode::open(
+        NodeOptions {
+            id: identity.member_id,
+            data_dir: data_dir.clone(),
+            timers,
+            snapshot_count: a.snapshot_count,
+            unsafe_no_fsync: a.unsafe_no_fsync,
+            engine_cache_bytes: a.backend_cache_bytes,
+        },
+        lock,
+    )
+    .await?;
+
+    let peer_service = PeerService::new(node.raft.clone(), node.sm.clone());
+    let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;
+    for (l, tls) in peer_listeners {
+        let svc = PeerServer::new(peer_service.clone())
+            .max_decoding_message_size(max_peer)
+            .max_encoding_message_size(max_peer);
+        let b = builder(tls, &peer_server_tls)?;
+        tokio::spawn(async move {
+            let r = b.tcp_nodelay(true).add_service(svc).serve_with_incoming(incoming(l)).await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        });
+    }
+
+    if let Some(initial) = identity.initial.clone() {
+        // One member (the lowest id) initializes the membership; the others learn it from its
+        // first append. openraft tolerates identical initialization on every member, but each
+        // member's first entry then carries its own leader id and the logs must be reconciled
+        // (seen here as a second election right after the first). A member that has heard
+        // nothing after a while initializes itself too, so a cluster still forms if the lowest
+        // member never starts.
+        let raft = node.raft.clone();
+        let me = identity.member_id;
+        let first = *initial.keys().next().expect("initial cluster is not empty");
+        let members: std::collections::BTreeMap<_, _> =
+            initial.into_iter().map(|(id, urls)| (id, PeerNode { peer_urls: urls })).collect();
+        tokio::spawn(async move {
+            if me != first {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            if !raft.is_initialized().await.unwrap_or(true) {
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!("initialized the new cluster's membership"),
+                    Err(e) => tracing::info!(reason = %e, "membership already initialized"),
+                }
+            }
+        });
+    }
+
+    let cfg = ClusterConfig {
+        name: identity.name.clone(),
+        member_id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        client_urls: a.advertise_client_urls.clone(),
+        peer_urls: a.initial_advertise_peer_urls.clone(),
+        token: a.initial_cluster_token.clone(),
+        limits,
+        request_timeout: Duration::from_secs(5) + Duration::from_millis(2 * a.election_timeout),
+        election_timeout: Duration::from_millis(a.election_timeout),
+        unsafe_lease_reads: a.unsafe_lease_reads,
+        unsafe_no_fsync: a.unsafe_no_fsync,
+        watch_progress_interval: a.experimental_watch_progress_notify_interval,
+        auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
+        bcrypt_cost: a.bcrypt_cost,
+    };
+    let cluster = Cluster::new(cfg, node, Arc::new(Metrics::new()));
+    peer_service.set_handler(Arc::new(Forwarded::new(cluster.clone())));
+
+    for (l, tls) in client_listeners {
+        let routes = Api::new(cluster.clone())
+            .services()
+            .add_to(tonic::service::Routes::from(cairn_api::http::router(cluster.clone())));
+        let b = builder(tls, &client_server_tls)?;
+        tokio::spawn(async move {
+            let r = b
+                .accept_http1(true)
+                .tcp_nodelay(true)
+                .layer(tower::util::MapResponseLayer::new(cairn_api::grpc::grpc_go_decode_errors))
+                .add_routes(routes)
+                .serve_with_incoming(incoming(l))
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "client listener failed");
+            }
+        });
+    }
+    for (l, _) in metrics_listeners {
+        let router = cairn_api::http::router(cluster.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, router).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+
+    {
+        let members = Members::new(cluster.clone());
+        tokio::spawn(async move { members.publish_self().await });
+    }
+    let removed = watch_removal(cluster.clone());
+
+    let code = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            ExitCode::SUCCESS
+        }
+        _ = removed => {
+            tracing::warn!("this member has been permanently removed from the cluster");
+            // A removed leader keeps leading briefly, hands leadership to the most up-to-date
+            // voter (openraft's step-down) and answers what it has in flight: give it that
+            // time before exiting, as etcd's removed members also stop only after applying.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cluster.is_leader() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tracing::warn!("exiting: removed from the cluster");
+            ExitCode::SUCCESS
+        }
+    };
+    cluster.node.shutdown().await;
+    Ok(code)
+}
+
+/// Resolves once this member has been removed from the committed membership (after having been
+/// in it), as etcd's members stop themselves then.
+async fn watch_removal(cluster: Arc<Cluster>) {
+    // Polled: subscribing to the metrics would wake this task on every log write.
+    let rx = cluster.raft().metrics();
+    let mut seen = false;
+    loop {
+        let present = {
+            let m = rx.borrow_watched();
+            let present = m.committed_membership_config.membership().get_node(&cluster.id()).is_some();
+            present
+        };
+        // A member that joined replays configurations from before it was added: absence only
+        // counts after this member has been seen in a committed configuration.
+        if present {
+            seen = true;
+        } else if seen {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
