@@ -64,6 +64,9 @@ pub async fn start(size: usize, extra: &[&str]) -> TestCluster {
     .expect("start cluster");
     let t = TestCluster { c, dir };
     t.c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    // Every member published and caught up, as etcd's readiness: a test then sees the cluster a
+    // client of a started deployment sees (`member list` shows every member started).
+    t.c.wait_ready(Duration::from_secs(30)).await.expect("ready");
     t
 }
 

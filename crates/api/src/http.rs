@@ -66,12 +66,17 @@ async fn health(State(c): State<Arc<Cluster>>) -> impl IntoResponse {
     }
 }
 
-/// Ready to serve (etcd 3.5's `/readyz`): a leader is known and a read-index round completes,
-/// so this member has applied everything committed before the check. A member that restarted
-/// and is still replaying or catching up from the leader is not ready.
+/// Ready to serve (etcd 3.5's `/readyz`): a leader is known, this member has published its name
+/// and client URLs through the log (etcd's `ReadyNotify`: until then `member list` shows it as
+/// unstarted), and a read-index round completes, so this member has applied everything committed
+/// before the check. A member that restarted and is still replaying or catching up from the
+/// leader is not ready.
 async fn ready(State(c): State<Arc<Cluster>>) -> impl IntoResponse {
     if c.current_leader().is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader\n".to_string());
+    }
+    if !c.store().members().contains_key(&c.id()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: member attributes not yet published\n".to_string());
     }
     match tokio::time::timeout(Duration::from_secs(1), c.read_barrier()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),

@@ -154,8 +154,8 @@ impl Cluster {
 
     /// etcd's response header for this member.
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        let m = self.raft().metrics();
-        let term = m.borrow_watched().current_term;
+        // The term of the vote: the server metrics, read without cloning the full metrics.
+        let term = self.raft().server_metrics().borrow_watched().vote.leader_id().term;
         pb::ResponseHeader { cluster_id: self.cfg.cluster_id, member_id: self.cfg.member_id, revision, raft_term: term }
     }
 
@@ -432,7 +432,7 @@ impl Cluster {
 
     /// Proposes one log entry and waits for it to be applied.
     async fn propose_entry(&self, op: Op, deadline: Instant) -> Result<Response, Error> {
-        let cmd = Command { stamp_ms: now_ms(), op };
+        let cmd = Command::new(now_ms(), op);
         let left = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
         let r = tokio::time::timeout(left, self.raft().client_write(cmd)).await;

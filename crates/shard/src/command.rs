@@ -4,6 +4,7 @@
 //! re-encoded), so the log format follows etcd's API without a parallel set of structs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use cairn_proto::etcdserverpb as pb;
 use serde::{Deserialize, Serialize};
@@ -34,10 +35,20 @@ pub struct MemberAttrs {
 
 /// One log entry's worth of work. `stamp_ms` is the leader's clock when it proposed the
 /// command: the only time apply may use (for TTLs, in later issues).
+///
+/// The op is shared (`Arc`; encoded exactly as the op itself), so the copies of an entry that
+/// the log store hands to replication and to apply cost a reference count, not a deep copy of
+/// every key and value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     pub stamp_ms: u64,
-    pub op: Op,
+    pub op: Arc<Op>,
+}
+
+impl Command {
+    pub fn new(stamp_ms: u64, op: Op) -> Self {
+        Command { stamp_ms, op: Arc::new(op) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,15 +160,10 @@ mod tests {
 
     #[test]
     fn command_roundtrips_through_postcard() {
-        let cmd = Command {
-            stamp_ms: 42,
-            op: Op::Put(pb::PutRequest {
-                key: b"k".to_vec(),
-                value: vec![0, 1, 2],
-                prev_kv: true,
-                ..Default::default()
-            }),
-        };
+        let cmd = Command::new(
+            42,
+            Op::Put(pb::PutRequest { key: b"k".to_vec(), value: vec![0, 1, 2], prev_kv: true, ..Default::default() }),
+        );
         let bytes = postcard::to_allocvec(&cmd).unwrap();
         let back: Command = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, cmd);

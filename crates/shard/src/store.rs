@@ -1070,7 +1070,12 @@ impl ApplyBatch<'_> {
             _ => p.lease,
         };
         let rev = w.next();
-        let (created, version) = self.state.keys.entry(p.key.clone()).or_default().put(rev);
+        // Most puts update a key that exists: look it up by reference, and copy the key only
+        // for a new one.
+        let (created, version) = match self.state.keys.get_mut(&p.key) {
+            Some(k) => k.put(rev),
+            None => self.state.keys.entry(p.key.clone()).or_default().put(rev),
+        };
         let kv = KeyValue {
             key: p.key.clone(),
             create_revision: created.main,
@@ -1291,7 +1296,9 @@ impl ApplyBatch<'_> {
 }
 
 fn flush(engine: &dyn Engine, u: &mut Unflushed) -> Result<(), StoreError> {
-    let ops = std::mem::take(&mut u.ops);
+    // The next buffer is sized for a whole flush up front: grown by doubling, it would be
+    // reallocated a dozen times per flush, each time onto freshly faulted pages.
+    let ops = std::mem::replace(&mut u.ops, WriteBatch::with_capacity(FLUSH_OPS + FLUSH_OPS / 8));
     if !ops.is_empty() {
         engine.write(ops)?;
     }

@@ -54,6 +54,10 @@ impl WriteBatch {
         Self::default()
     }
 
+    pub fn with_capacity(ops: usize) -> Self {
+        WriteBatch { ops: Vec::with_capacity(ops) }
+    }
+
     pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push(WriteOp::Put { table, key: key.into(), value: value.into() });
     }

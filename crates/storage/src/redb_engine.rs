@@ -11,6 +11,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
@@ -62,6 +63,10 @@ fn unseal<'a>(table: Table, key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
 pub struct RedbEngine {
     db: Database,
     path: PathBuf,
+    /// The file's length as of the last write or sync. Every put checks the quota against it,
+    /// so it is read from here rather than by a `stat` per request (the file only changes in
+    /// `write` and `sync`).
+    size: AtomicU64,
 }
 
 impl RedbEngine {
@@ -85,7 +90,14 @@ impl RedbEngine {
             }
             txn.commit().map_err(engine_err)?;
         }
-        Ok(RedbEngine { db, path: path.to_path_buf() })
+        let e = RedbEngine { db, path: path.to_path_buf(), size: AtomicU64::new(0) };
+        e.refresh_size();
+        Ok(e)
+    }
+
+    fn refresh_size(&self) {
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.size.store(len, Ordering::Relaxed);
     }
 }
 
@@ -154,17 +166,21 @@ impl Engine for RedbEngine {
                 }
             }
         }
-        txn.commit().map_err(engine_err)
+        txn.commit().map_err(engine_err)?;
+        self.refresh_size();
+        Ok(())
     }
 
     fn sync(&self) -> Result<()> {
         // An empty durable commit makes every earlier non-durable commit durable.
         let txn = self.db.begin_write().map_err(engine_err)?;
-        txn.commit().map_err(engine_err)
+        txn.commit().map_err(engine_err)?;
+        self.refresh_size();
+        Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.size.load(Ordering::Relaxed)
     }
 }
 

@@ -442,6 +442,29 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits until every running, unpaused member answers `/ready` (a leader is known, the member
+    /// has published its attributes and caught up), as a deployment's readiness probe would.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut waiting = Vec::new();
+            for m in self.members.iter().filter(|m| m.is_running() && !m.paused) {
+                match crate::http::get(&m.client_url, "/ready").await {
+                    Ok((200, _)) => {}
+                    Ok((code, body)) => waiting.push(format!("{}: {code} {}", m.name, body.trim())),
+                    Err(e) => waiting.push(format!("{}: {e}", m.name)),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready within {timeout:?}: {}\n{}", waiting.join("; "), self.logs_tail(30)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every running member has applied at least `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;

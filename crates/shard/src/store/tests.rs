@@ -12,7 +12,7 @@ fn store() -> Store {
 
 fn apply(s: &Store, op: Op) -> Response {
     let mut b = s.begin().unwrap();
-    let r = b.apply(&Command { stamp_ms: 0, op }).unwrap();
+    let r = b.apply(&Command::new(0, op)).unwrap();
     b.commit().unwrap();
     r
 }
@@ -372,22 +372,22 @@ fn batch_is_invisible_until_commit_and_reads_within_see_it() {
     let s = Arc::new(store());
     put(&s, "k", "old");
     let mut b = s.begin().unwrap();
-    b.apply(&Command {
-        stamp_ms: 0,
-        op: Op::Put(pb::PutRequest { key: b"k".to_vec(), value: b"new".to_vec(), ..Default::default() }),
-    })
+    b.apply(&Command::new(
+        0,
+        Op::Put(pb::PutRequest { key: b"k".to_vec(), value: b"new".to_vec(), ..Default::default() }),
+    ))
     .unwrap();
     // A put later in the same batch sees the earlier one (prev_kv).
     let r = b
-        .apply(&Command {
-            stamp_ms: 0,
-            op: Op::Put(pb::PutRequest {
+        .apply(&Command::new(
+            0,
+            Op::Put(pb::PutRequest {
                 key: b"k".to_vec(),
                 value: b"newer".to_vec(),
                 prev_kv: true,
                 ..Default::default()
             }),
-        })
+        ))
         .unwrap();
     match r {
         Response::Put(p) => assert_eq!(p.prev_kv.unwrap().value, b"new"),
