@@ -222,8 +222,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         let lens: Vec<usize> = batch.iter().map(|(_, b)| b.len()).collect();
-        // The log first (it may refuse), then the copy: a read in between finds the entries
-        // past the copy's end and goes to the log.
+        // Under the copy's lock, the log first (it may refuse), then the copy: readers never see
+        // the copy end before the log does.
         let mut recent = self.recent.lock();
         self.wal.append(batch, Box::new(move |r| callback.io_completed(r.map_err(io_err)))).map_err(io_err)?;
         for (e, len) in entries.into_iter().zip(lens) {

@@ -1296,10 +1296,10 @@ impl ApplyBatch<'_> {
 }
 
 fn flush(engine: &dyn Engine, u: &mut Unflushed) -> Result<(), StoreError> {
-    // The next buffer is sized for a whole flush up front: grown by doubling, it would be
-    // reallocated a dozen times per flush, each time onto freshly faulted pages.
-    let ops = std::mem::replace(&mut u.ops, WriteBatch::with_capacity(FLUSH_OPS + FLUSH_OPS / 8));
-    if !ops.is_empty() {
+    if !u.ops.is_empty() {
+        // The next buffer is sized for a whole flush up front: grown by doubling, it would be
+        // reallocated a dozen times per flush, each time onto freshly faulted pages.
+        let ops = std::mem::replace(&mut u.ops, WriteBatch::with_capacity(FLUSH_OPS + FLUSH_OPS / 8));
         engine.write(ops)?;
     }
     u.kv.clear();
