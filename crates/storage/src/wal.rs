@@ -28,10 +28,18 @@
 //! everything queued, writes it, issues one `fdatasync`, and only then runs the completion
 //! callbacks. Concurrent client writes therefore share fsyncs.
 //!
+//! # Zeroed ahead
+//! The writer keeps the space just past the end of the active segment already written with zeros
+//! (`ZERO_AHEAD_BYTES` at a time). Appends then overwrite blocks the file already has, so an
+//! `fdatasync` need not commit the file's new size to the journal: on ext4 that is two disk writes
+//! per sync instead of three, and a faster sync. (etcd preallocates its WAL files for the same
+//! reason.) A segment is cut back to its last record when it is sealed or the log is closed.
+//!
 //! # Crash recovery
 //! A crash can leave the last batch partially written. On open, a record in the *last* segment
 //! that is cut short, or fails its checksum with nothing valid after it, is a torn tail: it was
-//! never acknowledged, and the file is truncated there. A bad record anywhere else — in an
+//! never acknowledged, and the file is truncated there. Zeros after the last record are the
+//! zeroed-ahead space of a log that stopped without closing: the end of the log, not damage. A bad record anywhere else — in an
 //! older segment, or followed by a valid record — is corruption: [`Wal::open`] fails with
 //! [`Error::Corruption`] and the node refuses to start rather than serve a log it cannot trust.
 //! Limitation: a corrupted *final* record that was acknowledged is indistinguishable from a torn
@@ -39,7 +47,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -54,6 +62,10 @@ use crate::{Error, Result};
 /// Largest record the log accepts. Entries are bounded far below this by the request limit.
 pub const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
+/// How far past the end of the active segment the writer keeps zeros written (see "Zeroed ahead").
+const ZERO_AHEAD_BYTES: u64 = 1 << 20;
+/// The writer's buffer is written out once it holds this much, even within one batch.
+const WRITE_CHUNK_BYTES: usize = 4 << 20;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_VOTE: u8 = 2;
@@ -389,6 +401,10 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                     apply_record(&mut mem, seg, at, kind, payload)?;
                     at = next;
                 }
+                Parsed::Short | Parsed::Bad if is_last && buf[at..].iter().all(|&b| b == 0) => {
+                    // The zeroed-ahead space of a log that stopped without closing: its end.
+                    break;
+                }
                 Parsed::Short | Parsed::Bad if is_last => {
                     // A torn write leaves only garbage after it. A valid record anywhere after the
                     // bad one means the damage is in the middle: corruption. (A flipped length
@@ -519,15 +535,17 @@ impl Wal {
             segment: 0,
             file: None,
             len: 0,
+            zeroed_to: 0,
             segments: segments.iter().map(|&s| (s, None)).collect(),
             buf: Vec::with_capacity(1 << 20),
         };
         if segments.is_empty() {
             writer.rotate()?;
         } else {
-            let f = OpenOptions::new().append(true).open(segment_path(dir, last_segment))?;
+            let f = OpenOptions::new().read(true).write(true).open(segment_path(dir, last_segment))?;
+            writer.zeroed_to = f.metadata()?.len();
             writer.segment = last_segment;
-            writer.file = Some(BufWriter::with_capacity(1 << 20, f));
+            writer.file = Some(f);
             writer.len = last_segment_len;
             writer.recompute_max_indexes();
         }
@@ -712,8 +730,11 @@ impl Drop for Wal {
 struct Writer {
     shared: Arc<Shared>,
     segment: u64,
-    file: Option<BufWriter<File>>,
+    file: Option<File>,
+    /// Bytes of records in the active segment: where the next record goes.
     len: u64,
+    /// The active segment holds zeros from `len` up to here (see "Zeroed ahead").
+    zeroed_to: u64,
     /// Segments present, oldest first, with the highest entry index each holds (None if none
     /// or unknown until recomputed).
     segments: VecDeque<(u64, Option<u64>)>,
@@ -733,33 +754,60 @@ impl Writer {
         }
     }
 
-    /// Starts a new segment with a checkpoint of the current state.
-    fn rotate(&mut self) -> Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush()?;
+    /// Writes the buffered records at the end of the active segment, keeping zeros written
+    /// `ZERO_AHEAD_BYTES` past them (see "Zeroed ahead"). Not synced.
+    fn write_out(&mut self) -> Result<()> {
+        let f = self.file.as_ref().expect("an open segment");
+        let end = self.len + self.buf.len() as u64;
+        f.write_all_at(&self.buf, self.len)?;
+        if end > self.zeroed_to {
+            // Past the zeroed space: this write grew the file anyway, so grow it by a whole
+            // stretch of zeros now and let the next syncs skip the size update.
+            let from = end.max(self.zeroed_to);
+            let to = end + ZERO_AHEAD_BYTES;
+            f.write_all_at(&vec![0u8; (to - from) as usize], from)?;
+            self.zeroed_to = to;
+        }
+        self.len = end;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Cuts the active segment back to its last record (dropping the zeroed-ahead space) and
+    /// makes it durable. For a segment being sealed, and on close.
+    fn seal(&mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            f.set_len(self.len)?;
             if !self.shared.opts.unsafe_no_fsync {
-                f.get_ref().sync_data()?;
+                f.sync_all()?;
             }
         }
+        Ok(())
+    }
+
+    /// Starts a new segment with a checkpoint of the current state.
+    fn rotate(&mut self) -> Result<()> {
+        // Sealed (and synced) before the next segment exists, so only the last segment can
+        // ever end in zeros.
+        self.seal()?;
         let seq = self.segment + 1;
         let path = segment_path(&self.shared.dir, seq);
-        let f = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let f = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
         let payload = {
             let m = self.shared.mem.lock();
             checkpoint_payload(&m.vote, &m.committed, &m.purged)
         };
-        let mut rec = Vec::new();
-        encode_record(KIND_CHECKPOINT, &[&payload], &mut rec);
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        w.write_all(&rec)?;
-        w.flush()?;
-        w.get_ref().sync_all()?;
+        self.buf.clear();
+        encode_record(KIND_CHECKPOINT, &[&payload], &mut self.buf);
+        self.file = Some(f);
+        self.segment = seq;
+        self.len = 0;
+        self.zeroed_to = 0;
+        self.write_out()?;
+        self.file.as_ref().expect("just opened").sync_all()?;
         sync_dir(&self.shared.dir)?;
         self.shared.readers.lock().push((seq, Arc::new(File::open(&path)?)));
         self.segments.push_back((seq, None));
-        self.segment = seq;
-        self.len = rec.len() as u64;
-        self.file = Some(w);
         Ok(())
     }
 
@@ -800,11 +848,8 @@ impl Writer {
                 }
             }
         }
-        if let Some(mut f) = self.file.take() {
-            let _ = f.flush();
-            if !self.shared.opts.unsafe_no_fsync {
-                let _ = f.get_ref().sync_data();
-            }
+        if let Err(e) = self.seal() {
+            tracing::warn!(error = %e, "raft log: could not cut the last segment back on close");
         }
     }
 
@@ -816,17 +861,18 @@ impl Writer {
         // records its commit position after nearly every commit: syncing for it alone doubled
         // the fsyncs.) A purge is synced before the segments it frees are deleted.
         let mut needs_sync = false;
+        self.buf.clear();
         for job in jobs {
             needs_sync |= matches!(job, Job::Entries { .. } | Job::Vote { .. } | Job::Sync { .. } | Job::Purge { .. });
-            self.buf.clear();
             match job {
                 Job::Entries { records, done } => {
                     for (index, seq, data) in records {
-                        let rec_start = self.buf.len() as u64;
+                        // `len + buf.len()` is where this record lands in the segment.
+                        let rec_start = self.len + self.buf.len() as u64;
                         encode_record(KIND_ENTRY, &[&index.to_le_bytes(), &data], &mut self.buf);
                         let loc = Location {
                             segment: self.segment,
-                            offset: self.len + rec_start + (HEADER_BYTES + 1 + 8) as u64,
+                            offset: rec_start + (HEADER_BYTES + 1 + 8) as u64,
                             len: data.len() as u32,
                         };
                         placed.push((index, seq, loc));
@@ -850,17 +896,16 @@ impl Writer {
                 }
                 Job::Sync { done } => dones.push(done),
             }
-            let f = self.file.as_mut().expect("an open segment");
-            f.write_all(&self.buf)?;
-            self.len += self.buf.len() as u64;
+            if self.buf.len() >= WRITE_CHUNK_BYTES {
+                self.write_out()?;
+            }
         }
-        let f = self.file.as_mut().expect("an open segment");
-        f.flush()?;
+        self.write_out()?;
         let stats = &self.shared.stats;
         if needs_sync {
             if !self.shared.opts.unsafe_no_fsync {
                 let t = std::time::Instant::now();
-                f.get_ref().sync_data()?;
+                self.file.as_ref().expect("an open segment").sync_data()?;
                 stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             stats.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -929,6 +974,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::sync::mpsc::channel;
 
     fn opts() -> WalOptions {
@@ -1091,6 +1137,73 @@ mod tests {
         drop(wal);
         let wal = Wal::open(dir.path(), opts()).unwrap();
         assert_eq!(all(&wal).last().unwrap(), &(5, b"again".to_vec()));
+    }
+
+    #[test]
+    fn zeroed_ahead_space_is_the_end_of_the_log_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }).unwrap();
+            for i in 0..5u64 {
+                append_sync(&wal, vec![(i, b"data")]);
+            }
+            // While the log is open, the space after its records is already written.
+            path = last_segment(dir.path());
+            let on_disk = std::fs::read(&path).unwrap();
+            assert!(on_disk.len() as u64 >= ZERO_AHEAD_BYTES, "{} bytes", on_disk.len());
+            assert_eq!(on_disk.last(), Some(&0));
+        }
+        // A clean close cuts the segment back to its records.
+        let records_len = std::fs::metadata(&path).unwrap().len();
+        assert!(records_len < 4096, "{records_len}");
+        // A crash leaves the zeros: the log ends at its last record, nothing is lost or refused.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.resize(records_len as usize + ZERO_AHEAD_BYTES as usize, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let wal = Wal::open(dir.path(), opts()).unwrap();
+            assert_eq!(all(&wal).len(), 5);
+            append_sync(&wal, vec![(5, b"more")]);
+        }
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        assert_eq!(all(&wal).last().unwrap(), &(5, b"more".to_vec()));
+        drop(wal);
+        // A record torn inside the zeroed space is a torn tail; damage before it is corruption.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let end = bytes.len();
+        let mut rec = Vec::new();
+        encode_record(KIND_ENTRY, &[&6u64.to_le_bytes(), b"torn"], &mut rec);
+        bytes.extend_from_slice(&rec[..rec.len() - 2]);
+        bytes.resize(end + ZERO_AHEAD_BYTES as usize, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let wal = Wal::open(dir.path(), opts()).unwrap();
+            assert_eq!(wal.state().last_index, Some(5));
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.resize(bytes.len() + ZERO_AHEAD_BYTES as usize, 0);
+        let mid = end / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
+    }
+
+    #[test]
+    fn sealed_segments_end_at_their_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        for i in 0..200u64 {
+            append_sync(&wal, vec![(i, &payload(i))]);
+        }
+        let segs = list_segments(dir.path()).unwrap();
+        assert!(segs.len() >= 2);
+        for &seg in &segs[..segs.len() - 1] {
+            let bytes = std::fs::read(segment_path(dir.path(), seg)).unwrap();
+            assert_ne!(bytes.last(), Some(&0), "segment {seg} ends in zeros");
+        }
+        drop(wal);
+        assert_eq!(all(&Wal::open(dir.path(), opts()).unwrap()).len(), 200);
     }
 
     #[test]
