@@ -547,6 +547,11 @@ impl Wal {
             writer.segment = last_segment;
             writer.file = Some(f);
             writer.len = last_segment_len;
+            if last_segment_len == 0 {
+                // A crash while a segment was being started can leave it empty (or with only a
+                // torn checkpoint, cut away above): give it its checkpoint before any entry.
+                writer.start_segment()?;
+            }
             writer.recompute_max_indexes();
         }
         let (tx, rx) = mpsc::channel();
@@ -793,22 +798,27 @@ impl Writer {
         let seq = self.segment + 1;
         let path = segment_path(&self.shared.dir, seq);
         let f = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
+        self.file = Some(f);
+        self.segment = seq;
+        self.zeroed_to = 0;
+        self.start_segment()?;
+        self.shared.readers.lock().push((seq, Arc::new(File::open(&path)?)));
+        self.segments.push_back((seq, None));
+        Ok(())
+    }
+
+    /// Writes the checkpoint that opens every segment into the empty active segment, durably.
+    fn start_segment(&mut self) -> Result<()> {
         let payload = {
             let m = self.shared.mem.lock();
             checkpoint_payload(&m.vote, &m.committed, &m.purged)
         };
         self.buf.clear();
         encode_record(KIND_CHECKPOINT, &[&payload], &mut self.buf);
-        self.file = Some(f);
-        self.segment = seq;
         self.len = 0;
-        self.zeroed_to = 0;
         self.write_out()?;
-        self.file.as_ref().expect("just opened").sync_all()?;
-        sync_dir(&self.shared.dir)?;
-        self.shared.readers.lock().push((seq, Arc::new(File::open(&path)?)));
-        self.segments.push_back((seq, None));
-        Ok(())
+        self.file.as_ref().expect("an open segment").sync_all()?;
+        sync_dir(&self.shared.dir)
     }
 
     fn run(mut self, rx: mpsc::Receiver<Job>) {
@@ -1187,6 +1197,29 @@ mod tests {
         bytes[mid] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
+    }
+
+    #[test]
+    fn a_segment_left_empty_by_a_crash_gets_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path(), opts()).unwrap();
+            for i in 0..100u64 {
+                append_sync(&wal, vec![(i, &payload(i))]);
+            }
+        }
+        // A crash right after a new segment was created, before its checkpoint reached the disk.
+        let last = last_segment(dir.path());
+        let kept = {
+            std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(0).unwrap();
+            let wal = Wal::open(dir.path(), opts()).unwrap();
+            let kept = wal.state().last_index.unwrap();
+            append_sync(&wal, vec![(kept + 1, b"after")]);
+            kept
+        };
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        assert_eq!(wal.state().last_index, Some(kept + 1));
+        assert_eq!(all(&wal).last().unwrap(), &(kept + 1, b"after".to_vec()));
     }
 
     #[test]
