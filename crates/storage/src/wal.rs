@@ -39,11 +39,16 @@
 //! A crash can leave the last batch partially written. On open, a record in the *last* segment
 //! that is cut short, or fails its checksum with nothing valid after it, is a torn tail: it was
 //! never acknowledged, and the file is truncated there. Zeros after the last record are the
-//! zeroed-ahead space of a log that stopped without closing: the end of the log, not damage. A bad record anywhere else — in an
-//! older segment, or followed by a valid record — is corruption: [`Wal::open`] fails with
-//! [`Error::Corruption`] and the node refuses to start rather than serve a log it cannot trust.
-//! Limitation: a corrupted *final* record that was acknowledged is indistinguishable from a torn
-//! write and is dropped; Raft's quorum still holds it on the other members.
+//! zeroed-ahead space of a log that stopped without closing: the end of the log, not damage.
+//! Because a batch overwrites zeroed blocks, a crash during its sync can also leave an earlier
+//! block of it unwritten and a later one written: a bad record followed by a valid one, with a
+//! sector of zeros between them, is such a torn batch (etcd's rule for torn writes). Any other
+//! bad record — in an older segment, or followed by a valid record with no zeroed sector
+//! between — is corruption: [`Wal::open`] fails with [`Error::Corruption`] and the node refuses
+//! to start rather than serve a log it cannot trust. Limitation: a corrupted *final* record that
+//! was acknowledged is indistinguishable from a torn write and is dropped, and so is an
+//! acknowledged sector of the last segment that the disk reads back as zeros; Raft's quorum
+//! still holds those entries on the other members.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -367,6 +372,25 @@ fn valid_record_after(buf: &[u8], from: usize) -> Option<usize> {
     (from..buf.len()).find(|&at| matches!(parse_at(buf, at), Parsed::Record { kind, .. } if (KIND_ENTRY..=KIND_CHECKPOINT).contains(&kind)))
 }
 
+/// Whether `[from, to)` holds a disk sector that was never written: all zeros, as the writer
+/// zeroed it ahead (see "Zeroed ahead"). A record never starts with zeros (its length is not
+/// zero), so a zero run of a header's length or more, to a sector boundary, is no record's data.
+/// etcd's WAL decoder applies the same rule to torn writes (`isTornEntry`). The trade-off, as
+/// for etcd: an acknowledged sector of the last segment that the disk returns as zeros would be
+/// taken for a torn write; the quorum still holds those entries.
+fn unwritten_sector(buf: &[u8], from: usize, to: usize) -> bool {
+    const SECTOR: usize = 512;
+    let mut start = from;
+    while start < to {
+        let end = ((start / SECTOR + 1) * SECTOR).min(to);
+        if end - start >= HEADER_BYTES && buf[start..end].iter().all(|&b| b == 0) {
+            return true;
+        }
+        start = end;
+    }
+    false
+}
+
 fn corrupt(seg: u64, at: usize, what: &str) -> Error {
     Error::Corruption(format!("raft log segment wal-{seg:016}.log at offset {at}: {what}"))
 }
@@ -408,8 +432,15 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                 Parsed::Short | Parsed::Bad if is_last => {
                     // A torn write leaves only garbage after it. A valid record anywhere after the
                     // bad one means the damage is in the middle: corruption. (A flipped length
-                    // field hides where the next record starts, so look at every offset.)
+                    // field hides where the next record starts, so look at every offset.) Except
+                    // when a sector between them still holds the zeroed-ahead zeros: a batch
+                    // overwrites blocks the file already has, and a crash during its sync can
+                    // leave any of them unwritten, later ones written.
                     if let Some(valid) = valid_record_after(&buf, at + 1) {
+                        if unwritten_sector(&buf, at, valid) {
+                            tracing::warn!(segment = seg, offset = at, "truncating torn tail of the raft log");
+                            break;
+                        }
                         return Err(corrupt(
                             seg,
                             at,
@@ -767,10 +798,16 @@ impl Writer {
         f.write_all_at(&self.buf, self.len)?;
         if end > self.zeroed_to {
             // Past the zeroed space: this write grew the file anyway, so grow it by a whole
-            // stretch of zeros now and let the next syncs skip the size update.
-            let from = end.max(self.zeroed_to);
-            let to = end + ZERO_AHEAD_BYTES;
-            f.write_all_at(&vec![0u8; (to - from) as usize], from)?;
+            // stretch of zeros now (at least twice this write) and let the next syncs skip the
+            // size update.
+            static ZEROS: [u8; ZERO_AHEAD_BYTES as usize] = [0; ZERO_AHEAD_BYTES as usize];
+            let to = end + ZERO_AHEAD_BYTES.max(2 * self.buf.len() as u64);
+            let mut at = end;
+            while at < to {
+                let n = (to - at).min(ZERO_AHEAD_BYTES);
+                f.write_all_at(&ZEROS[..n as usize], at)?;
+                at += n;
+            }
             self.zeroed_to = to;
         }
         self.len = end;
@@ -779,13 +816,12 @@ impl Writer {
     }
 
     /// Cuts the active segment back to its last record (dropping the zeroed-ahead space) and
-    /// makes it durable. For a segment being sealed, and on close.
+    /// makes it durable. For a segment being sealed, and on close. Synced even with
+    /// `unsafe_no_fsync`: only the last segment may end in zeros, and this is rare.
     fn seal(&mut self) -> Result<()> {
         if let Some(f) = self.file.take() {
             f.set_len(self.len)?;
-            if !self.shared.opts.unsafe_no_fsync {
-                f.sync_all()?;
-            }
+            f.sync_all()?;
         }
         Ok(())
     }
@@ -1220,6 +1256,46 @@ mod tests {
         let wal = Wal::open(dir.path(), opts()).unwrap();
         assert_eq!(wal.state().last_index, Some(kept + 1));
         assert_eq!(all(&wal).last().unwrap(), &(kept + 1, b"after".to_vec()));
+    }
+
+    #[test]
+    fn a_batch_torn_over_zeroed_space_is_a_torn_tail_not_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }).unwrap();
+            for i in 0..5u64 {
+                append_sync(&wal, vec![(i, b"acked")]);
+            }
+        }
+        let path = last_segment(dir.path());
+        let clean = std::fs::read(&path).unwrap();
+        let end = clean.len();
+        // The next batch, never synced: two 5,000-byte entries over the zeroed-ahead space, of
+        // which the disk kept the later blocks but not the first.
+        let mut batch = Vec::new();
+        encode_record(KIND_ENTRY, &[&5u64.to_le_bytes(), &[7u8; 5000]], &mut batch);
+        encode_record(KIND_ENTRY, &[&6u64.to_le_bytes(), &[8u8; 5000]], &mut batch);
+        let torn = |hole: std::ops::Range<usize>| {
+            let mut bytes = clean.clone();
+            let mut b = batch.clone();
+            b[hole].fill(0);
+            bytes.extend_from_slice(&b);
+            bytes.resize(end + ZERO_AHEAD_BYTES as usize, 0);
+            std::fs::write(&path, &bytes).unwrap();
+        };
+        // The block holding the batch's start was not written: the log ends at entry 4.
+        torn(0..4096 - end % 4096);
+        assert_eq!(Wal::open(dir.path(), opts()).unwrap().state().last_index, Some(4));
+        // A block in the middle of the first record was not written: the same.
+        torn(4096 - end % 4096 + 512..4096 - end % 4096 + 1024);
+        assert_eq!(Wal::open(dir.path(), opts()).unwrap().state().last_index, Some(4));
+        // No unwritten sector between the bad record and a valid one: corruption, as before.
+        let mut bytes = clean.clone();
+        let mut b = batch.clone();
+        b[100] ^= 0xff;
+        bytes.extend_from_slice(&b);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
     }
 
     #[test]
