@@ -123,9 +123,10 @@ async fn watch_live_history_prev_kv_filters_cancel_and_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_progress_notifications() {
     let tc = start(3, &["--experimental-watch-progress-notify-interval=300ms"]).await;
-    // One member for the put and the watches: a member answers a put only once it has applied
-    // it, so the watches start after it. (Through different members, as with etcd, a watch on a
-    // member that has not applied the put yet would start before it and deliver it.)
+    // One member for the put and the watches: a member answers a put once it has applied it
+    // (waiting up to a second for that), so the watches start after it. (Through different
+    // members, as with etcd, a watch on a member that has not applied the put yet would start
+    // before it and deliver it.)
     let mut cli = client(&tc.endpoints()[..1]).await;
     let rev = cli.put("p/x", "1", None).await.unwrap().header().unwrap().revision();
     let mut w = cli.watch("p/", Some(WatchOptions::new().with_prefix().with_progress_notify())).await.unwrap();
@@ -246,8 +247,8 @@ async fn slow_watcher_catches_up_without_gaps() {
     assert!(created2.created());
     // More event bytes than the feed keeps for a receiver that is behind (64 MiB) plus what the
     // stream queues for its client (`OUTBOUND_QUEUE` items, one applied batch each) and the
-    // HTTP/2 windows. One put at a time, so each applied batch holds one event of 1 MB whatever
-    // the proposal batching does.
+    // HTTP/2 windows. One put at a time, so each log entry holds one event of 1 MB whatever the
+    // proposal batching does (an apply call can still span several entries).
     let value = "v".repeat(1_000_000);
     for i in 0..n {
         cli.put(format!("s/{i:05}"), value.clone(), None).await.unwrap();

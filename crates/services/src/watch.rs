@@ -44,8 +44,8 @@ pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 pub const CATCH_UP_CHUNK_BYTES: usize = 1024 * 1024;
 /// Items ([`OutBatch`]es) queued for one stream's client before the stream stops reading the
 /// feed (and later catches up from the store). Small: an item holds a whole catch-up chunk, or
-/// the responses to one applied batch (whose events its watchers share), up to a proposal
-/// batch's 4 MiB of writes.
+/// the responses to the events of one apply call (shared by its watchers), which can span
+/// several log entries of up to 4 MiB of writes each.
 pub const OUTBOUND_QUEUE: usize = 16;
 /// Room for the gRPC envelope when deciding whether to fragment (etcd's grpcOverheadBytes).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

@@ -41,14 +41,15 @@
 //! never acknowledged, and the file is truncated there. Zeros after the last record are the
 //! zeroed-ahead space of a log that stopped without closing: the end of the log, not damage.
 //! Because a batch overwrites zeroed blocks, a crash during its sync can also leave an earlier
-//! block of it unwritten and a later one written: a bad record followed by a valid one, with a
-//! sector of zeros between them, is such a torn batch (etcd's rule for torn writes). Any other
-//! bad record — in an older segment, or followed by a valid record with no zeroed sector
-//! between — is corruption: [`Wal::open`] fails with [`Error::Corruption`] and the node refuses
-//! to start rather than serve a log it cannot trust. Limitation: a corrupted *final* record that
-//! was acknowledged is indistinguishable from a torn write and is dropped, and so is an
-//! acknowledged sector of the last segment that the disk reads back as zeros; Raft's quorum
-//! still holds those entries on the other members.
+//! block of it unwritten and a later one written: in a last segment that ends in zeroed-ahead
+//! space, a bad record followed by a valid one with a sector of zeros between them is such a
+//! torn batch (etcd's rule for torn writes). Any other bad record — in an older segment, or
+//! followed by a valid record otherwise — is corruption: [`Wal::open`] fails with
+//! [`Error::Corruption`] and the node refuses to start rather than serve a log it cannot trust.
+//! Limitation: a corrupted *final* record that
+//! was acknowledged is indistinguishable from a torn write and is dropped, and so is a damaged
+//! record followed by valid ones when a zero sector lies between (a record's own data can be
+//! zeros); Raft's quorum still holds those entries on the other members.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -372,23 +373,26 @@ fn valid_record_after(buf: &[u8], from: usize) -> Option<usize> {
     (from..buf.len()).find(|&at| matches!(parse_at(buf, at), Parsed::Record { kind, .. } if (KIND_ENTRY..=KIND_CHECKPOINT).contains(&kind)))
 }
 
-/// Whether `[from, to)` holds a disk sector that was never written: all zeros, as the writer
-/// zeroed it ahead (see "Zeroed ahead"). A record never starts with zeros (its length is not
-/// zero), so a zero run of a header's length or more, to a sector boundary, is no record's data.
-/// etcd's WAL decoder applies the same rule to torn writes (`isTornEntry`). The trade-off, as
-/// for etcd: an acknowledged sector of the last segment that the disk returns as zeros would be
-/// taken for a torn write; the quorum still holds those entries.
-fn unwritten_sector(buf: &[u8], from: usize, to: usize) -> bool {
-    const SECTOR: usize = 512;
-    let mut start = from;
-    while start < to {
-        let end = ((start / SECTOR + 1) * SECTOR).min(to);
-        if end - start >= HEADER_BYTES && buf[start..end].iter().all(|&b| b == 0) {
-            return true;
-        }
-        start = end;
-    }
-    false
+const SECTOR_BYTES: usize = 512;
+
+/// Whether the bad record at `from`, followed by a valid one at `to`, is a batch torn over the
+/// zeroed-ahead space (see "Zeroed ahead") rather than damage: the segment ends in zeroed-ahead
+/// space (it was not closed: a crash), and a whole disk sector in `[from, to)` is zeros, as the
+/// writer left it, never overwritten. etcd's WAL decoder applies the same rule to torn writes
+/// (`isTornEntry`), with the same trade-off: record data can itself hold a zero sector (a value
+/// of zeros), so damage to such a record in the last segment after a crash is taken for a torn
+/// write and what follows it is dropped instead of refused; the quorum still holds it.
+fn torn_batch(buf: &[u8], from: usize, to: usize) -> bool {
+    let zero = |r: std::ops::Range<usize>| buf[r].iter().all(|&b| b == 0);
+    let crashed = buf.len() >= SECTOR_BYTES && zero(buf.len() - SECTOR_BYTES..buf.len());
+    crashed && (from.div_ceil(SECTOR_BYTES)..to / SECTOR_BYTES).any(|s| zero(s * SECTOR_BYTES..(s + 1) * SECTOR_BYTES))
+}
+
+/// Cuts `file` back to `len` bytes, durably.
+fn cut_back(file: &File, len: u64) -> Result<()> {
+    file.set_len(len)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 fn corrupt(seg: u64, at: usize, what: &str) -> Error {
@@ -433,22 +437,22 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                     // A torn write leaves only garbage after it. A valid record anywhere after the
                     // bad one means the damage is in the middle: corruption. (A flipped length
                     // field hides where the next record starts, so look at every offset.) Except
-                    // when a sector between them still holds the zeroed-ahead zeros: a batch
-                    // overwrites blocks the file already has, and a crash during its sync can
-                    // leave any of them unwritten, later ones written.
-                    if let Some(valid) = valid_record_after(&buf, at + 1) {
-                        if unwritten_sector(&buf, at, valid) {
+                    // for a batch torn over zeroed-ahead space: a batch overwrites blocks the file
+                    // already has, and a crash during its sync can leave an earlier one unwritten
+                    // and a later one written.
+                    match valid_record_after(&buf, at + 1) {
+                        Some(valid) if !torn_batch(&buf, at, valid) => {
+                            return Err(corrupt(
+                                seg,
+                                at,
+                                &format!("checksum mismatch before valid records (next valid record at {valid})"),
+                            ));
+                        }
+                        _ => {
                             tracing::warn!(segment = seg, offset = at, "truncating torn tail of the raft log");
                             break;
                         }
-                        return Err(corrupt(
-                            seg,
-                            at,
-                            &format!("checksum mismatch before valid records (next valid record at {valid})"),
-                        ));
                     }
-                    tracing::warn!(segment = seg, offset = at, "truncating torn tail of the raft log");
-                    break;
                 }
                 Parsed::Short | Parsed::Bad => {
                     return Err(corrupt(seg, at, "bad record in a sealed segment"));
@@ -457,9 +461,7 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
         }
         if is_last {
             if (at as u64) < buf.len() as u64 {
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(at as u64)?;
-                f.sync_all()?;
+                cut_back(&OpenOptions::new().write(true).open(&path)?, at as u64)?;
             }
             last_len = at as u64;
         }
@@ -745,7 +747,7 @@ impl Wal {
         &self.shared.stats
     }
 
-    /// Files of the log, for status.
+    /// Files of the log, for status (on disk: with the zeroed-ahead space).
     pub fn size_bytes(&self) -> u64 {
         list_segments(&self.shared.dir)
             .unwrap_or_default()
@@ -819,11 +821,10 @@ impl Writer {
     /// makes it durable. For a segment being sealed, and on close. Synced even with
     /// `unsafe_no_fsync`: only the last segment may end in zeros, and this is rare.
     fn seal(&mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.set_len(self.len)?;
-            f.sync_all()?;
+        match self.file.take() {
+            Some(f) => cut_back(&f, self.len),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts a new segment with a checkpoint of the current state.
@@ -1155,6 +1156,12 @@ mod tests {
         assert_eq!(wal.read(3, 5, usize::MAX).unwrap().len(), 2);
     }
 
+    /// Writes `bytes` followed by the zeroed-ahead space a crash leaves at the end of a segment.
+    fn write_crashed(path: &Path, mut bytes: Vec<u8>) {
+        bytes.resize(bytes.len() + ZERO_AHEAD_BYTES as usize, 0);
+        std::fs::write(path, &bytes).unwrap();
+    }
+
     fn last_segment(dir: &Path) -> PathBuf {
         segment_path(dir, *list_segments(dir).unwrap().last().unwrap())
     }
@@ -1204,9 +1211,7 @@ mod tests {
         let records_len = std::fs::metadata(&path).unwrap().len();
         assert!(records_len < 4096, "{records_len}");
         // A crash leaves the zeros: the log ends at its last record, nothing is lost or refused.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.resize(records_len as usize + ZERO_AHEAD_BYTES as usize, 0);
-        std::fs::write(&path, &bytes).unwrap();
+        write_crashed(&path, std::fs::read(&path).unwrap());
         {
             let wal = Wal::open(dir.path(), opts()).unwrap();
             assert_eq!(all(&wal).len(), 5);
@@ -1221,17 +1226,14 @@ mod tests {
         let mut rec = Vec::new();
         encode_record(KIND_ENTRY, &[&6u64.to_le_bytes(), b"torn"], &mut rec);
         bytes.extend_from_slice(&rec[..rec.len() - 2]);
-        bytes.resize(end + ZERO_AHEAD_BYTES as usize, 0);
-        std::fs::write(&path, &bytes).unwrap();
+        write_crashed(&path, bytes);
         {
             let wal = Wal::open(dir.path(), opts()).unwrap();
             assert_eq!(wal.state().last_index, Some(5));
         }
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes.resize(bytes.len() + ZERO_AHEAD_BYTES as usize, 0);
-        let mid = end / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        bytes[end / 2] ^= 0xff;
+        write_crashed(&path, bytes);
         assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
     }
 
@@ -1280,8 +1282,7 @@ mod tests {
             let mut b = batch.clone();
             b[hole].fill(0);
             bytes.extend_from_slice(&b);
-            bytes.resize(end + ZERO_AHEAD_BYTES as usize, 0);
-            std::fs::write(&path, &bytes).unwrap();
+            write_crashed(&path, bytes);
         };
         // The block holding the batch's start was not written: the log ends at entry 4.
         torn(0..4096 - end % 4096);
@@ -1289,12 +1290,20 @@ mod tests {
         // A block in the middle of the first record was not written: the same.
         torn(4096 - end % 4096 + 512..4096 - end % 4096 + 1024);
         assert_eq!(Wal::open(dir.path(), opts()).unwrap().state().last_index, Some(4));
-        // No unwritten sector between the bad record and a valid one: corruption, as before.
-        let mut bytes = clean.clone();
+        // No zero sector between the bad record and a valid one: corruption, as before.
+        let mut damaged = clean.clone();
         let mut b = batch.clone();
         b[100] ^= 0xff;
-        bytes.extend_from_slice(&b);
-        std::fs::write(&path, &bytes).unwrap();
+        damaged.extend_from_slice(&b);
+        write_crashed(&path, damaged);
+        assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
+        // A zero sector, but a segment that was closed (no zeroed-ahead space at its end): not
+        // a crash, so corruption.
+        let mut b = batch.clone();
+        b[4096 - end % 4096 + 512..4096 - end % 4096 + 1024].fill(0);
+        let mut closed = clean.clone();
+        closed.extend_from_slice(&b);
+        std::fs::write(&path, &closed).unwrap();
         assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
     }
 
