@@ -1156,6 +1156,15 @@ mod tests {
         assert_eq!(wal.read(3, 5, usize::MAX).unwrap().len(), 2);
     }
 
+    /// A log in `dir` holding entries `0..n` (`payload(i)` each), each appended and synced.
+    fn appended(dir: &Path, opts: WalOptions, n: u64) -> Wal {
+        let wal = Wal::open(dir, opts).unwrap();
+        for i in 0..n {
+            append_sync(&wal, vec![(i, &payload(i))]);
+        }
+        wal
+    }
+
     /// Writes `bytes` followed by the zeroed-ahead space a crash leaves at the end of a segment.
     fn write_crashed(path: &Path, mut bytes: Vec<u8>) {
         bytes.resize(bytes.len() + ZERO_AHEAD_BYTES as usize, 0);
@@ -1197,10 +1206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path;
         {
-            let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }).unwrap();
-            for i in 0..5u64 {
-                append_sync(&wal, vec![(i, b"data")]);
-            }
+            let _wal = appended(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }, 5);
             // While the log is open, the space after its records is already written.
             path = last_segment(dir.path());
             let on_disk = std::fs::read(&path).unwrap();
@@ -1240,12 +1246,7 @@ mod tests {
     #[test]
     fn a_segment_left_empty_by_a_crash_gets_its_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let wal = Wal::open(dir.path(), opts()).unwrap();
-            for i in 0..100u64 {
-                append_sync(&wal, vec![(i, &payload(i))]);
-            }
-        }
+        drop(appended(dir.path(), opts(), 100));
         // A crash right after a new segment was created, before its checkpoint reached the disk.
         let last = last_segment(dir.path());
         let kept = {
@@ -1263,12 +1264,7 @@ mod tests {
     #[test]
     fn a_batch_torn_over_zeroed_space_is_a_torn_tail_not_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }).unwrap();
-            for i in 0..5u64 {
-                append_sync(&wal, vec![(i, b"acked")]);
-            }
-        }
+        drop(appended(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }, 5));
         let path = last_segment(dir.path());
         let clean = std::fs::read(&path).unwrap();
         let end = clean.len();
@@ -1310,10 +1306,7 @@ mod tests {
     #[test]
     fn sealed_segments_end_at_their_last_record() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), opts()).unwrap();
-        for i in 0..200u64 {
-            append_sync(&wal, vec![(i, &payload(i))]);
-        }
+        let wal = appended(dir.path(), opts(), 200);
         let segs = list_segments(dir.path()).unwrap();
         assert!(segs.len() >= 2);
         for &seg in &segs[..segs.len() - 1] {
