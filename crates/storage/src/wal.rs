@@ -46,10 +46,10 @@
 //! torn batch (etcd's rule for torn writes). Any other bad record — in an older segment, or
 //! followed by a valid record otherwise — is corruption: [`Wal::open`] fails with
 //! [`Error::Corruption`] and the node refuses to start rather than serve a log it cannot trust.
-//! Limitation: a corrupted *final* record that
-//! was acknowledged is indistinguishable from a torn write and is dropped, and so is a damaged
-//! record followed by valid ones when a zero sector lies between (a record's own data can be
-//! zeros); Raft's quorum still holds those entries on the other members.
+//! Limitation: a corrupted *final* record that was acknowledged is indistinguishable from a torn
+//! write and is dropped, and so is a damaged record followed by valid ones when a zero sector
+//! lies between (a record's own data can be zeros); Raft's quorum still holds those entries on
+//! the other members.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -792,8 +792,8 @@ impl Writer {
         }
     }
 
-    /// Writes the buffered records at the end of the active segment, keeping zeros written
-    /// `ZERO_AHEAD_BYTES` past them (see "Zeroed ahead"). Not synced.
+    /// Writes the buffered records at the end of the active segment, keeping zeros written past
+    /// them (see "Zeroed ahead"). Not synced.
     fn write_out(&mut self) -> Result<()> {
         let f = self.file.as_ref().expect("an open segment");
         let end = self.len + self.buf.len() as u64;
