@@ -53,17 +53,17 @@ impl TlsArgs {
     }
 }
 
-/// A lazily connected channel with short connect timeouts, so a dead endpoint fails fast.
+/// A lazily connected channel with short connect timeouts, so a dead endpoint fails fast, over a
+/// TCP stream whose small frames share writes ([`cairn_raft::tcp`]).
 pub fn channel(url: &str) -> anyhow::Result<Channel> {
     let mut ep = Endpoint::from_shared(url.to_string())?;
     if url.starts_with("https://") {
         let tls = TLS.get().cloned().unwrap_or_default();
         ep = ep.tls_config(tls)?;
     }
-    Ok(ep
+    let ep = ep
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(3));
+    Ok(cairn_raft::tcp::lazy_channel(&ep))
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use cairn_api::grpc::Api;
 use cairn_proto::peer::peer_server::PeerServer;
 use cairn_raft::node::{lock_data_dir, NodeOptions};
+use cairn_raft::tcp::Coalescing;
 use cairn_raft::{PeerNode, PeerService, RaftNode, RaftTimers};
 use cairn_services::boot::{self, BootOptions, ClusterState};
 use cairn_services::cluster::{Cluster, ClusterConfig};
@@ -35,14 +36,18 @@ fn bind_addrs(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addrs.into_iter().take(1).collect())
 }
 
-/// Accepted connections with Nagle's algorithm off: tonic sets TCP_NODELAY only on listeners it
+/// Accepted connections with Nagle's algorithm off (tonic sets TCP_NODELAY only on listeners it
 /// binds itself, and a small response held back 40 ms by Nagle meeting delayed ACKs would
-/// dominate every round trip.
-fn incoming(l: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// dominate every round trip), in streams whose small frames share writes
+/// ([`cairn_raft::tcp`]).
+fn incoming(
+    l: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<Coalescing<tokio::net::TcpStream>>> {
     use futures::StreamExt;
     TcpListenerStream::new(l).map(|r| {
-        r.inspect(|s| {
+        r.map(|s| {
             let _ = s.set_nodelay(true);
+            Coalescing(s)
         })
     })
 }

@@ -19,6 +19,7 @@ pub mod network;
 pub mod node;
 pub mod server;
 pub mod state_machine;
+pub mod tcp;
 pub mod types;
 
 pub use log_store::LogStore;

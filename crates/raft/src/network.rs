@@ -52,16 +52,17 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
     Ok(ep)
 }
 
+/// Timeouts and keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`]).
+pub fn peer_channel_settings(ep: Endpoint) -> Endpoint {
+    ep.connect_timeout(crate::tcp::CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+}
+
 fn channel(node: &PeerNode) -> Option<Channel> {
     let url = node.peer_urls.first()?;
     let ep = peer_endpoint(url).ok()?;
-    Some(
-        ep.connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy(),
-    )
+    Some(crate::tcp::lazy_channel(&peer_channel_settings(ep)))
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

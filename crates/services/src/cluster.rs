@@ -218,12 +218,7 @@ impl Cluster {
             }
         }
         let ep = cairn_raft::network::peer_endpoint(&url).map_err(Error::Internal)?;
-        let ch = ep
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let ch = cairn_raft::tcp::lazy_channel(&cairn_raft::network::peer_channel_settings(ep));
         let c = PeerClient::new(ch)
             .max_decoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX);
