@@ -62,7 +62,7 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         ep = ep.tls_config(tls)?;
     }
     let ep = ep
-        .connect_timeout(Duration::from_millis(500))
+        .connect_timeout(cairn_raft::tcp::CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(3));
     Ok(cairn_raft::tcp::lazy_channel(&ep))
