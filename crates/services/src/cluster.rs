@@ -585,6 +585,10 @@ async fn forward_loop(cluster: std::sync::Weak<Cluster>, mut rx: mpsc::Receiver<
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        // As in `propose_loop`: requests already read off the sockets join this batch, so
+        // fewer, fuller batches cross to the leader (four paired runs of scripts/profile-put:
+        // 2–15% more puts/s, CPU per put lower in each).
+        tokio::task::yield_now().await;
         let mut jobs = vec![first];
         while jobs.len() < FORWARD_BATCH_MAX {
             match rx.try_recv() {
