@@ -52,10 +52,13 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
     Ok(ep)
 }
 
-/// Keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`], which
-/// bounds the TCP connect by [`crate::tcp::CONNECT_TIMEOUT`]).
+/// Timeouts and keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`],
+/// which bounds the TCP connect by [`crate::tcp::CONNECT_TIMEOUT`]; the endpoint bounds the TLS
+/// handshake with it).
 pub fn peer_channel_settings(ep: Endpoint) -> Endpoint {
-    ep.http2_keep_alive_interval(Duration::from_secs(5)).keep_alive_timeout(Duration::from_secs(5))
+    ep.connect_timeout(crate::tcp::HANDSHAKE_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
 }
 
 fn channel(node: &PeerNode) -> Option<Channel> {

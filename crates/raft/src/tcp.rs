@@ -76,10 +76,16 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
-/// How long [`connect`] waits for a TCP connection. Set it here rather than as the endpoint's
-/// `connect_timeout`: tonic's timeout wraps the TLS handshake too and fails with a message
-/// ("deadline has elapsed") that does not say the request never left.
+/// How long [`connect`] waits for a TCP connection; its error says the request never left.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The bound on connecting as a whole, TLS handshake included: set it as the endpoint's
+/// `connect_timeout` (tonic wraps the connector, TLS and all, in it). Longer than
+/// [`CONNECT_TIMEOUT`], so a TCP connect that fails reports itself as such ("tcp connect
+/// error", safe to retry elsewhere) rather than as this timeout's bare "deadline has elapsed";
+/// without it a peer that accepts TCP but never answers the handshake would hold the connection
+/// attempt, and every request queued on it, indefinitely.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to the host and port of `uri` (scheme aside: tonic adds TLS on top for `https`),
 /// with `TCP_NODELAY`. For [`tonic::transport::Endpoint::connect_with_connector_lazy`].
@@ -125,6 +131,13 @@ mod tests {
         server.write_all(b"pong").await.unwrap();
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+        // A writer that writes vectored anyway (rustls does) gets every slice through.
+        let bufs = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cdef")];
+        let n = client.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 6, "the whole vectored write went to the socket in one call");
+        let mut six = [0u8; 6];
+        server.read_exact(&mut six).await.unwrap();
+        assert_eq!(&six, b"abcdef");
     }
 
     #[tokio::test]
