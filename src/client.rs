@@ -61,11 +61,7 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         let tls = TLS.get().cloned().unwrap_or_default();
         ep = ep.tls_config(tls)?;
     }
-    // The TCP connect is bounded by `cairn_raft::tcp::CONNECT_TIMEOUT` (500 ms), the TLS
-    // handshake with it by `HANDSHAKE_TIMEOUT`.
-    let ep = ep
-        .connect_timeout(cairn_raft::tcp::HANDSHAKE_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(3));
+    // `lazy_channel` bounds connecting: 500 ms for TCP, 2 s with a TLS handshake.
+    let ep = ep.http2_keep_alive_interval(Duration::from_secs(5)).keep_alive_timeout(Duration::from_secs(3));
     Ok(cairn_raft::tcp::lazy_channel(&ep))
 }

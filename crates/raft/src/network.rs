@@ -52,13 +52,10 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
     Ok(ep)
 }
 
-/// Timeouts and keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`],
-/// which bounds the TCP connect by [`crate::tcp::CONNECT_TIMEOUT`]; the endpoint bounds the TLS
-/// handshake with it).
+/// Keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`], which bounds
+/// connecting).
 pub fn peer_channel_settings(ep: Endpoint) -> Endpoint {
-    ep.connect_timeout(crate::tcp::HANDSHAKE_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+    ep.http2_keep_alive_interval(Duration::from_secs(5)).keep_alive_timeout(Duration::from_secs(5))
 }
 
 fn channel(node: &PeerNode) -> Option<Channel> {

@@ -79,8 +79,8 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 /// How long [`connect`] waits for a TCP connection; its error says the request never left.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The bound on connecting as a whole, TLS handshake included: set it as the endpoint's
-/// `connect_timeout` (tonic wraps the connector, TLS and all, in it). Longer than
+/// The bound on connecting as a whole, TLS handshake included: [`lazy_channel`] sets it as the
+/// endpoint's `connect_timeout` (tonic wraps the connector, TLS and all, in it). Longer than
 /// [`CONNECT_TIMEOUT`], so a TCP connect that fails reports itself as such ("tcp connect
 /// error", safe to retry elsewhere) rather than as this timeout's bare "deadline has elapsed";
 /// without it a peer that accepts TCP but never answers the handshake would hold the connection
@@ -104,9 +104,10 @@ pub async fn connect(uri: tonic::codegen::http::Uri) -> io::Result<hyper_util::r
     Ok(hyper_util::rt::TokioIo::new(Coalescing(s)))
 }
 
-/// A lazily connected channel to `ep` over [`Coalescing`] streams.
+/// A lazily connected channel to `ep` over [`Coalescing`] streams, connecting within
+/// [`CONNECT_TIMEOUT`] (TCP) and [`HANDSHAKE_TIMEOUT`] (TCP and TLS).
 pub fn lazy_channel(ep: &tonic::transport::Endpoint) -> tonic::transport::Channel {
-    ep.connect_with_connector_lazy(tower::service_fn(connect))
+    ep.clone().connect_timeout(HANDSHAKE_TIMEOUT).connect_with_connector_lazy(tower::service_fn(connect))
 }
 
 #[cfg(test)]
