@@ -267,7 +267,10 @@ impl Cluster {
         let n = reqs.len();
         let mut request = tonic::Request::new(ForwardBatchRequest { requests: reqs });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.forward_batch(request).await {
+        let t = Instant::now();
+        let reply = client.forward_batch(request).await;
+        self.metrics.forward_batch_seconds.observe(t.elapsed().as_secs_f64());
+        match reply {
             Ok(reply) => {
                 let results = reply.into_inner().results;
                 if results.len() != n {
@@ -403,7 +406,9 @@ impl Cluster {
     /// The write is committed either way; after the wait the answer goes out regardless.
     pub async fn caught_up(&self, rev: i64) {
         if self.store().current_revision() < rev {
-            let _ = self.store().wait_revision(rev, Instant::now() + CATCH_UP_WAIT).await;
+            let t = Instant::now();
+            let _ = self.store().wait_revision(rev, t + CATCH_UP_WAIT).await;
+            self.metrics.catch_up_seconds.observe(t.elapsed().as_secs_f64());
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_seconds: Family<MethodLabels, Histogram>,
     pub forwarded: Counter,
+    /// Round trips of forwarded batches to the leader.
+    pub forward_batch_seconds: Histogram,
+    /// Waits of a member that forwarded a write until it applied the write itself.
+    pub catch_up_seconds: Histogram,
     pub proposals_committed: Counter,
     pub proposals_failed: Counter,
     pub proposal_seconds: Histogram,
@@ -63,6 +67,9 @@ pub struct Metrics {
     wal_entries: Gauge,
     wal_bytes: Gauge,
     wal_sync_seconds: Gauge<f64, AtomicU64>,
+    store_flushes: Gauge,
+    store_flush_seconds: Gauge<f64, AtomicU64>,
+    store_flush_max_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -78,6 +85,8 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
             forwarded: Counter::default(),
+            forward_batch_seconds: latency_histogram(),
+            catch_up_seconds: latency_histogram(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             proposal_seconds: latency_histogram(),
@@ -104,11 +113,24 @@ impl Metrics {
             wal_entries: Gauge::default(),
             wal_bytes: Gauge::default(),
             wal_sync_seconds: Gauge::default(),
+            store_flushes: Gauge::default(),
+            store_flush_seconds: Gauge::default(),
+            store_flush_max_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("cairn_grpc_requests", "Client gRPC requests by method and status code", m.grpc_requests.clone());
         r.register("cairn_grpc_request_duration_seconds", "Client gRPC request latency", m.grpc_seconds.clone());
         r.register("cairn_forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
+        r.register(
+            "cairn_forward_batch_duration_seconds",
+            "Round trip of a batch of forwarded requests to the leader",
+            m.forward_batch_seconds.clone(),
+        );
+        r.register(
+            "cairn_catch_up_duration_seconds",
+            "Wait of a member that forwarded a write until it has applied the write itself",
+            m.catch_up_seconds.clone(),
+        );
         r.register(
             "etcd_server_proposals_committed",
             "Proposals committed and applied (etcd name)",
@@ -151,6 +173,17 @@ impl Metrics {
         r.register("cairn_wal_entries", "Raft log entries written", m.wal_entries.clone());
         r.register("cairn_wal_bytes", "Raft log entry bytes written", m.wal_bytes.clone());
         r.register("cairn_wal_sync_seconds", "Time spent in fdatasync", m.wal_sync_seconds.clone());
+        r.register("cairn_store_flushes", "Writes of applied changes to the state engine", m.store_flushes.clone());
+        r.register(
+            "cairn_store_flush_seconds",
+            "Time spent writing applied changes to the engine",
+            m.store_flush_seconds.clone(),
+        );
+        r.register(
+            "cairn_store_flush_max_seconds",
+            "The longest single write of applied changes",
+            m.store_flush_max_seconds.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -180,6 +213,10 @@ impl Metrics {
         self.wal_entries.set(get(&ws.entries));
         self.wal_bytes.set(get(&ws.bytes));
         self.wal_sync_seconds.set(get(&ws.sync_micros) as f64 / 1e6);
+        let fs = store.flush_stats();
+        self.store_flushes.set(get(&fs.flushes));
+        self.store_flush_seconds.set(get(&fs.micros) as f64 / 1e6);
+        self.store_flush_max_seconds.set(get(&fs.max_micros) as f64 / 1e6);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

@@ -763,3 +763,175 @@ fn auth_changes_persist_and_guarded_writes_refuse_an_older_auth_revision() {
     assert_eq!(s.auth().revision, 6);
     assert!(s.auth().enabled && s.auth().roles.contains_key("r") && s.auth().users.contains_key("bob"));
 }
+
+/// An engine whose writes wait while a gate is shut, either before or after the write reaches
+/// the inner engine: the two states a background flush can be seen in.
+struct GatedEngine {
+    inner: MemEngine,
+    after: bool,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    started: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedEngine {
+    fn new(after: bool) -> Arc<GatedEngine> {
+        Arc::new(GatedEngine {
+            inner: MemEngine::new(),
+            after,
+            open: std::sync::Mutex::new(true),
+            cv: std::sync::Condvar::new(),
+            started: Default::default(),
+        })
+    }
+
+    fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.cv.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+}
+
+impl Engine for GatedEngine {
+    fn reader(&self) -> cairn_storage::Result<Box<dyn Reader + Send + Sync>> {
+        self.inner.reader()
+    }
+    fn write(&self, batch: WriteBatch) -> cairn_storage::Result<()> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.after {
+            self.wait_open();
+        }
+        self.inner.write(batch)?;
+        if self.after {
+            self.wait_open();
+        }
+        Ok(())
+    }
+    fn sync(&self) -> cairn_storage::Result<()> {
+        self.inner.sync()
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+/// Puts `{prefix}{n:05}` = `v{n}` until the store hands a full buffer to the engine; returns
+/// how many. Fails if a put waits for that write (the gate is shut).
+fn fill_until_a_flush_starts(s: &Arc<Store>, e: &Arc<GatedEngine>, prefix: &str) -> usize {
+    let (s, e, prefix) = (s.clone(), e.clone(), prefix.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let before = e.started.load(std::sync::atomic::Ordering::SeqCst);
+        let mut n = 0;
+        while e.started.load(std::sync::atomic::Ordering::SeqCst) == before {
+            put(&s, &format!("{prefix}{n:05}"), &format!("v{n}"));
+            n += 1;
+            assert!(n <= 2 * FLUSH_OPS, "no flush started after {n} puts");
+        }
+        // One more: the commit that started the write has returned, and the next one too.
+        put(&s, &format!("{prefix}{n:05}"), &format!("v{n}"));
+        tx.send(n + 1).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).expect("apply waited for the engine write")
+}
+
+/// While a full buffer is written to the engine in the background, apply goes on and every
+/// record stays readable exactly once — by key, at an old revision, through history — whether
+/// or not the engine holds the write yet; once the write is done, the same from the engine.
+#[test]
+fn a_background_flush_blocks_nothing_and_every_record_reads_the_same() {
+    for after in [false, true] {
+        let e = GatedEngine::new(after);
+        let s = Arc::new(Store::open(e.clone()).unwrap());
+        put(&s, "a/old", "x"); // revision 2, in the engine after this flush
+        s.flush().unwrap();
+        e.set_open(false);
+        let n = fill_until_a_flush_starts(&s, &e, "b/"); // revisions 3..
+                                                         // Every b/ record is in the buffer being written; the gate holds the write. Apply must
+                                                         // not wait for it: run more writes on another thread, with a deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            put(&s2, "a/old", "y");
+            put(&s2, "b/00000", "again");
+            for i in 0..10 {
+                put(&s2, &format!("c/{i}"), "v");
+            }
+            // Compaction removes superseded records: a/old@2 in the engine, b/00000@3 in the
+            // buffer being written.
+            apply(&s2, Op::Compact(pb::CompactionRequest { revision: 10, physical: false }));
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("apply waited for the background flush");
+        let current = s.current_revision();
+        assert_eq!(current, 2 + n as i64 + 12);
+        let check = |when: &str, current: i64| {
+            assert_eq!(get(&s, "a/old").unwrap().value, b"y", "{when}");
+            assert_eq!(get(&s, "b/00000").unwrap().value, b"again", "{when}");
+            assert_eq!(
+                get(&s, &format!("b/{:05}", n - 1)).unwrap().value,
+                format!("v{}", n - 1).into_bytes(),
+                "{when}"
+            );
+            let mut at = rng("b/", "b0");
+            at.revision = 12;
+            let old = s.range(&at).unwrap();
+            assert_eq!(keys(&old).len(), 10, "{when}: b/ keys at revision 12");
+            assert_eq!(old.kvs[0].value, b"v0", "{when}: b/00000 as it was at revision 12");
+            assert_eq!(keys(&s.range(&rng("b/", "b0")).unwrap()).len(), n, "{when}");
+            // History from the compaction on: every revision once, in order.
+            let h = s.history(b"\0", b"\xff", 10, usize::MAX).unwrap();
+            assert_eq!(h.through, current, "{when}");
+            let revs: Vec<i64> = h.events.iter().map(|ev| ev.kv.as_ref().unwrap().mod_revision).collect();
+            let want: Vec<i64> = (10..=current).collect();
+            assert!(revs == want, "{when}: history has {} events for {} revisions", revs.len(), want.len());
+        };
+        check(&format!("during the flush (gate after the write: {after})"), current);
+        e.set_open(true);
+        while s.flush_stats().flushes.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        put(&s, "d", "v"); // this commit drops the finished flush's buffer
+        let current = current + 1;
+        assert_eq!(s.current_revision(), current);
+        check(&format!("after the flush (gate after the write: {after})"), current);
+        s.flush().unwrap();
+        let reopened = Store::open(e.clone()).unwrap();
+        assert_eq!(reopened.current_revision(), current);
+        assert_eq!(get(&reopened, "b/00000").unwrap().value, b"again");
+    }
+}
+
+/// A snapshot install replaces the engine's contents only after a background write in flight
+/// has landed, so the write cannot land on top of the installed state.
+#[test]
+fn replace_waits_for_a_background_flush() {
+    let e = GatedEngine::new(false);
+    let s = Arc::new(Store::open(e.clone()).unwrap());
+    e.set_open(false);
+    fill_until_a_flush_starts(&s, &e, "k");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = s.clone();
+    let e2 = e.clone();
+    std::thread::spawn(move || {
+        let installed_after = s2.replace(|engine| {
+            // What the flush wrote is already there when the install starts.
+            let r = engine.reader().unwrap();
+            let found = r.get(Table::Kv, &Rev::new(2, 0).to_key()).unwrap().is_some();
+            engine.write(WriteBatch { ops: vec![WriteOp::Clear { table: Table::Kv }] }).unwrap();
+            Ok::<_, StoreError>(found)
+        });
+        tx.send(installed_after.unwrap()).unwrap();
+        drop(e2);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(rx.try_recv().is_err(), "replace went ahead while the flush was held");
+    e.set_open(true);
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap(), "the flushed records were in the engine");
+}
