@@ -175,12 +175,16 @@ pub struct FlushStats {
 }
 
 impl FlushStats {
-    fn record(&self, took: std::time::Duration) {
+    /// Writes `ops` to `engine`, counting the write and its time.
+    fn write(&self, engine: &dyn Engine, ops: WriteBatch) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let us = took.as_micros() as u64;
+        let t = std::time::Instant::now();
+        engine.write(ops)?;
+        let us = t.elapsed().as_micros() as u64;
         self.flushes.fetch_add(1, Relaxed);
         self.micros.fetch_add(us, Relaxed);
         self.max_micros.fetch_max(us, Relaxed);
+        Ok(())
     }
 }
 
@@ -501,11 +505,9 @@ impl Store {
         if let Some(f) = st.flushing.take() {
             f.wait()?;
         }
-        let t = std::time::Instant::now();
         let ops = st.unflushed.take();
         if !ops.is_empty() {
-            self.engine.write(ops)?;
-            self.flush_stats.record(t.elapsed());
+            self.flush_stats.write(&*self.engine, ops)?;
         }
         Ok(())
     }
@@ -522,12 +524,7 @@ impl Store {
         let stats = self.flush_stats.clone();
         let done = std::thread::Builder::new()
             .name("store-flush".into())
-            .spawn(move || {
-                let t = std::time::Instant::now();
-                engine.write(ops)?;
-                stats.record(t.elapsed());
-                Ok(())
-            })
+            .spawn(move || stats.write(&*engine, ops))
             .map_err(cairn_storage::Error::Io)?;
         st.flushing = Some(Flushing { kv, done });
         Ok(())
