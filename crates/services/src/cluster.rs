@@ -110,6 +110,17 @@ enum ForwardFailure {
     Answer(Error),
 }
 
+tokio::task_local! {
+    /// Inside [`originated`]: the forwarding member and its waiter id for the write being run.
+    static ORIGIN: Option<(u64, u64)>;
+}
+
+/// Runs `f`, a write forwarded by member `member` that waits for it under `id` (both non-zero;
+/// see [`Cluster::on_leader_write`]), so that its proposal is tagged `Op::Origin`.
+pub async fn originated<F: std::future::Future>(member: u64, id: u64, f: F) -> F::Output {
+    ORIGIN.scope((member != 0 && id != 0).then_some((member, id)), f).await
+}
+
 /// This member's wall clock in ms (plus the test-only offset of the `failpoints` build). Only
 /// the leader reads it, to stamp commands; apply never does.
 fn now_ms() -> u64 {
@@ -312,7 +323,33 @@ impl Cluster {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        self.run_on_leader(false, fwd, local, unwrap).await
+        self.run_on_leader(false, fwd, local, unwrap, None::<fn(Response) -> Option<Result<T, Error>>>).await
+    }
+
+    /// [`Cluster::on_leader`] for a write that the leader proposes as it is (a put, delete or
+    /// transaction): when forwarded, it is proposed as an `Op::Origin` naming this member, and
+    /// this member answers from its own apply of that entry (`from_apply` turns the applied
+    /// response into the answer) or from the leader's reply, whichever comes first. The two are
+    /// the same answer: apply is deterministic. As with etcd, whose followers answer a forwarded
+    /// proposal when they apply it, the answer need not wait for the leader's reply to travel
+    /// back after this member has applied the write; the reply stays for when this member does
+    /// not apply the entry itself (a snapshot install skipped it) and for refusals.
+    pub async fn on_leader_write<T, F, Fut>(
+        &self,
+        fwd: impl Fn() -> forward_request::Request,
+        local: F,
+        unwrap: impl Fn(forward_reply::Response) -> Option<T>,
+        from_apply: impl Fn(Response) -> Option<T>,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let from_apply = |r: Response| match r {
+            Response::Error(e) => Some(Err(e)),
+            other => from_apply(other).map(Ok),
+        };
+        self.run_on_leader(false, fwd, local, unwrap, Some(from_apply)).await
     }
 
     /// [`Cluster::on_leader`] for a request that may run twice (a read index, a lease
@@ -328,7 +365,7 @@ impl Cluster {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        self.run_on_leader(true, fwd, local, unwrap).await
+        self.run_on_leader(true, fwd, local, unwrap, None::<fn(Response) -> Option<Result<T, Error>>>).await
     }
 
     async fn run_on_leader<T, F, Fut>(
@@ -337,6 +374,7 @@ impl Cluster {
         fwd: impl Fn() -> forward_request::Request,
         local: F,
         unwrap: impl Fn(forward_reply::Response) -> Option<T>,
+        from_apply: Option<impl Fn(Response) -> Option<Result<T, Error>>>,
     ) -> Result<T, Error>
     where
         F: Fn(Instant) -> Fut,
@@ -362,19 +400,30 @@ impl Cluster {
                 continue;
             }
             let g = crate::auth::guard();
+            let waiter = from_apply.as_ref().map(|_| self.store().await_apply(self.id()));
             let req = ForwardRequest {
                 request: Some(fwd()),
                 auth_revision: g.as_ref().map(|g| g.revision),
                 auth_user: g.map(|g| g.user).unwrap_or_default(),
+                origin_member: if waiter.is_some() { self.id() } else { 0 },
+                origin_id: waiter.as_ref().map_or(0, |w| w.id()),
             };
             let sent = self.forward_once(leader, req, deadline);
-            let r = if idempotent {
-                tokio::select! {
+            let r = match (waiter, &from_apply) {
+                (Some(applied), Some(answer)) => tokio::select! {
+                    r = sent => r,
+                    r = applied => {
+                        self.metrics.forwarded_answered_by_apply.inc();
+                        return answer(r).unwrap_or_else(|| {
+                            Err(Error::Internal("mismatched response to a forwarded write".into()))
+                        });
+                    }
+                },
+                _ if idempotent => tokio::select! {
                     r = sent => r,
                     _ = self.leader_moved(leader) => continue,
-                }
-            } else {
-                sent.await
+                },
+                _ => sent.await,
             };
             match r {
                 Ok(ForwardReply { response: Some(r) }) => {
@@ -425,6 +474,10 @@ impl Cluster {
     pub async fn propose(&self, op: Op, deadline: Instant) -> Result<Response, Error> {
         let op = match crate::auth::guard() {
             Some(g) => Op::Guarded { auth_revision: g.revision, user: g.user, op: Box::new(op) },
+            None => op,
+        };
+        let op = match ORIGIN.try_with(|o| *o).ok().flatten() {
+            Some((member, id)) => Op::Origin { member, id, op: Box::new(op) },
             None => op,
         };
         let (tx, rx) = oneshot::channel();

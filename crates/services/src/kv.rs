@@ -105,11 +105,15 @@ impl Kv {
         self.check_quota(r.encoded_len())?;
         let mut resp = self
             .c
-            .on_leader(
+            .on_leader_write(
                 || Fq::Put(r.clone()),
                 |d| self.put_on_leader(r.clone(), d),
                 |x| match x {
                     Fr::Put(p) => Some(p),
+                    _ => None,
+                },
+                |x| match x {
+                    Response::Put(p) => Some(p),
                     _ => None,
                 },
             )
@@ -145,11 +149,15 @@ impl Kv {
         validate::delete_range(&r, self.c.limits())?;
         let mut resp = self
             .c
-            .on_leader(
+            .on_leader_write(
                 || Fq::DeleteRange(r.clone()),
                 |d| self.delete_on_leader(r.clone(), d),
                 |x| match x {
                     Fr::DeleteRange(p) => Some(p),
+                    _ => None,
+                },
+                |x| match x {
+                    Response::DeleteRange(p) => Some(p),
                     _ => None,
                 },
             )
@@ -186,11 +194,15 @@ impl Kv {
         }
         let mut resp = self
             .c
-            .on_leader(
+            .on_leader_write(
                 || Fq::Txn(r.clone()),
                 |d| self.txn_on_leader(r.clone(), d),
                 |x| match x {
                     Fr::Txn(p) => Some(p),
+                    _ => None,
+                },
+                |x| match x {
+                    Response::Txn(p) => Some(p),
                     _ => None,
                 },
             )

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_seconds: Family<MethodLabels, Histogram>,
     pub forwarded: Counter,
+    /// Forwarded writes answered from this member's own apply, before the leader's reply.
+    pub forwarded_answered_by_apply: Counter,
     /// Round trips of forwarded batches to the leader.
     pub forward_batch_seconds: Histogram,
     /// Waits of a member that forwarded a write until it applied the write itself.
@@ -85,6 +87,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
             forwarded: Counter::default(),
+            forwarded_answered_by_apply: Counter::default(),
             forward_batch_seconds: latency_histogram(),
             catch_up_seconds: latency_histogram(),
             proposals_committed: Counter::default(),
@@ -121,6 +124,11 @@ impl Metrics {
         r.register("cairn_grpc_requests", "Client gRPC requests by method and status code", m.grpc_requests.clone());
         r.register("cairn_grpc_request_duration_seconds", "Client gRPC request latency", m.grpc_seconds.clone());
         r.register("cairn_forwarded_requests", "Requests forwarded to the leader", m.forwarded.clone());
+        r.register(
+            "cairn_forwarded_answered_by_apply",
+            "Forwarded writes answered from this member's own apply of the entry, before the leader's reply came",
+            m.forwarded_answered_by_apply.clone(),
+        );
         r.register(
             "cairn_forward_batch_duration_seconds",
             "Round trip of a batch of forwarded requests to the leader",

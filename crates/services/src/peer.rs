@@ -91,8 +91,10 @@ impl Forwarded {
 impl PeerHandler for Forwarded {
     async fn forward(&self, req: ForwardRequest) -> Result<ForwardReply, Status> {
         let guard = req.auth_revision.map(|revision| crate::auth::Guard { revision, user: req.auth_user.clone() });
+        let (member, id) = (req.origin_member, req.origin_id);
         let req = req.request.ok_or_else(|| Status::invalid_argument("empty forwarded request"))?;
-        crate::auth::guarded(guard, self.run(req)).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
+        let run = crate::cluster::originated(member, id, self.run(req));
+        crate::auth::guarded(guard, run).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
     }
 
     async fn forward_batch(&self, reqs: Vec<ForwardRequest>) -> Vec<Result<ForwardReply, Status>> {

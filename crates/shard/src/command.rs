@@ -86,6 +86,15 @@ pub enum Op {
         user: String,
         op: Box<Op>,
     },
+    /// `op`, forwarded to the leader by member `member`, which waits for its outcome under
+    /// `id` ([`crate::Store::await_apply`]). That member answers its client from its own apply
+    /// of the entry, as etcd's followers do, instead of waiting for the leader's reply to
+    /// travel back and then for its own apply. Applies exactly as `op` on every member.
+    Origin {
+        member: u64,
+        id: u64,
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -101,7 +110,7 @@ impl Op {
             Op::LeaseRevoke(_) => "lease_revoke",
             Op::Batch(_) => "batch",
             Op::Auth(_) => "auth",
-            Op::Guarded { op, .. } => op.name(),
+            Op::Guarded { op, .. } | Op::Origin { op, .. } => op.name(),
         }
     }
 }
@@ -124,6 +133,7 @@ impl Op {
             Op::Batch(ops) => ops.iter().map(Op::approx_bytes).sum(),
             Op::Auth(a) => 64 + postcard::to_allocvec(a).map_or(0, |b| b.len()),
             Op::Guarded { op, user, .. } => 16 + user.len() + op.approx_bytes(),
+            Op::Origin { op, .. } => 16 + op.approx_bytes(),
         }
     }
 }

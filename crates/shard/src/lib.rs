@@ -44,4 +44,4 @@ pub use command::{Command, MemberAttrs, Op, Response};
 pub use index::KeyIndex;
 pub use rev::{LocalRevisions, Rev, RevisionSource};
 pub use snapshot::{export, import, verify, SnapshotError};
-pub use store::{ApplyBatch, FlushStats, Lease, Store, StoreError, Subscription, FLUSH_OPS};
+pub use store::{ApplyBatch, ApplyWaiter, FlushStats, Lease, Store, StoreError, Subscription, FLUSH_OPS};

@@ -14,7 +14,7 @@ use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb::KeyValue;
 use cairn_storage::{Engine, Reader, Table, WriteBatch, WriteOp};
 use cairn_types::{Error, Revision};
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use crate::auth::AuthState;
@@ -163,6 +163,63 @@ pub struct Store {
     /// state lock (apply holds it for whole batches).
     auth: RwLock<Arc<AuthState>>,
     flush_stats: Arc<FlushStats>,
+    /// Requests this member forwarded, waiting for their `Op::Origin` entry to be applied here.
+    waiters: Arc<Waiters>,
+}
+
+/// The requests a member forwarded and now waits to apply itself (etcd's wait registry): apply
+/// of an `Op::Origin` naming this member hands the op's response to the waiter registered under
+/// its id, once the batch is visible. The ids start at a random point, so an entry forwarded
+/// before a restart and applied after it cannot answer a request of the new process.
+#[derive(Debug)]
+struct Waiters {
+    next: std::sync::atomic::AtomicU64,
+    waiting: Mutex<HashMap<(u64, u64), tokio::sync::oneshot::Sender<Response>>>,
+}
+
+/// A random 64-bit number (std's per-process random hash keys, mixed with the clock), so
+/// waiter ids of two runs of a process do not overlap in practice.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+/// A registration with [`Store::await_apply`]: resolves to the response of the `Op::Origin`
+/// carrying its id once this member has applied it; dropping it withdraws the registration.
+#[derive(Debug)]
+pub struct ApplyWaiter {
+    key: (u64, u64),
+    rx: tokio::sync::oneshot::Receiver<Response>,
+    waiters: Arc<Waiters>,
+}
+
+impl ApplyWaiter {
+    /// The id to put in the `Op::Origin` of the forwarded request.
+    pub fn id(&self) -> u64 {
+        self.key.1
+    }
+}
+
+impl std::future::Future for ApplyWaiter {
+    type Output = Response;
+
+    /// Pending until the entry is applied here. An entry that never is (the leader refused the
+    /// request, or a snapshot install skipped it) leaves the future pending: the caller races it
+    /// against the leader's reply.
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Response> {
+        match std::pin::Pin::new(&mut self.rx).poll(cx) {
+            std::task::Poll::Ready(Ok(r)) => std::task::Poll::Ready(r),
+            _ => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ApplyWaiter {
+    fn drop(&mut self) {
+        self.waiters.waiting.lock().remove(&self.key);
+    }
 }
 
 /// Counters of the buffer's writes to the engine, for metrics.
@@ -470,7 +527,20 @@ impl Store {
             applied,
             auth,
             flush_stats: Arc::default(),
+            waiters: Arc::new(Waiters {
+                next: std::sync::atomic::AtomicU64::new(random_u64()),
+                waiting: Mutex::new(HashMap::new()),
+            }),
         })
+    }
+
+    /// Registers a wait, by `member` (this member's id), for the apply of a request it is about
+    /// to forward as an `Op::Origin` with the returned waiter's id.
+    pub fn await_apply(&self, member: u64) -> ApplyWaiter {
+        let id = self.waiters.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.waiting.lock().insert((member, id), tx);
+        ApplyWaiter { key: (member, id), rx, waiters: self.waiters.clone() }
     }
 
     /// Replaces the engine's contents through `f` (a snapshot install) and reloads the index,
@@ -767,6 +837,7 @@ impl Store {
             batch: WriteBatch::new(),
             meta_dirty: false,
             events,
+            answers: Vec::new(),
         })
     }
 }
@@ -910,6 +981,8 @@ pub struct ApplyBatch<'a> {
     meta_dirty: bool,
     /// Events for the feed, when anyone is subscribed.
     events: Option<Vec<cairn_proto::mvccpb::Event>>,
+    /// Responses for this member's waiters (`Op::Origin`), handed over once the batch is visible.
+    answers: Vec<(tokio::sync::oneshot::Sender<Response>, Response)>,
 }
 
 impl View for ApplyBatch<'_> {
@@ -993,6 +1066,13 @@ impl ApplyBatch<'_> {
                     return Ok(Response::Error(e));
                 }
                 return self.apply_op(op);
+            }
+            Op::Origin { member, id, op } => {
+                let r = self.apply_op(op)?;
+                if let Some(tx) = self.store.waiters.waiting.lock().remove(&(*member, *id)) {
+                    self.answers.push((tx, r.clone()));
+                }
+                return Ok(r);
             }
             Op::Auth(a) => {
                 let mut auth = (*self.state.auth).clone();
@@ -1410,6 +1490,9 @@ impl ApplyBatch<'_> {
         }
         let rev = self.state.revs.current();
         self.store.applied.send_if_modified(|r| std::mem::replace(r, rev) != rev);
+        for (tx, r) in self.answers.drain(..) {
+            let _ = tx.send(r);
+        }
         Ok(())
     }
 }

@@ -935,3 +935,70 @@ fn replace_waits_for_a_background_flush() {
     e.set_open(true);
     assert!(rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap(), "the flushed records were in the engine");
 }
+
+/// Polls a future once (the waiters are resolved synchronously by commit, so once is enough).
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn an_origin_op_answers_its_waiter_once_the_batch_is_visible_and_applies_as_its_op() {
+    let (s, twin) = (store(), store());
+    let me = 7;
+    let mut w_put = s.await_apply(me);
+    let mut w_txn = s.await_apply(me);
+    let dropped = s.await_apply(me);
+    let dropped_id = dropped.id();
+    drop(dropped);
+    let put_a = Op::Put(pb::PutRequest { key: "a".into(), value: "1".into(), ..Default::default() });
+    let put_b = Op::Put(pb::PutRequest { key: "b".into(), value: "2".into(), ..Default::default() });
+    let txn = Op::Txn(pb::TxnRequest {
+        compare: vec![cmp("a", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()))],
+        success: vec![op_put("c", "3"), op_get("a")],
+        failure: vec![],
+    });
+    let origin = |member, id, op: &Op| Op::Origin { member, id, op: Box::new(op.clone()) };
+    let tagged = Op::Batch(vec![
+        origin(me, w_put.id(), &put_a),
+        // Another member's waiter with the same id, and a withdrawn one: nobody here to answer.
+        origin(me + 1, w_txn.id(), &put_b),
+        origin(me, w_txn.id(), &txn),
+        origin(me, dropped_id, &put_b),
+    ]);
+    let plain = Op::Batch(vec![put_a.clone(), put_b.clone(), txn.clone(), put_b.clone()]);
+
+    let mut b = s.begin().unwrap();
+    let got = b.apply(&Command::new(0, tagged)).unwrap();
+    assert!(poll_once(&mut w_put).is_none(), "answered before the batch was committed");
+    assert!(poll_once(&mut w_txn).is_none());
+    b.commit().unwrap();
+
+    // Exactly what the untagged ops give on a twin store: an origin changes nothing in apply.
+    assert_eq!(got, apply(&twin, plain));
+    let Response::Batch(rs) = got else { panic!("{got:?}") };
+    let answer = poll_once(&mut w_put).expect("answered at commit");
+    assert_eq!(answer, rs[0]);
+    // Visible by the time the answer is: a read right after sees the write.
+    assert_eq!(get(&s, "a").unwrap().mod_revision, s.current_revision() - 3);
+    assert_eq!(poll_once(&mut w_txn).expect("answered at commit"), rs[2]);
+    assert!(matches!(rs[2], Response::Txn(ref t) if t.succeeded));
+    assert!(s.waiters.waiting.lock().is_empty(), "answered or withdrawn waiters must not linger");
+}
+
+#[test]
+fn a_waiter_whose_entry_is_never_applied_stays_pending_and_withdraws_on_drop() {
+    let s = store();
+    let mut w = s.await_apply(1);
+    put(&s, "k", "v");
+    assert!(poll_once(&mut w).is_none());
+    assert_eq!(s.waiters.waiting.lock().len(), 1);
+    drop(w);
+    assert!(s.waiters.waiting.lock().is_empty());
+    // Ids are distinct, so no later registration can take an earlier entry's answer.
+    let (a, b) = (s.await_apply(1), s.await_apply(1));
+    assert_ne!(a.id(), b.id());
+}
