@@ -115,6 +115,9 @@ tokio::task_local! {
     static ORIGIN: Option<(u64, u64)>;
 }
 
+/// `run_on_leader`'s `from_apply` for requests answered by the leader's reply only.
+type NotFromApply<T> = fn(Response) -> Option<Result<T, Error>>;
+
 /// Runs `f`, a write forwarded by member `member` that waits for it under `id` (both non-zero;
 /// see [`Cluster::on_leader_write`]), so that its proposal is tagged `Op::Origin`.
 pub async fn originated<F: std::future::Future>(member: u64, id: u64, f: F) -> F::Output {
@@ -323,7 +326,7 @@ impl Cluster {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        self.run_on_leader(false, fwd, local, unwrap, None::<fn(Response) -> Option<Result<T, Error>>>).await
+        self.run_on_leader(false, fwd, local, unwrap, None::<NotFromApply<T>>).await
     }
 
     /// [`Cluster::on_leader`] for a write that the leader proposes as it is (a put, delete or
@@ -365,7 +368,7 @@ impl Cluster {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        self.run_on_leader(true, fwd, local, unwrap, None::<fn(Response) -> Option<Result<T, Error>>>).await
+        self.run_on_leader(true, fwd, local, unwrap, None::<NotFromApply<T>>).await
     }
 
     async fn run_on_leader<T, F, Fut>(
@@ -409,21 +412,33 @@ impl Cluster {
                 origin_id: waiter.as_ref().map_or(0, |w| w.id()),
             };
             let sent = self.forward_once(leader, req, deadline);
-            let r = match (waiter, &from_apply) {
-                (Some(applied), Some(answer)) => tokio::select! {
-                    r = sent => r,
-                    r = applied => {
-                        self.metrics.forwarded_answered_by_apply.inc();
-                        return answer(r).unwrap_or_else(|| {
-                            Err(Error::Internal("mismatched response to a forwarded write".into()))
-                        });
+            let answered = |r: Response| {
+                self.metrics.forwarded_answered_by_apply.inc();
+                let answer = from_apply.as_ref().expect("a waiter only with from_apply");
+                answer(r).unwrap_or_else(|| Err(Error::Internal("mismatched response to a forwarded write".into())))
+            };
+            let r = match waiter {
+                Some(mut applied) => {
+                    let r = tokio::select! {
+                        biased;
+                        r = &mut applied => return answered(r),
+                        r = sent => r,
+                    };
+                    // A reply lost on the way back (the leader died after committing, the
+                    // deadline passed) says nothing of the outcome, but this member may have
+                    // applied the entry meanwhile: then the outcome is known.
+                    if let Err(ForwardFailure::Unknown(_)) = &r {
+                        if let Some(resp) = futures::FutureExt::now_or_never(&mut applied) {
+                            return answered(resp);
+                        }
                     }
-                },
-                _ if idempotent => tokio::select! {
+                    r
+                }
+                None if idempotent => tokio::select! {
                     r = sent => r,
                     _ = self.leader_moved(leader) => continue,
                 },
-                _ => sent.await,
+                None => sent.await,
             };
             match r {
                 Ok(ForwardReply { response: Some(r) }) => {

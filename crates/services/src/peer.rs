@@ -91,8 +91,14 @@ impl Forwarded {
 impl PeerHandler for Forwarded {
     async fn forward(&self, req: ForwardRequest) -> Result<ForwardReply, Status> {
         let guard = req.auth_revision.map(|revision| crate::auth::Guard { revision, user: req.auth_user.clone() });
-        let (member, id) = (req.origin_member, req.origin_id);
+        let req_origin = (req.origin_member, req.origin_id);
         let req = req.request.ok_or_else(|| Status::invalid_argument("empty forwarded request"))?;
+        // Only writes answered from the forwarding member's apply carry an origin (see
+        // `Cluster::on_leader_write`); any other request ignores one.
+        let (member, id) = match req {
+            Fq::Put(_) | Fq::DeleteRange(_) | Fq::Txn(_) => req_origin,
+            _ => (0, 0),
+        };
         let run = crate::cluster::originated(member, id, self.run(req));
         crate::auth::guarded(guard, run).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
     }

@@ -1102,6 +1102,10 @@ impl ApplyBatch<'_> {
 
     /// The checks of a guarded op that belong to apply (see `Op::Guarded`); etcd's order.
     fn check_guard(&self, auth_revision: u64, user: &str, op: &Op) -> Result<(), Error> {
+        if let Op::Origin { op, .. } = op {
+            // The tag says who waits for the answer; the checks are the tagged op's.
+            return self.check_guard(auth_revision, user, op);
+        }
         let auth = &self.state.auth;
         if !auth.enabled {
             return Ok(());

@@ -1002,3 +1002,60 @@ fn a_waiter_whose_entry_is_never_applied_stays_pending_and_withdraws_on_drop() {
     let (a, b) = (s.await_apply(1), s.await_apply(1));
     assert_ne!(a.id(), b.id());
 }
+
+#[test]
+fn a_refused_guarded_write_answers_its_waiter_with_the_refusal_whichever_wraps_which() {
+    use crate::auth::AuthOp;
+    let s = store();
+    let auth = |op| apply(&s, Op::Auth(op));
+    auth(AuthOp::UserAdd { name: "root".into(), hash: "h".into(), no_password: false });
+    auth(AuthOp::UserGrantRole { user: "root".into(), role: "root".into() });
+    auth(AuthOp::UserAdd { name: "bob".into(), hash: "h".into(), no_password: false });
+    auth(AuthOp::Enable { secret: vec![1] });
+    grant(&s, 5, 60);
+    apply(&s, Op::Put(pb::PutRequest { key: "k".into(), value: "v".into(), lease: 5, ..Default::default() }));
+    let now = s.auth().revision;
+    let guarded = |user: &str, rev, op: Op| Op::Guarded { auth_revision: rev, user: user.into(), op: Box::new(op) };
+    let origin = |id, op: Op| Op::Origin { member: 3, id, op: Box::new(op) };
+    let revoke = || Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 5 });
+    let put = || Op::Put(pb::PutRequest { key: "x".into(), value: "1".into(), ..Default::default() });
+
+    // The order the leader builds (origin outside the guard), and the other one: apply's checks
+    // see through the tag either way.
+    let mut stale = s.await_apply(3);
+    let mut denied = s.await_apply(3);
+    let mut admin = s.await_apply(3);
+    let rev = s.current_revision();
+    let got = apply(
+        &s,
+        Op::Batch(vec![
+            origin(stale.id(), guarded("root", now - 1, put())),
+            guarded("bob", now, origin(denied.id(), revoke())),
+            guarded("bob", now, origin(admin.id(), Op::Auth(AuthOp::RoleAdd { name: "x".into() }))),
+        ]),
+    );
+    assert_eq!(poll_once(&mut stale), Some(Response::Error(Error::AuthOldRevision)));
+    let Response::Batch(rs) = got else { panic!("{got:?}") };
+    assert!(rs.iter().all(|r| matches!(r, Response::Error(_))), "{rs:?}");
+    // A refused guard never reaches the tag inside it: that waiter stays for the leader's reply.
+    assert!(poll_once(&mut denied).is_none());
+    assert!(poll_once(&mut admin).is_none());
+    assert_eq!(s.current_revision(), rev, "refused writes changed nothing");
+    assert_eq!(s.lease(5).unwrap().keys.len(), 1);
+    assert!(!s.auth().roles.contains_key("x"));
+}
+
+#[test]
+fn a_batch_dropped_before_commit_answers_no_waiter() {
+    let s = store();
+    let mut w = s.await_apply(2);
+    let op = Op::Origin {
+        member: 2,
+        id: w.id(),
+        op: Box::new(Op::Put(pb::PutRequest { key: "a".into(), value: "1".into(), ..Default::default() })),
+    };
+    let mut b = s.begin().unwrap();
+    b.apply(&Command::new(0, op)).unwrap();
+    drop(b);
+    assert!(poll_once(&mut w).is_none(), "an answer for a write that was never made visible");
+}
