@@ -11,13 +11,12 @@ use cairn_api::grpc::Api;
 use cairn_proto::peer::peer_server::PeerServer;
 use cairn_raft::node::{lock_data_dir, NodeOptions};
 use cairn_raft::tcp::Coalescing;
-use cairn_raft::{PeerNode, PeerService, RaftNode, RaftTimers};
+use cairn_raft::{PeerService, RaftNode, RaftTimers};
 use cairn_services::boot::{self, BootOptions, ClusterState};
-use cairn_services::cluster::{Cluster, ClusterConfig};
 use cairn_services::members::Members;
 use cairn_services::peer::Forwarded;
 use cairn_services::Metrics;
-use openraft::async_runtime::WatchReceiver;
+use cairn_services::{MemberConfig, Router};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServerArgs;
@@ -283,32 +282,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
-    if let Some(initial) = identity.initial.clone() {
-        // One member (the lowest id) initializes the membership; the others learn it from its
-        // first append. openraft tolerates identical initialization on every member, but each
-        // member's first entry then carries its own leader id and the logs must be reconciled
-        // (seen here as a second election right after the first). A member that has heard
-        // nothing after a while initializes itself too, so a cluster still forms if the lowest
-        // member never starts.
-        let raft = node.raft.clone();
-        let me = identity.member_id;
-        let first = *initial.keys().next().expect("initial cluster is not empty");
-        let members: std::collections::BTreeMap<_, _> =
-            initial.into_iter().map(|(id, urls)| (id, PeerNode { peer_urls: urls })).collect();
-        tokio::spawn(async move {
-            if me != first {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            if !raft.is_initialized().await.unwrap_or(true) {
-                match raft.initialize(members).await {
-                    Ok(()) => tracing::info!("initialized the new cluster's membership"),
-                    Err(e) => tracing::info!(reason = %e, "membership already initialized"),
-                }
-            }
-        });
-    }
-
-    let cfg = ClusterConfig {
+    let cfg = MemberConfig {
         name: identity.name.clone(),
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
@@ -324,7 +298,24 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
         bcrypt_cost: a.bcrypt_cost,
     };
-    let cluster = Cluster::new(cfg, node, Arc::new(Metrics::new()));
+    let cluster = Router::new(cfg, node, Arc::new(Metrics::new()));
+    if let Some(initial) = identity.initial.clone() {
+        // One member (the lowest id) initializes the membership; the others learn it from its
+        // first append. openraft tolerates identical initialization on every member, but each
+        // member's first entry then carries its own leader id and the logs must be reconciled
+        // (seen here as a second election right after the first). A member that has heard
+        // nothing after a while initializes itself too, so a cluster still forms if the lowest
+        // member never starts.
+        let c = cluster.clone();
+        let first = *initial.keys().next().expect("initial cluster is not empty");
+        tokio::spawn(async move {
+            if c.id() != first {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            c.initialize_if_new(initial.into_iter().collect()).await;
+        });
+    }
+
     peer_service.set_handler(Arc::new(Forwarded::new(cluster.clone())));
 
     for (l, tls) in client_listeners {
@@ -379,22 +370,17 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
     };
-    cluster.node.shutdown().await;
+    cluster.shutdown().await;
     Ok(code)
 }
 
 /// Resolves once this member has been removed from the committed membership (after having been
 /// in it), as etcd's members stop themselves then.
-async fn watch_removal(cluster: Arc<Cluster>) {
+async fn watch_removal(cluster: Arc<Router>) {
     // Polled: subscribing to the metrics would wake this task on every log write.
-    let rx = cluster.raft().metrics();
     let mut seen = false;
     loop {
-        let present = {
-            let m = rx.borrow_watched();
-            let present = m.committed_membership_config.membership().get_node(&cluster.id()).is_some();
-            present
-        };
+        let present = cluster.is_member();
         // A member that joined replays configurations from before it was added: absence only
         // counts after this member has been seen in a committed configuration.
         if present {

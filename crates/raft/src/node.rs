@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_shard::Store;
+use cairn_state::Store;
 use cairn_storage::wal::{Wal, WalOptions};
 use cairn_storage::RedbEngine;
 use openraft::{Config, SnapshotPolicy};
@@ -125,7 +125,7 @@ impl RaftNode {
         let store_err = |reason: String| NodeError::Store { path: engine_path.clone(), reason };
         let engine = RedbEngine::open(&engine_path, opts.engine_cache_bytes).map_err(|e| store_err(e.to_string()))?;
         let store = Arc::new(Store::open(Arc::new(engine)).map_err(|e| store_err(e.to_string()))?);
-        let sm = StateMachine::open(store.clone(), &member.join("snap"))
+        let sm = StateMachine::open(store.clone(), opts.id, &member.join("snap"))
             .map_err(|error| NodeError::Io { path: member.join("snap"), error })?;
 
         let t = opts.timers;

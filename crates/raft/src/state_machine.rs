@@ -1,13 +1,15 @@
-//! openraft's state machine over the MVCC [`Store`].
+//! openraft's state machine over the replicated [`Store`].
 //!
-//! Apply: all entries of a batch go into one atomic engine write, together with the applied
-//! log id and the membership, and responses are sent only after that write, so a client that
-//! hears "ok" can read its write at once. The engine write is not fsynced: the Raft log already
+//! Apply: all entries of a batch go into one `ApplyBatch`, together with the applied log id and
+//! the membership, and responses are sent only after the batch is committed (visible to
+//! readers), so a client that hears "ok" can read its write at once. The store buffers the
+//! changes and writes them to the engine later, in large atomic writes that always carry the
+//! applied log id of the changes they hold; engine writes are not fsynced: the Raft log already
 //! is. After a crash the engine comes back at its last synced state and openraft re-applies the
 //! committed entries after it (the log store persists the committed position).
 //!
 //! Snapshots: building one syncs the engine and keeps a point-in-time reader of it — cheap, no
-//! copy. The data is exported (`cairn_shard::export`) only when a follower needs it. A received
+//! copy. The data is exported (`cairn_state::export`) only when a follower needs it. A received
 //! snapshot arrives as a checksummed file, verified before it replaces anything.
 
 use std::io::{self, Write};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cairn_shard::{Response, Store};
+use cairn_state::{Answer, Response, Store};
 use cairn_storage::{Reader, Table};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -67,7 +69,7 @@ impl SnapshotData {
     /// Writes the snapshot file format into `out`.
     pub fn write_to(&self, out: impl Write) -> io::Result<()> {
         match self {
-            SnapshotData::Local(v) => cairn_shard::export(&*v.reader, &v.header, out).map_err(io_err),
+            SnapshotData::Local(v) => cairn_state::export(&*v.reader, &v.header, out).map_err(io_err),
             SnapshotData::File(p) => {
                 let mut out = out;
                 io::copy(&mut std::fs::File::open(p)?, &mut out)?;
@@ -83,8 +85,14 @@ struct SmState {
     current: Option<(SnapshotMeta, SnapshotData)>,
 }
 
+/// Where the answers to this member's own forwarded writes go (the router's waiter registry).
+pub type AnswerSink = Arc<dyn Fn(Vec<Answer>) + Send + Sync>;
+
 struct Inner {
     store: Arc<Store>,
+    /// The member this replica runs on.
+    member: u64,
+    answers: std::sync::OnceLock<AnswerSink>,
     snap_dir: PathBuf,
     state: Mutex<SmState>,
     seq: AtomicU64,
@@ -109,8 +117,9 @@ fn read_meta(reader: &dyn Reader) -> io::Result<(Option<LogId>, StoredMembership
 }
 
 impl StateMachine {
-    /// Opens the state machine on `store`; snapshot files are staged in `snap_dir`.
-    pub fn open(store: Arc<Store>, snap_dir: &Path) -> io::Result<StateMachine> {
+    /// Opens the state machine of member `member` on `store`; snapshot files are staged in
+    /// `snap_dir`.
+    pub fn open(store: Arc<Store>, member: u64, snap_dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(snap_dir)?;
         // Files left by an interrupted transfer are useless: the leader sends a fresh one.
         for ent in std::fs::read_dir(snap_dir)? {
@@ -123,6 +132,8 @@ impl StateMachine {
         Ok(StateMachine {
             inner: Arc::new(Inner {
                 store,
+                member,
+                answers: std::sync::OnceLock::new(),
                 snap_dir: snap_dir.to_path_buf(),
                 state: Mutex::new(SmState { applied, membership, current: None }),
                 seq: AtomicU64::new(0),
@@ -132,6 +143,13 @@ impl StateMachine {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Sets where apply hands the answers to this member's own forwarded writes (`Op::Origin`
+    /// entries naming it), once each batch is visible. Until set, they are dropped (the leader's
+    /// reply answers those requests).
+    pub fn set_answer_sink(&self, sink: AnswerSink) {
+        let _ = self.inner.answers.set(sink);
     }
 
     /// A path for a snapshot file being received.
@@ -168,8 +186,8 @@ impl StateMachine {
             }
         };
         let result = self.inner.store.replace(|engine| {
-            let header = cairn_shard::import(engine, std::fs::File::open(&path)?)?;
-            Ok::<_, cairn_shard::SnapshotError>(header)
+            let header = cairn_state::import(engine, std::fs::File::open(&path)?)?;
+            Ok::<_, cairn_state::SnapshotError>(header)
         });
         if temp {
             let _ = std::fs::remove_file(&path);
@@ -222,9 +240,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let mut replies = Vec::with_capacity(items.len());
-        {
+        let answers = {
             let store = &self.inner.store;
-            let mut batch = store.begin().map_err(io_err)?;
+            let mut batch = store.begin(self.inner.member).map_err(io_err)?;
             let mut st = self.inner.state.lock();
             for (entry, responder) in items {
                 if let Some(applied) = &st.applied {
@@ -246,7 +264,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_meta(META_APPLIED, encode(&st.applied));
             batch.put_meta(META_MEMBERSHIP, encode(&st.membership));
             // A failed engine write is fatal: openraft stops the node on this error.
-            batch.commit().map_err(io_err)?;
+            batch.commit().map_err(io_err)?
+        };
+        if let (false, Some(sink)) = (answers.is_empty(), self.inner.answers.get()) {
+            sink(answers);
         }
         for (responder, resp) in replies {
             if let Some(r) = responder {

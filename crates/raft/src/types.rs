@@ -1,6 +1,6 @@
 //! cairn's openraft type configuration.
 
-use cairn_shard::{Command, Response};
+use cairn_state::{Command, Response};
 use serde::{Deserialize, Serialize};
 
 /// What Raft's membership records about a member: how to reach it on the peer listener.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cairn_raft::{LogStore, StateMachine, TypeConfig};
-use cairn_shard::Store;
+use cairn_state::Store;
 use cairn_storage::wal::{Wal, WalOptions};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let wal = Arc::new(Wal::open(&dir.path().join("wal"), WalOptions::default()).unwrap());
         let engine = cairn_storage::RedbEngine::open(&dir.path().join("state.redb"), 1 << 20).unwrap();
         let store = Arc::new(Store::open(Arc::new(engine)).unwrap());
-        let sm = StateMachine::open(store, &dir.path().join("snap")).unwrap();
+        let sm = StateMachine::open(store, 1, &dir.path().join("snap")).unwrap();
         Ok((dir, LogStore::new(wal), sm))
     }
 }

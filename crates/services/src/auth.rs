@@ -1,6 +1,6 @@
 //! etcd's Auth service: users, roles, permissions, tokens.
 //!
-//! The auth store itself is replicated state (`shard::auth`): every change is an `Op::Auth`
+//! The auth store itself is replicated state (`cairn_state::auth`): every change is an `Op::Auth`
 //! through the log. Here live the parts that must not be in apply: password hashing (bcrypt,
 //! etcd's algorithm and default cost, done before proposing so apply stays cheap and
 //! deterministic), password checks, tokens, and the admin checks on management calls.
@@ -29,14 +29,14 @@ use base64::Engine as _;
 use cairn_proto::authpb;
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::{forward_reply::Response as Fr, forward_request::Request as Fq};
-use cairn_shard::auth::{AuthOp, AuthState, Perm, ROOT_ROLE};
-use cairn_shard::{Op, Response};
+use cairn_state::auth::{AuthOp, AuthState, Perm, ROOT_ROLE};
+use cairn_state::{Op, Response};
 use cairn_types::Error;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 /// Who a client request was checked for, and at which auth revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,11 +149,11 @@ fn verify(st: &AuthState, token: &str) -> Option<String> {
 /// The Auth service of one member.
 #[derive(Clone)]
 pub struct Auth {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 impl Auth {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Auth { c }
     }
 
@@ -370,7 +370,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_shard::auth::User;
+    use cairn_state::auth::User;
 
     fn state() -> AuthState {
         let mut st = AuthState { enabled: true, revision: 9, secret: vec![3; 32], ..Default::default() };

@@ -4,15 +4,15 @@ use std::sync::Arc;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::{forward_reply::Response as Fr, forward_request::Request as Fq};
-use cairn_shard::{validate, Op, Response};
+use cairn_state::{validate, Op, Response};
 use cairn_types::Error;
 use prost::Message;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 #[derive(Clone)]
 pub struct Kv {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 /// True if a transaction only reads (recursively).
@@ -45,7 +45,7 @@ fn txn_has_puts(t: &pb::TxnRequest) -> bool {
 }
 
 impl Kv {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Kv { c }
     }
 
@@ -55,7 +55,7 @@ impl Kv {
     }
 
     /// `fill` for a write: first waits until this member has applied it (see
-    /// [`Cluster::caught_up`]).
+    /// [`Router::caught_up`]).
     async fn fill_written(&self, h: &mut Option<pb::ResponseHeader>) {
         self.c.caught_up(h.as_ref().map_or(0, |h| h.revision)).await;
         self.fill(h);

@@ -1,7 +1,7 @@
 //! etcd's Lease service, and the leader's lessor that decides when leases expire.
 //!
 //! Every replica knows which leases exist, their granted TTLs and their keys: grants and
-//! revocations go through the log (`cairn_shard::Op::LeaseGrant` / `LeaseRevoke`). *When* a
+//! revocations go through the log (`cairn_state::Op::LeaseGrant` / `LeaseRevoke`). *When* a
 //! lease expires is known only to the leader, as in etcd: it keeps an expiry instant per lease
 //! (monotonic clock), pushes it forward on every keep-alive, and when one passes it proposes
 //! the lease's revocation, which deletes the attached keys on every replica in one revision.
@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::{forward_reply::Response as Fr, forward_request::Request as Fq};
-use cairn_shard::{Op, Response};
+use cairn_state::{Op, Response};
 use cairn_types::limits::LEASE_TTL_MAX_SECS;
 use cairn_types::Error;
 use parking_lot::Mutex;
 
-use crate::cluster::Cluster;
 use crate::kv::unexpected;
+use crate::router::Router;
 
 /// How often the leader looks for expired leases.
 const EXPIRY_CHECK: Duration = Duration::from_millis(100);
@@ -133,7 +133,7 @@ fn secs(ttl: i64) -> Duration {
 }
 
 /// The leader's expiry loop (one per member; idle unless it leads).
-pub(crate) async fn expiry_loop(cluster: std::sync::Weak<Cluster>) {
+pub(crate) async fn expiry_loop(cluster: std::sync::Weak<Router>) {
     let mut tick = tokio::time::interval(EXPIRY_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -166,11 +166,11 @@ pub(crate) async fn expiry_loop(cluster: std::sync::Weak<Cluster>) {
 /// etcd's Lease service.
 #[derive(Clone)]
 pub struct Leases {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 impl Leases {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Leases { c }
     }
 

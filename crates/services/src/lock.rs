@@ -23,12 +23,12 @@ use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb::{event::EventType, KeyValue};
 use cairn_proto::v3electionpb as el;
 use cairn_proto::v3lockpb as lk;
-use cairn_shard::watch::Feed;
+use cairn_state::watch::Feed;
 use cairn_types::Error;
 use tokio::sync::mpsc;
 
-use crate::cluster::Cluster;
 use crate::kv::Kv;
+use crate::router::Router;
 
 /// The range end covering every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -99,7 +99,7 @@ fn range_kvs(r: Option<&pb::ResponseOp>) -> Vec<KeyValue> {
 /// deletions on this member's applied state.
 #[derive(Clone)]
 struct Recipes {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
     kv: Kv,
 }
 
@@ -221,7 +221,7 @@ pub struct Locks {
 }
 
 impl Locks {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Locks { r: Recipes { kv: Kv::new(c.clone()), c } }
     }
 
@@ -262,7 +262,7 @@ pub struct Elections {
 }
 
 impl Elections {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Elections { r: Recipes { kv: Kv::new(c.clone()), c } }
     }
 

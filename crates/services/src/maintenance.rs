@@ -1,46 +1,40 @@
-//! etcd's Maintenance service: status, alarms, hashes.
+//! etcd's Maintenance service (status, alarms, hashes, defragment, leader transfer), and the
+//! health, readiness and status answers of the HTTP endpoints.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::{forward_reply::Response as Fr, forward_request::Request as Fq};
-use cairn_shard::{Op, Response};
+use cairn_state::{Op, Response};
 use cairn_types::Error;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 /// The etcd API level cairn implements; clients use it to decide which calls exist.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
 #[derive(Clone)]
 pub struct Maintenance {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 impl Maintenance {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Maintenance { c }
     }
 
     pub fn status(&self) -> pb::StatusResponse {
         let store = self.c.store();
-        // The header borrows the Raft metrics itself: take it before borrowing them here. A
-        // second borrow while holding one can deadlock against openraft publishing new metrics
-        // (tokio's watch lock lets a waiting writer block new readers).
         let header = self.c.header(store.current_revision());
-        let (leader, raft_index, raft_term, applied, is_learner) = {
-            let m = self.c.raft().metrics();
-            let m = m.borrow_watched();
-            let is_voter = m.membership_config.membership().voter_ids().any(|v| v == self.c.id());
-            (
-                m.current_leader.unwrap_or(0),
-                m.last_log_index.unwrap_or(0),
-                m.current_term,
-                m.last_applied.map_or(0, |l| l.index),
-                !is_voter,
-            )
-        };
+        let st = self.c.node.status();
+        let (leader, raft_index, raft_term, applied, is_learner) = (
+            st.leader.unwrap_or(0),
+            st.last_log_index,
+            st.term,
+            st.applied_index,
+            !st.membership.voters.contains(&self.c.id()),
+        );
         let db = store.engine().size_bytes() as i64;
         pb::StatusResponse {
             header: Some(header),
@@ -121,6 +115,106 @@ impl Maintenance {
         })
     }
 }
+
+impl Maintenance {
+    /// Defragment. redb reuses freed pages itself, so there is nothing to rewrite yet.
+    pub async fn defragment(&self) -> Result<pb::DefragmentResponse, Error> {
+        Ok(pb::DefragmentResponse { header: Some(self.c.header(0)) })
+    }
+
+    /// MoveLeader: this member, which must lead, hands leadership to `target_id`.
+    pub async fn move_leader(&self, r: pb::MoveLeaderRequest) -> Result<pb::MoveLeaderResponse, Error> {
+        if !self.c.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        self.c.node.transfer_leader(r.target_id).await?;
+        Ok(pb::MoveLeaderResponse { header: Some(self.c.header(0)) })
+    }
+
+    /// etcd's `/health`: healthy when there is a leader, no alarm is raised, and a
+    /// linearizable read completes in time; else the reason, in etcd's words.
+    pub async fn health(&self) -> Result<(), String> {
+        let alarms = self.c.store().alarms();
+        if !alarms.is_empty() {
+            return Err(format!("ALARM {}", alarms.iter().map(|a| alarm_name(a.1)).collect::<Vec<_>>().join(",")));
+        }
+        if self.c.current_leader().is_none() {
+            return Err("RAFT NO LEADER".to_string());
+        }
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, self.c.read_barrier()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("QGET ERROR: {e}")),
+            Err(_) => Err("QGET TIMEOUT".to_string()),
+        }
+    }
+
+    /// Ready to serve (etcd 3.5's `/readyz`): a leader is known, this member has published its
+    /// name and client URLs through the log (etcd's `ReadyNotify`: until then `member list`
+    /// shows it as unstarted), and a read-index round completes, so this member has applied
+    /// everything committed before the check. A member that restarted and is still replaying or
+    /// catching up from the leader is not ready.
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.c.current_leader().is_none() {
+            return Err("no leader".into());
+        }
+        if !self.c.store().members().contains_key(&self.c.id()) {
+            return Err("member attributes not yet published".into());
+        }
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, self.c.read_barrier()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("not caught up with the leader".into()),
+        }
+    }
+
+    /// The member at a glance, for `/v1/status` and `cairn status`: identity, Raft state,
+    /// store sizes, alarms, and every member with its replication progress (on the leader).
+    pub fn report(&self) -> serde_json::Value {
+        let st = self.status();
+        let raft = self.c.node.status();
+        let hex = |id: u64| format!("{id:x}");
+        let members: Vec<_> = crate::members::Members::new(self.c.clone())
+            .list_local()
+            .into_iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": hex(m.id),
+                    "name": m.name,
+                    "peer_urls": m.peer_ur_ls,
+                    "client_urls": m.client_ur_ls,
+                    "is_learner": m.is_learner,
+                    "is_leader": st.leader == m.id,
+                    "matched_index": raft.matched.get(&m.id),
+                    "last_ack_ms": raft.last_ack.get(&m.id).map(|d| d.as_millis() as u64),
+                })
+            })
+            .collect();
+        let store = self.c.store();
+        serde_json::json!({
+            "name": self.c.cfg.name,
+            "member_id": hex(self.c.id()),
+            "cluster_id": hex(self.c.cfg.cluster_id),
+            "version": st.version,
+            "leader": if st.leader == 0 { None } else { Some(hex(st.leader)) },
+            "is_leader": st.leader == self.c.id(),
+            "is_learner": st.is_learner,
+            "raft_term": st.raft_term,
+            "raft_index": st.raft_index,
+            "raft_applied_index": st.raft_applied_index,
+            "revision": store.current_revision(),
+            "compact_revision": store.compact_revision(),
+            "keys": store.key_count(),
+            "db_size_bytes": st.db_size,
+            "wal_size_bytes": self.c.node.wal.size_bytes(),
+            "alarms": st.errors,
+            "unsafe_no_fsync": self.c.cfg.unsafe_no_fsync,
+            "members": members,
+        })
+    }
+}
+
+/// How long `/health` and `/ready` wait for a read-index round.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn alarm_name(t: i32) -> &'static str {
     match pb::AlarmType::try_from(t) {

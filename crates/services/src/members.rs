@@ -1,23 +1,20 @@
-//! etcd's Cluster service: membership through Raft's joint consensus (openraft).
+//! etcd's Cluster service: membership through Raft's joint consensus.
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::{forward_reply::Response as Fr, forward_request::Request as Fq};
-use cairn_raft::PeerNode;
-use cairn_shard::{MemberAttrs, Op};
+use cairn_raft::{MembershipChange, PeerNode};
+use cairn_state::{MemberAttrs, Op};
 use cairn_types::Error;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::ChangeMembers;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 #[derive(Clone)]
 pub struct Members {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 /// A peer URL etcd would accept: http(s)://host:port.
@@ -33,17 +30,8 @@ fn url_ok(u: &str) -> bool {
     }
 }
 
-fn change_err(e: RaftError<cairn_raft::TypeConfig, ClientWriteError<cairn_raft::TypeConfig>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader,
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Error::TimeoutDueToLeaderFail,
-        RaftError::APIError(e) => Error::Internal(format!("membership change refused: {e}")),
-        RaftError::Fatal(_) => Error::Stopped,
-    }
-}
-
 impl Members {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Members { c }
     }
 
@@ -76,30 +64,17 @@ impl Members {
 
     /// Voters the leader heard from within two election timeouts (etcd's "started" members).
     fn started_voters(&self) -> BTreeSet<u64> {
-        let m = self.c.raft().metrics();
-        let m = m.borrow_watched();
+        let st = self.c.node.status();
         let window = self.c.cfg.election_timeout * 2;
         let mut started = BTreeSet::from([self.c.id()]);
-        if let Some(hb) = &m.heartbeat {
-            for (id, at) in hb {
-                if let Some(at) = at {
-                    if openraft::Instant::elapsed(&**at) <= window {
-                        started.insert(*id);
-                    }
-                }
-            }
-        }
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        started.intersection(&voters).copied().collect()
+        started.extend(st.last_ack.iter().filter(|(_, age)| **age <= window).map(|(id, _)| *id));
+        started.intersection(&st.membership.voters).copied().collect()
     }
 
-    /// Voter ids and every member's peer URLs. (Never call anything that borrows the Raft
-    /// metrics while holding a borrow of them: see `Maintenance::status`.)
+    /// Voter ids and every member's peer URLs.
     fn membership(&self) -> (BTreeSet<u64>, BTreeMap<u64, PeerNode>) {
-        let m = self.c.raft().metrics();
-        let m = m.borrow_watched();
-        let ms = m.membership_config.membership();
-        (ms.voter_ids().collect(), ms.nodes().map(|(i, n)| (*i, n.clone())).collect())
+        let m = self.c.node.membership();
+        (m.voters, m.nodes)
     }
 
     pub async fn add(&self, r: pb::MemberAddRequest) -> Result<pb::MemberAddResponse, Error> {
@@ -134,7 +109,7 @@ impl Members {
         }
         let node = PeerNode { peer_urls: r.peer_ur_ls.clone() };
         if r.is_learner {
-            self.c.raft().add_learner(id, node, false).await.map_err(change_err)?;
+            self.c.node.add_learner(id, node).await?;
         } else {
             // etcd's strict reconfiguration check: the started members must still form a
             // quorum of the grown cluster, or it could not commit anything.
@@ -142,11 +117,7 @@ impl Members {
             if self.started_voters().len() < quorum {
                 return Err(Error::NotEnoughStarted);
             }
-            self.c
-                .raft()
-                .change_membership(ChangeMembers::AddVoters(BTreeMap::from([(id, node)])), true)
-                .await
-                .map_err(change_err)?;
+            self.c.node.change_membership(MembershipChange::AddVoter(id, node)).await?;
         }
         tracing::info!(member = format!("{id:x}"), urls = ?r.peer_ur_ls, learner = r.is_learner, "added member");
         Ok(pb::MemberAddResponse {
@@ -190,11 +161,11 @@ impl Members {
             if remaining > 0 && started_after < remaining / 2 + 1 {
                 return Err(Error::NotEnoughStarted);
             }
-            ChangeMembers::RemoveVoters(BTreeSet::from([r.id]))
+            MembershipChange::RemoveVoter(r.id)
         } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([r.id]))
+            MembershipChange::RemoveLearner(r.id)
         };
-        self.c.raft().change_membership(change, false).await.map_err(change_err)?;
+        self.c.node.change_membership(change).await?;
         tracing::info!(member = format!("{:x}", r.id), "removed member");
         Ok(pb::MemberRemoveResponse { header: None, members: self.list_local() })
     }
@@ -227,11 +198,7 @@ impl Members {
             return Err(Error::PeerUrlExist);
         }
         let node = PeerNode { peer_urls: r.peer_ur_ls.clone() };
-        self.c
-            .raft()
-            .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(r.id, node)])), true)
-            .await
-            .map_err(change_err)?;
+        self.c.node.change_membership(MembershipChange::SetNode(r.id, node)).await?;
         Ok(pb::MemberUpdateResponse { header: None, members: self.list_local() })
     }
 
@@ -260,21 +227,13 @@ impl Members {
             return Err(Error::MemberNotLearner);
         }
         // etcd: a learner is ready once it has 90% of the leader's log.
-        let (matched, last) = {
-            let m = self.c.raft().metrics();
-            let m = m.borrow_watched();
-            let matched = m.replication.as_ref().and_then(|rep| rep.get(&r.id)).cloned().flatten().map(|l| l.index);
-            (matched, m.last_log_index.unwrap_or(0))
-        };
+        let st = self.c.node.status();
+        let (matched, last) = (st.matched.get(&r.id).copied(), st.last_log_index);
         match matched {
             Some(i) if i >= last * 9 / 10 => {}
             _ => return Err(Error::LearnerNotReady),
         }
-        self.c
-            .raft()
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), true)
-            .await
-            .map_err(change_err)?;
+        self.c.node.change_membership(MembershipChange::Promote(r.id)).await?;
         tracing::info!(member = format!("{:x}", r.id), "promoted learner");
         Ok(pb::MemberPromoteResponse { header: None, members: self.list_local() })
     }

@@ -2,7 +2,6 @@
 //! rest are counted where things happen. A few carry etcd's names so existing etcd dashboards
 //! and alerts work unchanged.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
@@ -196,17 +195,16 @@ impl Metrics {
     }
 
     /// Updates the state gauges from `c` and renders everything in Prometheus text format.
-    pub fn render(&self, c: &Cluster) -> String {
+    pub fn render(&self, c: &Router) -> String {
         {
-            let m = c.raft().metrics();
-            let m = m.borrow_watched();
-            self.has_leader.set(i64::from(m.current_leader.is_some()));
-            self.is_leader.set(i64::from(m.current_leader == Some(c.id())));
-            self.term.set(m.current_term as i64);
-            self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-            self.committed_index.set(m.local_committed.map_or(0, |l| l.index) as i64);
-            self.applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
-            self.members.set(m.membership_config.membership().nodes().count() as i64);
+            let st = c.node.status();
+            self.has_leader.set(i64::from(st.leader.is_some()));
+            self.is_leader.set(i64::from(st.leader == Some(c.id())));
+            self.term.set(st.term as i64);
+            self.last_log_index.set(st.last_log_index as i64);
+            self.committed_index.set(st.committed_index as i64);
+            self.applied_index.set(st.applied_index as i64);
+            self.members.set(st.membership.nodes.len() as i64);
         }
         let store = c.store();
         self.db_size.set(store.engine().size_bytes() as i64);

@@ -7,15 +7,15 @@ use cairn_proto::peer::{
     ReadIndexReply, SetMemberAttrsReply,
 };
 use cairn_raft::PeerHandler;
-use cairn_shard::{validate, MemberAttrs, Op};
+use cairn_state::{validate, MemberAttrs, Op};
 use cairn_types::Error;
 use tonic::Status;
 
-use crate::cluster::Cluster;
 use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::maintenance::Maintenance;
 use crate::members::Members;
+use crate::router::Router;
 
 /// The gRPC status for an error: etcd's code and message (the one mapping table lives in
 /// `cairn_types::Error::to_etcd`).
@@ -25,11 +25,11 @@ pub fn status(e: Error) -> Status {
 }
 
 pub struct Forwarded {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
 }
 
 impl Forwarded {
-    pub fn new(c: Arc<Cluster>) -> Self {
+    pub fn new(c: Arc<Router>) -> Self {
         Forwarded { c }
     }
 
@@ -94,12 +94,12 @@ impl PeerHandler for Forwarded {
         let req_origin = (req.origin_member, req.origin_id);
         let req = req.request.ok_or_else(|| Status::invalid_argument("empty forwarded request"))?;
         // Only writes answered from the forwarding member's apply carry an origin (see
-        // `Cluster::on_leader_write`); any other request ignores one.
+        // `Router::on_leader_write`); any other request ignores one.
         let (member, id) = match req {
             Fq::Put(_) | Fq::DeleteRange(_) | Fq::Txn(_) => req_origin,
             _ => (0, 0),
         };
-        let run = crate::cluster::originated(member, id, self.run(req));
+        let run = crate::router::originated(member, id, self.run(req));
         crate::auth::guarded(guard, run).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
     }
 

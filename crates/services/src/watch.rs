@@ -1,7 +1,7 @@
 //! etcd's Watch service: one bidirectional stream carries many watchers.
 //!
 //! Any member serves watches from its own applied state. A stream follows the store's event
-//! feed (`cairn_shard::watch`): each applied batch arrives once per stream, and is filtered for
+//! feed (`cairn_state::watch`): each applied batch arrives once per stream, and is filtered for
 //! each of its watchers. A watcher that starts in the past, or a stream that fell behind the feed
 //! (a slow client) or saw a snapshot installed, reads the store's history instead, in bounded
 //! chunks, until it reaches the present; then it follows the feed again. Writes never wait for
@@ -10,7 +10,7 @@
 //! Per watcher, events are sent in revision order with no gap and no duplicate: `next_rev` is
 //! the first revision the watcher has not been sent (it never moves backwards), history reads
 //! start there, feed batches are filtered from there, and the feed is subscribed before any
-//! history is read (see `cairn_shard::watch` for why that lines up). A stream subscribes to the
+//! history is read (see `cairn_state::watch` for why that lines up). A stream subscribes to the
 //! feed with its first watcher and lets go when it has none, so idle streams cost writes
 //! nothing.
 //!
@@ -29,13 +29,13 @@ use std::time::Duration;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb::{event::EventType, Event};
-use cairn_shard::watch::{in_range, EventBatch, Feed, FeedReceiver, HistoryError};
+use cairn_state::watch::{in_range, EventBatch, Feed, FeedReceiver, HistoryError};
 use cairn_types::Revision;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::cluster::Cluster;
+use crate::router::Router;
 
 /// Watchers one stream may hold.
 pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
@@ -132,7 +132,7 @@ impl Watcher {
 
 /// One client stream.
 struct WatchStream {
-    c: Arc<Cluster>,
+    c: Arc<Router>,
     out: mpsc::Sender<OutBatch>,
     /// Subscribed while the stream has watchers.
     feed: Option<FeedReceiver>,
@@ -156,7 +156,7 @@ struct Gone;
 pub type Permit = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), cairn_types::Error> + Send + Sync>;
 
 /// Serves one Watch stream until the client closes it (or goes away).
-pub async fn serve<S>(c: Arc<Cluster>, mut requests: S, out: mpsc::Sender<OutBatch>, permit: Option<Permit>)
+pub async fn serve<S>(c: Arc<Router>, mut requests: S, out: mpsc::Sender<OutBatch>, permit: Option<Permit>)
 where
     S: Stream<Item = Result<pb::WatchRequest, tonic::Status>> + Unpin,
 {
@@ -185,7 +185,7 @@ where
 }
 
 /// The next feed message, or never if the stream is not subscribed.
-async fn next_feed(feed: &mut Option<FeedReceiver>) -> Result<Feed, cairn_shard::watch::Lagged> {
+async fn next_feed(feed: &mut Option<FeedReceiver>) -> Result<Feed, cairn_state::watch::Lagged> {
     match feed {
         Some(f) => f.recv().await,
         None => std::future::pending().await,

@@ -1,7 +1,11 @@
 //! MVCC semantics, checked against etcd's documented behaviour.
 
 use super::*;
-use cairn_storage::MemEngine;
+use crate::command::{Command, Op, Response};
+use crate::rev::Rev;
+use crate::watch::HistoryError;
+use cairn_proto::mvccpb::KeyValue;
+use cairn_storage::{MemEngine, Reader, Table, WriteBatch, WriteOp};
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request;
 use pb::response_op::Response as R;
@@ -11,7 +15,7 @@ fn store() -> Store {
 }
 
 fn apply(s: &Store, op: Op) -> Response {
-    let mut b = s.begin().unwrap();
+    let mut b = s.begin(0).unwrap();
     let r = b.apply(&Command::new(0, op)).unwrap();
     b.commit().unwrap();
     r
@@ -371,7 +375,7 @@ fn nospace_alarm_blocks_puts_but_not_deletes() {
 fn batch_is_invisible_until_commit_and_reads_within_see_it() {
     let s = Arc::new(store());
     put(&s, "k", "old");
-    let mut b = s.begin().unwrap();
+    let mut b = s.begin(0).unwrap();
     b.apply(&Command::new(
         0,
         Op::Put(pb::PutRequest { key: b"k".to_vec(), value: b"new".to_vec(), ..Default::default() }),
@@ -411,7 +415,7 @@ fn member_attrs_persist() {
     apply(&s, Op::SetMemberAttrs { id: 42, attrs: attrs.clone() });
     s.flush().unwrap();
     assert_eq!(Store::open(engine.clone()).unwrap().members().get(&42), Some(&attrs));
-    let mut b = s.begin().unwrap();
+    let mut b = s.begin(0).unwrap();
     b.retain_members(&BTreeSet::from([7]));
     b.commit().unwrap();
     s.flush().unwrap();
@@ -936,24 +940,10 @@ fn replace_waits_for_a_background_flush() {
     assert!(rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap(), "the flushed records were in the engine");
 }
 
-/// Polls a future once (the waiters are resolved synchronously by commit, so once is enough).
-fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(f).poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
-
 #[test]
-fn an_origin_op_answers_its_waiter_once_the_batch_is_visible_and_applies_as_its_op() {
+fn an_origin_op_naming_this_member_is_answered_by_commit_and_applies_as_its_op() {
     let (s, twin) = (store(), store());
     let me = 7;
-    let mut w_put = s.await_apply(me);
-    let mut w_txn = s.await_apply(me);
-    let dropped = s.await_apply(me);
-    let dropped_id = dropped.id();
-    drop(dropped);
     let put_a = Op::Put(pb::PutRequest { key: "a".into(), value: "1".into(), ..Default::default() });
     let put_b = Op::Put(pb::PutRequest { key: "b".into(), value: "2".into(), ..Default::default() });
     let txn = Op::Txn(pb::TxnRequest {
@@ -963,44 +953,24 @@ fn an_origin_op_answers_its_waiter_once_the_batch_is_visible_and_applies_as_its_
     });
     let origin = |member, id, op: &Op| Op::Origin { member, id, op: Box::new(op.clone()) };
     let tagged = Op::Batch(vec![
-        origin(me, w_put.id(), &put_a),
-        // Another member's waiter with the same id, and a withdrawn one: nobody here to answer.
-        origin(me + 1, w_txn.id(), &put_b),
-        origin(me, w_txn.id(), &txn),
-        origin(me, dropped_id, &put_b),
+        origin(me, 11, &put_a),
+        // Another member's forwarded write: not this member's to answer.
+        origin(me + 1, 12, &put_b),
+        origin(me, 12, &txn),
     ]);
-    let plain = Op::Batch(vec![put_a.clone(), put_b.clone(), txn.clone(), put_b.clone()]);
+    let plain = Op::Batch(vec![put_a.clone(), put_b.clone(), txn.clone()]);
 
-    let mut b = s.begin().unwrap();
+    let mut b = s.begin(me).unwrap();
     let got = b.apply(&Command::new(0, tagged)).unwrap();
-    assert!(poll_once(&mut w_put).is_none(), "answered before the batch was committed");
-    assert!(poll_once(&mut w_txn).is_none());
-    b.commit().unwrap();
+    let answers = b.commit().unwrap();
 
     // Exactly what the untagged ops give on a twin store: an origin changes nothing in apply.
     assert_eq!(got, apply(&twin, plain));
     let Response::Batch(rs) = got else { panic!("{got:?}") };
-    let answer = poll_once(&mut w_put).expect("answered at commit");
-    assert_eq!(answer, rs[0]);
-    // Visible by the time the answer is: a read right after sees the write.
-    assert_eq!(get(&s, "a").unwrap().mod_revision, s.current_revision() - 3);
-    assert_eq!(poll_once(&mut w_txn).expect("answered at commit"), rs[2]);
+    assert_eq!(answers, vec![Answer { id: 11, response: rs[0].clone() }, Answer { id: 12, response: rs[2].clone() }]);
     assert!(matches!(rs[2], Response::Txn(ref t) if t.succeeded));
-    assert!(s.waiters.waiting.lock().is_empty(), "answered or withdrawn waiters must not linger");
-}
-
-#[test]
-fn a_waiter_whose_entry_is_never_applied_stays_pending_and_withdraws_on_drop() {
-    let s = store();
-    let mut w = s.await_apply(1);
-    put(&s, "k", "v");
-    assert!(poll_once(&mut w).is_none());
-    assert_eq!(s.waiters.waiting.lock().len(), 1);
-    drop(w);
-    assert!(s.waiters.waiting.lock().is_empty());
-    // Ids are distinct, so no later registration can take an earlier entry's answer.
-    let (a, b) = (s.await_apply(1), s.await_apply(1));
-    assert_ne!(a.id(), b.id());
+    // Visible by the time the answers are handed out: a read right after sees the write.
+    assert_eq!(get(&s, "a").unwrap().mod_revision, s.current_revision() - 2);
 }
 
 #[test]
@@ -1022,40 +992,26 @@ fn a_refused_guarded_write_answers_its_waiter_with_the_refusal_whichever_wraps_w
 
     // The order the leader builds (origin outside the guard), and the other one: apply's checks
     // see through the tag either way.
-    let mut stale = s.await_apply(3);
-    let mut denied = s.await_apply(3);
-    let mut admin = s.await_apply(3);
+    let (stale, denied, admin) = (1, 2, 3);
     let rev = s.current_revision();
-    let got = apply(
-        &s,
-        Op::Batch(vec![
-            origin(stale.id(), guarded("root", now - 1, put())),
-            guarded("bob", now, origin(denied.id(), revoke())),
-            guarded("bob", now, origin(admin.id(), Op::Auth(AuthOp::RoleAdd { name: "x".into() }))),
-        ]),
-    );
-    assert_eq!(poll_once(&mut stale), Some(Response::Error(Error::AuthOldRevision)));
+    let mut b = s.begin(3).unwrap();
+    let got = b
+        .apply(&Command::new(
+            0,
+            Op::Batch(vec![
+                origin(stale, guarded("root", now - 1, put())),
+                guarded("bob", now, origin(denied, revoke())),
+                guarded("bob", now, origin(admin, Op::Auth(AuthOp::RoleAdd { name: "x".into() }))),
+            ]),
+        ))
+        .unwrap();
+    let answers = b.commit().unwrap();
     let Response::Batch(rs) = got else { panic!("{got:?}") };
     assert!(rs.iter().all(|r| matches!(r, Response::Error(_))), "{rs:?}");
-    // A refused guard never reaches the tag inside it: that waiter stays for the leader's reply.
-    assert!(poll_once(&mut denied).is_none());
-    assert!(poll_once(&mut admin).is_none());
+    // The refusal is the answer of the tagged write; a refused guard never reaches the tag
+    // inside it, so those two are left to the leader's reply.
+    assert_eq!(answers, vec![Answer { id: stale, response: Response::Error(Error::AuthOldRevision) }]);
     assert_eq!(s.current_revision(), rev, "refused writes changed nothing");
     assert_eq!(s.lease(5).unwrap().keys.len(), 1);
     assert!(!s.auth().roles.contains_key("x"));
-}
-
-#[test]
-fn a_batch_dropped_before_commit_answers_no_waiter() {
-    let s = store();
-    let mut w = s.await_apply(2);
-    let op = Op::Origin {
-        member: 2,
-        id: w.id(),
-        op: Box::new(Op::Put(pb::PutRequest { key: "a".into(), value: "1".into(), ..Default::default() })),
-    };
-    let mut b = s.begin().unwrap();
-    b.apply(&Command::new(0, op)).unwrap();
-    drop(b);
-    assert!(poll_once(&mut w).is_none(), "an answer for a write that was never made visible");
 }

@@ -1,0 +1,143 @@
+//! Rebuilding the in-memory state (key index, leases, members, alarms, auth) from the engine
+//! at start-up and after a snapshot install.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use cairn_storage::{Engine, Table};
+
+use super::buffer::Unflushed;
+use super::record::*;
+use super::{Lease, State, StoreError};
+use crate::auth::AuthState;
+use crate::command::MemberAttrs;
+use crate::index::{IndexKey, KeyIndex};
+use crate::rev::{LocalRevisions, Rev};
+
+pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
+    let reader = engine.reader()?;
+    let read_i64 = |key: &[u8]| -> Result<Option<i64>, StoreError> {
+        match reader.get(Table::Meta, key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(i64::from_be_bytes(
+                b.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("meta {key:?} is not 8 bytes")))?,
+            ))),
+        }
+    };
+    let current = read_i64(META_REV)?.unwrap_or(1);
+    let compact_rev = read_i64(META_COMPACT)?.unwrap_or(-1);
+    let mut members = BTreeMap::new();
+    let mut alarms = BTreeSet::new();
+    let mut bad = None;
+    reader.scan(Table::Meta, Bound::Included(META_MEMBER_PREFIX), Bound::Unbounded, &mut |k, v| {
+        let Some(id) = k.strip_prefix(META_MEMBER_PREFIX) else {
+            return false;
+        };
+        match (id.try_into().map(u64::from_be_bytes), postcard::from_bytes::<MemberAttrs>(v)) {
+            (Ok(id), Ok(attrs)) => {
+                members.insert(id, attrs);
+            }
+            _ => bad = Some(format!("bad member record {k:?}")),
+        }
+        true
+    })?;
+    reader.scan(Table::Meta, Bound::Included(META_ALARM_PREFIX), Bound::Unbounded, &mut |k, _| {
+        let Some(rest) = k.strip_prefix(META_ALARM_PREFIX) else {
+            return false;
+        };
+        if rest.len() == 12 {
+            let id = u64::from_be_bytes(rest[..8].try_into().expect("8"));
+            let ty = i32::from_be_bytes(rest[8..].try_into().expect("4"));
+            alarms.insert((id, ty));
+        } else {
+            bad = Some(format!("bad alarm record {k:?}"));
+        }
+        true
+    })?;
+    let mut leases = BTreeMap::new();
+    reader.scan(Table::Meta, Bound::Included(META_LEASE_PREFIX), Bound::Unbounded, &mut |k, v| {
+        let Some(id) = k.strip_prefix(META_LEASE_PREFIX) else {
+            return false;
+        };
+        match (<[u8; 8]>::try_from(id), <[u8; 8]>::try_from(v)) {
+            (Ok(id), Ok(ttl)) => {
+                leases.insert(i64::from_be_bytes(id), Lease { ttl: i64::from_be_bytes(ttl), keys: BTreeSet::new() });
+            }
+            _ => bad = Some(format!("bad lease record {k:?}")),
+        }
+        true
+    })?;
+    let auth = match reader.get(Table::Meta, META_AUTH)? {
+        None => AuthState::default(),
+        Some(b) => AuthState::decode(&b).map_err(StoreError::Corrupt)?,
+    };
+    let mut key_lease: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut keys: BTreeMap<IndexKey, KeyIndex> = BTreeMap::new();
+    reader.scan(Table::Kv, Bound::Unbounded, Bound::Unbounded, &mut |k, v| {
+        let Some(rev) = Rev::from_key(k) else {
+            bad = Some(format!("bad revision key {k:?}"));
+            return false;
+        };
+        if rev.main > current {
+            bad = Some(format!("record at revision {} beyond the store revision {current}", rev.main));
+            return false;
+        }
+        match Record::decode(rev, v) {
+            Ok(rec) => {
+                let ki = keys.entry(IndexKey::from_slice(&rec.kv.key)).or_default();
+                if rec.tombstone {
+                    if ki.is_live() {
+                        ki.tombstone(rev);
+                        key_lease.remove(&rec.kv.key);
+                    } else {
+                        bad = Some(format!("tombstone at {} of a key that is not live", rev.main));
+                        return false;
+                    }
+                } else {
+                    ki.restore(rev, rec.kv.create_revision, rec.kv.version);
+                    // Records come in revision order: the last put decides the key's lease.
+                    if rec.kv.lease != 0 {
+                        key_lease.insert(rec.kv.key.clone(), rec.kv.lease);
+                    } else {
+                        key_lease.remove(&rec.kv.key);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                bad = Some(e.to_string());
+                false
+            }
+        }
+    })?;
+    if let Some(why) = bad {
+        return Err(StoreError::Corrupt(why));
+    }
+    keys.retain(|_, ki| !ki.revisions().is_empty());
+    for (key, id) in &key_lease {
+        match leases.get_mut(id) {
+            Some(l) => {
+                l.keys.insert(key.clone());
+            }
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "key {:?} is attached to lease {id:x}, which does not exist",
+                    String::from_utf8_lossy(key)
+                )))
+            }
+        }
+    }
+    Ok(State {
+        keys,
+        revs: LocalRevisions::new(current),
+        compact_rev,
+        members,
+        alarms,
+        leases,
+        key_lease,
+        auth: Arc::new(auth),
+        unflushed: Unflushed::default(),
+        flushing: None,
+    })
+}

@@ -1,0 +1,271 @@
+//! The MVCC store: etcd's revisioned key-value semantics over an [`Engine`].
+//!
+//! Layout in the engine (as etcd lays out bbolt): table `kv` maps a revision (16 bytes, big
+//! endian main then sub) to a record `[flag][mvccpb.KeyValue]`, flag 1 marking a tombstone;
+//! table `meta` holds the store revision, the compaction revision, member attributes and
+//! alarms, plus whatever the Raft layer adds through [`ApplyBatch::put_meta`] in the same
+//! atomic write. The in-memory [`KeyIndex`] per key is rebuilt from `kv` at start-up.
+//!
+//! The parts, in the order a write meets them:
+//! - `apply`: [`ApplyBatch`], the deterministic apply of committed commands under the write lock;
+//! - `buffer`: applied changes waiting for the engine, and their background write;
+//! - `read`: Range, compares and read-only transactions over a consistent view;
+//! - `history`: revision-ordered reads for watchers;
+//! - `record`: the engine layout; `load`: rebuilding the in-memory state from it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb as pb;
+use cairn_storage::Engine;
+use cairn_types::{Error, Revision};
+use parking_lot::RwLock;
+
+use crate::auth::AuthState;
+use crate::command::MemberAttrs;
+use crate::index::{IndexKey, KeyIndex};
+use crate::rev::{LocalRevisions, RevisionSource};
+use crate::watch::{self, Feed, FeedReceiver, FeedSender};
+
+pub use apply::{Answer, ApplyBatch};
+pub use buffer::{FlushStats, FLUSH_OPS};
+use buffer::{Flushing, Unflushed};
+use load::load_state;
+use read::{range, set_txn_revision, txn_read_only, ReadView};
+
+/// A failure of the store itself (not of a request): the node must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Storage(#[from] cairn_storage::Error),
+    #[error("store corruption: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(_) | StoreError::Storage(cairn_storage::Error::Corruption(_)) => Error::Corrupt,
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Everything the store keeps in memory. Guarded by one lock: apply holds it for writing from
+/// its first change until its changes are in `unflushed`, so readers never see half a batch.
+struct State {
+    keys: BTreeMap<IndexKey, KeyIndex>,
+    revs: LocalRevisions,
+    /// etcd's compactMainRev: -1 until the first compaction.
+    compact_rev: Revision,
+    members: BTreeMap<u64, MemberAttrs>,
+    /// (member id, alarm type) pairs that are active.
+    alarms: BTreeSet<(u64, i32)>,
+    /// Granted leases and the keys attached to each (etcd's lessor state, minus expiry times:
+    /// those live only on the leader, see `services::lease`).
+    leases: BTreeMap<i64, Lease>,
+    /// The lease of each live key that has one.
+    key_lease: HashMap<Vec<u8>, i64>,
+    /// Users, roles, permissions (see [`crate::auth`]).
+    auth: Arc<AuthState>,
+    unflushed: Unflushed,
+    /// The previous buffer while a background thread writes it to the engine (see
+    /// [`Flushing`]).
+    flushing: Option<Flushing>,
+}
+
+/// A granted lease as every replica knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Seconds, as granted.
+    pub ttl: i64,
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    state: RwLock<State>,
+    /// Applied events, for watchers ([`watch`]).
+    feed: FeedSender,
+    /// The current revision, for waiters ([`Store::wait_revision`]).
+    applied: tokio::sync::watch::Sender<Revision>,
+    /// The auth store as last applied, for permission checks that should not wait for the
+    /// state lock (apply holds it for whole batches).
+    auth: RwLock<Arc<AuthState>>,
+    flush_stats: Arc<FlushStats>,
+}
+
+/// A receiver of the event feed and the store's revisions when it was taken.
+pub struct Subscription {
+    pub feed: FeedReceiver,
+    pub current: Revision,
+    pub compact: Revision,
+}
+
+impl Store {
+    /// Opens the store on `engine`, rebuilding the key index from the stored records.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Store, StoreError> {
+        let state = load_state(&*engine)?;
+        let (applied, _) = tokio::sync::watch::channel(state.revs.current());
+        let auth = RwLock::new(state.auth.clone());
+        Ok(Store {
+            engine,
+            state: RwLock::new(state),
+            feed: FeedSender::new(watch::FEED_BYTES),
+            applied,
+            auth,
+            flush_stats: Arc::default(),
+        })
+    }
+
+    /// Replaces the engine's contents through `f` (a snapshot install) and reloads the index,
+    /// with readers held off for the whole time so none sees a half-installed state.
+    pub fn replace<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Engine) -> Result<T, E>) -> Result<T, E> {
+        let mut st = self.state.write();
+        // A buffer still being written must land before the engine's contents are replaced.
+        if let Some(f) = st.flushing.take() {
+            f.wait()?;
+        }
+        let out = f(&*self.engine)?;
+        *st = load_state(&*self.engine)?;
+        *self.auth.write() = st.auth.clone();
+        self.feed.send(Feed::Resync);
+        self.applied.send_replace(st.revs.current());
+        Ok(out)
+    }
+
+    /// The auth store as applied so far.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().clone()
+    }
+
+    /// The engine. Changes applied since the last [`Store::flush`] are not in it yet.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Writes every buffered change to the engine (not fsynced: see [`Engine::sync`]).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut st = self.state.write();
+        if let Some(f) = st.flushing.take() {
+            f.wait()?;
+        }
+        let ops = st.unflushed.take();
+        if !ops.is_empty() {
+            self.flush_stats.write(&*self.engine, ops)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the full buffer to a thread that writes it to the engine (see [`Flushing`]); waits
+    /// first for the previous one, if still running. Called by apply with the write lock held.
+    fn flush_in_background(&self, st: &mut State) -> Result<(), StoreError> {
+        if let Some(f) = st.flushing.take() {
+            f.wait()?;
+        }
+        let kv = Arc::new(std::mem::take(&mut st.unflushed.kv));
+        let ops = st.unflushed.take();
+        let engine = self.engine.clone();
+        let stats = self.flush_stats.clone();
+        let done = std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || stats.write(&*engine, ops))
+            .map_err(cairn_storage::Error::Io)?;
+        st.flushing = Some(Flushing { kv, done });
+        Ok(())
+    }
+
+    /// How often and how long the buffer was written to the engine.
+    pub fn flush_stats(&self) -> &FlushStats {
+        &self.flush_stats
+    }
+
+    fn view(&self) -> Result<ReadView<'_>, StoreError> {
+        // Take the lock before opening the engine reader: apply writes the engine while holding
+        // the lock for writing, so a reader opened under the read lock sees exactly what the
+        // index describes.
+        let state = self.state.read();
+        let reader = self.engine.reader()?;
+        Ok(ReadView { state, reader })
+    }
+
+    /// etcd's Range at the current revision (or the request's).
+    pub fn range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Error> {
+        let view = self.view()?;
+        let current = view.state.revs.current();
+        Ok(range(&view, r, current)?)
+    }
+
+    /// A transaction that only reads, evaluated at the current revision without the log.
+    pub fn txn_read_only(&self, t: &pb::TxnRequest) -> Result<pb::TxnResponse, Error> {
+        let view = self.view()?;
+        let at = view.state.revs.current();
+        let mut resp = txn_read_only(&view, t, at)?;
+        set_txn_revision(&mut resp, at);
+        Ok(resp)
+    }
+
+    pub fn current_revision(&self) -> Revision {
+        self.state.read().revs.current()
+    }
+
+    /// Waits until this replica has applied revision `rev`; false if `deadline` passed first.
+    /// A member that forwarded a write waits here before answering, so the writer's next
+    /// serializable read or watch on the same member sees its write (as in etcd, which answers
+    /// after the local apply).
+    pub async fn wait_revision(&self, rev: Revision, deadline: std::time::Instant) -> bool {
+        let mut rx = self.applied.subscribe();
+        let wait = rx.wait_for(|r| *r >= rev);
+        tokio::time::timeout_at(deadline.into(), wait).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver of the event feed, with the revisions at the moment it was taken: every
+    /// batch applied after `current` will arrive on it (unless it lags).
+    pub fn subscribe(&self) -> Subscription {
+        let st = self.state.read();
+        Subscription { feed: self.feed.subscribe(), current: st.revs.current(), compact: st.compact_rev }
+    }
+
+    /// Number of event feed receivers (watch streams).
+    pub fn feed_receivers(&self) -> usize {
+        self.feed.receiver_count()
+    }
+
+    pub fn compact_revision(&self) -> Revision {
+        self.state.read().compact_rev
+    }
+
+    pub fn members(&self) -> BTreeMap<u64, MemberAttrs> {
+        self.state.read().members.clone()
+    }
+
+    /// Active alarms as (member id, alarm type).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.state.read().alarms.iter().copied().collect()
+    }
+
+    /// Every lease with its granted TTL.
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.state.read().leases.iter().map(|(id, l)| (*id, l.ttl)).collect()
+    }
+
+    /// One lease, with its attached keys.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.state.read().leases.get(&id).cloned()
+    }
+
+    /// Number of live keys (for status).
+    pub fn key_count(&self) -> usize {
+        self.state.read().keys.values().filter(|k| k.is_live()).count()
+    }
+}
+
+mod apply;
+mod buffer;
+mod history;
+mod load;
+mod read;
+mod record;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! Evaluating reads (Range, compares, read-only transactions) over a consistent view: the
+//! key index plus the records behind it, from the apply buffer or the engine.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use cairn_proto::etcdserverpb as pb;
+use cairn_proto::mvccpb::KeyValue;
+use cairn_storage::{Reader, Table};
+use cairn_types::{Error, Revision};
+use parking_lot::RwLockReadGuard;
+
+use super::record::Record;
+use super::{State, StoreError};
+use crate::index::{IndexKey, KeyAt, KeyIndex};
+use crate::rev::{Rev, RevisionSource};
+
+/// Read access needed to evaluate requests: a consistent index and the records behind it.
+pub(super) trait View {
+    fn state(&self) -> &State;
+    fn record(&self, rev: Rev) -> Result<Record, StoreError>;
+}
+
+pub(super) struct ReadView<'a> {
+    pub(super) state: RwLockReadGuard<'a, State>,
+    pub(super) reader: Box<dyn Reader + Send + Sync>,
+}
+
+impl View for ReadView<'_> {
+    fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn record(&self, rev: Rev) -> Result<Record, StoreError> {
+        read_record(&self.state, &*self.reader, rev)
+    }
+}
+
+/// A record by revision: from the buffer, the buffer being flushed, or the engine.
+pub(super) fn read_record(st: &State, reader: &dyn Reader, rev: Rev) -> Result<Record, StoreError> {
+    let missing =
+        || StoreError::Corrupt(format!("the index refers to revision {}.{}, which is missing", rev.main, rev.sub));
+    let key = rev.to_key();
+    let flushing = st.flushing.as_ref().map(|f| &*f.kv);
+    for layer in std::iter::once(&st.unflushed.kv).chain(flushing) {
+        match layer.get(&key) {
+            Some(Some(b)) => return Record::decode(rev, b),
+            Some(None) => return Err(missing()),
+            None => {}
+        }
+    }
+    match reader.get(Table::Kv, &key)? {
+        Some(b) => Record::decode(rev, &b),
+        None => Err(missing()),
+    }
+}
+
+/// The keys of `[key, end)` in etcd's range convention: an empty `end` means the single key,
+/// `end == [0]` means every key from `key` on.
+pub(super) fn keys_in<'a>(
+    keys: &'a BTreeMap<IndexKey, KeyIndex>,
+    key: &[u8],
+    end: &[u8],
+) -> Box<dyn Iterator<Item = (&'a IndexKey, &'a KeyIndex)> + 'a> {
+    if end.is_empty() {
+        return Box::new(keys.get_key_value(key).into_iter());
+    }
+    if end == [0] {
+        return Box::new(keys.range::<[u8], _>((Bound::Included(key), Bound::Unbounded)));
+    }
+    if key >= end {
+        return Box::new(std::iter::empty());
+    }
+    Box::new(keys.range::<[u8], _>((Bound::Included(key), Bound::Excluded(end))))
+}
+
+pub(super) fn to_kv(view: &dyn View, key: &[u8], at: KeyAt, keys_only: bool) -> Result<KeyValue, StoreError> {
+    let rec = view.record(at.modified)?;
+    if rec.tombstone || rec.kv.key != key {
+        return Err(StoreError::Corrupt(format!(
+            "revision {}.{} does not hold a put of the indexed key",
+            at.modified.main, at.modified.sub
+        )));
+    }
+    let mut kv = rec.kv;
+    if keys_only {
+        kv.value.clear();
+    }
+    Ok(kv)
+}
+
+/// The outcome of a read: a request error (an answer for the client) or a store failure.
+pub type ReadResult<T> = Result<T, ReadError>;
+
+#[derive(Debug)]
+pub enum ReadError {
+    Request(Error),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        ReadError::Store(e)
+    }
+}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        ReadError::Request(e)
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Request(e) => e,
+            ReadError::Store(e) => {
+                tracing::error!(error = %e, "store failure while serving a read");
+                e.into()
+            }
+        }
+    }
+}
+
+/// etcd's Range: `default_rev` is the revision read when the request names none.
+pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision) -> ReadResult<pb::RangeResponse> {
+    let st = view.state();
+    let current = st.revs.current();
+    if r.revision > current {
+        return Err(Error::FutureRev.into());
+    }
+    let at = if r.revision > 0 { r.revision } else { default_rev };
+    if at < st.compact_rev {
+        return Err(Error::Compacted.into());
+    }
+    let sort_order = pb::range_request::SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    let sort_target = pb::range_request::SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    use pb::range_request::{SortOrder, SortTarget};
+    let filtered =
+        r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+    // As etcd: fetch everything when results are sorted or filtered, and one extra otherwise
+    // to learn whether there are more.
+    let fetch =
+        if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 };
+
+    let mut count = 0i64;
+    let mut found: Vec<(&[u8], KeyAt)> = Vec::new();
+    for (key, ki) in keys_in(&st.keys, &r.key, &r.range_end) {
+        if let Some(k) = ki.get(at) {
+            count += 1;
+            if !r.count_only && found.len() < fetch {
+                found.push((key.as_slice(), k));
+            }
+        }
+    }
+    let mut resp = pb::RangeResponse { header: Some(header(current)), count, ..Default::default() };
+    if r.count_only {
+        return Ok(resp);
+    }
+    let mut kvs = Vec::with_capacity(found.len());
+    for (key, k) in found {
+        kvs.push(to_kv(view, key, k, r.keys_only)?);
+    }
+    if r.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
+    }
+    if r.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= r.min_mod_revision);
+    }
+    if r.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= r.max_create_revision);
+    }
+    if r.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
+    }
+    let mut order = sort_order;
+    if sort_target != SortTarget::Key && order == SortOrder::None {
+        // Results come out sorted by key; any other target needs an explicit sort.
+        order = SortOrder::Ascend;
+    }
+    if order != SortOrder::None {
+        match sort_target {
+            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    if r.limit > 0 && kvs.len() > r.limit as usize {
+        kvs.truncate(r.limit as usize);
+        resp.more = true;
+    }
+    resp.kvs = kvs;
+    Ok(resp)
+}
+
+pub(super) fn header(revision: Revision) -> pb::ResponseHeader {
+    pb::ResponseHeader { revision, ..Default::default() }
+}
+
+/// etcd's compare: every live key in the compare's range must satisfy it; a missing key has
+/// zero revisions, version and lease, and a value compare on it always fails.
+pub(super) fn compare(view: &dyn View, c: &pb::Compare, at: Revision) -> ReadResult<bool> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
+    let st = view.state();
+    let mut kvs = Vec::new();
+    for (key, ki) in keys_in(&st.keys, &c.key, &c.range_end) {
+        if let Some(k) = ki.get(at) {
+            kvs.push(to_kv(view, key, k, false)?);
+        }
+    }
+    if kvs.is_empty() {
+        if target == CompareTarget::Value {
+            return Ok(false);
+        }
+        kvs.push(KeyValue::default());
+    }
+    let ok = kvs.iter().all(|kv| {
+        let ord = match (&c.target_union, target) {
+            (Some(TargetUnion::Value(v)), CompareTarget::Value) => kv.value.as_slice().cmp(v.as_slice()),
+            (None, CompareTarget::Value) => kv.value.as_slice().cmp(&[][..]),
+            (Some(TargetUnion::Version(v)), _)
+            | (Some(TargetUnion::CreateRevision(v)), _)
+            | (Some(TargetUnion::ModRevision(v)), _)
+            | (Some(TargetUnion::Lease(v)), _) => field(kv, target).cmp(v),
+            (Some(TargetUnion::Value(_)), _) | (None, _) => field(kv, target).cmp(&0),
+        };
+        match result {
+            CompareResult::Equal => ord.is_eq(),
+            CompareResult::NotEqual => ord.is_ne(),
+            CompareResult::Greater => ord.is_gt(),
+            CompareResult::Less => ord.is_lt(),
+        }
+    });
+    Ok(ok)
+}
+
+pub(super) fn txn_read_only(view: &dyn View, t: &pb::TxnRequest, at: Revision) -> ReadResult<pb::TxnResponse> {
+    use pb::request_op::Request;
+    use pb::response_op::Response as R;
+    let mut ok = true;
+    for c in &t.compare {
+        if !compare(view, c, at)? {
+            ok = false;
+            break;
+        }
+    }
+    let mut responses = Vec::new();
+    for op in if ok { &t.success } else { &t.failure } {
+        let r = match &op.request {
+            Some(Request::RequestRange(r)) => R::ResponseRange(range(view, r, at)?),
+            Some(Request::RequestTxn(n)) => R::ResponseTxn(txn_read_only(view, n, at)?),
+            None => R::ResponseRange(pb::RangeResponse::default()),
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
+                return Err(Error::Internal("a write in a read-only transaction".into()).into())
+            }
+        };
+        responses.push(pb::ResponseOp { response: Some(r) });
+    }
+    Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
+}
+
+fn field(kv: &KeyValue, target: pb::compare::CompareTarget) -> i64 {
+    use pb::compare::CompareTarget;
+    match target {
+        CompareTarget::Version => kv.version,
+        CompareTarget::Create => kv.create_revision,
+        CompareTarget::Mod => kv.mod_revision,
+        CompareTarget::Lease => kv.lease,
+        CompareTarget::Value => 0,
+    }
+}
+
+/// Sets the header revision of a transaction response and of the transactions nested in it.
+pub(super) fn set_txn_revision(resp: &mut pb::TxnResponse, revision: Revision) {
+    resp.header = Some(header(revision));
+    for op in &mut resp.responses {
+        if let Some(pb::response_op::Response::ResponseTxn(n)) = &mut op.response {
+            set_txn_revision(n, revision);
+        }
+    }
+}
