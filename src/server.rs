@@ -319,9 +319,10 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     peer_service.set_handler(Arc::new(Forwarded::new(cluster.clone())));
 
     for (l, tls) in client_listeners {
-        let routes = Api::new(cluster.clone())
-            .services()
-            .add_to(tonic::service::Routes::from(cairn_api::http::router(cluster.clone())));
+        // gRPC, and on the same port (as etcd) the HTTP endpoints and the JSON gateway.
+        let api = Api::new(cluster.clone());
+        let http = cairn_api::http::router(cluster.clone()).merge(cairn_api::gateway::router(api.clone()));
+        let routes = api.services().add_to(tonic::service::Routes::from(http));
         let b = builder(tls, &client_server_tls)?;
         tokio::spawn(async move {
             let r = b

@@ -13,10 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .bytes(".cairn.peer")
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&files.map(|f| root.join(f)), &[root])?;
+    // serde for etcd's messages in the protobuf JSON mapping, as etcd's HTTP gateway speaks it
+    // (grpc-gateway's JSONPb with `OrigName`): the proto's own field names, 64-bit integers as
+    // strings, bytes as base64, enums by name, fields at their default value left out.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .build(&[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])?;
     Ok(())
 }

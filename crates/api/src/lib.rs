@@ -6,11 +6,14 @@
 //!   the client listener, with access control (`Api::call`, through `cairn_services::access`).
 //!   Errors map through
 //!   `cairn_types::Error::to_etcd` to etcd's codes and messages.
+//! - [`gateway`]: etcd's HTTP/JSON gateway (`/v3/...`, `/version`) on the client listener,
+//!   calling the same [`grpc::Api`] methods; errors in grpc-gateway's JSON and HTTP statuses.
 //! - [`watch_service`]: the Watch service's routing and codec (responses shared across
 //!   watchers are sent without re-encoding).
 //! - [`http`]: `/metrics` (Prometheus), `/health`, `/ready`, `/readyz`, `/livez` (etcd's health
 //!   endpoints), `/v1/status` (JSON), on every client URL and on the metrics listener.
 
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod watch_service;

@@ -86,6 +86,19 @@ impl WatchOut {
         }
     }
 
+    /// The response as a message (for front ends that do not speak protobuf).
+    pub fn into_message(self) -> Result<pb::WatchResponse, tonic::Status> {
+        match self {
+            WatchOut::Msg(m) => Ok(m),
+            shared => {
+                let mut buf = Vec::with_capacity(shared.encoded_len());
+                shared.encode(&mut buf).map_err(|e| tonic::Status::internal(e.to_string()))?;
+                <pb::WatchResponse as prost::Message>::decode(buf.as_slice())
+                    .map_err(|e| tonic::Status::internal(e.to_string()))
+            }
+        }
+    }
+
     /// Writes the protobuf encoding of the response to `buf`.
     pub fn encode(&self, buf: &mut impl prost::bytes::BufMut) -> Result<(), prost::EncodeError> {
         match self {

@@ -87,8 +87,9 @@ pub enum Op {
         op: Box<Op>,
     },
     /// `op`, forwarded to the leader by member `member`, which waits for its outcome under
-    /// `id` ([`crate::Store::await_apply`]). That member answers its client from its own apply
-    /// of the entry, as etcd's followers do, instead of waiting for the leader's reply to
+    /// `id` (in the router's waiter registry; apply on `member` returns the response as an
+    /// [`crate::Answer`]). That member answers its client from its own apply of the entry, as
+    /// etcd's followers do, instead of waiting for the leader's reply to
     /// travel back and then for its own apply. Applies exactly as `op` on every member.
     Origin {
         member: u64,

@@ -12,9 +12,11 @@ use super::{status, Api};
 /// Keep-alive responses queued for one stream's client.
 const KEEP_ALIVE_QUEUE: usize = 16;
 
+pub(crate) type KeepAliveStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;
+
 #[tonic::async_trait]
 impl LeaseApi for Api {
-    type LeaseKeepAliveStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = KeepAliveStream;
 
     async fn lease_grant(
         &self,
@@ -39,25 +41,8 @@ impl LeaseApi for Api {
         &self,
         req: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        // While auth is enabled, opening the stream needs a valid token. It is not checked again
-        // per keep-alive (etcd checks none), so a lease kept alive outlives its client's token.
         self.caller(req.metadata()).map_err(status)?;
-        let mut requests = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_QUEUE);
-        let api = self.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            while let Some(Ok(r)) = requests.next().await {
-                let t = Instant::now();
-                let resp = api.leases.keep_alive(r).await;
-                let out = api.done("LeaseKeepAlive", t, resp).map(Response::into_inner);
-                let failed = out.is_err();
-                if tx.send(out).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(self.keep_alive(req.into_inner())))
     }
 
     /// Listing the lease's keys needs read access to each (as etcd).
@@ -74,5 +59,33 @@ impl LeaseApi for Api {
         req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         self.call("LeaseLeases", req, |_, _| Ok(()), |_| self.leases.leases()).await
+    }
+}
+
+impl Api {
+    /// Answers each keep-alive of `requests` in turn, until the requests end or one fails.
+    ///
+    /// While auth is enabled, opening the stream needs a valid token (the caller checks it). It
+    /// is not checked again per keep-alive (etcd checks none), so a lease kept alive outlives
+    /// its client's token.
+    pub(crate) fn keep_alive<S>(&self, mut requests: S) -> KeepAliveStream
+    where
+        S: futures::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Unpin + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_QUEUE);
+        let api = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(Ok(r)) = requests.next().await {
+                let t = Instant::now();
+                let resp = api.leases.keep_alive(r).await;
+                let out = api.done("LeaseKeepAlive", t, resp).map(Response::into_inner);
+                let failed = out.is_err();
+                if tx.send(out).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }

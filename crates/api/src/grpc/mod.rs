@@ -1,5 +1,5 @@
 //! etcd's v3 gRPC services: one [`Api`] implements every service, one file per service.
-//! Each call goes through [`Api::call`]: the caller from its token, the method's permission
+//! Each call goes through `Api::call`: the caller from its token, the method's permission
 //! check (`cairn_services::access`), then the service, guarded by the auth revision it was
 //! checked at; errors map to etcd's codes and messages through `cairn_types::Error::to_etcd`.
 
@@ -82,6 +82,11 @@ impl Api {
         }
     }
 
+    /// The member's router (for its limits).
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.c
+    }
+
     /// The services, ready to add to a tonic router, with etcd's message size limit.
     pub fn services(self) -> Services {
         let max = self.c.limits().grpc_message_bytes_max();
@@ -120,7 +125,7 @@ impl Api {
     }
 
     /// Who sends `md`'s request, and the guard its work runs under (`Access::caller`).
-    fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<(Option<Caller>, Guard), Error> {
+    pub(crate) fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<(Option<Caller>, Guard), Error> {
         self.access.caller(token(md))
     }
 

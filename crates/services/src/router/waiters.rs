@@ -68,7 +68,7 @@ impl Waiters {
     }
 }
 
-/// A registration with [`Waiters::register`]: resolves to the response of the `Op::Origin`
+/// A registration with the router's waiter registry: resolves to the response of the `Op::Origin`
 /// carrying its id once this member has applied it; dropping it withdraws the registration.
 #[derive(Debug)]
 pub struct ApplyWaiter {
