@@ -105,6 +105,10 @@ pub struct BenchArgs {
     /// Distinct locks the lock workload contends for.
     #[arg(long, default_value_t = 1)]
     pub locks: usize,
+    /// Background readers beside the load: each runs a Range over every key, then a HashKV,
+    /// in a loop (does a large read stall the writes?). Reported as scans and their latency.
+    #[arg(long, default_value_t = 0)]
+    pub scanners: usize,
     #[command(flatten)]
     pub tls: crate::client::TlsArgs,
 }
@@ -370,6 +374,53 @@ pub struct Summary {
     pub watch_p50_ms: Option<f64>,
     pub watch_p99_ms: Option<f64>,
     pub watchers_canceled: u64,
+    /// With --scanners: full Range + HashKV rounds completed while measuring, keys in the
+    /// last Range, the median round, and failed rounds.
+    pub scanners: usize,
+    pub scans: u64,
+    pub scan_keys: u64,
+    pub scan_p50_ms: Option<f64>,
+    pub scan_errors: u64,
+}
+
+#[derive(Default)]
+struct Scans {
+    done: AtomicU64,
+    keys: AtomicU64,
+    errors: AtomicU64,
+    hist: parking_lot::Mutex<Option<Histogram<u64>>>,
+}
+
+/// Full Range then HashKV, until the run stops; rounds finished while measuring are counted.
+async fn scan_loop(chan: Channel, shared: Arc<Shared>, scans: Arc<Scans>) {
+    use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    let mut kv = KvClient::new(chan.clone()).max_decoding_message_size(1 << 30);
+    let mut m = MaintenanceClient::new(chan);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let all = pb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        let r = match kv.range(all).await {
+            Ok(r) => m.hash_kv(pb::HashKvRequest { revision: 0 }).await.map(|_| r.into_inner().count),
+            Err(e) => Err(e),
+        };
+        if !shared.measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        match r {
+            Ok(n) => {
+                scans.keys.store(n as u64, Ordering::Relaxed);
+                scans.done.fetch_add(1, Ordering::Relaxed);
+                let mut h = scans.hist.lock();
+                let h =
+                    h.get_or_insert_with(|| Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"));
+                h.saturating_record((t.elapsed().as_micros() as u64).max(1));
+            }
+            Err(e) => {
+                scans.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e.message(), "scan failed");
+            }
+        }
+    }
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -401,6 +452,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         (None, Vec::new())
     };
+    let scans = Arc::new(Scans::default());
+    let scan_tasks: Vec<_> = (0..a.scanners)
+        .map(|i| tokio::spawn(scan_loop(chans[i % chans.len()].clone(), shared.clone(), scans.clone())))
+        .collect();
     let value = vec![b'x'; a.value_size];
     let mut requesters = Vec::new();
     for i in 0..a.clients {
@@ -482,6 +537,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     for t in watch_tasks {
         let _ = t.await;
     }
+    for t in scan_tasks {
+        let _ = t.await;
+    }
     bar.finish_and_clear();
     let h = shared.hist.lock();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -507,6 +565,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         watch_p50_ms: watch.as_ref().map(|w| w.hist.lock().value_at_quantile(0.5) as f64 / 1000.0),
         watch_p99_ms: watch.as_ref().map(|w| w.hist.lock().value_at_quantile(0.99) as f64 / 1000.0),
         watchers_canceled: watch.as_ref().map_or(0, |w| w.canceled.load(Ordering::Relaxed)),
+        scanners: a.scanners,
+        scans: scans.done.load(Ordering::Relaxed),
+        scan_keys: scans.keys.load(Ordering::Relaxed),
+        scan_p50_ms: scans.hist.lock().as_ref().map(|h| h.value_at_quantile(0.5) as f64 / 1000.0),
+        scan_errors: scans.errors.load(Ordering::Relaxed),
     };
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -528,6 +591,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "watchers {}: {} events ({:.0}/s), delivery ms p50 {p50:.3} p99 {p99:.3}, {} canceled",
                 s.watchers, s.watch_events, s.watch_events_per_sec, s.watchers_canceled
+            );
+        }
+        if let Some(p50) = s.scan_p50_ms {
+            println!(
+                "scanners {}: {} full Range + HashKV rounds over {} keys, p50 {p50:.0} ms, {} errors",
+                s.scanners, s.scans, s.scan_keys, s.scan_errors
             );
         }
         if let Some(e) = &s.first_error {

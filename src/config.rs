@@ -147,6 +147,23 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_BACKEND_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub backend_cache_bytes: usize,
 
+    /// Bytes of keys and values apply holds before writing them to the state engine in one
+    /// transaction (the quota and DB SIZE count them meanwhile). Memory for it is at most twice
+    /// this: one buffer filling, one being written.
+    #[arg(long, env = "CAIRN_BACKEND_BATCH_BYTES", default_value_t = cairn_state::BATCH_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
+    pub backend_batch_bytes: u64,
+
+    /// Auto compaction: `periodic` keeps `--auto-compaction-retention` of time, `revision` that
+    /// many revisions (etcd's flag and default).
+    #[arg(long, env = "CAIRN_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+
+    /// History to keep: in periodic mode a duration (`1h`, `30m`, `5s`; a bare number is
+    /// hours), in revision mode a number of revisions. 0 switches auto compaction off (etcd's
+    /// flag and default).
+    #[arg(long, env = "CAIRN_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// UNSAFE: acknowledge writes without fsync. Acknowledged writes can be lost on power
     /// failure. For benchmarks only (etcd's flag of the same name).
     #[arg(long, env = "CAIRN_UNSAFE_NO_FSYNC", default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -193,19 +210,7 @@ impl ServerArgs {
 
     /// `--initial-cluster` as (name, peer URLs); a name may repeat to give several URLs.
     pub fn initial_cluster(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, url) =
-                part.split_once('=').with_context(|| format!("--initial-cluster entry {part:?} is not name=url"))?;
-            match out.iter_mut().find(|(n, _)| n == name) {
-                Some((_, urls)) => urls.push(url.to_string()),
-                None => out.push((name.to_string(), vec![url.to_string()])),
-            }
-        }
-        if out.is_empty() {
-            bail!("--initial-cluster is empty");
-        }
-        Ok(out)
+        parse_initial_cluster(&self.initial_cluster)
     }
 }
 
@@ -262,6 +267,23 @@ pub fn expand_config_file(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
     let mut out = vec![argv[0].clone(), argv[1].clone()];
     out.extend(file_args);
     out.extend(argv.into_iter().skip(2));
+    Ok(out)
+}
+
+/// etcd's `--initial-cluster`: `name=url,name=url,...` (a name may repeat for several URLs).
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) =
+            part.split_once('=').with_context(|| format!("--initial-cluster entry {part:?} is not name=url"))?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => out.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if out.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
     Ok(out)
 }
 

@@ -6,12 +6,14 @@
 //! - `cairn status`: members, leader, term, indexes and sizes, like `etcdctl endpoint status`.
 //! - `cairn demo`: a local 3-member cluster, a workload, a leader killed and replaced.
 //! - `cairn bench`: a load generator for any etcd v3 endpoints (cairn's or etcd's).
+//! - `cairn snapshot status|restore`: check a backup, make a new cluster's member from one.
 
 mod bench;
 mod client;
 mod config;
 mod demo;
 mod server;
+mod snapshot;
 mod status;
 mod watch_scan;
 
@@ -44,6 +46,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Load-test etcd v3 endpoints (cairn's or etcd's).
     Bench(bench::BenchArgs),
+    /// Check or restore a backup (`etcdctl snapshot save` of a cairn member).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// No transparent huge pages for this process. mimalloc asks for them on its arenas, and then
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Status(a) => status::run(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Snapshot(a) => snapshot::run(a).await,
         }
     });
     match result {

@@ -169,6 +169,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     if a.snapshot_count == 0 {
         bail!("--snapshot-count must be positive");
     }
+    let auto_compaction =
+        cairn_services::compactor::AutoCompaction::parse(&a.auto_compaction_mode, &a.auto_compaction_retention)
+            .map_err(anyhow::Error::msg)?;
     let state = match a.initial_cluster_state.as_str() {
         "new" => ClusterState::New,
         "existing" => ClusterState::Existing,
@@ -262,6 +265,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             snapshot_count: a.snapshot_count,
             unsafe_no_fsync: a.unsafe_no_fsync,
             engine_cache_bytes: a.backend_cache_bytes,
+            batch_bytes: a.backend_batch_bytes,
         },
         lock,
     )
@@ -350,6 +354,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         let members = Members::new(cluster.clone());
         tokio::spawn(async move { members.publish_self().await });
     }
+    tokio::spawn(cairn_services::compactor::run(cluster.clone(), auto_compaction));
     let removed = watch_removal(cluster.clone());
 
     let code = tokio::select! {

@@ -71,6 +71,8 @@ pub struct NodeOptions {
     /// UNSAFE: acknowledge writes without fsync (etcd's `--unsafe-no-fsync`). Off by default.
     pub unsafe_no_fsync: bool,
     pub engine_cache_bytes: usize,
+    /// `--backend-batch-bytes`: bytes apply buffers before writing them to the engine.
+    pub batch_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,8 @@ impl RaftNode {
         let store_err = |reason: String| NodeError::Store { path: engine_path.clone(), reason };
         let engine = RedbEngine::open(&engine_path, opts.engine_cache_bytes).map_err(|e| store_err(e.to_string()))?;
         let store = Arc::new(Store::open(Arc::new(engine)).map_err(|e| store_err(e.to_string()))?);
+        store.set_batch_bytes(opts.batch_bytes);
+        store.start_compactor().map_err(|error| NodeError::Io { path: engine_path.clone(), error })?;
         let sm = StateMachine::open(store.clone(), opts.id, &member.join("snap"))
             .map_err(|error| NodeError::Io { path: member.join("snap"), error })?;
 

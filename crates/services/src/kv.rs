@@ -80,8 +80,9 @@ impl Kv {
             return Err(Error::NoSpace);
         }
         let quota = self.c.limits().quota_backend_bytes;
-        // etcd's cost estimate: the request plus some per-key overhead.
-        let size = store.engine().size_bytes() + request_bytes as u64 + 256;
+        // What the store holds (every revision not compacted away, buffered or in the engine;
+        // not the file's free pages) plus etcd's cost estimate: the request and some overhead.
+        let size = store.space().in_use_bytes + request_bytes as u64 + 256;
         if size > quota {
             tracing::warn!(size, quota, "backend quota exceeded; raising the NOSPACE alarm");
             let c = self.c.clone();
@@ -239,6 +240,13 @@ impl Kv {
         if self.c.store().compact_revision() < r.revision {
             crate::auth::guarded(None, self.c.read_barrier()).await?;
         }
+        // etcd's `physical`: answer once the compacted history is gone from this member.
+        if r.physical {
+            let deadline = std::time::Instant::now() + PHYSICAL_COMPACTION_WAIT;
+            if !self.c.store().wait_compacted(r.revision, deadline).await {
+                return Err(Error::Timeout);
+            }
+        }
         self.fill_written(&mut resp.header).await;
         Ok(resp)
     }
@@ -254,6 +262,9 @@ impl Kv {
         }
     }
 }
+
+/// How long a `physical` Compact waits for the history to be removed.
+const PHYSICAL_COMPACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) fn unexpected(r: Response) -> Error {
     Error::Internal(format!("unexpected apply response {r:?}"))

@@ -12,6 +12,7 @@
 //! - [`auth::Auth`]: etcd's Auth service (users, roles, permissions, tokens); writes are
 //!   guarded by the auth revision they were checked at.
 //! - [`access::Access`]: the permission checks every front end runs before calling a service.
+//! - [`compactor`]: auto compaction (`--auto-compaction-mode`, `--auto-compaction-retention`).
 //! - [`boot`]: working out who this member is and forming or joining the cluster.
 //!
 //! Consistency (etcd's): writes are linearizable. Range and read-only parts of Txn are
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod auth;
 pub mod boot;
+pub mod compactor;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -35,11 +35,11 @@ impl Maintenance {
             st.applied_index,
             !st.membership.voters.contains(&self.c.id()),
         );
-        let db = store.engine().size_bytes() as i64;
+        let space = store.space();
         pb::StatusResponse {
             header: Some(header),
             version: ETCD_API_VERSION.to_string(),
-            db_size: db,
+            db_size: space.file_bytes as i64,
             leader,
             raft_index,
             raft_term,
@@ -49,7 +49,7 @@ impl Maintenance {
                 .into_iter()
                 .map(|(member, t)| format!("memberID:{member} alarm:{}", alarm_name(t)))
                 .collect(),
-            db_size_in_use: db,
+            db_size_in_use: space.in_use_bytes as i64,
             is_learner,
         }
     }
@@ -116,10 +116,123 @@ impl Maintenance {
     }
 }
 
+/// How long defragment waits for a snapshot or backup being read to finish.
+const DEFRAGMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Bytes of a backup per `SnapshotResponse`: well under any client's message limit (grpc-go's
+/// default is 4 MiB), large enough that the stream is not dominated by per-message costs.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks queued for a slow reader before the copy waits: memory per stream stays bounded.
+const SNAPSHOT_QUEUE: usize = 4;
+
+/// Sends what is written to it as chunks of a snapshot stream; fails once the receiver is gone.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send_buf(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(SNAPSHOT_CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send_buf()?;
+        }
+        Ok(())
+    }
+}
+
 impl Maintenance {
-    /// Defragment. redb reuses freed pages itself, so there is nothing to rewrite yet.
+    /// Snapshot: a backup of this member's store (`cairn_state::backup`: a point-in-time copy
+    /// with a trailing sha256, as etcd's), streamed in chunks of 1 MiB. The copy runs on a thread
+    /// of its own and waits while the client is slow (at most four chunks queued); it holds no
+    /// lock of the store, so writes go on. `remaining_bytes` is an estimate (the store's size
+    /// less what was sent) until the last message, where it is 0.
+    pub fn snapshot(&self) -> tokio::sync::mpsc::Receiver<Result<pb::SnapshotResponse, Error>> {
+        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
+        let c = self.c.clone();
+        let estimate = c.store().engine().size_bytes();
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let (cluster, member) = (c.cfg.cluster_id, c.id());
+        let store = c.store().clone();
+        tokio::task::spawn_blocking(move || {
+            let out = ChunkSender { tx: chunks_tx.clone(), buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES) };
+            match cairn_state::backup::write_backup(&store, cluster, member, now_ms, out) {
+                Ok((_, len, h)) => {
+                    tracing::info!(bytes = len, revision = h.revision, "sent a snapshot");
+                }
+                Err(e) => {
+                    let _ = chunks_tx.blocking_send(Err(Error::Internal(format!("snapshot: {e}"))));
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut pending: Option<Vec<u8>> = None;
+            // One chunk is held back so the last message can say `remaining_bytes: 0`.
+            loop {
+                let next = chunks.recv().await;
+                let last = next.is_none();
+                if let Some(blob) = pending.take() {
+                    sent += blob.len() as u64;
+                    let remaining_bytes = if last { 0 } else { estimate.saturating_sub(sent).max(1) };
+                    let r = pb::SnapshotResponse { header: Some(c.header(0)), remaining_bytes, blob };
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+                match next {
+                    None => return,
+                    Some(Ok(blob)) => pending = Some(blob),
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// Hash: a CRC32C over every record of every table of this member's store, as etcd hashes
+    /// its whole backend (members compare equal only at the same applied index; `HashKV` is the
+    /// comparison that ignores member-local state).
+    pub async fn hash(&self) -> Result<pb::HashResponse, Error> {
+        let store = self.c.store().clone();
+        let hash = tokio::task::spawn_blocking(move || cairn_state::backup::hash_store(&store))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(format!("hash: {e}")))?;
+        Ok(pb::HashResponse { header: Some(self.c.header(self.c.store().current_revision())), hash })
+    }
+
+    /// Defragment (this member only, as etcd): the store's file is rewritten to hold little
+    /// more than its live bytes, and shrinks. Apply waits meanwhile.
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, Error> {
-        Ok(pb::DefragmentResponse { header: Some(self.c.header(0)) })
+        let store = self.c.store().clone();
+        let deadline = std::time::Instant::now() + DEFRAGMENT_WAIT;
+        let (before, after) = tokio::task::spawn_blocking(move || store.defragment(deadline))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(format!("defragment: {e}")))?;
+        tracing::info!(before, after, "defragmented the state engine");
+        Ok(pb::DefragmentResponse { header: Some(self.c.header(self.c.store().current_revision())) })
     }
 
     /// MoveLeader: this member, which must lead, hands leadership to `target_id`.

@@ -58,6 +58,10 @@ pub struct Metrics {
     committed_index: Gauge,
     applied_index: Gauge,
     db_size: Gauge,
+    db_size_in_use: Gauge,
+    compaction_steps: Gauge,
+    compaction_removed: Gauge,
+    compaction_step_max_seconds: Gauge<f64, AtomicU64>,
     wal_size: Gauge,
     revision: Gauge,
     compact_revision: Gauge,
@@ -105,6 +109,10 @@ impl Metrics {
             committed_index: Gauge::default(),
             applied_index: Gauge::default(),
             db_size: Gauge::default(),
+            db_size_in_use: Gauge::default(),
+            compaction_steps: Gauge::default(),
+            compaction_removed: Gauge::default(),
+            compaction_step_max_seconds: Gauge::default(),
             wal_size: Gauge::default(),
             revision: Gauge::default(),
             compact_revision: Gauge::default(),
@@ -165,7 +173,31 @@ impl Metrics {
         r.register("cairn_raft_last_log_index", "Index of the last log entry", m.last_log_index.clone());
         r.register("cairn_raft_committed_index", "Committed index", m.committed_index.clone());
         r.register("cairn_raft_applied_index", "Applied index", m.applied_index.clone());
-        r.register("etcd_mvcc_db_total_size_in_bytes", "State store file size (etcd name)", m.db_size.clone());
+        r.register(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "State store size: the file plus what apply buffers for it (etcd name)",
+            m.db_size.clone(),
+        );
+        r.register(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Bytes of every revision held, buffered or in the file; what the quota counts (etcd name)",
+            m.db_size_in_use.clone(),
+        );
+        r.register(
+            "cairn_compaction_steps",
+            "Bounded steps taken to remove compacted history",
+            m.compaction_steps.clone(),
+        );
+        r.register(
+            "cairn_compaction_removed_revisions",
+            "Revisions removed by compaction since start",
+            m.compaction_removed.clone(),
+        );
+        r.register(
+            "cairn_compaction_step_max_seconds",
+            "Longest time one compaction step held the store (apply waits at most this)",
+            m.compaction_step_max_seconds.clone(),
+        );
         r.register("cairn_wal_size_bytes", "Raft log size on disk", m.wal_size.clone());
         r.register("etcd_debugging_mvcc_current_revision", "Current store revision (etcd name)", m.revision.clone());
         r.register(
@@ -207,7 +239,9 @@ impl Metrics {
             self.members.set(st.membership.nodes.len() as i64);
         }
         let store = c.store();
-        self.db_size.set(store.engine().size_bytes() as i64);
+        let space = store.space();
+        self.db_size.set(space.file_bytes as i64);
+        self.db_size_in_use.set(space.in_use_bytes as i64);
         self.wal_size.set(c.node.wal.size_bytes() as i64);
         self.revision.set(store.current_revision());
         self.compact_revision.set(store.compact_revision().max(0));
@@ -223,6 +257,10 @@ impl Metrics {
         self.store_flushes.set(get(&fs.flushes));
         self.store_flush_seconds.set(get(&fs.micros) as f64 / 1e6);
         self.store_flush_max_seconds.set(get(&fs.max_micros) as f64 / 1e6);
+        let cs = store.compact_stats();
+        self.compaction_steps.set(get(&cs.steps));
+        self.compaction_removed.set(get(&cs.removed));
+        self.compaction_step_max_seconds.set(get(&cs.max_step_micros) as f64 / 1e6);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

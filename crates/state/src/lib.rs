@@ -39,6 +39,7 @@
 //!   on since the check.
 
 pub mod auth;
+pub mod backup;
 mod command;
 mod index;
 mod rev;
@@ -51,4 +52,7 @@ pub use command::{Command, MemberAttrs, Op, Response};
 pub use index::KeyIndex;
 pub use rev::{LocalRevisions, Rev, RevisionSource};
 pub use snapshot::{export, import, verify, SnapshotError};
-pub use store::{Answer, ApplyBatch, FlushStats, Lease, Store, StoreError, Subscription, FLUSH_OPS};
+pub use store::{
+    Answer, ApplyBatch, CompactStats, FlushStats, Lease, Space, Store, StoreError, Subscription, BATCH_BYTES_DEFAULT,
+    FLUSH_OPS,
+};

@@ -163,31 +163,70 @@ pub fn verify<R: Read + Seek>(mut file: R) -> Result<Vec<u8>, SnapshotError> {
 
 /// Replaces the engine's contents with the snapshot's, after verifying the whole file. The
 /// engine is synced at the end; a crash before that leaves the previous durable state.
-pub fn import<R: Read + Seek>(engine: &dyn Engine, mut file: R) -> Result<Vec<u8>, SnapshotError> {
+pub fn import<R: Read + Seek>(engine: &dyn Engine, file: R) -> Result<Vec<u8>, SnapshotError> {
+    import_filtered(engine, file, &|_, _| true)
+}
+
+/// [`import`], keeping only the records `keep` accepts.
+pub fn import_filtered<R: Read + Seek>(
+    engine: &dyn Engine,
+    mut file: R,
+    keep: &dyn Fn(Table, &[u8]) -> bool,
+) -> Result<Vec<u8>, SnapshotError> {
     let header = verify(&mut file)?;
-    file.seek(SeekFrom::Start((MAGIC.len() + 4 + 4 + header.len()) as u64))?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
     let mut batch = WriteBatch::new();
     for t in Table::ALL {
         batch.clear(t);
     }
-    loop {
-        let mut code = [0u8; 1];
-        r.read_exact(&mut code)?;
-        if code[0] == END {
-            break;
+    let mut failed = None;
+    for_each_record(&mut file, &mut |table, k, v| {
+        if failed.is_some() || !keep(table, k) {
+            return;
         }
-        let table = table_of(code[0]).ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {}", code[0])))?;
-        let k = read_field(&mut r)?;
-        let v = read_field(&mut r)?;
-        batch.put(table, k, v);
+        batch.put(table, k.to_vec(), v.to_vec());
         if batch.len() >= IMPORT_BATCH {
-            engine.write(std::mem::take(&mut batch))?;
+            if let Err(e) = engine.write(std::mem::take(&mut batch)) {
+                failed = Some(e);
+            }
         }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     engine.write(batch)?;
     engine.sync()?;
     Ok(header)
+}
+
+/// Calls `f` with every record of a snapshot file, in file order (the caller verifies the file
+/// first: this only parses it).
+pub fn for_each_record<R: Read + Seek, F: FnMut(Table, &[u8], &[u8])>(
+    mut file: R,
+    f: &mut F,
+) -> Result<(), SnapshotError> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::Corrupt("not a cairn snapshot".into()));
+    }
+    let version = read_u32(&mut r)?;
+    if version != VERSION {
+        return Err(SnapshotError::Corrupt(format!("unsupported snapshot version {version}")));
+    }
+    read_field(&mut r)?;
+    loop {
+        let mut code = [0u8; 1];
+        r.read_exact(&mut code)?;
+        if code[0] == END {
+            return Ok(());
+        }
+        let table = table_of(code[0]).ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {}", code[0])))?;
+        let k = read_field(&mut r)?;
+        let v = read_field(&mut r)?;
+        f(table, &k, &v);
+    }
 }
 
 #[cfg(test)]

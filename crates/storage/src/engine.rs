@@ -105,8 +105,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every batch written so far durable.
     fn sync(&self) -> Result<()>;
 
-    /// Bytes the engine occupies on disk (or in memory for the memory engine).
+    /// Bytes the engine occupies on disk (or in memory for the memory engine): the file's
+    /// length, free pages included.
     fn size_bytes(&self) -> u64;
+
+    /// Bytes of the keys and values it holds, whatever the file's length: what a quota
+    /// counts (etcd's "in use"). Exact after every write, and kept across restarts.
+    fn live_bytes(&self) -> u64;
+
+    /// Rewrites the engine so that it occupies little more than its live bytes, returning its
+    /// size before and after (etcd's defragment). Blocks writes and new readers while it runs;
+    /// fails with [`crate::Error::Busy`] while a reader opened earlier is still alive.
+    fn defragment(&self) -> Result<(u64, u64)>;
 
     /// Convenience: a point read through a fresh reader.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {

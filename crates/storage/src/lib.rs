@@ -17,7 +17,8 @@
 //! - Values read back are checked against the checksum written with them; a mismatch is
 //!   [`Error::Corruption`], never data.
 //!
-//! Not yet: compaction of the engine file (redb reuses freed pages but does not shrink).
+//! The engine's file shrinks only when asked ([`Engine::defragment`]): redb reuses freed pages
+//! but does not give them back to the file system by itself.
 
 pub mod conformance;
 mod engine;
@@ -41,6 +42,10 @@ pub enum Error {
     Engine(String),
     #[error("the write-ahead log has failed earlier and accepts no more writes: {0}")]
     Failed(String),
+    /// The operation needs the engine to itself and a reader or writer is still at work; it may
+    /// be retried.
+    #[error("storage engine busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

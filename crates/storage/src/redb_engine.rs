@@ -13,7 +13,8 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use parking_lot::RwLock;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::engine::{Engine, Reader, Table, WriteBatch, WriteOp};
 use crate::{Error, Result};
@@ -23,6 +24,11 @@ type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 fn def(table: Table) -> Def {
     TableDefinition::new(table.name())
 }
+
+/// The engine's own bookkeeping, beside the caller's tables: today the live byte count, kept in
+/// the same atomic commit as the writes it counts so it is exact after a crash too.
+const STATS: Def = TableDefinition::new("engine_stats");
+const LIVE_KEY: &[u8] = b"live_bytes";
 
 fn engine_err(e: impl std::fmt::Display) -> Error {
     Error::Engine(e.to_string())
@@ -61,12 +67,17 @@ fn unseal<'a>(table: Table, key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
 }
 
 pub struct RedbEngine {
-    db: Database,
+    /// Locked for writing only by [`Engine::defragment`], which needs the database to itself
+    /// (redb's `compact` takes `&mut`); readers, writes and syncs share it.
+    db: RwLock<Database>,
     path: PathBuf,
     /// The file's length as of the last write or sync. Every put checks the quota against it,
     /// so it is read from here rather than by a `stat` per request (the file only changes in
     /// `write` and `sync`).
     size: AtomicU64,
+    /// Bytes of keys and stored values in the caller's tables (checksums included), as of the
+    /// last write; persisted in [`STATS`].
+    live: AtomicU64,
 }
 
 impl RedbEngine {
@@ -79,18 +90,42 @@ impl RedbEngine {
             .map_err(|e| Error::Corruption(format!("cannot open state engine {}: {e}", path.display())))?;
         // Create missing tables, but never write to a file that already has them: opening a
         // store (perhaps a damaged one, about to be refused) must not change it.
-        let missing = {
+        let (missing, live) = {
             let r = db.begin_read().map_err(engine_err)?;
-            Table::ALL.iter().any(|t| r.open_table(def(*t)).is_err())
+            let missing = Table::ALL.iter().any(|t| r.open_table(def(*t)).is_err());
+            let live = match r.open_table(STATS) {
+                Ok(t) => match t.get(LIVE_KEY).map_err(engine_err)? {
+                    Some(v) => Some(decode_live(unseal_stats(v.value())?)?),
+                    None => None,
+                },
+                Err(_) => None,
+            };
+            (missing, live)
         };
-        if missing {
+        // A file from before the byte count was kept: count once, and keep it from now on.
+        let needs_stats = live.is_none();
+        let live = match live {
+            Some(n) => n,
+            None if missing => 0,
+            None => count_live(&db)?,
+        };
+        if missing || needs_stats {
             let txn = db.begin_write().map_err(engine_err)?;
             for table in Table::ALL {
                 txn.open_table(def(table)).map_err(engine_err)?;
             }
+            txn.open_table(STATS)
+                .map_err(engine_err)?
+                .insert(LIVE_KEY, seal(LIVE_KEY, &live.to_le_bytes()).as_slice())
+                .map_err(engine_err)?;
             txn.commit().map_err(engine_err)?;
         }
-        let e = RedbEngine { db, path: path.to_path_buf(), size: AtomicU64::new(0) };
+        let e = RedbEngine {
+            db: RwLock::new(db),
+            path: path.to_path_buf(),
+            size: AtomicU64::new(0),
+            live: AtomicU64::new(live),
+        };
         e.refresh_size();
         Ok(e)
     }
@@ -99,6 +134,31 @@ impl RedbEngine {
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         self.size.store(len, Ordering::Relaxed);
     }
+}
+
+fn unseal_stats(stored: &[u8]) -> Result<&[u8]> {
+    unseal(Table::Meta, LIVE_KEY, stored).map_err(|e| Error::Corruption(format!("engine stats: {e}")))
+}
+
+fn decode_live(v: &[u8]) -> Result<u64> {
+    let b: [u8; 8] =
+        v.try_into().map_err(|_| Error::Corruption(format!("engine stats: live byte count of {} bytes", v.len())))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Sums the keys and stored values of every table (for a file written before the count was
+/// kept).
+fn count_live(db: &Database) -> Result<u64> {
+    let r = db.begin_read().map_err(engine_err)?;
+    let mut n = 0u64;
+    for table in Table::ALL {
+        let t = r.open_table(def(table)).map_err(engine_err)?;
+        for item in t.iter().map_err(engine_err)? {
+            let (k, v) = item.map_err(engine_err)?;
+            n += (k.value().len() + v.value().len()) as u64;
+        }
+    }
+    Ok(n)
 }
 
 struct RedbReader {
@@ -140,12 +200,16 @@ impl Reader for RedbReader {
 
 impl Engine for RedbEngine {
     fn reader(&self) -> Result<Box<dyn Reader + Send + Sync>> {
-        Ok(Box::new(RedbReader { txn: self.db.begin_read().map_err(engine_err)? }))
+        Ok(Box::new(RedbReader { txn: self.db.read().begin_read().map_err(engine_err)? }))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(engine_err)?;
+        let db = self.db.read();
+        let mut txn = db.begin_write().map_err(engine_err)?;
         txn.set_durability(Durability::None).map_err(engine_err)?;
+        // redb admits one write transaction at a time, so the count read here is not changed
+        // by anyone else before this commit stores it.
+        let mut live = self.live.load(Ordering::Relaxed) as i128;
         {
             let mut kv = txn.open_table(def(Table::Kv)).map_err(engine_err)?;
             let mut meta = txn.open_table(def(Table::Meta)).map_err(engine_err)?;
@@ -153,27 +217,43 @@ impl Engine for RedbEngine {
                 match op {
                     WriteOp::Put { table, key, value } => {
                         let t = if table == Table::Kv { &mut kv } else { &mut meta };
-                        t.insert(key.as_slice(), seal(&key, &value).as_slice()).map_err(engine_err)?;
+                        let sealed = seal(&key, &value);
+                        live += (key.len() + sealed.len()) as i128;
+                        if let Some(old) = t.insert(key.as_slice(), sealed.as_slice()).map_err(engine_err)? {
+                            live -= (key.len() + old.value().len()) as i128;
+                        }
                     }
                     WriteOp::Delete { table, key } => {
                         let t = if table == Table::Kv { &mut kv } else { &mut meta };
-                        t.remove(key.as_slice()).map_err(engine_err)?;
+                        if let Some(old) = t.remove(key.as_slice()).map_err(engine_err)? {
+                            live -= (key.len() + old.value().len()) as i128;
+                        }
                     }
                     WriteOp::Clear { table } => {
                         let t = if table == Table::Kv { &mut kv } else { &mut meta };
-                        t.retain(|_, _| false).map_err(engine_err)?;
+                        t.retain(|k, v| {
+                            live -= (k.len() + v.len()) as i128;
+                            false
+                        })
+                        .map_err(engine_err)?;
                     }
                 }
             }
+            let live = live.max(0) as u64;
+            txn.open_table(STATS)
+                .map_err(engine_err)?
+                .insert(LIVE_KEY, seal(LIVE_KEY, &live.to_le_bytes()).as_slice())
+                .map_err(engine_err)?;
         }
         txn.commit().map_err(engine_err)?;
+        self.live.store(live.max(0) as u64, Ordering::Relaxed);
         self.refresh_size();
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
         // An empty durable commit makes every earlier non-durable commit durable.
-        let txn = self.db.begin_write().map_err(engine_err)?;
+        let txn = self.db.read().begin_write().map_err(engine_err)?;
         txn.commit().map_err(engine_err)?;
         self.refresh_size();
         Ok(())
@@ -181,6 +261,30 @@ impl Engine for RedbEngine {
 
     fn size_bytes(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    fn defragment(&self) -> Result<(u64, u64)> {
+        self.refresh_size();
+        let before = self.size_bytes();
+        {
+            // Waits for writes and syncs in flight; holds off new readers and writers. redb
+            // moves live pages to the front of the file, commits durably (two-phase) and
+            // truncates the free tail.
+            let mut db = self.db.write();
+            match db.compact() {
+                Ok(_) => {}
+                Err(redb::CompactionError::TransactionInProgress) => {
+                    return Err(Error::Busy("a read of the state engine is in progress".into()))
+                }
+                Err(e) => return Err(engine_err(e)),
+            }
+        }
+        self.refresh_size();
+        Ok((before, self.size_bytes()))
     }
 }
 
@@ -225,7 +329,7 @@ mod tests {
         b.put(Table::Kv, b"key".to_vec(), b"value".to_vec());
         e.write(b).unwrap();
         {
-            let txn = e.db.begin_write().unwrap();
+            let txn = e.db.read().begin_write().unwrap();
             {
                 let mut t = txn.open_table(def(Table::Kv)).unwrap();
                 let mut stored = t.get(b"key".as_slice()).unwrap().unwrap().value().to_vec();
@@ -245,6 +349,52 @@ mod tests {
         });
         assert!(matches!(err, Err(Error::Corruption(_))));
         assert_eq!(seen, 0, "a corrupt value must never reach the caller");
+    }
+
+    /// The file really shrinks: fill it, delete most of it, defragment.
+    #[test]
+    fn defragment_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let e = RedbEngine::open(&path, 1 << 20).unwrap();
+        for chunk in 0..20u32 {
+            let mut b = WriteBatch::new();
+            for i in 0..100u32 {
+                b.put(Table::Kv, (chunk * 100 + i).to_be_bytes().to_vec(), vec![1u8; 4096]);
+            }
+            e.write(b).unwrap();
+        }
+        e.sync().unwrap();
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert!(full > 8 << 20, "2,000 values of 4 KiB: file of {full} bytes");
+        let mut b = WriteBatch::new();
+        for i in 0..1900u32 {
+            b.delete(Table::Kv, i.to_be_bytes().to_vec());
+        }
+        e.write(b).unwrap();
+        e.sync().unwrap();
+        let live = e.live_bytes();
+        assert!(live < 500_000, "100 values left: {live}");
+        let (before, after) = e.defragment().unwrap();
+        let on_disk = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(after, on_disk);
+        assert!(after < full / 4, "defragment: {before} -> {after} bytes (full {full})");
+        drop(e);
+        // The count and the records survive a reopen.
+        let e = RedbEngine::open(&path, 1 << 20).unwrap();
+        assert_eq!(e.live_bytes(), live);
+        assert_eq!(e.get(Table::Kv, &1999u32.to_be_bytes()).unwrap(), Some(vec![1u8; 4096]));
+    }
+
+    /// A reader opened earlier keeps its view; defragment waits for no one and says so.
+    #[test]
+    fn defragment_with_a_reader_alive_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RedbEngine::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let r = e.reader().unwrap();
+        assert!(matches!(e.defragment(), Err(Error::Busy(_))));
+        drop(r);
+        e.defragment().unwrap();
     }
 
     #[test]

@@ -161,6 +161,16 @@ fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
 impl ProcessCluster {
     /// Starts `spec.size` members forming a new cluster. Does not wait for a leader.
     pub fn start(spec: ClusterSpec) -> std::io::Result<ProcessCluster> {
+        let mut c = ProcessCluster::prepare(spec)?;
+        for i in 0..c.members.len() {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The members of a new cluster (names, URLs, data directories), none started yet: a test
+    /// can fill their data directories first (a restore) and then `start_member` each.
+    pub fn prepare(spec: ClusterSpec) -> std::io::Result<ProcessCluster> {
         std::fs::create_dir_all(&spec.dir)?;
         let net = match &spec.docker {
             Some(d) => Some(DockerNet::create(&d.image)?),
@@ -174,9 +184,6 @@ impl ProcessCluster {
         let ic = c.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         for m in &mut c.members {
             m.initial_cluster = ic.clone();
-        }
-        for i in 0..c.members.len() {
-            c.spawn(i)?;
         }
         Ok(c)
     }

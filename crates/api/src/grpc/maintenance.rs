@@ -36,8 +36,9 @@ impl MaintenanceApi for Api {
         self.call("Defragment", req, |w, _| w.admin(), |_| self.maintenance.defragment()).await
     }
 
-    async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unimplemented("Hash (use HashKV)"))
+    /// The root role, as etcd (it hashes every key).
+    async fn hash(&self, req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        self.call("Hash", req, |w, _| w.admin(), |_| self.maintenance.hash()).await
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
@@ -45,8 +46,19 @@ impl MaintenanceApi for Api {
         self.call("HashKV", req, |w, _| w.admin(), |r| async move { m.hash_kv(r.revision) }).await
     }
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Snapshot"))
+    /// A backup of this member's store, streamed (`Maintenance::snapshot`). The root role, as
+    /// etcd (it copies every key).
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let t = Instant::now();
+        let (who, _) = self.caller(req.metadata()).map_err(super::status)?;
+        if let Some(w) = &who {
+            w.admin().map_err(super::status)?;
+        }
+        let chunks = self.maintenance.snapshot();
+        self.done("Snapshot", t, Ok(()))?;
+        use futures::StreamExt;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(chunks).map(|r| r.map_err(super::status));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb::KeyValue;
-use cairn_storage::{Reader, Table, WriteBatch, WriteOp};
+use cairn_storage::{Reader, Table, WriteBatch};
 use cairn_types::{Error, Revision};
 use parking_lot::RwLockWriteGuard;
 
-use super::buffer::FLUSH_OPS;
 use super::read::{compare, header, keys_in, range, read_record, set_txn_revision, to_kv, ReadError, ReadResult, View};
 use super::record::*;
 use super::{Lease, State, Store, StoreError};
@@ -501,14 +500,11 @@ impl ApplyBatch<'_> {
         if rev > self.state.revs.current() {
             return Err(Error::FutureRev.into());
         }
-        let mut removed = Vec::new();
-        self.state.keys.retain(|_, ki| !ki.compact(rev, &mut removed));
-        for r in removed {
-            self.batch.delete(Table::Kv, r.to_key().to_vec());
-            self.pending.remove(&r);
-        }
+        // From here on reads below `rev` are refused; the records they would need are removed
+        // in the background, in bounded steps (see `compact`), so apply never walks the keys.
         self.state.compact_rev = rev;
         self.batch.put(Table::Meta, META_COMPACT.to_vec(), rev.to_be_bytes().to_vec());
+        self.store.compactor.schedule(&mut self.state, rev);
         Ok(pb::CompactionResponse { header: Some(header(self.state.revs.current())) })
     }
 
@@ -544,7 +540,8 @@ impl ApplyBatch<'_> {
     }
 
     /// Makes the batch visible to readers, buffering its changes for the engine; writes the
-    /// buffer to the engine in one transaction once it holds [`FLUSH_OPS`] changes.
+    /// buffer to the engine in one transaction once it is full ([`super::FLUSH_OPS`] changes or
+    /// `--backend-batch-bytes`).
     ///
     /// Returns the answers to this member's own forwarded writes (see [`Store::begin`]); the
     /// batch is visible by the time the caller hands them on, so a client answered from one
@@ -555,27 +552,7 @@ impl ApplyBatch<'_> {
             self.batch.put(Table::Meta, META_REV.to_vec(), rev.to_be_bytes().to_vec());
         }
         let batch = std::mem::take(&mut self.batch);
-        let u = &mut self.state.unflushed;
-        for op in batch.ops {
-            if let WriteOp::Put { table: Table::Kv, key, value } = &op {
-                if let Ok(k) = <[u8; 16]>::try_from(key.as_slice()) {
-                    u.kv.insert(k, Some(value.clone()));
-                }
-            } else if let WriteOp::Delete { table: Table::Kv, key } = &op {
-                if let Ok(k) = <[u8; 16]>::try_from(key.as_slice()) {
-                    u.kv.insert(k, None);
-                }
-            }
-            u.ops.ops.push(op);
-        }
-        // A finished background write: drop its buffer (readers find the records in the engine
-        // now) and surface its error, if any.
-        if self.state.flushing.as_ref().is_some_and(|f| f.done.is_finished()) {
-            self.state.flushing.take().expect("checked").wait()?;
-        }
-        if self.state.unflushed.ops.len() >= FLUSH_OPS {
-            self.store.flush_in_background(&mut self.state)?;
-        }
+        self.store.buffer(&mut self.state, batch.ops)?;
         // Published while the write lock is still held (see `watch`).
         if let Some(events) = self.events.take().filter(|e| !e.is_empty()) {
             let revision = self.state.revs.current();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cairn_storage::{Engine, Table};
 
 use super::buffer::Unflushed;
+use super::compact::CompactJob;
 use super::record::*;
 use super::{Lease, State, StoreError};
 use crate::auth::AuthState;
@@ -139,5 +140,8 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         auth: Arc::new(auth),
         unflushed: Unflushed::default(),
         flushing: None,
+        // Records a compaction gave up may still be here (it was cut short by a stop, or this
+        // is a snapshot taken mid-way): go over the keys again.
+        compaction: (compact_rev > 0).then(|| CompactJob::new(compact_rev)),
     })
 }

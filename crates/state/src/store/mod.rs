@@ -11,9 +11,11 @@
 //! - `buffer`: applied changes waiting for the engine, and their background write;
 //! - `read`: Range, compares and read-only transactions over a consistent view;
 //! - `history`: revision-ordered reads for watchers;
+//! - `compact`: removing the history a compaction gave up, in the background, in bounded steps;
 //! - `record`: the engine layout; `load`: rebuilding the in-memory state from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb as pb;
@@ -28,10 +30,13 @@ use crate::rev::{LocalRevisions, RevisionSource};
 use crate::watch::{self, Feed, FeedReceiver, FeedSender};
 
 pub use apply::{Answer, ApplyBatch};
-pub use buffer::{FlushStats, FLUSH_OPS};
-use buffer::{Flushing, Unflushed};
+use buffer::{Buffered, Flushing, Unflushed};
+pub use buffer::{FlushStats, BATCH_BYTES_DEFAULT, FLUSH_OPS};
+pub use compact::CompactStats;
+use compact::{CompactJob, Compactor};
 use load::load_state;
 use read::{range, set_txn_revision, txn_read_only, ReadView};
+pub(crate) use record::{META_AUTH, META_COMPACT, META_LEASE_PREFIX, META_REV};
 
 /// A failure of the store itself (not of a request): the node must stop.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,8 @@ struct State {
     /// The previous buffer while a background thread writes it to the engine (see
     /// [`Flushing`]).
     flushing: Option<Flushing>,
+    /// A compaction whose superseded records are still being removed (see `compact`).
+    compaction: Option<CompactJob>,
 }
 
 /// A granted lease as every replica knows it.
@@ -93,6 +100,24 @@ pub struct Store {
     /// state lock (apply holds it for whole batches).
     auth: RwLock<Arc<AuthState>>,
     flush_stats: Arc<FlushStats>,
+    /// Applied bytes the engine does not count yet (see [`Store::space`]).
+    buffered: Buffered,
+    /// `--backend-batch-bytes`.
+    batch_bytes: AtomicU64,
+    compactor: Compactor,
+    /// Revisions chunked reads are reading at, with how many read at each (see
+    /// `read::Pin`): compaction does not remove history they need.
+    read_pins: parking_lot::Mutex<BTreeMap<Revision, usize>>,
+}
+
+/// How much room the store takes, as `endpoint status` and the quota see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// The engine file's length plus what apply holds for it: etcd's `dbSize`.
+    pub file_bytes: u64,
+    /// The keys and values stored (every revision not yet compacted away) plus what apply
+    /// holds: etcd's `dbSizeInUse`, and what the quota counts.
+    pub in_use_bytes: u64,
 }
 
 /// A receiver of the event feed and the store's revisions when it was taken.
@@ -108,6 +133,7 @@ impl Store {
         let state = load_state(&*engine)?;
         let (applied, _) = tokio::sync::watch::channel(state.revs.current());
         let auth = RwLock::new(state.auth.clone());
+        let compactor = Compactor::new(&state);
         Ok(Store {
             engine,
             state: RwLock::new(state),
@@ -115,7 +141,42 @@ impl Store {
             applied,
             auth,
             flush_stats: Arc::default(),
+            buffered: Buffered::default(),
+            batch_bytes: AtomicU64::new(BATCH_BYTES_DEFAULT),
+            compactor,
+            read_pins: Default::default(),
         })
+    }
+
+    /// Sets `--backend-batch-bytes`: the bytes of keys and values apply buffers before it
+    /// writes them to the engine.
+    pub fn set_batch_bytes(&self, bytes: u64) {
+        self.batch_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The store's size: the engine's, plus what apply buffers for it.
+    pub fn space(&self) -> Space {
+        let buffered = self.buffered.total();
+        Space { file_bytes: self.engine.size_bytes() + buffered, in_use_bytes: self.engine.live_bytes() + buffered }
+    }
+
+    /// etcd's defragment: writes out the buffer, then rewrites the engine file so it holds
+    /// little more than its live bytes. Apply and reads wait while it runs (as in etcd). A
+    /// snapshot or backup being read keeps the file busy; defragment retries until `deadline`.
+    pub fn defragment(&self, deadline: std::time::Instant) -> Result<(u64, u64), StoreError> {
+        loop {
+            {
+                let mut st = self.state.write();
+                self.flush_locked(&mut st)?;
+                match self.engine.defragment() {
+                    Err(cairn_storage::Error::Busy(why)) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(%why, "defragment: the engine is busy; retrying");
+                    }
+                    other => return Ok(other?),
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Replaces the engine's contents through `f` (a snapshot install) and reloads the index,
@@ -127,7 +188,11 @@ impl Store {
             f.wait()?;
         }
         let out = f(&*self.engine)?;
+        // The buffer described the old contents.
+        st.unflushed.take();
+        self.buffered.filling.store(0, Ordering::Relaxed);
         *st = load_state(&*self.engine)?;
+        self.compactor.restart(&st);
         *self.auth.write() = st.auth.clone();
         self.feed.send(Feed::Resync);
         self.applied.send_replace(st.revs.current());
@@ -147,29 +212,68 @@ impl Store {
     /// Writes every buffered change to the engine (not fsynced: see [`Engine::sync`]).
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut st = self.state.write();
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_locked(&self, st: &mut State) -> Result<(), StoreError> {
         if let Some(f) = st.flushing.take() {
             f.wait()?;
         }
+        let bytes = st.unflushed.bytes;
         let ops = st.unflushed.take();
         if !ops.is_empty() {
-            self.flush_stats.write(&*self.engine, ops)?;
+            self.buffered.writing.fetch_add(bytes, Ordering::Relaxed);
+            self.buffered.filling.store(0, Ordering::Relaxed);
+            let out = self.flush_stats.write(&*self.engine, ops);
+            self.buffered.writing.fetch_sub(bytes, Ordering::Relaxed);
+            out?;
+        }
+        Ok(())
+    }
+
+    /// Adds changes to the buffer; hands it to the engine once full. With the write lock held.
+    fn buffer(&self, st: &mut State, ops: impl IntoIterator<Item = cairn_storage::WriteOp>) -> Result<(), StoreError> {
+        for op in ops {
+            st.unflushed.push(op);
+        }
+        self.buffered.filling.store(st.unflushed.bytes, Ordering::Relaxed);
+        // A finished background write: drop its buffer (readers find the records in the engine
+        // now) and surface its error, if any.
+        if st.flushing.as_ref().is_some_and(|f| f.done.is_finished()) {
+            st.flushing.take().expect("checked").wait()?;
+        }
+        if st.unflushed.full(self.batch_bytes.load(Ordering::Relaxed)) {
+            self.flush_in_background(st, None)?;
         }
         Ok(())
     }
 
     /// Hands the full buffer to a thread that writes it to the engine (see [`Flushing`]); waits
     /// first for the previous one, if still running. Called by apply with the write lock held.
-    fn flush_in_background(&self, st: &mut State) -> Result<(), StoreError> {
+    /// `then` runs on that thread once the write succeeded.
+    fn flush_in_background(&self, st: &mut State, then: Option<Box<dyn FnOnce() + Send>>) -> Result<(), StoreError> {
         if let Some(f) = st.flushing.take() {
             f.wait()?;
         }
         let kv = Arc::new(std::mem::take(&mut st.unflushed.kv));
+        let bytes = st.unflushed.bytes;
         let ops = st.unflushed.take();
         let engine = self.engine.clone();
         let stats = self.flush_stats.clone();
+        let writing = self.buffered.writing.clone();
+        writing.fetch_add(bytes, Ordering::Relaxed);
+        self.buffered.filling.store(0, Ordering::Relaxed);
         let done = std::thread::Builder::new()
             .name("store-flush".into())
-            .spawn(move || stats.write(&*engine, ops))
+            .spawn(move || {
+                let out = stats.write(&*engine, ops);
+                // The engine counts these bytes now (or never will: the node stops).
+                writing.fetch_sub(bytes, Ordering::Relaxed);
+                if let (Ok(()), Some(then)) = (&out, then) {
+                    then();
+                }
+                out
+            })
             .map_err(cairn_storage::Error::Io)?;
         st.flushing = Some(Flushing { kv, done });
         Ok(())
@@ -189,8 +293,13 @@ impl Store {
         Ok(ReadView { state, reader })
     }
 
-    /// etcd's Range at the current revision (or the request's).
+    /// etcd's Range at the current revision (or the request's). A single key is read in one
+    /// go; a range in chunks (even with a limit, the count covers every key in it), so that a
+    /// Range over every key never holds apply back for longer than one chunk.
     pub fn range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Error> {
+        if !r.range_end.is_empty() {
+            return Ok(self.range_in_chunks(r)?);
+        }
         let view = self.view()?;
         let current = view.state.revs.current();
         Ok(range(&view, r, current)?)
@@ -262,6 +371,7 @@ impl Store {
 
 mod apply;
 mod buffer;
+mod compact;
 mod history;
 mod load;
 mod read;

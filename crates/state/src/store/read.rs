@@ -133,15 +133,7 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
     if at < st.compact_rev {
         return Err(Error::Compacted.into());
     }
-    let sort_order = pb::range_request::SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
-    let sort_target = pb::range_request::SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
-    use pb::range_request::{SortOrder, SortTarget};
-    let filtered =
-        r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
-    // As etcd: fetch everything when results are sorted or filtered, and one extra otherwise
-    // to learn whether there are more.
-    let fetch =
-        if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 };
+    let fetch = fetch_limit(r)?;
 
     let mut count = 0i64;
     let mut found: Vec<(&[u8], KeyAt)> = Vec::new();
@@ -161,6 +153,30 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
     for (key, k) in found {
         kvs.push(to_kv(view, key, k, r.keys_only)?);
     }
+    finish_range(r, kvs, &mut resp)?;
+    Ok(resp)
+}
+
+/// Whether a Range must fetch every matching key (sorted or filtered) rather than the first
+/// `limit + 1`.
+pub(super) fn fetch_limit(r: &pb::RangeRequest) -> ReadResult<usize> {
+    use pb::range_request::SortOrder;
+    let sort_order = pb::range_request::SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    pb::range_request::SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    let filtered =
+        r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+    Ok(if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 })
+}
+
+/// The part of a Range after the records are read: filters, sort, limit.
+pub(super) fn finish_range(
+    r: &pb::RangeRequest,
+    mut kvs: Vec<KeyValue>,
+    resp: &mut pb::RangeResponse,
+) -> ReadResult<()> {
+    use pb::range_request::{SortOrder, SortTarget};
+    let sort_order = SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    let sort_target = SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
     if r.max_mod_revision != 0 {
         kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
     }
@@ -195,7 +211,7 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
         resp.more = true;
     }
     resp.kvs = kvs;
-    Ok(resp)
+    Ok(())
 }
 
 pub(super) fn header(revision: Revision) -> pb::ResponseHeader {
@@ -284,5 +300,98 @@ pub(super) fn set_txn_revision(resp: &mut pb::TxnResponse, revision: Revision) {
         if let Some(pb::response_op::Response::ResponseTxn(n)) = &mut op.response {
             set_txn_revision(n, revision);
         }
+    }
+}
+
+/// Keys a chunked read visits under one hold of the state lock.
+pub const READ_CHUNK_KEYS: usize = 1000;
+/// Bytes of values a chunked read copies under one hold of the state lock.
+pub const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// A revision a chunked read is reading at: compaction leaves the history it needs alone
+/// until the read is over (see `compact`). Released on drop.
+pub(super) struct Pin<'a> {
+    pub(super) pins: &'a parking_lot::Mutex<BTreeMap<Revision, usize>>,
+    pub(super) at: Revision,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.at) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.at);
+            }
+        }
+    }
+}
+
+impl super::Store {
+    /// A Range that may cover many keys, read in chunks: the state lock is held for at most
+    /// [`READ_CHUNK_KEYS`] keys or [`READ_CHUNK_BYTES`] of values at a time, so apply (and every
+    /// other reader) waits for one chunk at most, never for the whole read. Every chunk reads
+    /// at the same revision; the revision is pinned so no compaction removes what it needs.
+    pub(super) fn range_in_chunks(&self, r: &pb::RangeRequest) -> ReadResult<pb::RangeResponse> {
+        let fetch = fetch_limit(r)?;
+        let (current, at, _pin) = {
+            let st = self.state.read();
+            let current = st.revs.current();
+            if r.revision > current {
+                return Err(Error::FutureRev.into());
+            }
+            let at = if r.revision > 0 { r.revision } else { current };
+            if at < st.compact_rev {
+                return Err(Error::Compacted.into());
+            }
+            *self.read_pins.lock().entry(at).or_default() += 1;
+            (current, at, Pin { pins: &self.read_pins, at })
+        };
+        let mut count = 0i64;
+        let mut kvs = Vec::new();
+        let mut after: Option<IndexKey> = None;
+        loop {
+            let view = self.view()?;
+            let st = &*view.state;
+            let lo = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Included(r.key.as_slice()),
+            };
+            let hi = match r.range_end.as_slice() {
+                [0] => Bound::Unbounded,
+                end => Bound::Excluded(end),
+            };
+            if let (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) = (lo, hi) {
+                if a >= b {
+                    break;
+                }
+            }
+            let (mut visited, mut bytes) = (0usize, 0usize);
+            let mut stopped = None;
+            for (key, ki) in st.keys.range::<[u8], _>((lo, hi)) {
+                if let Some(k) = ki.get(at) {
+                    count += 1;
+                    if !r.count_only && kvs.len() < fetch {
+                        let kv = to_kv(&view, key, k, r.keys_only)?;
+                        bytes += kv.key.len() + kv.value.len();
+                        kvs.push(kv);
+                    }
+                }
+                visited += 1;
+                if visited >= READ_CHUNK_KEYS || bytes >= READ_CHUNK_BYTES {
+                    stopped = Some(key.clone());
+                    break;
+                }
+            }
+            match stopped {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        let mut resp = pb::RangeResponse { header: Some(header(current)), count, ..Default::default() };
+        if !r.count_only {
+            finish_range(r, kvs, &mut resp)?;
+        }
+        Ok(resp)
     }
 }

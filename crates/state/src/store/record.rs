@@ -7,12 +7,12 @@ use prost::Message;
 use super::StoreError;
 use crate::rev::Rev;
 
-pub(super) const META_REV: &[u8] = b"store/rev";
-pub(super) const META_COMPACT: &[u8] = b"store/compact_rev";
+pub(crate) const META_REV: &[u8] = b"store/rev";
+pub(crate) const META_COMPACT: &[u8] = b"store/compact_rev";
 pub(super) const META_MEMBER_PREFIX: &[u8] = b"member/";
 pub(super) const META_ALARM_PREFIX: &[u8] = b"alarm/";
-pub(super) const META_LEASE_PREFIX: &[u8] = b"lease/";
-pub(super) const META_AUTH: &[u8] = b"auth";
+pub(crate) const META_LEASE_PREFIX: &[u8] = b"lease/";
+pub(crate) const META_AUTH: &[u8] = b"auth";
 
 const FLAG_PUT: u8 = 0;
 const FLAG_TOMBSTONE: u8 = 1;
