@@ -51,6 +51,23 @@ async fn endpoints_report_health_readiness_and_metrics() {
     }
     let (_, m) = get(&eps[leader], "/metrics").await.unwrap();
     assert!(m.contains("etcd_server_is_leader 1"), "{m}");
+    // Each body under its own content type: Prometheus text 0.0.4 unless OpenMetrics is asked
+    // for. In 0.0.4 a counter's HELP and TYPE carry its sample's name; `# EOF` is OpenMetrics'.
+    let curl = |accept: &str| {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-H", &format!("Accept: {accept}"), &format!("{}/metrics", eps[leader])])
+            .output()
+            .expect("curl (scripts/test installs it)");
+        String::from_utf8_lossy(&o.stdout).to_lowercase()
+    };
+    let plain = curl("text/plain");
+    assert!(plain.contains("content-type: text/plain; version=0.0.4"), "{plain}");
+    assert!(plain.contains("# type etcd_server_leader_changes_seen_total counter"), "{plain}");
+    assert!(plain.contains("# help etcd_server_leader_changes_seen_total "), "{plain}");
+    assert!(!plain.contains("# eof"), "{plain}");
+    let open = curl("application/openmetrics-text; version=1.0.0,text/plain;q=0.5");
+    assert!(open.contains("content-type: application/openmetrics-text"), "{open}");
+    assert!(open.trim_end().ends_with("# eof"), "{open}");
     assert_eq!(code(&eps[leader], "/no-such-page").await, 404);
 }
 

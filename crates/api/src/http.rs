@@ -38,8 +38,23 @@ async fn get_faults() -> impl IntoResponse {
     Json(cairn_types::faults::get())
 }
 
-async fn metrics(State(c): State<Arc<Router>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], c.metrics.render(&c))
+/// OpenMetrics to a scraper that asks for it (`Accept: application/openmetrics-text`), else
+/// Prometheus's text format 0.0.4: each body under its own content type.
+async fn metrics(State(c): State<Arc<Router>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let open = c.metrics.render(&c);
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], open)
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            cairn_services::metrics::to_prometheus_text(&open),
+        )
+    }
 }
 
 /// etcd's `/health` (`Maintenance::health`).

@@ -205,6 +205,15 @@ impl RaftNode {
         }
     }
 
+    /// Committed entries not yet applied here (cheap: read on every proposal for admission
+    /// control).
+    pub fn apply_lag(&self) -> u64 {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let committed = m.local_committed.map_or(0, |l| l.index);
+        committed.saturating_sub(m.last_applied.map_or(0, |l| l.index))
+    }
+
     /// A snapshot of the Raft state (one borrow of openraft's full metrics).
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics();

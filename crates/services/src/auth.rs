@@ -152,6 +152,12 @@ pub struct Auth {
     c: Arc<Router>,
 }
 
+/// Password checks (bcrypt) running at once, over every Authenticate on this member.
+const AUTHENTICATE_CONCURRENCY: usize = 4;
+/// How long an Authenticate waits for a turn before it is refused.
+const AUTHENTICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+static AUTHENTICATE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(AUTHENTICATE_CONCURRENCY);
+
 impl Auth {
     pub fn new(c: Arc<Router>) -> Self {
         Auth { c }
@@ -236,6 +242,12 @@ impl Auth {
             return Err(Error::AuthFailed);
         }
         let hash = u.hash.clone();
+        // bcrypt costs tens of milliseconds of CPU by design: at most a few run at once, and a
+        // caller that cannot get a turn soon is told to come back (etcd's "too many requests")
+        // rather than queueing without bound on the blocking pool.
+        let Ok(Ok(_turn)) = tokio::time::timeout(AUTHENTICATE_WAIT, AUTHENTICATE_SLOTS.acquire()).await else {
+            return Err(Error::TooManyRequests);
+        };
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(r.password, &hash).unwrap_or(false))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;

@@ -134,6 +134,10 @@ pub enum Error {
     TimeoutDueToConnectionLost,
     #[error("corrupt cluster")]
     Corrupt,
+    /// Admission control: the member has more committed entries waiting to be applied than it
+    /// lets queue (etcd's 5,000); retry later.
+    #[error("too many requests")]
+    TooManyRequests,
 
     /// A bug or an unexpected failure; the message is for operators.
     #[error("{0}")]
@@ -236,6 +240,7 @@ const ETCD_TABLE: &[(&str, i32, &str)] = &[
     ),
     ("TimeoutDueToConnectionLost", code::UNAVAILABLE, "etcdserver: request timed out, possibly due to connection lost"),
     ("Corrupt", code::DATA_LOSS, "etcdserver: corrupt cluster"),
+    ("TooManyRequests", code::RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
 ];
 
 impl Error {
@@ -293,6 +298,7 @@ impl Error {
             Error::Timeout => "Timeout",
             Error::TimeoutDueToLeaderFail => "TimeoutDueToLeaderFail",
             Error::TimeoutDueToConnectionLost => "TimeoutDueToConnectionLost",
+            Error::TooManyRequests => "TooManyRequests",
             Error::Corrupt => "Corrupt",
             Error::Internal(_) => "Internal",
         }

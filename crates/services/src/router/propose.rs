@@ -20,6 +20,9 @@ use super::Router;
 const PROPOSE_BATCH_MAX: usize = 256;
 const PROPOSE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 const PROPOSALS_IN_FLIGHT: usize = 1;
+/// Committed but unapplied entries beyond which proposals are refused with etcd's
+/// `etcdserver: too many requests` (etcd's `maxGapBetweenApplyAndCommitIndex`).
+pub const APPLY_LAG_MAX: u64 = 5000;
 
 pub(super) struct ProposeJob {
     pub(super) op: Op,
@@ -52,6 +55,11 @@ impl Router {
     /// Inside [`crate::auth::guarded`], the op is proposed as `Op::Guarded` by the auth
     /// revision its permissions were checked at.
     pub async fn propose(&self, op: Op, deadline: Instant) -> Result<Response, Error> {
+        // etcd's admission control: a leader whose apply has fallen this far behind its log
+        // takes no more proposals until it catches up.
+        if self.node.apply_lag() > APPLY_LAG_MAX {
+            return Err(Error::TooManyRequests);
+        }
         let op = match crate::auth::guard() {
             Some(g) => Op::Guarded { auth_revision: g.revision, user: g.user, op: Box::new(op) },
             None => op,
