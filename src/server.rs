@@ -271,7 +271,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let peer_service = PeerService::new(node.raft.clone(), node.sm.clone());
+    let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone());
     let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;
     for (l, tls) in peer_listeners {
         let svc = PeerServer::new(peer_service.clone())

@@ -368,3 +368,69 @@ async fn etcdctl_watch_prints_events() {
     // With --prev-kv etcdctl prints the previous key-value before the event's own.
     assert_eq!(out, "PUT\ne/1\none\nPUT\ne/2\ntwo\nDELETE\ne/1\none\ne/1\n\n", "stderr: {}", stderr(&child));
 }
+
+/// clientv3's `WithRequireLeader` (`hasleader` metadata): on a member cut off from the others,
+/// a watch that asked for a leader is ended with `etcdserver: no leader` within a few
+/// election timeouts, and requests that ask are refused with the same error; a plain watch
+/// stays open, and everything works again once the member has a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_leader_ends_watches_and_refuses_requests_without_a_leader() {
+    let mut tc = start(3, &[]).await;
+    let eps = tc.endpoints();
+    let leader = tc.wait_leader(Duration::from_secs(10)).await.unwrap();
+    // Watch on a follower; cut it off by pausing the other two.
+    let f = (leader + 1) % 3;
+    let opts = etcd_client::ConnectOptions::new()
+        .with_require_leader(true)
+        .with_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(1));
+    let mut strict = etcd_client::Client::connect([eps[f].clone()], Some(opts)).await.unwrap();
+    let mut plain = client(std::slice::from_ref(&eps[f])).await;
+    let mut requiring = strict.watch("k", None).await.unwrap();
+    let mut relaxed = plain.watch("k", None).await.unwrap();
+    strict.get("k", None).await.expect("a leader is known");
+    assert!(next(&mut relaxed, Duration::from_secs(5)).await.created(), "the plain watch is created");
+    for i in 0..3 {
+        if i != f {
+            tc.pause(i);
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match requiring.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch that requires a leader is ended within 10 s");
+    let e = ended.expect_err("ended with an error");
+    assert_eq!(
+        status(&e).map(|s| (s.code(), s.message().to_string())),
+        Some((tonic::Code::Unavailable, "etcdserver: no leader".to_string())),
+        "{e:?}"
+    );
+    let e = strict.get("k", None).await.expect_err("refused without a leader");
+    assert_eq!(status(&e).map(|s| s.message().to_string()).as_deref(), Some("etcdserver: no leader"), "{e:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), relaxed.message()).await.is_err(),
+        "the plain watch stays open and silent"
+    );
+    for i in 0..3 {
+        if i != f {
+            tc.resume(i);
+        }
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if strict.get("k", None).await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "requests that require a leader work again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    plain.put("k", "after", None).await.unwrap();
+    let r = next(&mut relaxed, Duration::from_secs(10)).await;
+    assert_eq!(events(&r)[0].2, "after", "the plain watch lived through it");
+}

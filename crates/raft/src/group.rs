@@ -244,3 +244,54 @@ impl RaftNode {
         }
     }
 }
+
+/// When this member last heard from a leader it accepts (an append or heartbeat it did not
+/// refuse for a higher vote). openraft keeps a follower's `current_leader` while it is cut off
+/// (pre-vote does not change the vote), so "is there a leader" is answered from this.
+#[derive(Debug)]
+pub struct LeaderContact {
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact { epoch: std::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
+impl LeaderContact {
+    /// Records a message from the leader, now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last message from a leader (since start when there was none).
+    pub fn age(&self) -> std::time::Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.epoch.elapsed().saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+impl RaftNode {
+    /// How long this member has been without a leader it hears from: zero while it leads with
+    /// a quorum acknowledging it (the time since the last quorum acknowledgement otherwise),
+    /// and for a follower the time since the leader's last message.
+    pub fn leaderless_for(&self) -> std::time::Duration {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.state == ServerState::Leader {
+            // A leader that never had a quorum acknowledge it yet counts from its start.
+            return m
+                .last_quorum_acked
+                .as_ref()
+                .map_or_else(|| self.contact.age(), |t| openraft::Instant::elapsed(&**t));
+        }
+        if m.current_leader.is_none() {
+            return self.contact.age().max(std::time::Duration::from_millis(1));
+        }
+        self.contact.age()
+    }
+}

@@ -111,6 +111,9 @@ pub struct RaftNode {
     pub store: Arc<Store>,
     pub wal: Arc<Wal>,
     pub data_dir: PathBuf,
+    /// When a leader was last heard from (see [`crate::group::LeaderContact`]); the peer
+    /// service records it.
+    pub contact: Arc<crate::group::LeaderContact>,
     _lock: File,
 }
 
@@ -157,7 +160,16 @@ impl RaftNode {
         let raft = Raft::new(opts.id, Arc::new(config), Network::default(), LogStore::new(wal.clone()), sm.clone())
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        Ok(RaftNode { id: opts.id, raft, sm, store, wal, data_dir: opts.data_dir, _lock: lock })
+        Ok(RaftNode {
+            id: opts.id,
+            raft,
+            sm,
+            store,
+            wal,
+            data_dir: opts.data_dir,
+            contact: Default::default(),
+            _lock: lock,
+        })
     }
 
     /// Stops Raft and flushes the log.

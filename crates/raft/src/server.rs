@@ -29,12 +29,13 @@ pub trait PeerHandler: Send + Sync + 'static {
 pub struct PeerService {
     raft: Raft,
     sm: crate::StateMachine,
+    contact: Arc<crate::group::LeaderContact>,
     handler: Arc<OnceLock<Arc<dyn PeerHandler>>>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, sm: crate::StateMachine) -> Self {
-        PeerService { raft, sm, handler: Arc::new(OnceLock::new()) }
+    pub fn new(raft: Raft, sm: crate::StateMachine, contact: Arc<crate::group::LeaderContact>) -> Self {
+        PeerService { raft, sm, contact, handler: Arc::new(OnceLock::new()) }
     }
 
     /// Installs the handler for forwarded requests (once the services exist).
@@ -77,7 +78,11 @@ impl Peer for PeerService {
             })
             .take_while(|m| futures::future::ready(m.is_some()))
             .filter_map(futures::future::ready);
-        let output = self.raft.stream_append(input).map(|r| {
+        let contact = self.contact.clone();
+        let output = self.raft.stream_append(input).map(move |r| {
+            if matches!(r, Ok(Ok(_)) | Ok(Err(openraft::raft::StreamAppendError::Conflict(_)))) {
+                contact.touch();
+            }
             Ok(match r {
                 Ok(result) => RaftReply {
                     data: postcard::to_allocvec(&result).expect("raft types serialize").into(),
@@ -90,7 +95,11 @@ impl Peer for PeerService {
     }
 
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        reply(self.raft.append_entries(decode(req.get_ref())?).await)
+        let r = self.raft.append_entries(decode(req.get_ref())?).await;
+        if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
+        reply(r)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

@@ -143,6 +143,8 @@ impl Api {
     {
         let t = Instant::now();
         let r = match self.caller(req.metadata()) {
+            // clientv3's WithRequireLeader: refuse rather than wait on a member with no leader.
+            _ if requires_leader(req.metadata()) && !self.c.has_leader_now() => Err(Error::NoLeader),
             Err(e) => Err(e),
             Ok((who, guard)) => {
                 let req = req.into_inner();
@@ -167,6 +169,11 @@ impl Api {
 
 /// The auth token of a request: etcd clients put it in the `token` metadata, its HTTP gateway
 /// in `authorization`.
+/// Whether the caller asked for a leader (clientv3's `WithRequireLeader` sets `hasleader`).
+pub(crate) fn requires_leader(md: &tonic::metadata::MetadataMap) -> bool {
+    md.get("hasleader").and_then(|v| v.to_str().ok()) == Some("true")
+}
+
 fn token(md: &tonic::metadata::MetadataMap) -> Option<&str> {
     md.get("token").or_else(|| md.get("authorization")).and_then(|v| v.to_str().ok())
 }

@@ -159,6 +159,12 @@ impl Router {
         self.node.leadership().leading
     }
 
+    /// False once this member has gone longer than an election timeout without a leader it
+    /// hears from (cut off, or during an election): etcd's test for `hasleader` requests.
+    pub fn has_leader_now(&self) -> bool {
+        self.node.leaderless_for() <= self.cfg.election_timeout
+    }
+
     /// The term this member leads in, if it leads.
     pub fn leading_term(&self) -> Option<u64> {
         let l = self.node.leadership();
