@@ -16,7 +16,8 @@
 //! A lease whose expiry has passed is not renewed by a late keep-alive (it answers TTL 0, "not
 //! found", as etcd): its revocation may already be on its way through the log.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,12 @@ pub fn min_ttl_secs(election_timeout: Duration) -> i64 {
 }
 
 /// The leader's expiry clock for each lease.
+///
+/// Expiry work is proportional to the leases that expire: instants sit in a min-heap (stale
+/// entries, left behind by renewals, are skipped when they surface), each check pops only what
+/// is due, and a lease whose revocation is in flight is not proposed again until that one
+/// fails. The store's leases are read in full only when this member starts to lead, or when
+/// their number differs from the table's (a lease applied that this leader did not grant).
 #[derive(Default)]
 pub struct Lessor {
     inner: Mutex<LessorState>,
@@ -53,6 +60,43 @@ struct LessorState {
     /// not lead.
     term: Option<u64>,
     expiries: HashMap<i64, Instant>,
+    /// (expiry, lease) for every instant set; an entry whose instant is no longer the lease's
+    /// is stale.
+    heap: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// Leases whose revocation has been proposed and not yet answered.
+    revoking: HashSet<i64>,
+}
+
+/// What the lessor needs to know of the store's leases.
+pub trait LeaseView {
+    fn count(&self) -> usize;
+    /// Every lease with its TTL (read in full only to resynchronise).
+    fn all(&self) -> Vec<(i64, i64)>;
+    fn exists(&self, id: i64) -> bool;
+}
+
+impl LeaseView for cairn_state::Store {
+    fn count(&self) -> usize {
+        self.lease_count()
+    }
+    fn all(&self) -> Vec<(i64, i64)> {
+        self.leases()
+    }
+    fn exists(&self, id: i64) -> bool {
+        self.has_lease(id)
+    }
+}
+
+impl LeaseView for [(i64, i64)] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn all(&self) -> Vec<(i64, i64)> {
+        self.to_vec()
+    }
+    fn exists(&self, id: i64) -> bool {
+        self.iter().any(|(l, _)| *l == id)
+    }
 }
 
 impl LessorState {
@@ -62,34 +106,80 @@ impl LessorState {
         if self.term != Some(term) {
             self.term = Some(term);
             self.expiries.clear();
+            self.heap.clear();
+            self.revoking.clear();
         }
+    }
+
+    fn set(&mut self, id: i64, at: Instant) {
+        self.expiries.insert(id, at);
+        self.heap.push(Reverse((at, id)));
     }
 }
 
 impl Lessor {
     /// Keeps the expiry table in step with leadership and the store, and returns the leases
-    /// whose expiry has passed. `leading` is the term this member leads in, if it does.
-    fn tick(&self, leading: Option<u64>, leases: &[(i64, i64)], extend: Duration, now: Instant) -> Vec<i64> {
+    /// whose expiry has passed and whose revocation is not yet in flight (at most
+    /// [`REVOKES_PER_CHECK`]); the caller proposes them and reports with [`Lessor::revoked`].
+    /// `leading` is the term this member leads in, if it does.
+    fn tick<V: LeaseView + ?Sized>(
+        &self,
+        leading: Option<u64>,
+        leases: &V,
+        extend: Duration,
+        now: Instant,
+    ) -> Vec<i64> {
         let mut st = self.inner.lock();
         let Some(term) = leading else {
-            st.term = None;
-            st.expiries.clear();
+            *st = LessorState::default();
             return Vec::new();
         };
         st.promote(term);
-        // A lease with no expiry in this term is one this leader inherited: its full TTL from
-        // now, plus an election timeout. (The only other way to lack one is a grant applied a
-        // moment before `granted` records it, which then overrides this.)
-        let mut live = HashMap::with_capacity(leases.len());
-        for &(id, ttl) in leases {
-            let e = st.expiries.get(&id).copied().unwrap_or_else(|| now + secs(ttl) + extend);
-            live.insert(id, e);
+        if st.expiries.len() != leases.count() {
+            // A lease with no expiry in this term is one this leader inherited: its full TTL
+            // from now, plus an election timeout. (The only other way to lack one is a grant
+            // applied a moment before `granted` records it, which then overrides this.)
+            let all = leases.all();
+            let live: HashSet<i64> = all.iter().map(|(id, _)| *id).collect();
+            st.expiries.retain(|id, _| live.contains(id));
+            for (id, ttl) in all {
+                if !st.expiries.contains_key(&id) {
+                    st.set(id, now + secs(ttl) + extend);
+                }
+            }
         }
-        st.expiries = live;
-        let mut expired: Vec<i64> = st.expiries.iter().filter(|(_, e)| **e <= now).map(|(id, _)| *id).collect();
-        expired.sort_unstable();
-        expired.truncate(REVOKES_PER_CHECK);
+        let mut expired = Vec::new();
+        while expired.len() < REVOKES_PER_CHECK {
+            let Some(&Reverse((at, id))) = st.heap.peek() else { break };
+            if at > now {
+                break;
+            }
+            st.heap.pop();
+            if st.expiries.get(&id) != Some(&at) || st.revoking.contains(&id) {
+                continue; // renewed since, or already being revoked
+            }
+            if !leases.exists(id) {
+                st.expiries.remove(&id);
+                continue;
+            }
+            st.revoking.insert(id);
+            expired.push(id);
+        }
         expired
+    }
+
+    /// The answer to a revocation proposed by [`Lessor::tick`]: done, or to be proposed again at
+    /// the next check.
+    fn revoked(&self, id: i64, done: bool) {
+        let mut st = self.inner.lock();
+        if !st.revoking.remove(&id) {
+            return; // leadership changed meanwhile
+        }
+        if done {
+            st.expiries.remove(&id);
+        } else if let Some(&at) = st.expiries.get(&id) {
+            st.heap.push(Reverse((at, id)));
+        }
     }
 
     /// A keep-alive on the leader of `term`: the lease's new TTL, or 0 if it is unknown or has
@@ -101,7 +191,7 @@ impl Lessor {
         match st.expiries.get(&id) {
             Some(e) if *e <= now => 0,
             _ => {
-                st.expiries.insert(id, now + secs(ttl));
+                st.set(id, now + secs(ttl));
                 ttl
             }
         }
@@ -111,7 +201,15 @@ impl Lessor {
     fn granted(&self, term: u64, id: i64, ttl: i64, now: Instant) {
         let mut st = self.inner.lock();
         st.promote(term);
-        st.expiries.insert(id, now + secs(ttl));
+        st.set(id, now + secs(ttl));
+    }
+
+    /// A lease revoked by a client on the leader of `term`.
+    fn forget(&self, term: u64, id: i64) {
+        let mut st = self.inner.lock();
+        if st.term == Some(term) {
+            st.expiries.remove(&id);
+        }
     }
 
     /// Seconds left, rounded up; -1 if the lease has expired; `ttl` if no expiry is set yet.
@@ -141,23 +239,26 @@ pub(crate) async fn expiry_loop(cluster: std::sync::Weak<Router>) {
         let Some(c) = cluster.upgrade() else { return };
         let leading = c.leading_term();
         let extend = c.cfg.election_timeout;
-        let leases = c.store().leases();
-        let expired = c.lessor.tick(leading, &leases, extend, Instant::now());
+        let expired = c.lessor.tick(leading, &**c.store(), extend, Instant::now());
         for id in expired {
             let c = c.clone();
             tokio::spawn(async move {
                 let r = c.propose(Op::LeaseRevoke(pb::LeaseRevokeRequest { id }), c.deadline()).await;
-                match r {
+                let done = match r {
                     Ok(Response::LeaseRevoke(_)) | Ok(Response::Error(Error::LeaseNotFound)) => {
-                        tracing::debug!(lease = format!("{id:x}"), "lease expired and revoked")
+                        tracing::debug!(lease = format!("{id:x}"), "lease expired and revoked");
+                        true
                     }
                     Ok(other) => {
-                        tracing::warn!(lease = format!("{id:x}"), response = ?other, "revoking an expired lease")
+                        tracing::warn!(lease = format!("{id:x}"), response = ?other, "revoking an expired lease");
+                        false
                     }
                     Err(e) => {
-                        tracing::debug!(lease = format!("{id:x}"), error = %e, "revoking an expired lease failed; will retry")
+                        tracing::debug!(lease = format!("{id:x}"), error = %e, "revoking an expired lease failed; will retry");
+                        false
                     }
-                }
+                };
+                c.lessor.revoked(id, done);
             });
         }
     }
@@ -252,8 +353,14 @@ impl Leases {
         r: pb::LeaseRevokeRequest,
         deadline: Instant,
     ) -> Result<pb::LeaseRevokeResponse, Error> {
+        let id = r.id;
         match self.c.propose(Op::LeaseRevoke(r), deadline).await? {
-            Response::LeaseRevoke(p) => Ok(p),
+            Response::LeaseRevoke(p) => {
+                if let Some(term) = self.c.leading_term() {
+                    self.c.lessor.forget(term, id);
+                }
+                Ok(p)
+            }
             Response::Error(e) => Err(e),
             other => Err(unexpected(other)),
         }
@@ -363,27 +470,27 @@ mod tests {
         let t0 = Instant::now();
         let extend = Duration::from_millis(500);
         // Not leading: nothing expires, nothing is tracked.
-        assert!(l.tick(None, &[(1, 5)], extend, t0).is_empty());
+        assert!(l.tick(None, &[(1, 5)][..], extend, t0).is_empty());
         // Promoted at t0: TTL + extend from now.
-        assert!(l.tick(Some(3), &[(1, 5)], extend, t0).is_empty());
-        assert!(l.tick(Some(3), &[(1, 5)], extend, t0 + Duration::from_millis(5400)).is_empty());
-        assert_eq!(l.tick(Some(3), &[(1, 5)], extend, t0 + Duration::from_millis(5600)), vec![1]);
+        assert!(l.tick(Some(3), &[(1, 5)][..], extend, t0).is_empty());
+        assert!(l.tick(Some(3), &[(1, 5)][..], extend, t0 + Duration::from_millis(5400)).is_empty());
+        assert_eq!(l.tick(Some(3), &[(1, 5)][..], extend, t0 + Duration::from_millis(5600)), vec![1]);
         // A keep-alive after expiry does not resurrect it.
         assert_eq!(l.renew(3, 1, Some(5), t0 + Duration::from_millis(5700)), 0);
         assert_eq!(l.remaining(1, 5, t0 + Duration::from_millis(5700)), -1);
         // A new term (another promotion) starts the clock again.
-        assert!(l.tick(Some(4), &[(1, 5)], extend, t0 + Duration::from_secs(6)).is_empty());
+        assert!(l.tick(Some(4), &[(1, 5)][..], extend, t0 + Duration::from_secs(6)).is_empty());
         assert_eq!(l.remaining(1, 5, t0 + Duration::from_secs(6)), 6);
         // Renewals push expiry forward.
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(l.renew(4, 1, Some(5), t1), 5);
-        assert!(l.tick(Some(4), &[(1, 5)], extend, t1 + Duration::from_millis(4900)).is_empty());
+        assert!(l.tick(Some(4), &[(1, 5)][..], extend, t1 + Duration::from_millis(4900)).is_empty());
         // A lease gone from the store is forgotten; an unknown one renews to 0.
-        assert!(l.tick(Some(4), &[], extend, t1).is_empty());
+        assert!(l.tick(Some(4), &[][..], extend, t1).is_empty());
         assert_eq!(l.renew(4, 1, None, t1), 0);
         // Losing leadership forgets everything.
         l.granted(4, 2, 5, t1);
-        l.tick(None, &[(2, 5)], extend, t1);
+        l.tick(None, &[(2, 5)][..], extend, t1);
         assert_eq!(l.remaining(2, 5, t1), 5, "no expiry known: the full TTL");
     }
 
@@ -394,12 +501,36 @@ mod tests {
         let extend = Duration::from_secs(1);
         // Leading in term 7 already, but the expiry loop has not ticked yet.
         l.granted(7, 1, 30, t0);
-        assert!(l.tick(Some(7), &[(1, 30), (2, 30)], extend, t0).is_empty());
+        assert!(l.tick(Some(7), &[(1, 30), (2, 30)][..], extend, t0).is_empty());
         assert_eq!(l.remaining(1, 30, t0), 30);
         // The inherited lease gets the extension.
         assert_eq!(l.remaining(2, 30, t0), 31);
         // A keep-alive in a later term drops the stale instants of the earlier one.
         assert_eq!(l.renew(9, 2, Some(30), t0 + Duration::from_secs(40)), 30);
         assert_eq!(l.remaining(1, 30, t0 + Duration::from_secs(40)), 30, "term 7's expired instant is gone");
+    }
+
+    #[test]
+    fn one_revocation_in_flight_per_lease_and_renewals_leave_stale_entries_behind() {
+        let l = Lessor::default();
+        let t0 = Instant::now();
+        let no = Duration::ZERO;
+        let leases = [(1, 5), (2, 5), (3, 5)];
+        assert!(l.tick(Some(1), &leases[..], no, t0).is_empty());
+        // Lease 2 is renewed twice: its old heap entries are stale.
+        l.renew(1, 2, Some(5), t0 + Duration::from_secs(2));
+        l.renew(1, 2, Some(5), t0 + Duration::from_secs(3));
+        let t = t0 + Duration::from_secs(6);
+        assert_eq!(l.tick(Some(1), &leases[..], no, t), vec![1, 3]);
+        // In flight: not proposed again.
+        assert!(l.tick(Some(1), &leases[..], no, t + Duration::from_millis(100)).is_empty());
+        // Lease 1's revocation failed: proposed again at the next check; 3's succeeded.
+        l.revoked(1, false);
+        l.revoked(3, true);
+        let left = [(1, 5), (2, 5)];
+        assert_eq!(l.tick(Some(1), &left[..], no, t + Duration::from_millis(200)), vec![1]);
+        // Lease 2 expires at its last renewal + 5 s, once.
+        assert_eq!(l.tick(Some(1), &left[..], no, t0 + Duration::from_millis(8100)), vec![2]);
+        assert!(l.inner.lock().heap.len() <= 2, "stale entries are dropped as they surface");
     }
 }

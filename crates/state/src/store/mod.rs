@@ -353,6 +353,16 @@ impl Store {
         self.state.read().alarms.iter().copied().collect()
     }
 
+    /// Number of granted leases.
+    pub fn lease_count(&self) -> usize {
+        self.state.read().leases.len()
+    }
+
+    /// Whether lease `id` is granted.
+    pub fn has_lease(&self, id: i64) -> bool {
+        self.state.read().leases.contains_key(&id)
+    }
+
     /// Every lease with its granted TTL.
     pub fn leases(&self) -> Vec<(i64, i64)> {
         self.state.read().leases.iter().map(|(id, l)| (*id, l.ttl)).collect()
