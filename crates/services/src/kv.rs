@@ -68,7 +68,14 @@ impl Kv {
         if !r.serializable && !cairn_types::faults::bug("stale-read") {
             self.c.read_barrier().await?;
         }
-        let mut resp = self.c.store().range(&r)?;
+        let mut resp = if r.range_end.is_empty() {
+            self.c.store().range(&r)?
+        } else {
+            // A range may cover every key: its chunks run on the blocking pool, so a Range over a
+            // million keys does not hold one of the runtime's few workers for seconds.
+            let store = self.c.store().clone();
+            tokio::task::spawn_blocking(move || store.range(&r)).await.map_err(|e| Error::Internal(e.to_string()))??
+        };
         self.fill(&mut resp.header);
         Ok(resp)
     }

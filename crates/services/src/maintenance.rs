@@ -95,12 +95,18 @@ impl Maintenance {
 
     /// HashKV: a CRC32C over every key-value record up to `revision` (0: current), so members
     /// can be compared with `etcdctl endpoint hashkv`.
-    pub fn hash_kv(&self, revision: i64) -> Result<pb::HashKvResponse, Error> {
+    pub async fn hash_kv(&self, revision: i64) -> Result<pb::HashKvResponse, Error> {
         let store = self.c.store();
         let current = store.current_revision();
         let rev = if revision > 0 { revision } else { current };
         let all = pb::RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
-        let r = store.range(&all)?;
+        let r = {
+            // Every key: read on the blocking pool (see `Kv::range`).
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.range(&all))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
+        };
         let mut crc = 0u32;
         for kv in &r.kvs {
             for part in [&kv.key[..], &kv.value[..], &kv.mod_revision.to_be_bytes(), &kv.create_revision.to_be_bytes()]

@@ -148,17 +148,21 @@ pub fn verify<R: Read + Seek>(mut file: R) -> Result<Vec<u8>, SnapshotError> {
     if want != crc {
         return Err(SnapshotError::Corrupt(format!("checksum mismatch (stored {want:#010x}, computed {crc:#010x})")));
     }
-    let mut h = &head[..];
+    read_header(&mut &head[..])
+}
+
+/// Reads the magic, the version and the header field at the start of a snapshot file.
+fn read_header(r: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
     let mut magic = [0u8; 8];
-    h.read_exact(&mut magic)?;
+    r.read_exact(&mut magic)?;
     if &magic != MAGIC {
         return Err(SnapshotError::Corrupt("not a cairn snapshot".into()));
     }
-    let version = read_u32(&mut h)?;
+    let version = read_u32(r)?;
     if version != VERSION {
         return Err(SnapshotError::Corrupt(format!("unsupported snapshot version {version}")));
     }
-    read_field(&mut h)
+    read_field(r)
 }
 
 /// Replaces the engine's contents with the snapshot's, after verifying the whole file. The
@@ -206,16 +210,7 @@ pub fn for_each_record<R: Read + Seek, F: FnMut(Table, &[u8], &[u8])>(
 ) -> Result<(), SnapshotError> {
     file.seek(SeekFrom::Start(0))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(SnapshotError::Corrupt("not a cairn snapshot".into()));
-    }
-    let version = read_u32(&mut r)?;
-    if version != VERSION {
-        return Err(SnapshotError::Corrupt(format!("unsupported snapshot version {version}")));
-    }
-    read_field(&mut r)?;
+    read_header(&mut r)?;
     loop {
         let mut code = [0u8; 1];
         r.read_exact(&mut code)?;

@@ -43,7 +43,7 @@ impl MaintenanceApi for Api {
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         let m = &self.maintenance;
-        self.call("HashKV", req, |w, _| w.admin(), |r| async move { m.hash_kv(r.revision) }).await
+        self.call("HashKV", req, |w, _| w.admin(), |r| async move { m.hash_kv(r.revision).await }).await
     }
 
     /// A backup of this member's store, streamed (`Maintenance::snapshot`). The root role, as

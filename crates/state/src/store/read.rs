@@ -125,14 +125,7 @@ impl From<ReadError> for Error {
 /// etcd's Range: `default_rev` is the revision read when the request names none.
 pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision) -> ReadResult<pb::RangeResponse> {
     let st = view.state();
-    let current = st.revs.current();
-    if r.revision > current {
-        return Err(Error::FutureRev.into());
-    }
-    let at = if r.revision > 0 { r.revision } else { default_rev };
-    if at < st.compact_rev {
-        return Err(Error::Compacted.into());
-    }
+    let (current, at) = read_revision(st, r, default_rev)?;
     let fetch = fetch_limit(r)?;
 
     let mut count = 0i64;
@@ -155,6 +148,20 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
     }
     finish_range(r, kvs, &mut resp)?;
     Ok(resp)
+}
+
+/// The store's current revision and the one a Range reads at (`default_rev` unless it names
+/// one), or etcd's error for a future or compacted revision.
+fn read_revision(st: &State, r: &pb::RangeRequest, default_rev: Revision) -> ReadResult<(Revision, Revision)> {
+    let current = st.revs.current();
+    if r.revision > current {
+        return Err(Error::FutureRev.into());
+    }
+    let at = if r.revision > 0 { r.revision } else { default_rev };
+    if at < st.compact_rev {
+        return Err(Error::Compacted.into());
+    }
+    Ok((current, at))
 }
 
 /// Whether a Range must fetch every matching key (sorted or filtered) rather than the first
@@ -336,14 +343,7 @@ impl super::Store {
         let fetch = fetch_limit(r)?;
         let (current, at, _pin) = {
             let st = self.state.read();
-            let current = st.revs.current();
-            if r.revision > current {
-                return Err(Error::FutureRev.into());
-            }
-            let at = if r.revision > 0 { r.revision } else { current };
-            if at < st.compact_rev {
-                return Err(Error::Compacted.into());
-            }
+            let (current, at) = read_revision(&st, r, st.revs.current())?;
             *self.read_pins.lock().entry(at).or_default() += 1;
             (current, at, Pin { pins: &self.read_pins, at })
         };

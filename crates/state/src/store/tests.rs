@@ -1046,14 +1046,10 @@ fn buffer_is_bounded_in_bytes_and_counted() {
     assert_eq!(space.in_use_bytes, engine.live_bytes(), "nothing buffered after a flush");
 }
 
-/// A compaction is carried out in steps of at most `STEP_KEYS` keys; between them reads and
-/// writes go on and see the same answers; at the end the engine has lost the old records.
-#[test]
-fn compaction_runs_in_bounded_steps() {
-    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
-    let s = Store::open(engine.clone()).unwrap();
-    let n = 3 * compact::STEP_KEYS + 10;
-    for round in 0..3 {
+/// Puts `k00000`.. = `v{round}` on `n` keys, `rounds` times, one apply batch per round (no
+/// compaction is carried out in between, unlike `apply`).
+fn put_rounds(s: &Store, n: usize, rounds: usize) {
+    for round in 0..rounds {
         let mut b = s.begin(0).unwrap();
         for i in 0..n {
             let p = pb::PutRequest {
@@ -1065,6 +1061,16 @@ fn compaction_runs_in_bounded_steps() {
         }
         b.commit().unwrap();
     }
+}
+
+/// A compaction is carried out in steps of at most `STEP_KEYS` keys; between them reads and
+/// writes go on and see the same answers; at the end the engine has lost the old records.
+#[test]
+fn compaction_runs_in_bounded_steps() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    let n = 3 * compact::STEP_KEYS + 10;
+    put_rounds(&s, n, 3);
     s.flush().unwrap();
     let before = engine.live_bytes();
     let rev = s.current_revision();
@@ -1101,18 +1107,7 @@ fn compaction_runs_in_bounded_steps() {
 fn compaction_cut_short_resumes_after_reopen() {
     let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
     let s = Store::open(engine.clone()).unwrap();
-    for round in 0..2 {
-        let mut b = s.begin(0).unwrap();
-        for i in 0..2 * compact::STEP_KEYS {
-            let p = pb::PutRequest {
-                key: format!("k{i:05}").into(),
-                value: format!("v{round}").into(),
-                ..Default::default()
-            };
-            b.apply(&Command::new(0, Op::Put(p))).unwrap();
-        }
-        b.commit().unwrap();
-    }
+    put_rounds(&s, 2 * compact::STEP_KEYS, 2);
     let rev = s.current_revision();
     let mut b = s.begin(0).unwrap();
     b.apply(&Command::new(0, Op::Compact(pb::CompactionRequest { revision: rev, physical: false }))).unwrap();
