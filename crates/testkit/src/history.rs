@@ -61,9 +61,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
+use crate::recorder::{Log, Slot};
 use serde::{Deserialize, Serialize};
 
 /// Contents of one register: `None` while the key is absent.
@@ -383,44 +382,10 @@ impl History {
     }
 }
 
-struct RecorderInner {
-    start: Instant,
-    state: Mutex<RecorderState>,
-}
-
-struct RecorderState {
-    ops: Vec<Op>,
-    /// Last timestamp handed out; the next one is strictly larger.
-    last_ns: Option<u64>,
-}
-
-impl RecorderInner {
-    /// The vector is only ever pushed to or updated in place, so a panic in
-    /// another client while holding the lock cannot leave it inconsistent;
-    /// keep recording rather than propagating the poison.
-    fn lock(&self) -> MutexGuard<'_, RecorderState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl RecorderState {
-    /// Must be called with the lock held: that is what makes timestamps a
-    /// total order consistent with the order in which events were recorded.
-    fn now(&mut self, start: Instant) -> u64 {
-        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let t = match self.last_ns {
-            Some(last) => elapsed.max(last.saturating_add(1)),
-            None => elapsed,
-        };
-        self.last_ns = Some(t);
-        t
-    }
-}
-
 /// Shared, thread-safe history recorder. Clone it into every client task.
 #[derive(Clone)]
 pub struct Recorder {
-    inner: Arc<RecorderInner>,
+    log: Log<Op>,
 }
 
 impl Default for Recorder {
@@ -431,19 +396,14 @@ impl Default for Recorder {
 
 impl fmt::Debug for Recorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Recorder").field("ops", &self.inner.lock().ops.len()).finish()
+        f.debug_struct("Recorder").field("ops", &self.log.len()).finish()
     }
 }
 
 impl Recorder {
     /// A recorder whose clock starts now.
     pub fn new() -> Self {
-        Recorder {
-            inner: Arc::new(RecorderInner {
-                start: Instant::now(),
-                state: Mutex::new(RecorderState { ops: Vec::new(), last_ns: None }),
-            }),
-        }
+        Recorder { log: Log::new() }
     }
 
     /// Records that `client` is about to send `kind` on `key`. Call it
@@ -452,10 +412,7 @@ impl Recorder {
     /// operation [`Outcome::Unknown`] with no completion time.
     pub fn invoke(&self, client: ClientId, key: impl Into<String>, kind: OpKind) -> OpHandle {
         let key = key.into();
-        let mut state = self.inner.lock();
-        let invoke_ns = state.now(self.inner.start);
-        let index = state.ops.len();
-        state.ops.push(Op {
+        let slot = self.log.invoke(|index, invoke_ns| Op {
             id: index as OpId,
             client,
             key,
@@ -464,18 +421,18 @@ impl Recorder {
             complete_ns: None,
             outcome: Outcome::Unknown,
         });
-        OpHandle { inner: Arc::clone(&self.inner), index }
+        OpHandle { slot }
     }
 
     /// A snapshot of everything recorded so far. Operations still in flight
     /// appear as [`Outcome::Unknown`].
     pub fn history(&self) -> History {
-        History { ops: self.inner.lock().ops.clone() }
+        History { ops: self.log.snapshot() }
     }
 
     /// Number of operations recorded so far.
     pub fn len(&self) -> usize {
-        self.inner.lock().ops.len()
+        self.log.len()
     }
 
     /// Whether nothing was recorded yet.
@@ -488,30 +445,26 @@ impl Recorder {
 /// so an operation is completed at most once.
 #[must_use = "complete the operation with ok/fail/unknown, or it stays Unknown"]
 pub struct OpHandle {
-    inner: Arc<RecorderInner>,
-    index: usize,
+    slot: Slot<Op>,
 }
 
 impl fmt::Debug for OpHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpHandle").field("id", &self.index).finish()
+        f.debug_struct("OpHandle").field("id", &self.slot.index()).finish()
     }
 }
 
 impl OpHandle {
     /// The id the operation has in the history.
     pub fn id(&self) -> OpId {
-        self.index as OpId
+        self.slot.index() as OpId
     }
 
     fn complete(self, outcome: Outcome) {
-        let mut state = self.inner.lock();
-        let now = state.now(self.inner.start);
-        // `index` came from `invoke` on the same vector, which never shrinks.
-        if let Some(op) = state.ops.get_mut(self.index) {
+        self.slot.complete(|op, now| {
             op.complete_ns = Some(now);
             op.outcome = outcome;
-        }
+        });
     }
 
     /// The operation took effect with result `ret`. A result that does not

@@ -54,6 +54,7 @@ pub mod check;
 pub mod cluster;
 pub mod history;
 pub mod http;
+pub mod recorder;
 
 pub use check::{
     check_bank, check_final_state, check_history, check_set, BankHistory, BankModel, BankRecorder, BankReport,

@@ -69,12 +69,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::history::{ClientId, HistoryError, OpId};
+use crate::recorder::{Log, Slot};
 
 /// Identifies an account.
 pub type Account = u64;
@@ -206,39 +205,6 @@ impl BankHistory {
     }
 }
 
-struct RecorderInner {
-    start: Instant,
-    state: Mutex<RecorderState>,
-}
-
-struct RecorderState {
-    ops: Vec<BankOp>,
-    /// Last timestamp handed out; the next one is strictly larger.
-    last_ns: Option<u64>,
-}
-
-impl RecorderInner {
-    /// Only pushes and in-place updates happen under the lock, so a poisoned
-    /// lock still guards a consistent vector: keep recording.
-    fn lock(&self) -> MutexGuard<'_, RecorderState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl RecorderState {
-    /// Must be called with the lock held, which makes timestamps a total
-    /// order consistent with the order in which events were recorded.
-    fn now(&mut self, start: Instant) -> u64 {
-        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let t = match self.last_ns {
-            Some(last) => elapsed.max(last.saturating_add(1)),
-            None => elapsed,
-        };
-        self.last_ns = Some(t);
-        t
-    }
-}
-
 /// Shared, thread-safe recorder of a bank workload; clone it into every
 /// client. Same protocol and timestamp guarantees as
 /// [`crate::history::Recorder`]: invoke just before sending, complete the
@@ -258,7 +224,7 @@ impl RecorderState {
 /// ```
 #[derive(Clone)]
 pub struct BankRecorder {
-    inner: Arc<RecorderInner>,
+    log: Log<BankOp>,
 }
 
 impl Default for BankRecorder {
@@ -269,29 +235,21 @@ impl Default for BankRecorder {
 
 impl fmt::Debug for BankRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BankRecorder").field("ops", &self.inner.lock().ops.len()).finish()
+        f.debug_struct("BankRecorder").field("ops", &self.log.len()).finish()
     }
 }
 
 impl BankRecorder {
     /// A recorder whose clock starts now.
     pub fn new() -> Self {
-        BankRecorder {
-            inner: Arc::new(RecorderInner {
-                start: Instant::now(),
-                state: Mutex::new(RecorderState { ops: Vec::new(), last_ns: None }),
-            }),
-        }
+        BankRecorder { log: Log::new() }
     }
 
     /// Records that `client` is about to send `kind`. A handle dropped
     /// without completion leaves the operation [`BankOutcome::Unknown`] with
     /// no completion time.
     pub fn invoke(&self, client: ClientId, kind: BankOpKind) -> BankOpHandle {
-        let mut state = self.inner.lock();
-        let invoke_ns = state.now(self.inner.start);
-        let index = state.ops.len();
-        state.ops.push(BankOp {
+        let slot = self.log.invoke(|index, invoke_ns| BankOp {
             id: index as OpId,
             client,
             kind,
@@ -299,7 +257,7 @@ impl BankRecorder {
             complete_ns: None,
             outcome: BankOutcome::Unknown,
         });
-        BankOpHandle { inner: Arc::clone(&self.inner), index }
+        BankOpHandle { slot }
     }
 
     /// Records that `client` is about to move `amount` from `from` to `to`.
@@ -315,12 +273,12 @@ impl BankRecorder {
     /// A snapshot of everything recorded so far; operations still in flight
     /// appear as [`BankOutcome::Unknown`].
     pub fn history(&self) -> BankHistory {
-        BankHistory { ops: self.inner.lock().ops.clone() }
+        BankHistory { ops: self.log.snapshot() }
     }
 
     /// Number of operations recorded so far.
     pub fn len(&self) -> usize {
-        self.inner.lock().ops.len()
+        self.log.len()
     }
 
     /// Whether nothing was recorded yet.
@@ -332,29 +290,26 @@ impl BankRecorder {
 /// An invoked bank operation awaiting its outcome; completing consumes it.
 #[must_use = "complete the operation with ok/fail/unknown, or it stays Unknown"]
 pub struct BankOpHandle {
-    inner: Arc<RecorderInner>,
-    index: usize,
+    slot: Slot<BankOp>,
 }
 
 impl fmt::Debug for BankOpHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BankOpHandle").field("id", &self.index).finish()
+        f.debug_struct("BankOpHandle").field("id", &self.slot.index()).finish()
     }
 }
 
 impl BankOpHandle {
     /// The id the operation has in the history.
     pub fn id(&self) -> OpId {
-        self.index as OpId
+        self.slot.index() as OpId
     }
 
     fn complete(self, outcome: BankOutcome) {
-        let mut state = self.inner.lock();
-        let now = state.now(self.inner.start);
-        if let Some(op) = state.ops.get_mut(self.index) {
+        self.slot.complete(|op, now| {
             op.complete_ns = Some(now);
             op.outcome = outcome;
-        }
+        });
     }
 
     /// The operation took effect with result `ret` (a result of the wrong

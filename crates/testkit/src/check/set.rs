@@ -76,12 +76,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::history::{ClientId, HistoryError, OpId};
+use crate::recorder::{Log, Slot};
 
 /// An element of the set.
 pub type Element = u64;
@@ -219,39 +218,6 @@ impl SetHistory {
     }
 }
 
-struct RecorderInner {
-    start: Instant,
-    state: Mutex<RecorderState>,
-}
-
-struct RecorderState {
-    ops: Vec<SetOp>,
-    /// Last timestamp handed out; the next one is strictly larger.
-    last_ns: Option<u64>,
-}
-
-impl RecorderInner {
-    /// Only pushes and in-place updates happen under the lock, so a poisoned
-    /// lock still guards a consistent vector: keep recording.
-    fn lock(&self) -> MutexGuard<'_, RecorderState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl RecorderState {
-    /// Must be called with the lock held, which makes timestamps a total
-    /// order consistent with the order in which events were recorded.
-    fn now(&mut self, start: Instant) -> u64 {
-        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let t = match self.last_ns {
-            Some(last) => elapsed.max(last.saturating_add(1)),
-            None => elapsed,
-        };
-        self.last_ns = Some(t);
-        t
-    }
-}
-
 /// Shared, thread-safe recorder of a set workload; clone it into every
 /// client. Same protocol and timestamp guarantees as
 /// [`crate::history::Recorder`]: invoke just before sending, complete the
@@ -269,7 +235,7 @@ impl RecorderState {
 /// ```
 #[derive(Clone)]
 pub struct SetRecorder {
-    inner: Arc<RecorderInner>,
+    log: Log<SetOp>,
 }
 
 impl Default for SetRecorder {
@@ -280,29 +246,21 @@ impl Default for SetRecorder {
 
 impl fmt::Debug for SetRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SetRecorder").field("ops", &self.inner.lock().ops.len()).finish()
+        f.debug_struct("SetRecorder").field("ops", &self.log.len()).finish()
     }
 }
 
 impl SetRecorder {
     /// A recorder whose clock starts now.
     pub fn new() -> Self {
-        SetRecorder {
-            inner: Arc::new(RecorderInner {
-                start: Instant::now(),
-                state: Mutex::new(RecorderState { ops: Vec::new(), last_ns: None }),
-            }),
-        }
+        SetRecorder { log: Log::new() }
     }
 
     /// Records that `client` is about to send `kind`. A handle dropped
     /// without completion leaves the operation [`SetOutcome::Unknown`] with
     /// no completion time.
     pub fn invoke(&self, client: ClientId, kind: SetOpKind) -> SetOpHandle {
-        let mut state = self.inner.lock();
-        let invoke_ns = state.now(self.inner.start);
-        let index = state.ops.len();
-        state.ops.push(SetOp {
+        let slot = self.log.invoke(|index, invoke_ns| SetOp {
             id: index as OpId,
             client,
             kind,
@@ -310,7 +268,7 @@ impl SetRecorder {
             complete_ns: None,
             outcome: SetOutcome::Unknown,
         });
-        SetOpHandle { inner: Arc::clone(&self.inner), index }
+        SetOpHandle { slot }
     }
 
     /// Records that `client` is about to add `element`.
@@ -326,12 +284,12 @@ impl SetRecorder {
     /// A snapshot of everything recorded so far; operations still in flight
     /// appear as [`SetOutcome::Unknown`].
     pub fn history(&self) -> SetHistory {
-        SetHistory { ops: self.inner.lock().ops.clone() }
+        SetHistory { ops: self.log.snapshot() }
     }
 
     /// Number of operations recorded so far.
     pub fn len(&self) -> usize {
-        self.inner.lock().ops.len()
+        self.log.len()
     }
 
     /// Whether nothing was recorded yet.
@@ -343,29 +301,26 @@ impl SetRecorder {
 /// An invoked set operation awaiting its outcome; completing consumes it.
 #[must_use = "complete the operation with ok/fail/unknown, or it stays Unknown"]
 pub struct SetOpHandle {
-    inner: Arc<RecorderInner>,
-    index: usize,
+    slot: Slot<SetOp>,
 }
 
 impl fmt::Debug for SetOpHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SetOpHandle").field("id", &self.index).finish()
+        f.debug_struct("SetOpHandle").field("id", &self.slot.index()).finish()
     }
 }
 
 impl SetOpHandle {
     /// The id the operation has in the history.
     pub fn id(&self) -> OpId {
-        self.index as OpId
+        self.slot.index() as OpId
     }
 
     fn complete(self, outcome: SetOutcome) {
-        let mut state = self.inner.lock();
-        let now = state.now(self.inner.start);
-        if let Some(op) = state.ops.get_mut(self.index) {
+        self.slot.complete(|op, now| {
             op.complete_ns = Some(now);
             op.outcome = outcome;
-        }
+        });
     }
 
     /// The operation took effect with result `ret` (a result of the wrong
