@@ -271,7 +271,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone());
+    cairn_raft::network::set_cluster_id(identity.cluster_id);
+    let peer_limits = cairn_raft::PeerLimits::for_quota(identity.cluster_id, limits.quota_backend_bytes);
+    let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone(), peer_limits);
     let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;
     for (l, tls) in peer_listeners {
         let svc = PeerServer::new(peer_service.clone())

@@ -47,6 +47,7 @@ use cairn_testkit::cluster::free_port;
 struct Members {
     children: Vec<Child>,
     client_urls: Vec<String>,
+    peer_urls: Vec<String>,
     _data: tempfile::TempDir,
 }
 
@@ -66,6 +67,7 @@ fn start_tls_cluster(pki: &Pki) -> Members {
         ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=https://127.0.0.1:{p}")).collect();
     let mut children = Vec::new();
     let mut client_urls = Vec::new();
+    let mut peer_urls = Vec::new();
     for (i, (c, p)) in ports.iter().enumerate() {
         let client = format!("https://127.0.0.1:{c}");
         let peer = format!("https://127.0.0.1:{p}");
@@ -90,8 +92,9 @@ fn start_tls_cluster(pki: &Pki) -> Members {
             .unwrap();
         children.push(child);
         client_urls.push(client);
+        peer_urls.push(peer);
     }
-    Members { children, client_urls, _data: data }
+    Members { children, client_urls, peer_urls, _data: data }
 }
 
 fn ctl(endpoints: &[String], tls: &[String], args: &[&str]) -> Output {
@@ -169,6 +172,53 @@ fn client_and_peer_traffic_over_tls_with_client_certificates() {
         Command::new(binary()).args(["status", "--endpoints", &m.client_urls.join(",")]).args(&good).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).matches("| 3.5.0 ").count(), 3, "every member answers over TLS: {}", stdout(&o));
+
+    // With auth enabled, a forwarded request that names its user but carries no token is
+    // believed only because the peer connection presented a certificate the peer CA signed.
+    for args in [&["user", "add", "root:pw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]] {
+        let o = ctl(&m.client_urls, &good, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let o = ctl(&m.client_urls[..1], &good, &["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("endpoint status JSON");
+    let cluster = status[0]["Status"]["header"]["cluster_id"].as_u64().expect("cluster id");
+    let accepted = tokio::runtime::Runtime::new().unwrap().block_on(forward_without_token(&pki, &m.peer_urls, cluster));
+    assert_eq!(accepted, 1, "exactly the leader ran the certificate-authenticated forward");
+    let o = ctl(&m.client_urls, &good, &["--user=root:pw", "get", "by-member", "--print-value-only"]);
+    assert_eq!(stdout(&o).trim(), "trusted", "{}", stderr(&o));
+}
+
+/// Sends every member a forwarded put for root without root's token, over peer TLS with a
+/// certificate the peer CA signed; how many ran it (only the leader runs forwarded requests).
+async fn forward_without_token(pki: &Pki, peer_urls: &[String], cluster: u64) -> usize {
+    use cairn_proto::peer::{forward_request::Request as Fq, peer_client::PeerClient, ForwardRequest};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |n: &str| std::fs::read(pki.path(n)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("client.pem"), read("client-key.pem")));
+    let mut accepted = 0;
+    for url in peer_urls {
+        let ch = Endpoint::from_shared(url.clone()).unwrap().tls_config(tls.clone()).unwrap().connect().await;
+        let mut p = PeerClient::new(ch.expect("peer TLS with a client certificate"));
+        let put = cairn_proto::etcdserverpb::PutRequest {
+            key: "by-member".into(),
+            value: "trusted".into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(ForwardRequest {
+            request: Some(Fq::Put(put)),
+            auth_revision: Some(u64::MAX),
+            auth_user: "root".into(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("x-etcd-cluster-id", format!("{cluster:x}").parse().unwrap());
+        match p.forward(req).await {
+            Ok(_) => accepted += 1,
+            Err(s) => assert!(s.message().contains("not leader"), "only 'not leader' may refuse it: {s:?}"),
+        }
+    }
+    accepted
 }
 
 #[test]

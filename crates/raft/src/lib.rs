@@ -27,6 +27,6 @@ pub mod types;
 pub use group::{LeaderWatch, Leadership, Membership, MembershipChange, RaftStatus};
 pub use log_store::LogStore;
 pub use node::{NodeOptions, RaftNode, RaftTimers};
-pub use server::{PeerHandler, PeerService};
+pub use server::{PeerHandler, PeerLimits, PeerService, Sender};
 pub use state_machine::{SnapshotData, StateMachine};
 pub use types::{LogId, PeerNode, Raft, TypeConfig};

@@ -41,6 +41,48 @@ pub fn set_peer_tls(tls: tonic::transport::ClientTlsConfig) {
     let _ = PEER_TLS.set(tls);
 }
 
+/// The metadata key that carries the sender's cluster ID on every peer call (etcd's peer HTTP
+/// header of the same name).
+pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
+
+/// This member's cluster ID, stamped on every peer call it makes; set once at start-up.
+static CLUSTER_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+pub fn set_cluster_id(id: u64) {
+    let _ = CLUSTER_ID.set(id);
+}
+
+/// Adds this member's cluster ID to an outgoing peer call (nothing before it is known: only a
+/// joining member's ClusterInfo call goes without).
+pub fn stamp<T>(req: &mut tonic::Request<T>) {
+    if let Some(id) = CLUSTER_ID.get() {
+        let v = tonic::metadata::MetadataValue::try_from(format!("{id:x}")).expect("hex is ASCII");
+        req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+    }
+}
+
+/// The receiving side's check of a call's cluster ID: refused when it names another cluster, or
+/// (unless `optional`) when it names none. etcd refuses such peer requests with "cluster ID
+/// mismatch" (HTTP 412); here it is gRPC's FAILED_PRECONDITION.
+pub fn check_cluster_id(md: &tonic::metadata::MetadataMap, ours: u64, optional: bool) -> Result<(), tonic::Status> {
+    let Some(v) = md.get(CLUSTER_ID_HEADER) else {
+        if optional {
+            return Ok(());
+        }
+        return Err(tonic::Status::failed_precondition(format!(
+            "cluster ID missing: peer calls must carry {CLUSTER_ID_HEADER} (this member is in cluster {ours:x})"
+        )));
+    };
+    let theirs = v.to_str().ok().and_then(|s| u64::from_str_radix(s, 16).ok());
+    match theirs {
+        Some(id) if id == ours => Ok(()),
+        _ => Err(tonic::Status::failed_precondition(format!(
+            "cluster ID mismatch: the call is for cluster {}, this member is in cluster {ours:x}",
+            v.to_str().unwrap_or("(not ASCII)")
+        ))),
+    }
+}
+
 /// An endpoint for a peer URL: with this member's peer TLS settings when it is `https://`.
 /// Every connection to a peer (Raft, forwarded requests, bootstrap) goes through here.
 pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
@@ -93,10 +135,23 @@ fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
 
 fn status_err(s: tonic::Status) -> RPCError<TypeConfig> {
     use tonic::Code;
+    if s.code() == Code::FailedPrecondition {
+        warn_refused(&s);
+    }
     match s.code() {
         // The peer is down, paused or cut off: back off before retrying.
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => unreachable(s),
         _ => RPCError::Network(NetworkError::from_string(s)),
+    }
+}
+
+/// Logs a peer's refusal (another cluster's member at that URL), at most once every 10 s.
+fn warn_refused(s: &tonic::Status) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(std::time::Instant::now());
+        tracing::error!(error = %s.message(), "a peer refused this member's call");
     }
 }
 
@@ -122,6 +177,7 @@ impl Conn {
         self.fault().await?;
         let mut request = tonic::Request::new(RaftRequest { data: encode(req).into() });
         request.set_timeout(ttl);
+        stamp(&mut request);
         let reply = f(self.client()?, request).await.map_err(status_err)?;
         decode_reply(reply.into_inner())
     }
@@ -193,7 +249,8 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             self.fault().await?;
             let target = self.target;
             let mut client = self.client()?;
-            let requests = input.map(|r| RaftRequest { data: encode(&r).into() });
+            let mut requests = tonic::Request::new(input.map(|r| RaftRequest { data: encode(&r).into() }));
+            stamp(&mut requests);
             let replies = client.stream_append(requests).await.map_err(status_err)?.into_inner();
             let results = replies.map(move |r| {
                 // A link cut while the stream is open ends it, as a real cut would.
@@ -258,7 +315,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             let mut w = ChunkWriter { tx, header: Some(header), buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES) };
             data.write_to(&mut w)
         });
-        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut chunks = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        stamp(&mut chunks);
+        let call = client.install_snapshot(chunks);
         tokio::select! {
             r = call => {
                 let produced = producer.await.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;

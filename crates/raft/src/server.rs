@@ -17,13 +17,66 @@ use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
 /// What the peer listener serves beyond Raft itself; supplied by the services layer.
 #[tonic::async_trait]
 pub trait PeerHandler: Send + Sync + 'static {
-    /// Executes a request forwarded by a member that is not the leader.
-    async fn forward(&self, req: ForwardRequest) -> Result<ForwardReply, Status>;
+    /// Executes a request forwarded by a member that is not the leader; `sender` says whether
+    /// the connection it came on authenticated that member.
+    async fn forward(&self, req: ForwardRequest, sender: Sender) -> Result<ForwardReply, Status>;
     /// Executes a batch of forwarded requests concurrently; one result each, in order.
-    async fn forward_batch(&self, reqs: Vec<ForwardRequest>) -> Vec<Result<ForwardReply, Status>>;
+    async fn forward_batch(&self, reqs: Vec<ForwardRequest>, sender: Sender) -> Vec<Result<ForwardReply, Status>>;
     /// Describes the cluster to a joining member.
     async fn cluster_info(&self) -> Result<ClusterInfoReply, Status>;
 }
+
+/// Who sent a peer call, as far as its connection can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A member that presented a TLS client certificate the peer CA verified
+    /// (`--peer-client-cert-auth`).
+    Authenticated,
+    /// Anyone who can reach the peer port: the cluster ID is all it proved.
+    Unauthenticated,
+}
+
+impl Sender {
+    fn of<T>(req: &Request<T>) -> Sender {
+        // The TLS acceptor only completes a handshake with a client certificate the trusted CA
+        // signed, and only asks for one under --peer-client-cert-auth.
+        match req.peer_certs() {
+            Some(certs) if !certs.is_empty() => Sender::Authenticated,
+            _ => Sender::Unauthenticated,
+        }
+    }
+}
+
+/// What the peer listener accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    /// This member's cluster: every call must name it.
+    pub cluster_id: u64,
+    /// The largest snapshot received (a state within the quota is far smaller).
+    pub snapshot_bytes_max: u64,
+    /// Free disk space a snapshot being received must leave.
+    pub disk_reserve_bytes: u64,
+}
+
+impl PeerLimits {
+    /// A snapshot holds at most what the state machine holds, which the backend quota bounds:
+    /// twice the quota leaves room for the format's overhead and a leader somewhat past its
+    /// quota. The reserve keeps the member able to write its log after the snapshot landed.
+    pub fn for_quota(cluster_id: u64, quota_bytes: u64) -> PeerLimits {
+        PeerLimits {
+            cluster_id,
+            snapshot_bytes_max: quota_bytes.saturating_mul(2).max(SNAPSHOT_BYTES_MIN),
+            disk_reserve_bytes: DISK_RESERVE_BYTES,
+        }
+    }
+}
+
+/// The snapshot bound is never below this, however small the quota.
+const SNAPSHOT_BYTES_MIN: u64 = 64 << 20;
+/// Free space a snapshot being received must leave on its disk.
+const DISK_RESERVE_BYTES: u64 = 64 << 20;
+/// Free space is checked again after each this many bytes received.
+const DISK_CHECK_EVERY_BYTES: u64 = 16 << 20;
 
 #[derive(Clone)]
 pub struct PeerService {
@@ -31,11 +84,23 @@ pub struct PeerService {
     sm: crate::StateMachine,
     contact: Arc<crate::group::LeaderContact>,
     handler: Arc<OnceLock<Arc<dyn PeerHandler>>>,
+    limits: PeerLimits,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, sm: crate::StateMachine, contact: Arc<crate::group::LeaderContact>) -> Self {
-        PeerService { raft, sm, contact, handler: Arc::new(OnceLock::new()) }
+    pub fn new(
+        raft: Raft,
+        sm: crate::StateMachine,
+        contact: Arc<crate::group::LeaderContact>,
+        limits: PeerLimits,
+    ) -> Self {
+        PeerService { raft, sm, contact, handler: Arc::new(OnceLock::new()), limits }
+    }
+
+    /// Refuses a call that does not name this member's cluster.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        crate::network::check_cluster_id(req.metadata(), self.limits.cluster_id, false)
+            .inspect_err(|s| refused(s.message()))
     }
 
     /// Installs the handler for forwarded requests (once the services exist).
@@ -46,6 +111,38 @@ impl PeerService {
     fn handler(&self) -> Result<&Arc<dyn PeerHandler>, Status> {
         self.handler.get().ok_or_else(|| Status::unavailable("etcdserver: server stopped"))
     }
+}
+
+/// Logs a refused call, at most once every 10 s (a member of another cluster retries often).
+fn refused(msg: &str) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+        *last = Some(std::time::Instant::now());
+        tracing::error!(error = %msg, "refused a peer call");
+    }
+}
+
+/// Free bytes for an unprivileged writer on the file system that holds `dir`.
+pub fn free_disk_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Whether `more` bytes may still be written under `dir` leaving `reserve` free.
+fn check_disk(dir: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<()> {
+    let free = free_disk_bytes(dir)?;
+    if free < more.saturating_add(reserve) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "not enough free disk space in {} for a snapshot: {free} bytes free, {} more needed and {reserve} kept free",
+                dir.display(),
+                more
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(r: &RaftRequest) -> Result<T, Status> {
@@ -68,6 +165,7 @@ impl Peer for PeerService {
     type StreamAppendStream = ReplyStream;
 
     async fn stream_append(&self, req: Request<Streaming<RaftRequest>>) -> Result<Response<ReplyStream>, Status> {
+        self.check(&req)?;
         // The input ends at the first undecodable message or transport error; openraft then ends
         // the output after answering what came before, and the leader starts a new stream.
         let input = req
@@ -95,6 +193,7 @@ impl Peer for PeerService {
     }
 
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check(&req)?;
         let r = self.raft.append_entries(decode(req.get_ref())?).await;
         if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
             self.contact.touch();
@@ -103,29 +202,53 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check(&req)?;
         reply(self.raft.vote(decode(req.get_ref())?).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check(&req)?;
         reply(self.raft.pre_vote(decode(req.get_ref())?).await)
     }
 
     async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.check(&req)?;
         reply(self.raft.handle_transfer_leader(decode(req.get_ref())?).await)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+        self.check(&req)?;
         let mut stream = req.into_inner();
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (vote, meta): (Vote, SnapshotMeta) = postcard::from_bytes(&first.header)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
         let path = self.sm.new_snapshot_path();
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let PeerLimits { snapshot_bytes_max: max, disk_reserve_bytes: reserve, .. } = self.limits;
         let write = async {
+            check_disk(&dir, DISK_CHECK_EVERY_BYTES, reserve)?;
             let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-            f.write_all(&first.data)?;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(std::io::Error::other)?;
-                f.write_all(&chunk.data)?;
+            let mut received = 0u64;
+            let mut checked = 0u64;
+            let mut data = Some(first.data);
+            loop {
+                let Some(bytes) = data.take() else { break };
+                received += bytes.len() as u64;
+                if received > max {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        format!("snapshot larger than {max} bytes (twice --quota-backend-bytes): refused"),
+                    ));
+                }
+                if received - checked >= DISK_CHECK_EVERY_BYTES {
+                    check_disk(&dir, DISK_CHECK_EVERY_BYTES, reserve)?;
+                    checked = received;
+                }
+                f.write_all(&bytes)?;
+                data = match stream.next().await {
+                    Some(chunk) => Some(chunk.map_err(std::io::Error::other)?.data),
+                    None => None,
+                };
             }
             let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
@@ -133,7 +256,13 @@ impl Peer for PeerService {
         };
         if let Err(e) = write.await {
             let _ = std::fs::remove_file(&path);
-            return Err(Status::aborted(format!("snapshot transfer failed: {e}")));
+            tracing::error!(error = %e, "receiving a snapshot failed");
+            return Err(match e.kind() {
+                std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::StorageFull => {
+                    Status::resource_exhausted(format!("snapshot refused: {e}"))
+                }
+                _ => Status::aborted(format!("snapshot transfer failed: {e}")),
+            });
         }
         tracing::info!(last_log_id = ?meta.last_log_id, "received snapshot; installing");
         let snapshot = Snapshot { meta, snapshot: SnapshotData::File(path.clone()) };
@@ -144,11 +273,15 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
-        Ok(Response::new(self.handler()?.forward(req.into_inner()).await?))
+        self.check(&req)?;
+        let sender = Sender::of(&req);
+        Ok(Response::new(self.handler()?.forward(req.into_inner(), sender).await?))
     }
 
     async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardBatchReply>, Status> {
-        let results = self.handler()?.forward_batch(req.into_inner().requests).await;
+        self.check(&req)?;
+        let sender = Sender::of(&req);
+        let results = self.handler()?.forward_batch(req.into_inner().requests, sender).await;
         let results = results
             .into_iter()
             .map(|r| ForwardResult {
@@ -164,7 +297,47 @@ impl Peer for PeerService {
         Ok(Response::new(ForwardBatchReply { results }))
     }
 
-    async fn cluster_info(&self, _req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
+    async fn cluster_info(&self, req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
+        // A joining member asks before it knows the cluster ID; a known other cluster is refused.
+        crate::network::check_cluster_id(req.metadata(), self.limits.cluster_id, true)?;
         Ok(Response::new(self.handler()?.cluster_info().await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_needs_free_disk_space_beyond_the_reserve() {
+        let d = tempfile::tempdir().unwrap();
+        let free = free_disk_bytes(d.path()).unwrap();
+        assert!(free > 0);
+        check_disk(d.path(), 0, 0).expect("nothing needed");
+        let e = check_disk(d.path(), free, 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert!(e.to_string().contains("not enough free disk space"), "{e}");
+        let e = check_disk(d.path(), 0, free.saturating_add(1)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "the reserve counts");
+    }
+
+    #[test]
+    fn the_snapshot_bound_follows_the_quota() {
+        assert_eq!(PeerLimits::for_quota(1, 2 << 30).snapshot_bytes_max, 4 << 30);
+        assert_eq!(PeerLimits::for_quota(1, 1 << 20).snapshot_bytes_max, SNAPSHOT_BYTES_MIN);
+    }
+
+    #[test]
+    fn cluster_ids_are_checked() {
+        use crate::network::{check_cluster_id, CLUSTER_ID_HEADER};
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert!(check_cluster_id(&md, 0xab, true).is_ok(), "optional: absent is fine");
+        assert_eq!(check_cluster_id(&md, 0xab, false).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        md.insert(CLUSTER_ID_HEADER, "ab".parse().unwrap());
+        assert!(check_cluster_id(&md, 0xab, false).is_ok());
+        let e = check_cluster_id(&md, 0xac, true).unwrap_err();
+        assert!(e.message().contains("cluster ID mismatch: the call is for cluster ab"), "{e:?}");
+        md.insert(CLUSTER_ID_HEADER, "not hex".parse().unwrap());
+        assert!(check_cluster_id(&md, 0xab, false).is_err());
     }
 }

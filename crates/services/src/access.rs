@@ -37,7 +37,11 @@ impl Access {
     pub fn caller(&self, token: Option<&str>) -> Result<(Option<Caller>, Guard), Error> {
         let st = self.c.store().auth();
         let info = auth::authorize(&st, token)?;
-        let guard = Guard { revision: st.revision, user: info.as_ref().map(|i| i.user.clone()).unwrap_or_default() };
+        let guard = Guard {
+            revision: st.revision,
+            user: info.as_ref().map(|i| i.user.clone()).unwrap_or_default(),
+            token: info.as_ref().and(token).map(Arc::from),
+        };
         Ok((info.map(|info| Caller { info, st }), guard))
     }
 

@@ -44,6 +44,9 @@ pub struct Guard {
     pub revision: u64,
     /// Empty while auth was disabled.
     pub user: String,
+    /// The token that proved `user`, sent along when the request is forwarded so the leader can
+    /// verify the caller itself (see `crate::peer`); `None` while auth was disabled.
+    pub token: Option<Arc<str>>,
 }
 
 tokio::task_local! {

@@ -1,4 +1,16 @@
 //! Requests forwarded to this member by others, run here only if this member leads.
+//!
+//! **Who asks.** A forwarded request names the client it runs for (`auth_user`, checked by the
+//! forwarding member at `auth_revision`), and the leader proposes its writes guarded by them
+//! (`Op::Guarded`). Those are plain fields: anyone who reaches the peer port could write them.
+//! So the leader believes them only from a member that authenticated itself with a TLS client
+//! certificate (`--peer-client-cert-auth`); from any other connection it checks the request as
+//! if the client had called it directly: the client's token (`auth_token`, signed with the
+//! cluster's auth secret) must prove that user, the user must have the request's permissions in
+//! the leader's auth store, and the write is guarded by the leader's auth revision. A request that would write and names no client at
+//! all is refused rather than proposed unguarded; only what members send on their own behalf
+//! (read indexes, their published attributes, raising an alarm) and lease keep-alives (which
+//! etcd does not check either) go without.
 
 use std::sync::Arc;
 
@@ -6,11 +18,13 @@ use cairn_proto::peer::{
     forward_reply::Response as Fr, forward_request::Request as Fq, ClusterInfoReply, ForwardReply, ForwardRequest,
     ReadIndexReply, SetMemberAttrsReply,
 };
-use cairn_raft::PeerHandler;
+use cairn_raft::{PeerHandler, Sender};
 use cairn_state::{validate, MemberAttrs, Op};
 use cairn_types::Error;
 use tonic::Status;
 
+use crate::access::Access;
+use crate::auth::Guard;
 use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::maintenance::Maintenance;
@@ -87,10 +101,52 @@ impl Forwarded {
     }
 }
 
+impl Forwarded {
+    /// The guard a forwarded request runs under, once its claim of who it runs for checked out
+    /// (see the module docs).
+    fn guard(&self, req: &ForwardRequest, sender: Sender) -> Result<Option<Guard>, Status> {
+        let Some(revision) = req.auth_revision else {
+            use cairn_proto::etcdserverpb::alarm_request::AlarmAction;
+            return match &req.request {
+                Some(Fq::ReadIndex(_) | Fq::SetMemberAttrs(_) | Fq::LeaseKeepAlive(_) | Fq::LeaseTimeToLive(_)) => {
+                    Ok(None)
+                }
+                Some(Fq::Alarm(a)) if a.action == AlarmAction::Activate as i32 => Ok(None),
+                _ => Err(Status::permission_denied(
+                    "etcdserver: forwarded request names no client (no auth guard); refused rather than applied unchecked",
+                )),
+            };
+        };
+        if sender == Sender::Authenticated {
+            return Ok(Some(Guard { revision, user: req.auth_user.clone(), token: None }));
+        }
+        // Anyone could have sent this: check the client here exactly as if it had called this
+        // member itself, with its own token, against this member's auth store.
+        let token = Some(req.auth_token.as_str()).filter(|t| !t.is_empty());
+        let (who, guard) = Access::new(self.c.clone()).caller(token).map_err(status)?;
+        if let Some(w) = &who {
+            if w.user() != req.auth_user {
+                return Err(status(Error::InvalidAuthToken));
+            }
+            let checked = match &req.request {
+                Some(Fq::Put(r)) => w.put(r),
+                Some(Fq::DeleteRange(r)) => w.delete(r),
+                Some(Fq::Txn(r)) => w.txn(r),
+                Some(Fq::MemberAdd(_) | Fq::MemberRemove(_) | Fq::MemberUpdate(_) | Fq::MemberPromote(_)) => w.admin(),
+                // Apply checks the rest: auth changes need root, a lease revoke write access to
+                // the lease's keys; etcd checks nothing for the others.
+                _ => Ok(()),
+            };
+            checked.map_err(status)?;
+        }
+        Ok(Some(guard))
+    }
+}
+
 #[tonic::async_trait]
 impl PeerHandler for Forwarded {
-    async fn forward(&self, req: ForwardRequest) -> Result<ForwardReply, Status> {
-        let guard = req.auth_revision.map(|revision| crate::auth::Guard { revision, user: req.auth_user.clone() });
+    async fn forward(&self, req: ForwardRequest, sender: Sender) -> Result<ForwardReply, Status> {
+        let guard = self.guard(&req, sender)?;
         let req_origin = (req.origin_member, req.origin_id);
         let req = req.request.ok_or_else(|| Status::invalid_argument("empty forwarded request"))?;
         // Only writes answered from the forwarding member's apply carry an origin (see
@@ -103,9 +159,9 @@ impl PeerHandler for Forwarded {
         crate::auth::guarded(guard, run).await.map(|r| ForwardReply { response: Some(r) }).map_err(status)
     }
 
-    async fn forward_batch(&self, reqs: Vec<ForwardRequest>) -> Vec<Result<ForwardReply, Status>> {
+    async fn forward_batch(&self, reqs: Vec<ForwardRequest>, sender: Sender) -> Vec<Result<ForwardReply, Status>> {
         // Concurrently, so the batch's proposals reach Raft together and share log appends.
-        futures::future::join_all(reqs.into_iter().map(|r| self.forward(r))).await
+        futures::future::join_all(reqs.into_iter().map(|r| self.forward(r, sender))).await
     }
 
     async fn cluster_info(&self) -> Result<ClusterInfoReply, Status> {

@@ -97,6 +97,7 @@ impl Router {
         let n = reqs.len();
         let mut request = tonic::Request::new(ForwardBatchRequest { requests: reqs });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        cairn_raft::network::stamp(&mut request);
         let t = Instant::now();
         let reply = client.forward_batch(request).await;
         self.metrics.forward_batch_seconds.observe(t.elapsed().as_secs_f64());

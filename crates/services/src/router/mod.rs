@@ -282,6 +282,7 @@ impl Router {
             let req = ForwardRequest {
                 request: Some(fwd()),
                 auth_revision: g.as_ref().map(|g| g.revision),
+                auth_token: g.as_ref().and_then(|g| g.token.as_deref()).unwrap_or_default().to_string(),
                 auth_user: g.map(|g| g.user).unwrap_or_default(),
                 origin_member: if waiter.is_some() { self.id() } else { 0 },
                 origin_id: waiter.as_ref().map_or(0, |w| w.id()),

@@ -1,0 +1,213 @@
+//! The peer port trusts nothing it cannot check: every call must name this member's cluster
+//! (etcd's `X-Etcd-Cluster-ID`), a forwarded request that would write must name the client it
+//! runs for, and without a TLS client certificate on the peer connection the leader believes
+//! that name only when the client's own token proves it. Each call here is made by hand on a
+//! member's peer listener, as a stranger on the network could.
+
+mod common;
+
+use cairn_proto::etcdserverpb as pb;
+use cairn_proto::peer::peer_client::PeerClient;
+use cairn_proto::peer::{
+    forward_reply::Response as Fr, forward_request::Request as Fq, ClusterInfoRequest, ForwardRequest, RaftRequest,
+    SnapshotChunk,
+};
+use common::start;
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn peer(url: &str) -> PeerClient<Channel> {
+    PeerClient::connect(url.to_string()).await.expect("connect to the peer port")
+}
+
+/// A peer call carrying `cluster` as its cluster ID (hex, as members send it), or none.
+fn call<T>(msg: T, cluster: Option<String>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(id) = cluster {
+        r.metadata_mut().insert("x-etcd-cluster-id", id.parse().unwrap());
+    }
+    r
+}
+
+fn put(key: &str, value: &str) -> Option<Fq> {
+    Some(Fq::Put(pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }))
+}
+
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, msg: &str) {
+    let s = r.expect_err("the call should be refused");
+    assert_eq!(s.code(), code, "{s:?}");
+    assert!(s.message().contains(msg), "{:?} should contain {msg:?}", s.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_calls_must_name_this_cluster() {
+    let tc = start(3, &[]).await;
+    let mut cli = common::client(&tc.endpoints()).await;
+    let st = cli.status().await.unwrap();
+    let cluster = st.header().unwrap().cluster_id();
+    let term = st.raft_term();
+    let ours = Some(format!("{cluster:x}"));
+    let theirs = Some(format!("{:x}", cluster ^ 1));
+
+    for m in &tc.members {
+        let mut p = peer(&m.peer_url).await;
+        // Raft's own calls: the cluster ID is checked before the message is even decoded.
+        let garbage = || RaftRequest { data: vec![0xff; 8].into() };
+        assert_refused(p.vote(call(garbage(), None)).await, Code::FailedPrecondition, "cluster ID missing");
+        assert_refused(p.vote(call(garbage(), theirs.clone())).await, Code::FailedPrecondition, "cluster ID mismatch");
+        assert_refused(
+            p.append_entries(call(garbage(), theirs.clone())).await,
+            Code::FailedPrecondition,
+            "cluster ID mismatch",
+        );
+        assert_refused(p.vote(call(garbage(), ours.clone())).await, Code::InvalidArgument, "bad raft message");
+        let stream = futures::stream::iter(vec![garbage()]);
+        assert_refused(p.stream_append(call(stream, theirs.clone())).await, Code::FailedPrecondition, "mismatch");
+        let chunks = futures::stream::iter(vec![SnapshotChunk::default()]);
+        assert_refused(p.install_snapshot(call(chunks, None)).await, Code::FailedPrecondition, "missing");
+
+        // Forwarded requests too.
+        let fwd = ForwardRequest { request: put("k", "theirs"), auth_revision: Some(0), ..Default::default() };
+        assert_refused(p.forward(call(fwd, theirs.clone())).await, Code::FailedPrecondition, "cluster ID mismatch");
+
+        // A joining member asks before it knows the ID; another cluster's member is refused.
+        let info = p.cluster_info(call(ClusterInfoRequest {}, None)).await.expect("cluster info").into_inner();
+        assert_eq!(info.cluster_id, cluster);
+        assert_eq!(info.members.len(), 3);
+        assert_refused(
+            p.cluster_info(call(ClusterInfoRequest {}, theirs.clone())).await,
+            Code::FailedPrecondition,
+            "mismatch",
+        );
+    }
+
+    // None of it disturbed the cluster: the same term, and writes go on.
+    cli.put("after", "ok", None).await.expect("put after the refused calls");
+    let st = cli.status().await.unwrap();
+    assert_eq!(st.raft_term(), term, "refused calls must not move the term");
+    let r = cli.get("k", None).await.unwrap();
+    assert!(r.kvs().is_empty(), "no refused forward was applied");
+}
+
+/// The leader of a 1-member cluster with auth enabled, reached on its peer port without a TLS
+/// client certificate: a forwarded write runs only if the client's token proves the user it
+/// names, and one that names no client is refused, never applied unchecked.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_writes_are_believed_only_with_the_clients_token() {
+    let tc = start(1, &[]).await;
+    let ep = tc.endpoints();
+    let mut cli = common::client(&ep).await;
+    let st = cli.status().await.unwrap();
+    let ours = Some(format!("{:x}", st.header().unwrap().cluster_id()));
+
+    let mut a = cli.auth_client();
+    a.role_add("app").await.unwrap();
+    a.role_grant_permission("app", etcd_client::Permission::read_write("app/").with_prefix()).await.unwrap();
+    for (user, role) in [("root", "root"), ("alice", "app")] {
+        a.user_add(user, "pw", None).await.unwrap();
+        a.user_grant_role(user, role).await.unwrap();
+    }
+    a.auth_enable().await.unwrap();
+    let token = |user: &'static str| {
+        let ep = ep[0].clone();
+        async move {
+            let mut c = cairn_proto::etcdserverpb::auth_client::AuthClient::connect(ep).await.unwrap();
+            let r = c.authenticate(pb::AuthenticateRequest { name: user.into(), password: "pw".into() }).await;
+            r.unwrap().into_inner().token
+        }
+    };
+    let (root, alice) = (token("root").await, token("alice").await);
+    let mut rc = cairn_proto::etcdserverpb::auth_client::AuthClient::connect(ep[0].clone()).await.unwrap();
+    let mut status = tonic::Request::new(pb::AuthStatusRequest {});
+    status.metadata_mut().insert("token", root.parse().unwrap());
+    let revision = rc.auth_status(status).await.unwrap().into_inner().auth_revision;
+
+    let mut p = peer(&tc.members[0].peer_url).await;
+    let fwd = |value: &str, auth_revision: Option<u64>, user: &str, token: &str| ForwardRequest {
+        request: put("secret", value),
+        auth_revision,
+        auth_user: user.into(),
+        auth_token: token.into(),
+        ..Default::default()
+    };
+    // Names root, proves nothing.
+    assert_refused(
+        p.forward(call(fwd("forged", Some(revision), "root", ""), ours.clone())).await,
+        Code::InvalidArgument,
+        "user name is empty",
+    );
+    // Names root with a made-up token, or with alice's.
+    assert_refused(
+        p.forward(call(fwd("forged", Some(revision), "root", "eyJ1.c2ln"), ours.clone())).await,
+        Code::Unauthenticated,
+        "invalid auth token",
+    );
+    assert_refused(
+        p.forward(call(fwd("forged", Some(revision), "root", &alice), ours.clone())).await,
+        Code::Unauthenticated,
+        "invalid auth token",
+    );
+    // Names nobody: not proposed unguarded.
+    assert_refused(
+        p.forward(call(fwd("forged", None, "", ""), ours.clone())).await,
+        Code::PermissionDenied,
+        "names no client",
+    );
+    // Alice proves herself, but may not write there (apply's guard, as for any client).
+    assert_refused(
+        p.forward(call(fwd("forged", Some(revision), "alice", &alice), ours.clone())).await,
+        Code::PermissionDenied,
+        "permission denied",
+    );
+    let ok = p.forward(call(fwd("root's", Some(revision), "root", &root), ours.clone())).await;
+    assert!(matches!(ok.expect("root's own forwarded put").into_inner().response, Some(Fr::Put(_))));
+
+    let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::connect(ep[0].clone()).await.unwrap();
+    let mut get = tonic::Request::new(pb::RangeRequest { key: b"secret".to_vec(), ..Default::default() });
+    get.metadata_mut().insert("token", root.parse().unwrap());
+    let r = kv.range(get).await.unwrap().into_inner();
+    assert_eq!(r.kvs.len(), 1);
+    assert_eq!(r.kvs[0].value, b"root's", "only the proven write was applied");
+    assert_eq!(r.kvs[0].version, 1, "and only once");
+}
+
+/// Bytes under `dir`, recursively.
+fn du(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => du(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A snapshot being received is bounded: twice the backend quota, and never below 64 MiB. One
+/// that keeps coming past that is refused and what was written of it removed, so a peer (or
+/// anyone on the peer port) cannot fill the disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_past_its_bound_is_refused_and_removed() {
+    const MIB: usize = 1 << 20;
+    let tc = start(1, &["--quota-backend-bytes", &MIB.to_string()]).await;
+    let mut cli = common::client(&tc.endpoints()).await;
+    let ours = format!("{:x}", cli.status().await.unwrap().header().unwrap().cluster_id());
+    let before = du(&tc.members[0].data_dir);
+
+    let header =
+        postcard::to_allocvec(&(cairn_raft::types::Vote::new(1, 1), cairn_raft::types::SnapshotMeta::default()))
+            .unwrap();
+    let data = bytes::Bytes::from(vec![7u8; MIB]);
+    let mut chunks = vec![SnapshotChunk { header: header.into(), data: data.clone() }];
+    chunks.extend((0..64).map(|_| SnapshotChunk { header: Default::default(), data: data.clone() }));
+    let mut p = peer(&tc.members[0].peer_url).await;
+    let r = p.install_snapshot(call(futures::stream::iter(chunks), Some(ours))).await;
+    assert_refused(r, Code::ResourceExhausted, &format!("snapshot larger than {} bytes", 64 * MIB));
+
+    let after = du(&tc.members[0].data_dir);
+    assert!(after < before + 8 * MIB as u64, "the refused snapshot's bytes were removed: {before} -> {after}");
+    cli.put("after", "ok", None).await.expect("the member goes on");
+}
