@@ -260,6 +260,8 @@ pub async fn run(o: Options) -> Result<Summary, String> {
     let t0 = Instant::now();
     let mut events = Vec::new();
     log(t0, &mut events, format!("seed {}: {} faults planned over {} s", o.seed, steps.len(), o.time_limit.as_secs()));
+    // The clients follow the membership, as etcd's do (replaced members come and go).
+    let autosync = workload::spawn_autosync(rt.endpoints());
     let wl = match o.workload {
         Workload::Register => Running::Register(workload::Register::start(o.clients, 16, o.seed, rt.endpoints())),
         Workload::Set => Running::Set(workload::Set::start(o.clients, o.seed, rt.endpoints())),
@@ -288,6 +290,8 @@ pub async fn run(o: Options) -> Result<Summary, String> {
     }
     tokio::time::sleep_until((t0 + o.time_limit).into()).await;
     let finished = wl.stop().await;
+    autosync.abort();
+    workload::forget_synced_endpoints();
     log(t0, &mut events, format!("workload stopped: {} operations", finished.ops()));
 
     // Heal everything and let the cluster settle before the final reads.
@@ -339,6 +343,7 @@ pub async fn run(o: Options) -> Result<Summary, String> {
         "converged": converged,
         "conclusive": conclusive,
         "check": check_text,
+        "failure_causes": workload::take_failure_causes(),
         "history": history_path,
         "member_logs": dir.path(),
     });

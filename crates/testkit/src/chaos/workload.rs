@@ -33,6 +33,8 @@ pub fn channel(url: &str) -> Channel {
 pub struct Client {
     kv: Vec<KvClient<Channel>>,
     cur: usize,
+    /// The version of the synced endpoint list `kv` was built from (0: the initial list).
+    synced: u64,
 }
 
 /// How a failed request ended.
@@ -43,28 +45,106 @@ pub enum Failure {
     Indefinite,
 }
 
+/// How many requests failed with each cause (gRPC code and the start of the message), over
+/// every client in this process: the chaos report lists them, so a run's failures can be read
+/// by cause (a dead endpoint, no leader, a timeout) and not only counted.
+static CAUSES: std::sync::Mutex<BTreeMap<String, usize>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The failure causes recorded so far, most frequent first; clears the tally.
+pub fn take_failure_causes() -> Vec<(String, usize)> {
+    let mut v: Vec<_> = std::mem::take(&mut *CAUSES.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// The cause of `s`, with digits (addresses, ids, ports) blanked so that one cause is one entry.
+fn cause(s: &tonic::Status) -> String {
+    let msg: String = s.message().chars().take(90).map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+    format!("{:?}: {msg}", s.code())
+}
+
+/// No connection could be made: the request never left this client.
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && (s.message().contains("tcp connect error") || s.message().contains("error trying to connect"))
+}
+
 fn classify(s: &tonic::Status) -> Failure {
+    *CAUSES.lock().unwrap_or_else(|e| e.into_inner()).entry(cause(s)).or_default() += 1;
     match s.code() {
         tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Failure::Definite,
-        // No connection could be made: the request never left this client.
-        tonic::Code::Unavailable
-            if s.message().contains("tcp connect error") || s.message().contains("error trying to connect") =>
-        {
-            Failure::Definite
-        }
+        _ if never_sent(s) => Failure::Definite,
         _ => Failure::Indefinite,
     }
+}
+
+/// The cluster's client URLs as last learned from MemberList, with a version that changes with
+/// them: etcd's clients keep their endpoints in sync with the membership (clientv3's
+/// `AutoSyncInterval`), so a member added under load gets traffic and a removed one stops
+/// getting it. Every workload client in this process follows it ([`spawn_autosync`]).
+static SYNCED: std::sync::RwLock<(u64, Vec<String>)> = std::sync::RwLock::new((0, Vec::new()));
+
+/// How often the endpoint list is synced with the membership.
+const AUTOSYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Keeps [`SYNCED`] equal to the client URLs of the members that published them, asking
+/// `initial` and then the last synced endpoints in turn; runs until aborted.
+pub fn spawn_autosync(initial: Vec<String>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(AUTOSYNC_INTERVAL).await;
+            let known = {
+                let g = SYNCED.read().unwrap_or_else(|e| e.into_inner());
+                if g.1.is_empty() { initial.clone() } else { g.1.clone() }
+            };
+            for ep in &known {
+                let mut c = cairn_proto::etcdserverpb::cluster_client::ClusterClient::new(channel(ep));
+                let mut req = tonic::Request::new(pb::MemberListRequest { linearizable: false });
+                req.set_timeout(Duration::from_millis(500));
+                let Ok(r) = c.member_list(req).await else { continue };
+                let mut urls: Vec<String> =
+                    r.into_inner().members.into_iter().filter_map(|m| m.client_ur_ls.into_iter().next()).collect();
+                urls.sort();
+                if urls.is_empty() {
+                    continue;
+                }
+                let mut g = SYNCED.write().unwrap_or_else(|e| e.into_inner());
+                if g.1 != urls {
+                    g.0 += 1;
+                    g.1 = urls;
+                }
+                break;
+            }
+        }
+    })
+}
+
+/// Clears the synced endpoint list: clients made afterwards keep the endpoints they are given.
+pub fn forget_synced_endpoints() {
+    let mut g = SYNCED.write().unwrap_or_else(|e| e.into_inner());
+    g.0 += 1;
+    g.1.clear();
 }
 
 impl Client {
     pub fn new(endpoints: &[String], start: usize) -> Client {
         let kv = endpoints.iter().map(|e| KvClient::new(channel(e))).collect::<Vec<_>>();
         let cur = start % kv.len().max(1);
-        Client { kv, cur }
+        Client { kv, cur, synced: 0 }
     }
 
     fn next(&mut self) {
         self.cur = (self.cur + 1) % self.kv.len();
+    }
+
+    /// Adopts the synced endpoint list if it changed since this client last looked.
+    fn sync(&mut self) {
+        let g = SYNCED.read().unwrap_or_else(|e| e.into_inner());
+        if g.0 != self.synced && !g.1.is_empty() {
+            self.synced = g.0;
+            self.kv = g.1.iter().map(|e| KvClient::new(channel(e))).collect();
+            self.cur %= self.kv.len();
+        }
     }
 
     fn req<T>(t: T) -> tonic::Request<T> {
@@ -73,57 +153,68 @@ impl Client {
         r
     }
 
-    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let r = self.kv[self.cur].range(Self::req(pb::RangeRequest { key: key.into(), ..Default::default() })).await;
-        match r {
-            Ok(r) => Ok(r.into_inner().kvs.pop().map(|kv| kv.value)),
-            Err(s) => {
-                self.next();
-                Err(classify(&s))
+    /// Runs `f` on the current endpoint. After an error it moves to the next endpoint; when the
+    /// request never left (no connection could be made) it tries there at once, as a gRPC
+    /// balancer picks another connection, until every endpoint was tried once.
+    async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Failure>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.sync();
+        let mut tries = self.kv.len();
+        loop {
+            match f(self.kv[self.cur].clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => {
+                    self.next();
+                    tries -= 1;
+                    if tries > 0 && never_sent(&s) {
+                        continue;
+                    }
+                    return Err(classify(&s));
+                }
             }
         }
+    }
+
+    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        let req = pb::RangeRequest { key: key.into(), ..Default::default() };
+        let r = self.call(|mut kv| {
+            let req = req.clone();
+            async move { kv.range(Self::req(req)).await }
+        });
+        Ok(r.await?.kvs.pop().map(|kv| kv.value))
     }
 
     /// Every key under `prefix`, read at one revision.
     pub async fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Failure> {
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().expect("non-empty prefix") += 1;
-        let r = self.kv[self.cur]
-            .range(Self::req(pb::RangeRequest { key: prefix.into(), range_end: end, ..Default::default() }))
-            .await;
-        match r {
-            Ok(r) => Ok(r
-                .into_inner()
-                .kvs
-                .into_iter()
-                .map(|kv| (String::from_utf8_lossy(&kv.key).into(), kv.value))
-                .collect()),
-            Err(s) => {
-                self.next();
-                Err(classify(&s))
-            }
-        }
+        let req = pb::RangeRequest { key: prefix.into(), range_end: end, ..Default::default() };
+        let r = self.call(|mut kv| {
+            let req = req.clone();
+            async move { kv.range(Self::req(req)).await }
+        });
+        Ok(r.await?.kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into(), kv.value)).collect())
     }
 
     pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<(), Failure> {
-        let r = self.kv[self.cur].put(Self::req(pb::PutRequest { key: key.into(), value, ..Default::default() })).await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(s) => {
-                self.next();
-                Err(classify(&s))
-            }
-        }
+        let req = pb::PutRequest { key: key.into(), value, ..Default::default() };
+        self.call(|mut kv| {
+            let req = req.clone();
+            async move { kv.put(Self::req(req)).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn txn(&mut self, t: pb::TxnRequest) -> Result<pb::TxnResponse, Failure> {
-        match self.kv[self.cur].txn(Self::req(t)).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => {
-                self.next();
-                Err(classify(&s))
-            }
-        }
+        self.call(|mut kv| {
+            let t = t.clone();
+            async move { kv.txn(Self::req(t)).await }
+        })
+        .await
     }
 }
 
