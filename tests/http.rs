@@ -69,6 +69,33 @@ async fn endpoints_report_health_readiness_and_metrics() {
     assert!(open.contains("content-type: application/openmetrics-text"), "{open}");
     assert!(open.trim_end().ends_with("# eof"), "{open}");
     assert_eq!(code(&eps[leader], "/no-such-page").await, 404);
+
+    // Prometheus's own linter passes, apart from etcd's legacy names, kept for its dashboards
+    // (gauges named `*_total`).
+    let (_, body) = get(&eps[leader], "/metrics").await.unwrap();
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus; scripts/test installs it)");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let legacy = [
+        "etcd_debugging_mvcc_watcher_total",
+        "etcd_debugging_mvcc_watch_stream_total",
+        "etcd_debugging_mvcc_keys_total",
+    ];
+    for line in report.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            legacy
+                .iter()
+                .any(|n| line.starts_with(&format!("{n} non-counter metrics should not have \"_total\" suffix"))),
+            "promtool: {line}\n{report}"
+        );
+    }
 }
 
 /// A member cut off from its quorum is alive but neither healthy nor ready; it becomes ready
