@@ -95,7 +95,11 @@ pub fn spawn_autosync(initial: Vec<String>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(AUTOSYNC_INTERVAL).await;
             let known = {
                 let g = SYNCED.read().unwrap_or_else(|e| e.into_inner());
-                if g.1.is_empty() { initial.clone() } else { g.1.clone() }
+                if g.1.is_empty() {
+                    initial.clone()
+                } else {
+                    g.1.clone()
+                }
             };
             for ep in &known {
                 let mut c = cairn_proto::etcdserverpb::cluster_client::ClusterClient::new(channel(ep));
