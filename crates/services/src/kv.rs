@@ -35,6 +35,16 @@ fn txn_is_serializable(t: &pb::TxnRequest) -> bool {
     })
 }
 
+/// True if a transaction reads a range of keys (not only single keys), recursively.
+fn txn_has_ranges(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request;
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestRange(r)) => !r.range_end.is_empty(),
+        Some(Request::RequestTxn(n)) => txn_has_ranges(n),
+        _ => false,
+    })
+}
+
 fn txn_has_puts(t: &pb::TxnRequest) -> bool {
     use pb::request_op::Request;
     t.success.iter().chain(&t.failure).any(|op| match &op.request {
@@ -193,7 +203,15 @@ impl Kv {
             if !txn_is_serializable(&r) && !cairn_types::faults::bug("stale-read") {
                 self.c.read_barrier().await?;
             }
-            let mut resp = self.c.store().txn_read_only(&r)?;
+            // Its ranges are read in chunks; like a Range's, on the blocking pool.
+            let mut resp = if txn_has_ranges(&r) {
+                let store = self.c.store().clone();
+                tokio::task::spawn_blocking(move || store.txn_read_only(&r))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??
+            } else {
+                self.c.store().txn_read_only(&r)?
+            };
             self.fill(&mut resp.header);
             return Ok(resp);
         }

@@ -35,7 +35,7 @@ pub use buffer::{FlushStats, BATCH_BYTES_DEFAULT, FLUSH_OPS};
 pub use compact::CompactStats;
 use compact::{CompactJob, Compactor};
 use load::load_state;
-use read::{range, set_txn_revision, txn_read_only, ReadView};
+use read::{range, set_txn_revision, ReadView};
 pub(crate) use record::{META_AUTH, META_COMPACT, META_LEASE_PREFIX, META_REV};
 
 /// A failure of the store itself (not of a request): the node must stop.
@@ -305,11 +305,16 @@ impl Store {
         Ok(range(&view, r, current)?)
     }
 
-    /// A transaction that only reads, evaluated at the current revision without the log.
+    /// A transaction that only reads, evaluated at the current revision without the log; its
+    /// ranges are read in chunks at that revision, pinned until the answer is complete.
     pub fn txn_read_only(&self, t: &pb::TxnRequest) -> Result<pb::TxnResponse, Error> {
-        let view = self.view()?;
-        let at = view.state.revs.current();
-        let mut resp = txn_read_only(&view, t, at)?;
+        let (at, _pin) = {
+            let st = self.state.read();
+            let at = st.revs.current();
+            *self.read_pins.lock().entry(at).or_default() += 1;
+            (at, read::Pin { pins: &self.read_pins, at })
+        };
+        let mut resp = self.txn_read_only_in_chunks(t, at)?;
         set_txn_revision(&mut resp, at);
         Ok(resp)
     }

@@ -264,31 +264,6 @@ pub(super) fn compare(view: &dyn View, c: &pb::Compare, at: Revision) -> ReadRes
     Ok(ok)
 }
 
-pub(super) fn txn_read_only(view: &dyn View, t: &pb::TxnRequest, at: Revision) -> ReadResult<pb::TxnResponse> {
-    use pb::request_op::Request;
-    use pb::response_op::Response as R;
-    let mut ok = true;
-    for c in &t.compare {
-        if !compare(view, c, at)? {
-            ok = false;
-            break;
-        }
-    }
-    let mut responses = Vec::new();
-    for op in if ok { &t.success } else { &t.failure } {
-        let r = match &op.request {
-            Some(Request::RequestRange(r)) => R::ResponseRange(range(view, r, at)?),
-            Some(Request::RequestTxn(n)) => R::ResponseTxn(txn_read_only(view, n, at)?),
-            None => R::ResponseRange(pb::RangeResponse::default()),
-            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
-                return Err(Error::Internal("a write in a read-only transaction".into()).into())
-            }
-        };
-        responses.push(pb::ResponseOp { response: Some(r) });
-    }
-    Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
-}
-
 fn field(kv: &KeyValue, target: pb::compare::CompareTarget) -> i64 {
     use pb::compare::CompareTarget;
     match target {
@@ -340,10 +315,16 @@ impl super::Store {
     /// other reader) waits for one chunk at most, never for the whole read. Every chunk reads
     /// at the same revision; the revision is pinned so no compaction removes what it needs.
     pub(super) fn range_in_chunks(&self, r: &pb::RangeRequest) -> ReadResult<pb::RangeResponse> {
+        self.range_in_chunks_at(r, None)
+    }
+
+    /// [`Self::range_in_chunks`] at revision `base` (a transaction's) unless the request names
+    /// its own; at the current revision when `base` is `None`.
+    fn range_in_chunks_at(&self, r: &pb::RangeRequest, base: Option<Revision>) -> ReadResult<pb::RangeResponse> {
         let fetch = fetch_limit(r)?;
         let (current, at, _pin) = {
             let st = self.state.read();
-            let (current, at) = read_revision(&st, r, st.revs.current())?;
+            let (current, at) = read_revision(&st, r, base.unwrap_or_else(|| st.revs.current()))?;
             *self.read_pins.lock().entry(at).or_default() += 1;
             (current, at, Pin { pins: &self.read_pins, at })
         };
@@ -393,5 +374,41 @@ impl super::Store {
             finish_range(r, kvs, &mut resp)?;
         }
         Ok(resp)
+    }
+
+    /// A transaction that only reads, at revision `at` (pinned by the caller): its compares
+    /// under one hold of the state lock, then each range of the chosen branch as a Range alone
+    /// would be read (a range over many keys in chunks), so a read-only Txn never holds apply
+    /// for longer than a Range does. The answer is the one [`txn_read_only`] gives in one pass.
+    pub(super) fn txn_read_only_in_chunks(&self, t: &pb::TxnRequest, at: Revision) -> ReadResult<pb::TxnResponse> {
+        use pb::request_op::Request;
+        use pb::response_op::Response as R;
+        let ok = {
+            let view = self.view()?;
+            let mut ok = true;
+            for c in &t.compare {
+                if !compare(&view, c, at)? {
+                    ok = false;
+                    break;
+                }
+            }
+            ok
+        };
+        let mut responses = Vec::new();
+        for op in if ok { &t.success } else { &t.failure } {
+            let r = match &op.request {
+                Some(Request::RequestRange(r)) if !r.range_end.is_empty() => {
+                    R::ResponseRange(self.range_in_chunks_at(r, Some(at))?)
+                }
+                Some(Request::RequestRange(r)) => R::ResponseRange(range(&self.view()?, r, at)?),
+                Some(Request::RequestTxn(n)) => R::ResponseTxn(self.txn_read_only_in_chunks(n, at)?),
+                None => R::ResponseRange(pb::RangeResponse::default()),
+                Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
+                    return Err(Error::Internal("a write in a read-only transaction".into()).into())
+                }
+            };
+            responses.push(pb::ResponseOp { response: Some(r) });
+        }
+        Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
     }
 }

@@ -1169,6 +1169,32 @@ fn chunked_range_answers_as_one_pass() {
     }
     assert_eq!(s.range(&base).unwrap().count, (n - 100) as i64);
     assert_eq!(s.range(&pb::RangeRequest { revision: 999_999, ..base.clone() }).unwrap_err(), Error::FutureRev);
+
+    // A read-only Txn reads its ranges the same way, and answers as one pass in apply does: both
+    // branches, nested transactions, a range at an older revision, single keys.
+    let op = |r: pb::RangeRequest| pb::RequestOp { request: Some(pb::request_op::Request::RequestRange(r)) };
+    let nested = pb::TxnRequest {
+        compare: vec![cmp("k00007", CompareTarget::Version, CompareResult::Greater, TargetUnion::Version(1))],
+        success: vec![op(pb::RangeRequest { limit: 1500, ..base.clone() }), op(rng("k00042", ""))],
+        failure: vec![op(pb::RangeRequest { count_only: true, ..base.clone() })],
+    };
+    for succeeded in [true, false] {
+        let value = if succeeded { "v1-0" } else { "nope" };
+        let t = pb::TxnRequest {
+            compare: vec![cmp("k00000", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(value.into()))],
+            success: vec![
+                op(base.clone()),
+                op(pb::RangeRequest { revision: mid, ..base.clone() }),
+                pb::RequestOp { request: Some(pb::request_op::Request::RequestTxn(nested.clone())) },
+            ],
+            failure: vec![op(pb::RangeRequest { keys_only: true, ..base.clone() }), op(rng("k00003", ""))],
+        };
+        let chunked = s.txn_read_only(&t).unwrap();
+        // The same transaction through the log is read in one pass, inside apply.
+        let one = txn(&s, t);
+        assert_eq!(chunked.succeeded, succeeded);
+        assert_eq!(chunked, one);
+    }
 }
 
 /// Compaction leaves alone the history a chunked read is reading, until the read lets go.
