@@ -266,6 +266,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             unsafe_no_fsync: a.unsafe_no_fsync,
             engine_cache_bytes: a.backend_cache_bytes,
             batch_bytes: a.backend_batch_bytes,
+            wal_faults: wal_faults(),
         },
         lock,
     )
@@ -358,11 +359,21 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     tokio::spawn(cairn_services::compactor::run(cluster.clone(), auto_compaction));
     let removed = watch_removal(cluster.clone());
+    let fatal = watch_fatal(cluster.clone());
 
     let code = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             ExitCode::SUCCESS
+        }
+        reason = fatal => {
+            tracing::error!(
+                %reason,
+                "Raft stopped on a fatal error; exiting. Nothing written after the failure was acknowledged; \
+                 fix the cause (the disk, its space) and restart: the member recovers from its log and catches up"
+            );
+            cluster.shutdown().await;
+            return Ok(ExitCode::FAILURE);
         }
         _ = removed => {
             tracing::warn!("this member has been permanently removed from the cluster");
@@ -380,6 +391,33 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     };
     cluster.shutdown().await;
     Ok(code)
+}
+
+/// The Raft log's storage faults, set by the chaos harness (failpoints builds only).
+fn wal_faults() -> Option<cairn_storage::wal::FaultHook> {
+    if !cfg!(feature = "failpoints") {
+        return None;
+    }
+    use cairn_storage::wal::IoFault;
+    Some(cairn_storage::wal::FaultHook(Arc::new(|| match cairn_types::faults::disk()?.as_str() {
+        "wal-fsync" => Some(IoFault::SyncError),
+        "wal-write" => Some(IoFault::WriteError),
+        "wal-enospc" => Some(IoFault::NoSpace),
+        "wal-short-write" => Some(IoFault::ShortWrite),
+        _ => None,
+    })))
+}
+
+/// Resolves with the reason once Raft has stopped on a fatal error (a failed log write or
+/// fsync, a failed state write): the member cannot go on and exits.
+async fn watch_fatal(cluster: Arc<Router>) -> String {
+    // Polled, as `watch_removal`.
+    loop {
+        if let Some(reason) = cluster.fatal() {
+            return reason;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Resolves once this member has been removed from the committed membership (after having been

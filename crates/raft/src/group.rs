@@ -205,6 +205,15 @@ impl RaftNode {
         }
     }
 
+    /// Why Raft stopped on this member, once it has: a fatal error, such as a failed log write
+    /// or fsync (after which the log accepts nothing more: what a failed fsync left in the page
+    /// cache cannot be trusted).
+    pub fn fatal(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.running_state.as_ref().err().map(|f| f.to_string())
+    }
+
     /// Committed entries not yet applied here (cheap: read on every proposal for admission
     /// control).
     pub fn apply_lag(&self) -> u64 {

@@ -73,6 +73,8 @@ pub struct NodeOptions {
     pub engine_cache_bytes: usize,
     /// `--backend-batch-bytes`: bytes apply buffers before writing them to the engine.
     pub batch_bytes: u64,
+    /// Test-only storage faults for the Raft log (failpoints builds); `None` otherwise.
+    pub wal_faults: Option<cairn_storage::wal::FaultHook>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +125,15 @@ impl RaftNode {
         opts.timers.validate().map_err(NodeError::Config)?;
         let member = opts.data_dir.join("member");
         let wal_dir = member.join("wal");
-        let wal = Wal::open(&wal_dir, WalOptions { unsafe_no_fsync: opts.unsafe_no_fsync, ..WalOptions::default() })
-            .map_err(|error| NodeError::Wal { path: wal_dir.clone(), error })?;
+        let wal = Wal::open(
+            &wal_dir,
+            WalOptions {
+                unsafe_no_fsync: opts.unsafe_no_fsync,
+                faults: opts.wal_faults.clone(),
+                ..WalOptions::default()
+            },
+        )
+        .map_err(|error| NodeError::Wal { path: wal_dir.clone(), error })?;
         let wal = Arc::new(wal);
         let engine_path = member.join("state.redb");
         let store_err = |reason: String| NodeError::Store { path: engine_path.clone(), reason };

@@ -8,6 +8,7 @@
 //!   or delayed. Cutting A→B on A and B→A on B is a partition between them; because every peer
 //!   exchange is a request from one side, this needs no separate network stack.
 //! - **clock offset**: shifts this member's wall clock (the time a leader stamps into commands).
+//! - **disk faults**: the Raft log's next write or fsync fails ([`DISK_FAULTS`]).
 //! - **bugs**: deliberate defects (`--bug NAME` at start-up) the harness must detect:
 //!   `stale-read` serves linearizable reads from local state without the ReadIndex round;
 //!   `early-ack` acknowledges puts before they are committed; `lease-ignore-ttl` makes the
@@ -41,6 +42,10 @@ mod imp {
         pub delay_ms: BTreeMap<String, u64>,
         #[serde(default)]
         pub clock_offset_ms: i64,
+        /// A storage fault the Raft log's writer meets at its next write or fsync (see
+        /// [`super::DISK_FAULTS`]); the member then stops.
+        #[serde(default)]
+        pub disk: Option<String>,
     }
 
     pub static FAULTS: RwLock<Option<Faults>> = RwLock::new(None);
@@ -79,6 +84,23 @@ pub fn clock_offset_ms() -> i64 {
         }
     }
     0
+}
+
+/// The storage faults the `disk` nemesis injects into the Raft log: `wal-fsync` (fsync fails
+/// with EIO), `wal-write` (a write fails with EIO), `wal-enospc` (a write fails with ENOSPC),
+/// `wal-short-write` (half a write lands, then EIO).
+pub const DISK_FAULTS: &[&str] = &["wal-fsync", "wal-write", "wal-enospc", "wal-short-write"];
+
+/// The storage fault set for this member's Raft log, if any.
+#[inline]
+pub fn disk() -> Option<String> {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(f) = imp::FAULTS.read().expect("faults lock").as_ref() {
+            return f.disk.clone();
+        }
+    }
+    None
 }
 
 /// Whether the deliberate defect `name` is switched on.

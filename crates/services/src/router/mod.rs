@@ -127,6 +127,11 @@ impl Router {
         self.node.initialize_if_new(members).await
     }
 
+    /// Why Raft stopped on this member, once it has stopped on a fatal error.
+    pub fn fatal(&self) -> Option<String> {
+        self.node.fatal()
+    }
+
     /// Whether this member is in the last committed membership.
     pub fn is_member(&self) -> bool {
         self.node.in_committed_membership(self.id())

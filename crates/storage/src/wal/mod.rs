@@ -93,11 +93,49 @@ pub struct WalOptions {
     /// UNSAFE: skip fsync. An acknowledged write can then be lost on power failure or kernel
     /// crash. Off by default; named after etcd's `--unsafe-no-fsync`, for benchmarks only.
     pub unsafe_no_fsync: bool,
+    /// Test-only storage faults (the chaos harness's `disk` nemesis, the WAL's tests); `None`
+    /// in production.
+    pub faults: Option<FaultHook>,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_bytes: 64 * 1024 * 1024, cache_bytes: 256 * 1024 * 1024, unsafe_no_fsync: false }
+        WalOptions {
+            segment_bytes: 64 * 1024 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
+            unsafe_no_fsync: false,
+            faults: None,
+        }
+    }
+}
+
+/// A storage fault the log's writer can be made to meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFault {
+    /// The next fsync fails (EIO).
+    SyncError,
+    /// The next write fails (EIO) having written nothing.
+    WriteError,
+    /// The next write fails with ENOSPC, having written nothing.
+    NoSpace,
+    /// The next write puts half its bytes in the file, then fails (EIO).
+    ShortWrite,
+}
+
+impl IoFault {
+    fn error(self) -> std::io::Error {
+        // Linux's errno values: EIO 5, ENOSPC 28.
+        std::io::Error::from_raw_os_error(if self == IoFault::NoSpace { 28 } else { 5 })
+    }
+}
+
+/// Asked before each write and fsync of the log: the fault, if any, that it meets.
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn() -> Option<IoFault> + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
     }
 }
 

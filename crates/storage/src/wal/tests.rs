@@ -10,7 +10,7 @@ use super::record::encode_record;
 use super::writer::ZERO_AHEAD_BYTES;
 
 fn opts() -> WalOptions {
-    WalOptions { segment_bytes: 4096, cache_bytes: 1024, unsafe_no_fsync: false }
+    WalOptions { segment_bytes: 4096, cache_bytes: 1024, unsafe_no_fsync: false, faults: None }
 }
 
 fn append_sync(wal: &Wal, entries: Vec<(u64, &[u8])>) {
@@ -395,4 +395,49 @@ fn group_commit_batches_concurrent_appends() {
         .collect();
     got.sort_unstable();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}
+
+/// A failed write or fsync is never retried: the batch's callers get the error, the log accepts
+/// nothing more, and a reopened log holds every entry synced before it (plus, after a failed
+/// fsync, what the file happens to hold; a half-written batch is cut off as a torn tail).
+#[test]
+fn a_failed_write_or_fsync_stops_the_log_and_is_never_retried() {
+    use super::{FaultHook, IoFault};
+    for fault in [IoFault::SyncError, IoFault::WriteError, IoFault::NoSpace, IoFault::ShortWrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = Arc::new(parking_lot::Mutex::new(None::<IoFault>));
+        let hook = {
+            let armed = armed.clone();
+            FaultHook(Arc::new(move || *armed.lock()))
+        };
+        let wal = Wal::open(dir.path(), WalOptions { faults: Some(hook), ..opts() }).unwrap();
+        for i in 0..10u64 {
+            append_sync(&wal, vec![(i, &payload(i))]);
+        }
+        *armed.lock() = Some(fault);
+        let (tx, rx) = channel();
+        wal.append(vec![(10, Bytes::from(payload(10)))], Box::new(move |r| tx.send(r).unwrap())).unwrap();
+        let e = rx.recv().unwrap().unwrap_err();
+        let errno = if fault == IoFault::NoSpace { "os error 28" } else { "os error 5" };
+        assert!(e.to_string().contains(errno), "{fault:?}: {e}");
+        // The fault is gone, but the log does not try again.
+        *armed.lock() = None;
+        let again = wal.append(vec![(11, Bytes::from(payload(11)))], Box::new(|_| {}));
+        assert!(matches!(again, Err(Error::Failed(_))), "{fault:?}: {again:?}");
+        let (tx, rx) = channel();
+        let sync = wal.sync(Box::new(move |r| tx.send(r).unwrap()));
+        assert!(sync.is_err() || rx.recv().unwrap().is_err(), "{fault:?}: a sync after the failure must fail");
+        drop(wal);
+
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        let got = all(&wal);
+        let expect: Vec<_> = (0..10u64).map(|i| (i, payload(i))).collect();
+        match fault {
+            // The write went through before fsync failed: the file may hold entry 10.
+            IoFault::SyncError => assert!(got == expect || got[..10] == expect[..], "{fault:?}: {got:?}"),
+            _ => assert_eq!(got, expect, "{fault:?}: exactly the synced entries"),
+        }
+        let next = got.len() as u64;
+        append_sync(&wal, vec![(next, &payload(next))]);
+    }
 }

@@ -12,7 +12,7 @@ use super::record::{
     checkpoint_payload, encode_record, HEADER_BYTES, KIND_CHECKPOINT, KIND_COMMITTED, KIND_ENTRY, KIND_PURGE,
     KIND_TRUNCATE_FROM, KIND_VOTE,
 };
-use super::{cut_back, segment_path, sync_dir, Done, Job, Location, Shared};
+use super::{cut_back, segment_path, sync_dir, Done, IoFault, Job, Location, Shared};
 use crate::{Error, Result};
 
 /// How far past the end of the active segment the writer keeps zeros written (see "Zeroed ahead").
@@ -50,9 +50,23 @@ impl Writer {
 
     /// Writes the buffered records at the end of the active segment, keeping zeros written past
     /// them (see "Zeroed ahead"). Not synced.
+    /// The injected fault this write (or fsync, `sync`) meets, if any (tests only).
+    fn fault(&self, sync: bool) -> Option<IoFault> {
+        let f = (self.shared.opts.faults.as_ref()?.0)()?;
+        (sync == (f == IoFault::SyncError)).then_some(f)
+    }
+
     fn write_out(&mut self) -> Result<()> {
         let f = self.file.as_ref().expect("an open segment");
         let end = self.len + self.buf.len() as u64;
+        match self.fault(false) {
+            None => {}
+            Some(IoFault::ShortWrite) => {
+                f.write_all_at(&self.buf[..self.buf.len() / 2], self.len)?;
+                return Err(IoFault::ShortWrite.error().into());
+            }
+            Some(other) => return Err(other.error().into()),
+        }
         f.write_all_at(&self.buf, self.len)?;
         if end > self.zeroed_to {
             // Past the zeroed space: this write grew the file anyway, so grow it by a whole
@@ -133,7 +147,12 @@ impl Writer {
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    tracing::error!(error = %msg, "raft log write failed; the log stops accepting writes");
+                    // Never retried: after a failed fsync the kernel may already have dropped
+                    // the dirty pages (and marked them clean), so what the page cache holds
+                    // cannot be trusted ("fsyncgate"); after a failed write the file's tail is
+                    // unknown. Raft stops on the error and the member exits; a restart
+                    // recovers from what the file holds (a torn tail is cut off).
+                    tracing::error!(error = %msg, "raft log write or fsync failed; the log accepts nothing more");
                     self.shared.mem.lock().failed = Some(msg.clone());
                     for d in dones {
                         d(Err(Error::Failed(msg.clone())));
@@ -208,6 +227,9 @@ impl Writer {
         if needs_sync {
             if !self.shared.opts.unsafe_no_fsync {
                 let t = std::time::Instant::now();
+                if let Some(f) = self.fault(true) {
+                    return Err(f.error().into());
+                }
                 self.file.as_ref().expect("an open segment").sync_data()?;
                 stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             }

@@ -137,6 +137,21 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             log(t0, events, format!("clock of {} moved by {offset_ms} ms", name(rt, i)));
             Heal::Faults
         }
+        Fault::Disk { target, kind } => {
+            let i = resolve(rt, *target, leader);
+            let who = format!("{}{}", name(rt, i), if Some(i) == leader { " (leader)" } else { "" });
+            rt.disk(i, kind).await?;
+            // Under load its log is written within milliseconds; it must then stop.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while rt.cluster.members[i].is_running() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if rt.cluster.members[i].is_running() {
+                return Err(format!("{who} did not stop within 5 s of a {kind} fault in its Raft log"));
+            }
+            log(t0, events, format!("disk fault {kind} in the Raft log of {who}: it stopped"));
+            Heal::Restart(i)
+        }
         Fault::RollingRestart => {
             for i in rt.members() {
                 rt.cluster.stop(i);

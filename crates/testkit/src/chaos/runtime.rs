@@ -165,6 +165,11 @@ impl ProcessRuntime {
         self.set_faults(i, serde_json::json!({ "clock_offset_ms": offset_ms })).await
     }
 
+    /// Arms a storage fault in member `i`'s Raft log; it meets it at its next write or fsync.
+    pub async fn disk(&mut self, i: usize, kind: &str) -> Result<(), String> {
+        self.set_faults(i, serde_json::json!({ "disk": kind })).await
+    }
+
     /// Clears link faults and clock offsets everywhere reachable.
     pub async fn heal_faults(&self) -> Vec<String> {
         let mut errors = Vec::new();

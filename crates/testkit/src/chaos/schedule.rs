@@ -27,6 +27,9 @@ pub enum Nemesis {
     Restart,
     /// Replace a member: remove it through the Cluster API, add a fresh one.
     Membership,
+    /// Make one member's Raft log meet a storage fault (fsync or write error, ENOSPC, a short
+    /// write): the member must stop, and is restarted later.
+    Disk,
 }
 
 /// A member, chosen when the step runs.
@@ -56,10 +59,21 @@ pub enum Fault {
     Kill(Target),
     Pause(Target),
     Partition(Cut),
-    Delay { target: Target, ms: u64 },
-    Clock { member: usize, offset_ms: i64 },
+    Delay {
+        target: Target,
+        ms: u64,
+    },
+    Clock {
+        member: usize,
+        offset_ms: i64,
+    },
     RollingRestart,
     ReplaceMember(Target),
+    /// `kind` is one of `cairn_types::faults::DISK_FAULTS`.
+    Disk {
+        target: Target,
+        kind: &'static str,
+    },
 }
 
 /// One step: inject `fault` at `at_ms`, heal it `lasts_ms` later.
@@ -121,6 +135,11 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
             }
             Nemesis::Restart => (Fault::RollingRestart, 0),
             Nemesis::Membership => (Fault::ReplaceMember(Target::Member(rng.random_range(0..members))), 0),
+            Nemesis::Disk => {
+                let kinds = cairn_types::faults::DISK_FAULTS;
+                let kind = kinds[rng.random_range(0..kinds.len())];
+                (Fault::Disk { target: pick_target(&mut rng), kind }, rng.random_range(1_000..5_000))
+            }
         };
         if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
             break;
