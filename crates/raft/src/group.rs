@@ -214,6 +214,11 @@ impl RaftNode {
         m.running_state.as_ref().err().map(|f| f.to_string())
     }
 
+    /// Whether this member's Raft log is waiting for disk space (ENOSPC).
+    pub fn disk_full(&self) -> bool {
+        self.wal.disk_full()
+    }
+
     /// Committed entries not yet applied here (cheap: read on every proposal for admission
     /// control).
     pub fn apply_lag(&self) -> u64 {

@@ -68,6 +68,7 @@ pub struct Metrics {
     keys: Gauge,
     members: Gauge,
     wal_fsync_enabled: Gauge,
+    wal_disk_full: Gauge,
     wal_syncs: Gauge,
     wal_entries: Gauge,
     wal_bytes: Gauge,
@@ -119,6 +120,7 @@ impl Metrics {
             keys: Gauge::default(),
             members: Gauge::default(),
             wal_fsync_enabled: Gauge::default(),
+            wal_disk_full: Gauge::default(),
             wal_syncs: Gauge::default(),
             wal_entries: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -208,6 +210,11 @@ impl Metrics {
         r.register("etcd_debugging_mvcc_keys_total", "Live keys (etcd name)", m.keys.clone());
         r.register("cairn_cluster_members", "Members in the Raft configuration", m.members.clone());
         r.register("cairn_wal_fsync_enabled", "0 when --unsafe-no-fsync is set", m.wal_fsync_enabled.clone());
+        r.register(
+            "cairn_wal_disk_full",
+            "1 while the Raft log waits for disk space (ENOSPC); writes are refused meanwhile",
+            m.wal_disk_full.clone(),
+        );
         r.register("cairn_wal_syncs", "Raft log write batches, one fdatasync each (group commit)", m.wal_syncs.clone());
         r.register("cairn_wal_entries", "Raft log entries written", m.wal_entries.clone());
         r.register("cairn_wal_bytes", "Raft log entry bytes written", m.wal_bytes.clone());
@@ -248,6 +255,7 @@ impl Metrics {
         self.keys.set(store.key_count() as i64);
         self.wal_fsync_enabled.set(i64::from(!c.cfg.unsafe_no_fsync));
         let ws = c.node.wal.stats();
+        self.wal_disk_full.set(i64::from(c.node.wal.disk_full()));
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as i64;
         self.wal_syncs.set(get(&ws.syncs));
         self.wal_entries.set(get(&ws.entries));

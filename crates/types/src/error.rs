@@ -98,6 +98,10 @@ pub enum Error {
     // --- the store is full: etcd's NOSPACE alarm is raised ---
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// cairn's: this member's disk has no space left for its Raft log (ENOSPC); writes are
+    /// refused until space returns (reads go on).
+    #[error("no space left on device for the raft log")]
+    DiskFull,
 
     // --- membership ---
     #[error("member ID already exist")]
@@ -213,6 +217,7 @@ const ETCD_TABLE: &[(&str, i32, &str)] = &[
     ("Compacted", code::OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
     ("FutureRev", code::OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"),
     ("NoSpace", code::RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"),
+    ("DiskFull", code::RESOURCE_EXHAUSTED, "etcdserver: no space left on device for the raft log"),
     ("MemberExist", code::FAILED_PRECONDITION, "etcdserver: member ID already exist"),
     ("PeerUrlExist", code::FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
     ("MemberBadUrls", code::INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
@@ -284,6 +289,7 @@ impl Error {
             Error::Compacted => "Compacted",
             Error::FutureRev => "FutureRev",
             Error::NoSpace => "NoSpace",
+            Error::DiskFull => "DiskFull",
             Error::MemberExist => "MemberExist",
             Error::PeerUrlExist => "PeerUrlExist",
             Error::MemberBadUrls => "MemberBadUrls",
@@ -355,6 +361,7 @@ impl Error {
             "Compacted" => Error::Compacted,
             "FutureRev" => Error::FutureRev,
             "NoSpace" => Error::NoSpace,
+            "DiskFull" => Error::DiskFull,
             "MemberExist" => Error::MemberExist,
             "PeerUrlExist" => Error::PeerUrlExist,
             "MemberBadUrls" => Error::MemberBadUrls,
@@ -413,6 +420,7 @@ mod tests {
             Error::Compacted,
             Error::FutureRev,
             Error::NoSpace,
+            Error::DiskFull,
             Error::MemberExist,
             Error::PeerUrlExist,
             Error::MemberBadUrls,

@@ -43,7 +43,7 @@ mod imp {
         #[serde(default)]
         pub clock_offset_ms: i64,
         /// A storage fault the Raft log's writer meets at its next write or fsync (see
-        /// [`super::DISK_FAULTS`]); the member then stops.
+        /// [`super::DISK_FAULTS`]).
         #[serde(default)]
         pub disk: Option<String>,
     }
@@ -87,8 +87,8 @@ pub fn clock_offset_ms() -> i64 {
 }
 
 /// The storage faults the `disk` nemesis injects into the Raft log: `wal-fsync` (fsync fails
-/// with EIO), `wal-write` (a write fails with EIO), `wal-enospc` (a write fails with ENOSPC),
-/// `wal-short-write` (half a write lands, then EIO).
+/// with EIO), `wal-write` (a write fails with EIO), `wal-enospc` (writes fail with ENOSPC for
+/// as long as it is set), `wal-short-write` (half a write lands, then EIO).
 pub const DISK_FAULTS: &[&str] = &["wal-fsync", "wal-write", "wal-enospc", "wal-short-write"];
 
 /// The storage fault set for this member's Raft log, if any.

@@ -228,6 +228,10 @@ impl Router {
         F: Fn(Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
+        // A member whose log cannot be written cannot apply the write either: refuse it now.
+        if self.node.disk_full() {
+            return Err(Error::DiskFull);
+        }
         let from_apply = |r: Response| match r {
             Response::Error(e) => Some(Err(e)),
             other => from_apply(other).map(Ok),

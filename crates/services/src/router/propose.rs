@@ -60,6 +60,10 @@ impl Router {
         if self.node.apply_lag() > APPLY_LAG_MAX {
             return Err(Error::TooManyRequests);
         }
+        // A leader whose log cannot be written (no space left) takes no proposals until it can.
+        if self.node.disk_full() {
+            return Err(Error::DiskFull);
+        }
         let op = match crate::auth::guard() {
             Some(g) => Op::Guarded { auth_revision: g.revision, user: g.user, op: Box::new(op) },
             None => op,

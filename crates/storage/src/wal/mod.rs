@@ -116,7 +116,7 @@ pub enum IoFault {
     SyncError,
     /// The next write fails (EIO) having written nothing.
     WriteError,
-    /// The next write fails with ENOSPC, having written nothing.
+    /// Writes fail with ENOSPC, having written nothing, for as long as the fault is set.
     NoSpace,
     /// The next write puts half its bytes in the file, then fails (EIO).
     ShortWrite,
@@ -249,6 +249,10 @@ pub struct WalStats {
     pub bytes: std::sync::atomic::AtomicU64,
     /// Total time spent in fdatasync, in microseconds.
     pub sync_micros: std::sync::atomic::AtomicU64,
+    /// The log's disk is full: its writer waits for space, writing nothing meanwhile.
+    pub disk_full: std::sync::atomic::AtomicBool,
+    /// Set by [`Wal::close`]: a writer waiting for space gives up.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 struct Shared {
@@ -448,10 +452,17 @@ impl Wal {
 
     /// Stops the writer thread after it has written everything queued.
     pub fn close(&self) {
+        self.shared.stats.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.tx.lock().take());
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+    }
+
+    /// Whether the log's disk is full: nothing more is written until space returns, and writes
+    /// waiting for the log wait with it (the member refuses new ones).
+    pub fn disk_full(&self) -> bool {
+        self.shared.stats.disk_full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Group-commit counters.

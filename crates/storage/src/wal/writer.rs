@@ -56,7 +56,36 @@ impl Writer {
         (sync == (f == IoFault::SyncError)).then_some(f)
     }
 
+    /// Writes the buffer out. While the disk is full (ENOSPC) it waits and tries again: no
+    /// fsync has failed and nothing of this write counts until all of it is written (bytes
+    /// that did land past the log's end are overwritten, or cut off as a torn tail after a
+    /// crash), so trying again is safe, unlike after a failed fsync. Meanwhile the log's
+    /// callers wait and the member refuses new writes ([`super::Wal::disk_full`]).
     fn write_out(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        const ENOSPC: i32 = 28;
+        loop {
+            match self.write_out_once() {
+                Err(Error::Io(e)) if e.raw_os_error() == Some(ENOSPC) && !self.shared.stats.closing.load(Relaxed) => {
+                    if !self.shared.stats.disk_full.swap(true, Relaxed) {
+                        tracing::error!(
+                            dir = %self.shared.dir.display(),
+                            "no space left on device for the raft log: writes are refused until space returns"
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                r => {
+                    if r.is_ok() && self.shared.stats.disk_full.swap(false, Relaxed) {
+                        tracing::info!("space returned: the raft log writes again");
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+
+    fn write_out_once(&mut self) -> Result<()> {
         let f = self.file.as_ref().expect("an open segment");
         let end = self.len + self.buf.len() as u64;
         match self.fault(false) {

@@ -141,6 +141,12 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             let i = resolve(rt, *target, leader);
             let who = format!("{}{}", name(rt, i), if Some(i) == leader { " (leader)" } else { "" });
             rt.disk(i, kind).await?;
+            if *kind == "wal-enospc" {
+                // A full disk is waited out: the member refuses writes until the fault is
+                // cleared, then goes on by itself.
+                log(t0, events, format!("disk of {who} full (ENOSPC for its Raft log)"));
+                return Ok(Heal::Faults);
+            }
             // Under load its log is written within milliseconds; it must then stop.
             let deadline = Instant::now() + Duration::from_secs(5);
             while rt.cluster.members[i].is_running() && Instant::now() < deadline {

@@ -87,7 +87,7 @@ static SYNCED: std::sync::RwLock<(u64, Vec<String>)> = std::sync::RwLock::new((0
 /// How often the endpoint list is synced with the membership.
 const AUTOSYNC_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Keeps [`SYNCED`] equal to the client URLs of the members that published them, asking
+/// Keeps the synced endpoint list equal to the client URLs of the members that published them, asking
 /// `initial` and then the last synced endpoints in turn; runs until aborted.
 pub fn spawn_autosync(initial: Vec<String>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
