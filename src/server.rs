@@ -182,6 +182,14 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(bug = %b, "DELIBERATE DEFECT switched on (failpoints build, for the chaos harness)");
         cairn_types::faults::enable_bug(b);
     }
+    // Failpoints builds keep unsynced writes in memory, so a SIGKILL or a power cut loses them
+    // as a real power cut would (see `cairn_storage::volatile`).
+    #[cfg(feature = "failpoints")]
+    {
+        cairn_storage::volatile::enable();
+        cairn_types::faults::set_power_cut(|tear| cairn_storage::volatile::power_cut(tear));
+    }
+    let unsafe_no_fsync = a.unsafe_no_fsync || cairn_types::faults::bug("no-fsync");
     if a.unsafe_no_fsync {
         tracing::warn!("--unsafe-no-fsync is set: acknowledged writes can be lost on power failure");
     }
@@ -263,7 +271,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             data_dir: data_dir.clone(),
             timers,
             snapshot_count: a.snapshot_count,
-            unsafe_no_fsync: a.unsafe_no_fsync,
+            unsafe_no_fsync,
             engine_cache_bytes: a.backend_cache_bytes,
             batch_bytes: a.backend_batch_bytes,
             wal_faults: wal_faults(),
@@ -413,7 +421,7 @@ fn wal_faults() -> Option<cairn_storage::wal::FaultHook> {
 async fn watch_fatal(cluster: Arc<Router>) -> String {
     // Polled, as `watch_removal`.
     loop {
-        if let Some(reason) = cluster.fatal() {
+        if let Some(reason) = cluster.fatal().await {
             return reason;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

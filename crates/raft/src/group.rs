@@ -208,10 +208,18 @@ impl RaftNode {
     /// Why Raft stopped on this member, once it has: a fatal error, such as a failed log write
     /// or fsync (after which the log accepts nothing more: what a failed fsync left in the page
     /// cache cannot be trusted).
-    pub fn fatal(&self) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.running_state.as_ref().err().map(|f| f.to_string())
+    pub async fn fatal(&self) -> Option<String> {
+        let stopped = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.running_state.as_ref().err().map(|f| f.to_string())
+        };
+        if stopped.is_some() {
+            return stopped;
+        }
+        // A core that panicked (openraft's own safety checks panic, e.g. on a follower whose
+        // log went backwards) does not say so in its metrics: ask it.
+        self.raft.with_raft_state(|_| ()).await.err().map(|f| f.to_string())
     }
 
     /// Whether this member's Raft log is waiting for disk space (ENOSPC).

@@ -162,6 +162,13 @@ impl RaftNode {
             // A member that cannot win (partitioned, restarted with a stale log) asks first, so
             // it never bumps the term and disrupts a healthy leader.
             enable_pre_vote: Some(true),
+            // A restarted leader wins a new election rather than resuming in its old term: the
+            // log's committed position is not synced on its own and apply does not fsync, so
+            // after a power cut a resumed leader's read index (its old term's first entry or
+            // its stale committed position) can lie below writes it had acknowledged, and a
+            // linearizable read returns an older value. The chaos harness's power nemesis
+            // found exactly that (openraft documents the condition).
+            enable_leader_restore: Some(false),
             ..Config::default()
         }
         .validate()

@@ -24,6 +24,7 @@ pub mod conformance;
 mod engine;
 mod mem;
 mod redb_engine;
+pub mod volatile;
 pub mod wal;
 
 pub use engine::{Engine, Reader, Table, WriteBatch, WriteOp};

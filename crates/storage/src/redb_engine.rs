@@ -84,10 +84,17 @@ impl RedbEngine {
     /// Opens (or creates) the engine file. redb repairs itself after an unclean shutdown and
     /// verifies its page checksums while doing so; a file it cannot trust is an error.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| Error::Corruption(format!("cannot open state engine {}: {e}", path.display())))?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = if crate::volatile::enabled() {
+            // Test-only power-loss simulation (see `crate::volatile`): unsynced pages are lost
+            // with the process.
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+            builder.create_with_backend(crate::volatile::EngineBackend(crate::volatile::DataFile::new(f)?))
+        } else {
+            builder.create(path)
+        };
+        let db = db.map_err(|e| Error::Corruption(format!("cannot open state engine {}: {e}", path.display())))?;
         // Create missing tables, but never write to a file that already has them: opening a
         // store (perhaps a damaged one, about to be refused) must not change it.
         let (missing, live) = {

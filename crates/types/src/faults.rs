@@ -9,6 +9,8 @@
 //!   exchange is a request from one side, this needs no separate network stack.
 //! - **clock offset**: shifts this member's wall clock (the time a leader stamps into commands).
 //! - **disk faults**: the Raft log's next write or fsync fails ([`DISK_FAULTS`]).
+//! - **power cuts**: the process dies at once, losing every write it has not synced (the
+//!   storage layer keeps unsynced writes in memory in failpoints builds), or tearing them.
 //! - **bugs**: deliberate defects (`--bug NAME` at start-up) the harness must detect:
 //!   `stale-read` serves linearizable reads from local state without the ReadIndex round;
 //!   `early-ack` acknowledges puts before they are committed; `lease-ignore-ttl` makes the
@@ -46,7 +48,17 @@ mod imp {
         /// [`super::DISK_FAULTS`]).
         #[serde(default)]
         pub disk: Option<String>,
+        /// Cut this member's power now: `drop` (every unsynced write is lost) or `tear` (a
+        /// random half of the unsynced sectors, chosen by `seed`, reach the disk first). The
+        /// process dies on the spot.
+        #[serde(default)]
+        pub power_cut: Option<String>,
+        #[serde(default)]
+        pub seed: u64,
     }
+
+    /// What a power cut calls: the storage layer's simulation (set at start-up).
+    pub static POWER_CUT: std::sync::OnceLock<fn(Option<u64>)> = std::sync::OnceLock::new();
 
     pub static FAULTS: RwLock<Option<Faults>> = RwLock::new(None);
     pub static BUGS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
@@ -117,10 +129,20 @@ pub fn bug(name: &str) -> bool {
     }
 }
 
-/// Replaces this member's faults.
+/// Replaces this member's faults (a power cut does not return).
 #[cfg(feature = "failpoints")]
 pub fn set(f: Faults) {
+    let cut = f.power_cut.clone().map(|mode| (mode == "tear").then_some(f.seed));
     *imp::FAULTS.write().expect("faults lock") = Some(f);
+    if let (Some(tear), Some(hook)) = (cut, imp::POWER_CUT.get()) {
+        hook(tear);
+    }
+}
+
+/// Installs the power-cut simulation (`cairn_storage::volatile::power_cut`).
+#[cfg(feature = "failpoints")]
+pub fn set_power_cut(hook: fn(Option<u64>)) {
+    let _ = imp::POWER_CUT.set(hook);
 }
 
 /// This member's faults.
@@ -135,5 +157,6 @@ pub fn enable_bug(name: &str) {
     imp::BUGS.write().expect("bugs lock").insert(name.to_string());
 }
 
-/// The defects `--bug` accepts.
-pub const BUGS: &[&str] = &["stale-read", "early-ack", "lease-ignore-ttl"];
+/// The defects `--bug` accepts (`no-fsync`: acknowledge without fsync, as
+/// `--unsafe-no-fsync`; power cuts must catch it).
+pub const BUGS: &[&str] = &["stale-read", "early-ack", "lease-ignore-ttl", "no-fsync"];

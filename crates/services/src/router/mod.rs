@@ -128,8 +128,8 @@ impl Router {
     }
 
     /// Why Raft stopped on this member, once it has stopped on a fatal error.
-    pub fn fatal(&self) -> Option<String> {
-        self.node.fatal()
+    pub async fn fatal(&self) -> Option<String> {
+        self.node.fatal().await
     }
 
     /// Whether this member is in the last committed membership.

@@ -11,6 +11,11 @@ pub(super) const KIND_COMMITTED: u8 = 3;
 pub(super) const KIND_TRUNCATE_FROM: u8 = 4;
 pub(super) const KIND_PURGE: u8 = 5;
 pub(super) const KIND_CHECKPOINT: u8 = 6;
+/// A sync mark: every byte before it in its segment had been fsynced when it was written. The
+/// writer puts one at the start of each batch that follows a completed fsync, and one right
+/// after each segment's checkpoint (which says the segment carries marks). Recovery tells a torn
+/// tail from damage by them: damage followed by a valid mark lies in data that was durable.
+pub(super) const KIND_SYNCED: u8 = 7;
 
 pub(super) fn encode_record(kind: u8, parts: &[&[u8]], out: &mut Vec<u8>) {
     let body_len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();

@@ -13,7 +13,7 @@ use std::thread;
 use parking_lot::Mutex;
 
 use super::record::{
-    parse_at, Cursor, Parsed, HEADER_BYTES, KIND_CHECKPOINT, KIND_COMMITTED, KIND_ENTRY, KIND_PURGE,
+    parse_at, Cursor, Parsed, HEADER_BYTES, KIND_CHECKPOINT, KIND_COMMITTED, KIND_ENTRY, KIND_PURGE, KIND_SYNCED,
     KIND_TRUNCATE_FROM, KIND_VOTE,
 };
 use super::writer::Writer;
@@ -32,7 +32,14 @@ struct Replayed {
 /// The offset of the first intact record starting at or after `from`, if any. Only used on the
 /// recovery path, after a bad record; a false positive needs a 32-bit checksum to match garbage.
 fn valid_record_after(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len()).find(|&at| matches!(parse_at(buf, at), Parsed::Record { kind, .. } if (KIND_ENTRY..=KIND_CHECKPOINT).contains(&kind)))
+    (from..buf.len()).find(
+        |&at| matches!(parse_at(buf, at), Parsed::Record { kind, .. } if (KIND_ENTRY..=KIND_SYNCED).contains(&kind)),
+    )
+}
+
+/// Whether an intact sync mark starts at or after `from`: the bytes before it were durable.
+fn sync_mark_after(buf: &[u8], from: usize) -> bool {
+    (from..buf.len()).any(|at| matches!(parse_at(buf, at), Parsed::Record { kind: KIND_SYNCED, .. }))
 }
 
 const SECTOR_BYTES: usize = 512;
@@ -70,11 +77,16 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
         File::open(&path)?.read_to_end(&mut buf)?;
         let mut at = 0usize;
         let mut first_record = true;
+        // Whether this segment carries sync marks (its second record is one).
+        let mut marked: Option<bool> = None;
         while at < buf.len() {
             match parse_at(&buf, at) {
                 Parsed::Record { kind, payload, next } => {
                     if first_record && kind != KIND_CHECKPOINT {
                         return Err(corrupt(seg, at, "segment does not start with a checkpoint"));
+                    }
+                    if !first_record && marked.is_none() {
+                        marked = Some(kind == KIND_SYNCED);
                     }
                     first_record = false;
                     apply_record(&mut mem, seg, at, kind, payload)?;
@@ -91,8 +103,16 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                     // for a batch torn over zeroed-ahead space: a batch overwrites blocks the file
                     // already has, and a crash during its sync can leave an earlier one unwritten
                     // and a later one written.
-                    match valid_record_after(&buf, at + 1) {
-                        Some(valid) if !torn_batch(&buf, at, valid) => {
+                    //
+                    // With sync marks the question is exact: damage followed by an intact mark
+                    // lies in bytes that had been fsynced (corruption); anything else is the
+                    // unsynced tail of the last batch, torn by a crash in any order of sectors.
+                    let damaged = match marked {
+                        Some(true) => sync_mark_after(&buf, at + 1).then_some(at),
+                        _ => valid_record_after(&buf, at + 1).filter(|&valid| !torn_batch(&buf, at, valid)),
+                    };
+                    match damaged.and_then(|_| valid_record_after(&buf, at + 1)) {
+                        Some(valid) => {
                             return Err(corrupt(
                                 seg,
                                 at,
@@ -190,6 +210,7 @@ fn apply_record(mem: &mut Mem, seg: u64, at: usize, kind: u8, payload: &[u8]) ->
                 }
             }
         }
+        KIND_SYNCED => {}
         other => return Err(bad(&format!("unknown record kind {other}"))),
     }
     Ok(())
@@ -222,6 +243,8 @@ impl Wal {
             zeroed_to: 0,
             segments: segments.iter().map(|&s| (s, None)).collect(),
             buf: Vec::with_capacity(1 << 20),
+            synced_to: 0,
+            marked_to: 0,
         };
         if segments.is_empty() {
             writer.rotate()?;
@@ -229,7 +252,7 @@ impl Wal {
             let f = OpenOptions::new().read(true).write(true).open(segment_path(dir, last_segment))?;
             writer.zeroed_to = f.metadata()?.len();
             writer.segment = last_segment;
-            writer.file = Some(f);
+            writer.file = Some(crate::volatile::DataFile::new(f)?);
             writer.len = last_segment_len;
             if last_segment_len == 0 {
                 // A crash while a segment was being started can leave it empty (or with only a

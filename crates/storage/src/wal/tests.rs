@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::mpsc::channel;
 
-use super::record::encode_record;
+use super::record::{encode_record, KIND_ENTRY, KIND_SYNCED};
 use super::writer::ZERO_AHEAD_BYTES;
 
 fn opts() -> WalOptions {
@@ -271,21 +271,67 @@ fn a_batch_torn_over_zeroed_space_is_a_torn_tail_not_corruption() {
     // A block in the middle of the first record was not written: the same.
     torn(4096 - end % 4096 + 512..4096 - end % 4096 + 1024);
     assert_eq!(Wal::open(dir.path(), opts()).unwrap().state().last_index, Some(4));
-    // No zero sector between the bad record and a valid one: corruption, as before.
+    // Garbage in the unsynced batch, with no zero sector at all: the sectors of a batch reach
+    // the disk in any order, and no sync mark follows, so it is still a torn tail.
     let mut damaged = clean.clone();
     let mut b = batch.clone();
     b[100] ^= 0xff;
     damaged.extend_from_slice(&b);
+    write_crashed(&path, damaged.clone());
+    assert_eq!(Wal::open(dir.path(), opts()).unwrap().state().last_index, Some(4));
+    // The same damage followed by a sync mark (a later batch was written after an fsync that
+    // covered it): the damaged bytes had been durable, so corruption.
+    encode_record(KIND_SYNCED, &[], &mut damaged);
+    encode_record(KIND_ENTRY, &[&7u64.to_le_bytes(), b"later"], &mut damaged);
     write_crashed(&path, damaged);
     assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
-    // A zero sector, but a segment that was closed (no zeroed-ahead space at its end): not
-    // a crash, so corruption.
-    let mut b = batch.clone();
-    b[4096 - end % 4096 + 512..4096 - end % 4096 + 1024].fill(0);
+    // Damage inside what the segment held when it was closed (sealed with a mark at its end):
+    // corruption, crash or not.
     let mut closed = clean.clone();
-    closed.extend_from_slice(&b);
+    closed[end / 2] ^= 0xff;
     std::fs::write(&path, &closed).unwrap();
     assert!(matches!(Wal::open(dir.path(), opts()), Err(Error::Corruption(_))));
+}
+
+/// A power cut tears the batch being synced in any order of sectors: whatever the disk kept
+/// of it, the log reopens at the last batch that was synced, or at a later intact prefix.
+#[test]
+fn a_batch_torn_in_any_order_of_sectors_reopens_at_a_synced_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(appended(dir.path(), WalOptions { segment_bytes: 1 << 30, ..opts() }, 5));
+    let path = last_segment(dir.path());
+    let clean = std::fs::read(&path).unwrap();
+    let mut batch = Vec::new();
+    encode_record(KIND_SYNCED, &[], &mut batch);
+    for i in 5..12u64 {
+        encode_record(KIND_ENTRY, &[&i.to_le_bytes(), &vec![i as u8; 700]], &mut batch);
+    }
+    let sectors = batch.len().div_ceil(512);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..50 {
+        let mut bytes = clean.clone();
+        let mut b = batch.clone();
+        for s in 0..sectors {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x & 1 == 0 {
+                let r = s * 512..((s + 1) * 512).min(b.len());
+                // A sector the disk did not keep holds what was there before: zeros, or an
+                // older write's garbage.
+                b[r].fill(if x & 2 == 0 { 0 } else { 0xa5 });
+            }
+        }
+        bytes.extend_from_slice(&b);
+        bytes.extend_from_slice(&[0u8; 4096]);
+        write_crashed(&path, bytes);
+        let wal = Wal::open(dir.path(), opts()).expect("a torn tail is never taken for corruption");
+        let last = wal.state().last_index.unwrap();
+        assert!((4..12).contains(&last), "{last}");
+        for (i, data) in all(&wal).into_iter().skip(5) {
+            assert_eq!(data, vec![i as u8; 700], "only intact entries are kept");
+        }
+    }
 }
 
 #[test]
@@ -314,12 +360,13 @@ fn garbled_last_record_is_torn_but_garbled_middle_is_corruption() {
     let path = last_segment(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
-    // Flip a byte inside the last record: torn write, repaired.
+    // Flip a byte inside the last record (the sync mark the log was closed with): a torn
+    // tail, cut off; no entry is lost.
     bytes[n - 2] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     {
         let wal = Wal::open(dir.path(), opts()).unwrap();
-        assert_eq!(wal.state().last_index, Some(3));
+        assert_eq!(wal.state().last_index, Some(4));
     }
     // Now flip a byte in the middle: valid records follow, so it is corruption.
     let mut bytes = std::fs::read(&path).unwrap();

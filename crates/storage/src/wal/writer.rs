@@ -4,15 +4,15 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::record::{
     checkpoint_payload, encode_record, HEADER_BYTES, KIND_CHECKPOINT, KIND_COMMITTED, KIND_ENTRY, KIND_PURGE,
-    KIND_TRUNCATE_FROM, KIND_VOTE,
+    KIND_SYNCED, KIND_TRUNCATE_FROM, KIND_VOTE,
 };
-use super::{cut_back, segment_path, sync_dir, Done, IoFault, Job, Location, Shared};
+use super::{segment_path, sync_dir, Done, IoFault, Job, Location, Shared};
+use crate::volatile::DataFile;
 use crate::{Error, Result};
 
 /// How far past the end of the active segment the writer keeps zeros written (see "Zeroed ahead").
@@ -24,7 +24,7 @@ const WRITE_CHUNK_BYTES: usize = 4 << 20;
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) segment: u64,
-    pub(super) file: Option<File>,
+    pub(super) file: Option<DataFile>,
     /// Bytes of records in the active segment: where the next record goes.
     pub(super) len: u64,
     /// The active segment holds zeros from `len` up to here (see "Zeroed ahead").
@@ -33,6 +33,10 @@ pub(super) struct Writer {
     /// or unknown until recomputed).
     pub(super) segments: VecDeque<(u64, Option<u64>)>,
     pub(super) buf: Vec<u8>,
+    /// Bytes of the active segment known to be fsynced.
+    pub(super) synced_to: u64,
+    /// Where the last sync mark ([`KIND_SYNCED`]) of the active segment was written.
+    pub(super) marked_to: u64,
 }
 
 impl Writer {
@@ -120,10 +124,23 @@ impl Writer {
     /// makes it durable. For a segment being sealed, and on close. Synced even with
     /// `unsafe_no_fsync`: only the last segment may end in zeros, and this is rare.
     fn seal(&mut self) -> Result<()> {
-        match self.file.take() {
-            Some(f) => cut_back(&f, self.len),
-            None => Ok(()),
+        if self.file.is_none() {
+            return Ok(());
         }
+        // Durable first, then a sync mark after it all, so recovery knows every byte of a
+        // sealed segment was durable (damage anywhere in it is corruption).
+        self.file.as_ref().expect("an open segment").sync_data()?;
+        self.synced_to = self.len;
+        if self.len > self.marked_to {
+            self.buf.clear();
+            encode_record(KIND_SYNCED, &[], &mut self.buf);
+            self.marked_to = self.len;
+            self.write_out()?;
+        }
+        let f = self.file.take().expect("an open segment");
+        f.set_len(self.len)?;
+        f.sync_all()?;
+        Ok(())
     }
 
     /// Starts a new segment with a checkpoint of the current state.
@@ -134,7 +151,7 @@ impl Writer {
         let seq = self.segment + 1;
         let path = segment_path(&self.shared.dir, seq);
         let f = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
-        self.file = Some(f);
+        self.file = Some(DataFile::new(f)?);
         self.segment = seq;
         self.zeroed_to = 0;
         self.start_segment()?;
@@ -151,9 +168,13 @@ impl Writer {
         };
         self.buf.clear();
         encode_record(KIND_CHECKPOINT, &[&payload], &mut self.buf);
+        // Says this segment carries sync marks (synced with the checkpoint, before any batch).
+        encode_record(KIND_SYNCED, &[], &mut self.buf);
         self.len = 0;
         self.write_out()?;
         self.file.as_ref().expect("an open segment").sync_all()?;
+        self.synced_to = self.len;
+        self.marked_to = self.len;
         sync_dir(&self.shared.dir)
     }
 
@@ -213,6 +234,11 @@ impl Writer {
         // the fsyncs.) A purge is synced before the segments it frees are deleted.
         let mut needs_sync = false;
         self.buf.clear();
+        if self.synced_to == self.len && self.len > self.marked_to {
+            // Everything before here is durable: say so, for recovery.
+            encode_record(KIND_SYNCED, &[], &mut self.buf);
+            self.marked_to = self.len;
+        }
         for job in jobs {
             needs_sync |= matches!(job, Job::Entries { .. } | Job::Vote { .. } | Job::Sync { .. } | Job::Purge { .. });
             match job {
@@ -260,6 +286,7 @@ impl Writer {
                     return Err(f.error().into());
                 }
                 self.file.as_ref().expect("an open segment").sync_data()?;
+                self.synced_to = self.len;
                 stats.sync_micros.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             stats.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

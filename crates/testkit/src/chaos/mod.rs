@@ -158,6 +158,29 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             log(t0, events, format!("disk fault {kind} in the Raft log of {who}: it stopped"));
             Heal::Restart(i)
         }
+        Fault::Power { scope, tear, seed } => {
+            let members = rt.members();
+            let chosen: Vec<usize> = match scope {
+                schedule::PowerScope::One(t) => vec![resolve(rt, *t, leader)],
+                // The leader among them when there is one: its unsynced tail matters most.
+                schedule::PowerScope::Minority => {
+                    let n = (members.len() - 1) / 2;
+                    let mut v: Vec<usize> = leader.into_iter().collect();
+                    v.extend(members.iter().copied().filter(|m| Some(*m) != leader));
+                    v.truncate(n.max(1));
+                    v
+                }
+                schedule::PowerScope::All => members.clone(),
+            };
+            // All at once: the cuts are sent together, before any member can react to another's.
+            for (k, &i) in chosen.iter().enumerate() {
+                rt.power_cut(i, *tear, seed.wrapping_add(k as u64)).await;
+            }
+            let names: Vec<String> = chosen.iter().map(|&i| name(rt, i)).collect();
+            let how = if *tear { "torn unsynced writes" } else { "unsynced writes lost" };
+            log(t0, events, format!("power cut ({scope:?}, {how}): {}", names.join(" ")));
+            Heal::RestartAll(chosen)
+        }
         Fault::RollingRestart => {
             for i in rt.members() {
                 rt.cluster.stop(i);
@@ -221,6 +244,7 @@ where
 
 enum Heal {
     Restart(usize),
+    RestartAll(Vec<usize>),
     Resume(usize),
     Faults,
     Nothing,
@@ -231,6 +255,12 @@ async fn heal(rt: &mut ProcessRuntime, h: Heal, t0: Instant, events: &mut Vec<Ev
         Heal::Restart(i) => {
             rt.cluster.restart(i).map_err(|e| e.to_string())?;
             log(t0, events, format!("restarted {}", rt.cluster.members[i].name));
+        }
+        Heal::RestartAll(v) => {
+            for i in v {
+                rt.cluster.restart(i).map_err(|e| e.to_string())?;
+                log(t0, events, format!("power back: restarted {}", rt.cluster.members[i].name));
+            }
         }
         Heal::Resume(i) => {
             rt.cluster.resume(i);

@@ -170,6 +170,22 @@ impl ProcessRuntime {
         self.set_faults(i, serde_json::json!({ "disk": kind })).await
     }
 
+    /// Cuts member `i`'s power: it dies at once, losing (or, with `tear`, tearing) every write
+    /// it has not synced. A member that cannot be asked (paused) is SIGKILLed, which in a
+    /// failpoints build loses the same writes.
+    pub async fn power_cut(&mut self, i: usize, tear: bool, seed: u64) {
+        let mode = if tear { "tear" } else { "drop" };
+        if !self.cluster.members[i].is_paused() {
+            // The member dies before it answers: an error here is the expected outcome.
+            let _ = self.set_faults(i, serde_json::json!({ "power_cut": mode, "seed": seed })).await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while self.cluster.members[i].is_running() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        self.cluster.kill(i);
+    }
+
     /// Clears link faults and clock offsets everywhere reachable.
     pub async fn heal_faults(&self) -> Vec<String> {
         let mut errors = Vec::new();

@@ -30,6 +30,17 @@ pub enum Nemesis {
     /// Make one member's Raft log meet a storage fault (fsync or write error, ENOSPC, a short
     /// write): the member must stop, and is restarted later.
     Disk,
+    /// Cut the power of one member, a minority or every member at once: every write a member
+    /// has not synced is lost (or torn), then they restart.
+    Power,
+}
+
+/// Whose power a power cut takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PowerScope {
+    One(Target),
+    Minority,
+    All,
 }
 
 /// A member, chosen when the step runs.
@@ -73,6 +84,12 @@ pub enum Fault {
     Disk {
         target: Target,
         kind: &'static str,
+    },
+    /// `tear`: a random half of the unsynced sectors (by `seed`) reach the disk first.
+    Power {
+        scope: PowerScope,
+        tear: bool,
+        seed: u64,
     },
 }
 
@@ -139,6 +156,15 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
                 let kinds = cairn_types::faults::DISK_FAULTS;
                 let kind = kinds[rng.random_range(0..kinds.len())];
                 (Fault::Disk { target: pick_target(&mut rng), kind }, rng.random_range(1_000..5_000))
+            }
+            Nemesis::Power => {
+                let scope = match rng.random_range(0..3) {
+                    0 => PowerScope::One(pick_target(&mut rng)),
+                    1 => PowerScope::Minority,
+                    _ => PowerScope::All,
+                };
+                let fault = Fault::Power { scope, tear: rng.random_bool(0.5), seed: rng.random() };
+                (fault, rng.random_range(1_000..4_000))
             }
         };
         if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
