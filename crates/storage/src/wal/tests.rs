@@ -444,23 +444,28 @@ fn group_commit_batches_concurrent_appends() {
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
 }
 
+/// A log in `dir` holding entries 0..10, whose writer meets the fault set in the returned slot.
+fn ten_entries_with_faults(dir: &Path) -> (Wal, Arc<parking_lot::Mutex<Option<IoFault>>>) {
+    let armed = Arc::new(parking_lot::Mutex::new(None::<IoFault>));
+    let hook = {
+        let armed = armed.clone();
+        FaultHook(Arc::new(move || *armed.lock()))
+    };
+    let wal = Wal::open(dir, WalOptions { faults: Some(hook), ..opts() }).unwrap();
+    for i in 0..10u64 {
+        append_sync(&wal, vec![(i, &payload(i))]);
+    }
+    (wal, armed)
+}
+
 /// A failed write or fsync is never retried: the batch's callers get the error, the log accepts
 /// nothing more, and a reopened log holds every entry synced before it (plus, after a failed
 /// fsync, what the file happens to hold; a half-written batch is cut off as a torn tail).
 #[test]
 fn a_failed_write_or_fsync_stops_the_log_and_is_never_retried() {
-    use super::{FaultHook, IoFault};
     for fault in [IoFault::SyncError, IoFault::WriteError, IoFault::ShortWrite] {
         let dir = tempfile::tempdir().unwrap();
-        let armed = Arc::new(parking_lot::Mutex::new(None::<IoFault>));
-        let hook = {
-            let armed = armed.clone();
-            FaultHook(Arc::new(move || *armed.lock()))
-        };
-        let wal = Wal::open(dir.path(), WalOptions { faults: Some(hook), ..opts() }).unwrap();
-        for i in 0..10u64 {
-            append_sync(&wal, vec![(i, &payload(i))]);
-        }
+        let (wal, armed) = ten_entries_with_faults(dir.path());
         *armed.lock() = Some(fault);
         let (tx, rx) = channel();
         wal.append(vec![(10, Bytes::from(payload(10)))], Box::new(move |r| tx.send(r).unwrap())).unwrap();
@@ -493,17 +498,8 @@ fn a_failed_write_or_fsync_stops_the_log_and_is_never_retried() {
 /// on; a reopened log has everything.
 #[test]
 fn a_full_disk_is_waited_out_and_the_log_goes_on() {
-    use super::{FaultHook, IoFault};
     let dir = tempfile::tempdir().unwrap();
-    let armed = Arc::new(parking_lot::Mutex::new(None::<IoFault>));
-    let hook = {
-        let armed = armed.clone();
-        FaultHook(Arc::new(move || *armed.lock()))
-    };
-    let wal = Wal::open(dir.path(), WalOptions { faults: Some(hook), ..opts() }).unwrap();
-    for i in 0..10u64 {
-        append_sync(&wal, vec![(i, &payload(i))]);
-    }
+    let (wal, armed) = ten_entries_with_faults(dir.path());
     *armed.lock() = Some(IoFault::NoSpace);
     let (tx, rx) = channel();
     wal.append(vec![(10, Bytes::from(payload(10)))], Box::new(move |r| tx.send(r).unwrap())).unwrap();
