@@ -22,7 +22,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -101,8 +101,9 @@ struct Claims {
     expires_ms: u64,
 }
 
+/// Token expiry runs on cairn's clock (skewed by the test-only fault layer).
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    cairn_types::clock::wall_ms()
 }
 
 fn mac(secret: &[u8], payload: &[u8]) -> Hmac<Sha256> {

@@ -239,7 +239,7 @@ pub(crate) async fn expiry_loop(cluster: std::sync::Weak<Router>) {
         let Some(c) = cluster.upgrade() else { return };
         let leading = c.leading_term();
         let extend = c.cfg.election_timeout;
-        let expired = c.lessor.tick(leading, &**c.store(), extend, Instant::now());
+        let expired = c.lessor.tick(leading, &**c.store(), extend, cairn_types::clock::now());
         for id in expired {
             let c = c.clone();
             tokio::spawn(async move {
@@ -319,7 +319,7 @@ impl Leases {
             match self.c.propose(Op::LeaseGrant(r), deadline).await? {
                 Response::LeaseGrant(g) => {
                     if let Some(term) = self.c.leading_term() {
-                        self.c.lessor.granted(term, g.id, g.ttl, Instant::now());
+                        self.c.lessor.granted(term, g.id, g.ttl, cairn_types::clock::now());
                     }
                     return Ok(g);
                 }
@@ -393,7 +393,7 @@ impl Leases {
         let term = self.c.leading_term().ok_or(Error::NotLeader)?;
         let store = self.c.store();
         let ttl = store.lease(r.id).map(|l| l.ttl);
-        let ttl = self.c.lessor.renew(term, r.id, ttl, Instant::now());
+        let ttl = self.c.lessor.renew(term, r.id, ttl, cairn_types::clock::now());
         let header = Some(pb::ResponseHeader { revision: store.current_revision(), ..Default::default() });
         Ok(pb::LeaseKeepAliveResponse { header, id: r.id, ttl })
     }
@@ -425,7 +425,7 @@ impl Leases {
         let Some(l) = store.lease(r.id) else {
             return Ok(pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: vec![] });
         };
-        let ttl = self.c.lessor.remaining(r.id, l.ttl, Instant::now());
+        let ttl = self.c.lessor.remaining(r.id, l.ttl, cairn_types::clock::now());
         let keys = if r.keys { l.keys.into_iter().collect() } else { Vec::new() };
         Ok(pb::LeaseTimeToLiveResponse { header, id: r.id, ttl, granted_ttl: l.ttl, keys })
     }

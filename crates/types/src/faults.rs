@@ -7,7 +7,8 @@
 //! - **link faults**: outgoing peer RPCs to listed members are dropped (as if the network were cut)
 //!   or delayed. Cutting A→B on A and B→A on B is a partition between them; because every peer
 //!   exchange is a request from one side, this needs no separate network stack.
-//! - **clock offset**: shifts this member's wall clock (the time a leader stamps into commands).
+//! - **clock skew**: jumps this member's clock (`clock_offset_ms`) and makes it run fast or slow
+//!   (`clock_rate`); every timer of cairn's own reads it ([`crate::clock`]).
 //! - **disk faults**: the Raft log's next write or fsync fails ([`DISK_FAULTS`]).
 //! - **power cuts**: the process dies at once, losing every write it has not synced (the
 //!   storage layer keeps unsynced writes in memory in failpoints builds), or tearing them.
@@ -34,7 +35,7 @@ mod imp {
     use serde::{Deserialize, Serialize};
 
     /// The fault state of this member, as set by the harness.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
     pub struct Faults {
         /// Member ids (hex, as `cairn status` shows them) whose links are cut.
         #[serde(default)]
@@ -44,6 +45,9 @@ mod imp {
         pub delay_ms: BTreeMap<String, u64>,
         #[serde(default)]
         pub clock_offset_ms: i64,
+        /// How fast this member's clock runs (1.0 when absent): see [`crate::clock`].
+        #[serde(default)]
+        pub clock_rate: Option<f64>,
         /// A storage fault the Raft log's writer meets at its next write or fsync (see
         /// [`super::DISK_FAULTS`]).
         #[serde(default)]
@@ -86,18 +90,6 @@ pub fn link(to: u64) -> Link {
     Link::Pass
 }
 
-/// Milliseconds to add to this member's wall clock.
-#[inline]
-pub fn clock_offset_ms() -> i64 {
-    #[cfg(feature = "failpoints")]
-    {
-        if let Some(f) = imp::FAULTS.read().expect("faults lock").as_ref() {
-            return f.clock_offset_ms;
-        }
-    }
-    0
-}
-
 /// The storage faults the `disk` nemesis injects into the Raft log: `wal-fsync` (fsync fails
 /// with EIO), `wal-write` (a write fails with EIO), `wal-enospc` (writes fail with ENOSPC for
 /// as long as it is set), `wal-short-write` (half a write lands, then EIO).
@@ -133,6 +125,7 @@ pub fn bug(name: &str) -> bool {
 #[cfg(feature = "failpoints")]
 pub fn set(f: Faults) {
     let cut = f.power_cut.clone().map(|mode| (mode == "tear").then_some(f.seed));
+    crate::clock::set_skew(f.clock_offset_ms, f.clock_rate.unwrap_or(1.0).clamp(0.01, 100.0));
     *imp::FAULTS.write().expect("faults lock") = Some(f);
     if let (Some(tear), Some(hook)) = (cut, imp::POWER_CUT.get()) {
         hook(tear);

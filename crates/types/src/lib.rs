@@ -10,6 +10,7 @@
 //! revision); *index* is a position in the Raft log; *term* is a Raft term. A *member* is a
 //! node of the cluster as etcd's Cluster API shows it.
 
+pub mod clock;
 pub mod error;
 pub mod faults;
 pub mod ids;

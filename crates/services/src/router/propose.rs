@@ -2,7 +2,7 @@
 //! the leader's clock and proposed through Raft, one entry in flight.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use cairn_state::{Command, Op, Response};
 use cairn_types::Error;
@@ -41,11 +41,10 @@ pub async fn originated<F: std::future::Future>(member: u64, id: u64, f: F) -> F
     ORIGIN.scope((member != 0 && id != 0).then_some((member, id)), f).await
 }
 
-/// This member's wall clock in ms (plus the test-only offset of the `failpoints` build). Only
+/// This member's wall clock in ms (cairn's clock, skewed by the test-only fault layer). Only
 /// the leader reads it, to stamp commands; apply never does.
 fn now_ms() -> u64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    (ms + cairn_types::faults::clock_offset_ms()).max(0) as u64
+    cairn_types::clock::wall_ms()
 }
 
 impl Router {

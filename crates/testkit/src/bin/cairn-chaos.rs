@@ -41,6 +41,10 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 5)]
     clients: usize,
+    /// Make every clock fault the leader's clock running at this rate (e.g. 4 for 4x fast),
+    /// to show where lease safety ends (see RELIABILITY.md).
+    #[arg(long)]
+    clock_rate: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         image: a.image,
         report: report.clone(),
         clients: a.clients,
+        clock_rate: a.clock_rate,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(o)) {

@@ -64,6 +64,8 @@ pub struct Options {
     /// Where to write the report (and the history next to it).
     pub report: PathBuf,
     pub clients: usize,
+    /// Every clock fault becomes the leader's clock running at this rate.
+    pub clock_rate: Option<f64>,
 }
 
 /// The last line the harness prints.
@@ -133,8 +135,16 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
         Fault::Clock { member, offset_ms } => {
             let members = rt.members();
             let i = members[member % members.len()];
-            rt.clock(i, *offset_ms).await?;
-            log(t0, events, format!("clock of {} moved by {offset_ms} ms", name(rt, i)));
+            rt.clock(i, *offset_ms, 1.0).await?;
+            log(t0, events, format!("clock jump: {} moved by {offset_ms} ms", name(rt, i)));
+            Heal::Faults
+        }
+        Fault::ClockRate { target, permille } => {
+            let i = resolve(rt, *target, leader);
+            let rate = f64::from(*permille) / 1000.0;
+            rt.clock(i, 0, rate).await?;
+            let who = format!("{}{}", name(rt, i), if Some(i) == leader { " (leader)" } else { "" });
+            log(t0, events, format!("clock rate: {who} runs at {rate:.2}x"));
             Heal::Faults
         }
         Fault::Disk { target, kind } => {
@@ -325,6 +335,15 @@ pub async fn run(o: Options) -> Result<Summary, String> {
     for step in &steps {
         let at = t0 + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
+        let forced;
+        let step = match (o.clock_rate, &step.fault) {
+            (Some(r), Fault::Clock { .. } | Fault::ClockRate { .. }) => {
+                let fault = Fault::ClockRate { target: Target::Leader, permille: (r * 1000.0).round() as u32 };
+                forced = Step { fault, ..step.clone() };
+                &forced
+            }
+            _ => step,
+        };
         match inject(&mut rt, step, t0, &mut events).await {
             Ok(h) => {
                 faults += 1;

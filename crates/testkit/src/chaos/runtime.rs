@@ -161,8 +161,9 @@ impl ProcessRuntime {
     }
 
     /// Moves member `i`'s wall clock.
-    pub async fn clock(&mut self, i: usize, offset_ms: i64) -> Result<(), String> {
-        self.set_faults(i, serde_json::json!({ "clock_offset_ms": offset_ms })).await
+    /// Skews member `i`'s clock: a jump of `offset_ms`, then running at `rate`.
+    pub async fn clock(&mut self, i: usize, offset_ms: i64, rate: f64) -> Result<(), String> {
+        self.set_faults(i, serde_json::json!({ "clock_offset_ms": offset_ms, "clock_rate": rate })).await
     }
 
     /// Arms a storage fault in member `i`'s Raft log; it meets it at its next write or fsync.

@@ -21,7 +21,8 @@ pub enum Nemesis {
     Partition,
     /// Slow every link of one member (often the leader) by tens to hundreds of milliseconds.
     Delay,
-    /// Jump one member's wall clock.
+    /// Skew one member's clock: jump it forward or back, or make it run fast or slow
+    /// (0.5x to 2x); lease and token expiry and command stamps read it.
     Clock,
     /// Restart every member in turn (SIGTERM, start again).
     Restart,
@@ -77,6 +78,11 @@ pub enum Fault {
     Clock {
         member: usize,
         offset_ms: i64,
+    },
+    /// The target's clock runs at `permille` / 1000 of real time.
+    ClockRate {
+        target: Target,
+        permille: u32,
     },
     RollingRestart,
     ReplaceMember(Target),
@@ -146,9 +152,13 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
                 // Up to most of an election timeout (500 ms) round trip.
                 (Fault::Delay { target, ms: rng.random_range(20..200) }, rng.random_range(2_000..6_000))
             }
-            Nemesis::Clock => {
+            Nemesis::Clock if rng.random_bool(0.5) => {
                 let offset_ms = rng.random_range(1_000..120_000) * if rng.random_bool(0.5) { 1 } else { -1 };
                 (Fault::Clock { member: rng.random_range(0..members), offset_ms }, rng.random_range(2_000..6_000))
+            }
+            Nemesis::Clock => {
+                let permille = rng.random_range(500..=2_000);
+                (Fault::ClockRate { target: pick_target(&mut rng), permille }, rng.random_range(2_000..6_000))
             }
             Nemesis::Restart => (Fault::RollingRestart, 0),
             Nemesis::Membership => (Fault::ReplaceMember(Target::Member(rng.random_range(0..members))), 0),
