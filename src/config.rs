@@ -339,6 +339,77 @@ mod tests {
         a.limits().validate().unwrap();
     }
 
+    /// Text made of TOML's punctuation, some setting names and values: random config files.
+    fn toml_ish() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            "name",
+            "snapshot-count",
+            "snapshot_count",
+            "listen-client-urls",
+            "heartbeat-interval",
+            "max-txn-ops",
+            "bcrypt-cost",
+            "auth-token",
+            "log-level",
+            "config-file",
+            "[x]",
+            "[[y]]",
+            " = ",
+            "=",
+            "\"",
+            "'",
+            "\"\"\"",
+            "\n",
+            " ",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ".",
+            "#",
+            "1",
+            "-7",
+            "99999999999999999999",
+            "1e9",
+            "true",
+            "nan",
+            "\\u0000",
+            "1979-05-27T07:32:00Z",
+            "\"http://127.0.0.1:1\"",
+            "\u{e9}",
+            "\u{0}",
+        ]);
+        prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever a config file holds, reading it is an error that names the file, or flags
+        /// that clap accepts or refuses; never a panic.
+        #[test]
+        fn any_config_file_is_read_or_refused(text in toml_ish(), bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            use clap::Parser;
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("c.toml");
+            for content in [text.into_bytes(), bytes] {
+                std::fs::write(&f, &content).unwrap();
+                let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
+                match expand_config_file(argv) {
+                    Ok(argv) => {
+                        if let Ok(crate::Cli { cmd: crate::Cmd::Server(a), .. }) = crate::Cli::try_parse_from(argv) {
+                            let _ = a.initial_cluster();
+                            let _ = a.limits().validate();
+                        }
+                    }
+                    Err(e) => proptest::prop_assert!(format!("{e:#}").contains("c.toml"), "error names no file: {:#}", e),
+                }
+            }
+        }
+    }
+
     #[test]
     fn unknown_file_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -107,8 +107,24 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Decodes what the log holds; `what` names it for the error (the log checksums every record,
+/// so this fails only on a record written wrong, or read by a build that encodes differently).
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T> {
+    postcard::from_bytes(b)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("raft log: cannot decode {what}: {e}")))
+}
+
+/// An entry read from the log at `index`. One that says it is another is refused: openraft
+/// relies on entry `i` being at `i`.
+fn decode_entry(index: u64, b: &[u8]) -> io::Result<Entry> {
+    let e: Entry = decode(b, &format!("entry {index}"))?;
+    if e.log_id.index != index {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("raft log: the entry stored at index {index} says it is entry {}", e.log_id.index),
+        ));
+    }
+    Ok(e)
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -128,7 +144,7 @@ impl LogStore {
         if let Some(entries) = self.recent.lock().get(start, end, max_bytes) {
             return Ok(entries);
         }
-        self.wal.read(start, end, max_bytes).map_err(io_err)?.iter().map(|(_, b)| decode(b)).collect()
+        self.wal.read(start, end, max_bytes).map_err(io_err)?.iter().map(|(i, b)| decode_entry(*i, b)).collect()
     }
 }
 
@@ -156,7 +172,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.wal.state().vote.map(|v| decode(&v)).transpose()
+        self.wal.state().vote.map(|v| decode(&v, "the vote")).transpose()
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
@@ -179,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let st = self.wal.state();
-        let last_purged_log_id: Option<LogId> = st.purged.map(|p| decode(&p.data)).transpose()?;
+        let last_purged_log_id: Option<LogId> = st.purged.map(|p| decode(&p.data, "the purge point")).transpose()?;
         let last_log_id = match st.last_index {
             Some(i) => {
                 let e = self.read(i, i + 1, usize::MAX)?;
@@ -207,7 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.wal.state().committed.map(|c| decode(&c)).transpose()
+        self.wal.state().committed.map(|c| decode(&c, "the committed position")).transpose()
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>

@@ -37,8 +37,10 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("raft types serialize")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Decodes stored or received bytes; `what` names them for the error.
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T> {
+    postcard::from_bytes(b)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}: {e}")))
 }
 
 /// A point-in-time view of the local engine plus the encoded meta describing it.
@@ -106,11 +108,11 @@ pub struct StateMachine {
 
 fn read_meta(reader: &dyn Reader) -> io::Result<(Option<LogId>, StoredMembership)> {
     let applied: Option<LogId> = match reader.get(Table::Meta, META_APPLIED).map_err(io_err)? {
-        Some(b) => decode(&b)?,
+        Some(b) => decode(&b, "state engine meta raft/applied")?,
         None => None,
     };
     let membership = match reader.get(Table::Meta, META_MEMBERSHIP).map_err(io_err)? {
-        Some(b) => decode(&b)?,
+        Some(b) => decode(&b, "state engine meta raft/membership")?,
         None => StoredMembership::default(),
     };
     Ok((applied, membership))
@@ -192,8 +194,8 @@ impl StateMachine {
         if temp {
             let _ = std::fs::remove_file(&path);
         }
-        let header = result.map_err(io_err)?;
-        let theirs: SnapshotMeta = decode(&header)?;
+        let header = result.map_err(|e| io_err(format!("snapshot file {}: {e}", path.display())))?;
+        let theirs: SnapshotMeta = decode(&header, &format!("the header of snapshot file {}", path.display()))?;
         if theirs.last_log_id != meta.last_log_id {
             return Err(io_err(format!(
                 "snapshot file describes {:?} but was sent as {:?}",

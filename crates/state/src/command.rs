@@ -26,6 +26,45 @@ mod pb_bytes {
     }
 }
 
+/// Serde adapter for the ops an op holds (`Batch`, `Guarded`, `Origin`): decoding refuses more
+/// than [`NESTING_MAX`] levels. Each level costs the decoder stack, and a log entry or a peer
+/// message is read from outside the process: a few hundred kilobytes of nested batches would
+/// otherwise overflow the stack (an abort, not even a panic). The leader nests three deep at
+/// most (a batch of forwarded, checked requests).
+mod nested {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer};
+
+    thread_local! {
+        static DEPTH: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Leaves the nesting level it entered, however decoding ends.
+    struct Level;
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let depth = DEPTH.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let _level = Level;
+        if depth > super::NESTING_MAX {
+            return Err(serde::de::Error::custom(format!("ops nested more than {} deep", super::NESTING_MAX)));
+        }
+        T::deserialize(d)
+    }
+}
+
+/// How deep ops may nest in a decoded command (see `nested`).
+pub(crate) const NESTING_MAX: usize = 16;
+
 /// A member's name and client URLs, published through the log after it starts (as etcd does).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct MemberAttrs {
@@ -72,7 +111,7 @@ pub enum Op {
     /// Several independent requests in one log entry, applied in order, each taking its own
     /// revision and getting its own response: the leader packs concurrent proposals so the
     /// per-entry cost of consensus is paid once for all of them.
-    Batch(Vec<Op>),
+    Batch(#[serde(deserialize_with = "nested::deserialize")] Vec<Op>),
     /// A change to the auth store (users, roles, permissions, enable/disable).
     Auth(AuthOp),
     /// A client's `op`, checked by the member that received it against auth revision
@@ -84,6 +123,7 @@ pub enum Op {
     Guarded {
         auth_revision: u64,
         user: String,
+        #[serde(deserialize_with = "nested::deserialize")]
         op: Box<Op>,
     },
     /// `op`, forwarded to the leader by member `member`, which waits for its outcome under
@@ -94,6 +134,7 @@ pub enum Op {
     Origin {
         member: u64,
         id: u64,
+        #[serde(deserialize_with = "nested::deserialize")]
         op: Box<Op>,
     },
 }
@@ -162,7 +203,7 @@ pub enum Response {
     },
     Error(cairn_types::Error),
     /// One response per op of an `Op::Batch`, in order.
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "nested::deserialize")] Vec<Response>),
 }
 
 #[cfg(test)]

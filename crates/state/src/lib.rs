@@ -42,6 +42,8 @@ pub mod auth;
 pub mod backup;
 mod command;
 mod index;
+#[cfg(test)]
+mod proptests;
 mod rev;
 mod snapshot;
 mod store;

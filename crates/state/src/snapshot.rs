@@ -8,8 +8,9 @@
 //! u32 crc32c of every byte above
 //! ```
 //!
-//! [`import`] verifies the checksum over the whole file before it changes anything, so a torn or
-//! corrupted snapshot is refused and the engine keeps its previous state.
+//! [`import`] verifies the checksum over the whole file, and that its records read to the end
+//! mark, before it changes anything, so a torn, corrupted or malformed snapshot is refused and
+//! the engine keeps its previous state.
 
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Bound;
@@ -122,33 +123,73 @@ fn read_field(r: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
     Ok(v)
 }
 
-/// Checks the magic, version and checksum of a snapshot file; returns its header.
+/// A reader that checksums what passes through it.
+struct CrcRead<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> Read for CrcRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Checks the magic, version, checksum and layout of a snapshot file; returns its header. A file
+/// that passes can be read record by record to its end ([`for_each_record`] cannot fail on it
+/// but for I/O), so an import never stops half-way on a bad record.
 pub fn verify<R: Read + Seek>(mut file: R) -> Result<Vec<u8>, SnapshotError> {
     let len = file.seek(SeekFrom::End(0))?;
     if len < (MAGIC.len() + 4 + 4 + 1 + 4) as u64 {
         return Err(SnapshotError::Corrupt(format!("file of {len} bytes is too short")));
     }
     file.seek(SeekFrom::Start(0))?;
-    let mut body = BufReader::with_capacity(1 << 20, (&mut file).take(len - 4));
-    let mut crc = 0u32;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut head = Vec::new();
-    loop {
-        let n = body.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let mut body = CrcRead { inner: BufReader::with_capacity(1 << 20, (&mut file).take(len - 4)), crc: 0 };
+    let layout = read_header(&mut body).and_then(|header| {
+        skip_records(&mut body)?;
+        if body.read(&mut [0u8; 1])? != 0 {
+            return Err(SnapshotError::Corrupt("bytes after the end of the records".into()));
         }
-        if head.len() < 1 << 20 {
-            head.extend_from_slice(&buf[..n]);
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-    }
+        Ok(header)
+    });
+    // The checksum covers every byte, however the layout reads: a damaged file is reported as
+    // such, not by whichever field the damage hit.
+    io::copy(&mut body, &mut io::sink())?;
+    let crc = body.crc;
     drop(body);
     let want = read_u32(&mut file)?;
     if want != crc {
         return Err(SnapshotError::Corrupt(format!("checksum mismatch (stored {want:#010x}, computed {crc:#010x})")));
     }
-    read_header(&mut &head[..])
+    layout.map_err(|e| match e {
+        SnapshotError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            SnapshotError::Corrupt("the records end before their end mark".into())
+        }
+        other => other,
+    })
+}
+
+/// Reads past every record up to and including the end mark.
+fn skip_records(r: &mut impl Read) -> Result<(), SnapshotError> {
+    loop {
+        let mut code = [0u8; 1];
+        r.read_exact(&mut code)?;
+        if code[0] == END {
+            return Ok(());
+        }
+        table_of(code[0]).ok_or_else(|| SnapshotError::Corrupt(format!("unknown table {}", code[0])))?;
+        for _ in 0..2 {
+            let n = read_u32(r)? as u64;
+            if n > FIELD_BYTES_MAX as u64 {
+                return Err(SnapshotError::Corrupt(format!("field of {n} bytes")));
+            }
+            if io::copy(&mut r.by_ref().take(n), &mut io::sink())? != n {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
 }
 
 /// Reads the magic, the version and the header field at the start of a snapshot file.

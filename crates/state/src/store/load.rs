@@ -16,6 +16,10 @@ use crate::command::MemberAttrs;
 use crate::index::{IndexKey, KeyIndex};
 use crate::rev::{LocalRevisions, Rev};
 
+/// The largest store revision a loaded store may be at: far beyond any real store (one write
+/// a nanosecond for a century is 2^62), and room for apply to count up without overflowing.
+const REVISION_MAX: i64 = i64::MAX / 2;
+
 pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
     let reader = engine.reader()?;
     let read_i64 = |key: &[u8]| -> Result<Option<i64>, StoreError> {
@@ -27,7 +31,17 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         }
     };
     let current = read_i64(META_REV)?.unwrap_or(1);
+    if !(1..=REVISION_MAX).contains(&current) {
+        return Err(StoreError::Corrupt(format!(
+            "meta store/rev holds revision {current}; revisions run from 1 to {REVISION_MAX}"
+        )));
+    }
     let compact_rev = read_i64(META_COMPACT)?.unwrap_or(-1);
+    if compact_rev > current {
+        return Err(StoreError::Corrupt(format!(
+            "meta store/compact_rev holds revision {compact_rev}, beyond the store revision {current}"
+        )));
+    }
     let mut members = BTreeMap::new();
     let mut alarms = BTreeSet::new();
     let mut bad = None;
@@ -76,8 +90,10 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
     let mut key_lease: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut keys: BTreeMap<IndexKey, KeyIndex> = BTreeMap::new();
     reader.scan(Table::Kv, Bound::Unbounded, Bound::Unbounded, &mut |k, v| {
-        let Some(rev) = Rev::from_key(k) else {
-            bad = Some(format!("bad revision key {k:?}"));
+        // Revisions (main from 1, sub from 0) encode so that byte order is revision order, which
+        // the key index relies on; a negative one would come out of order.
+        let Some(rev) = Rev::from_key(k).filter(|r| r.main >= 1 && r.sub >= 0) else {
+            bad = Some(format!("table kv: bad revision key {k:?}"));
             return false;
         };
         if rev.main > current {
@@ -95,6 +111,15 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
                         bad = Some(format!("tombstone at {} of a key that is not live", rev.main));
                         return false;
                     }
+                } else if !(1..=rev.main).contains(&rec.kv.create_revision) || !(1..=rev.main).contains(&rec.kv.version)
+                {
+                    // A key's version counts its puts since its creation, each at a revision of
+                    // its own after the first (2).
+                    bad = Some(format!(
+                        "record at revision {}.{}: create revision {} and version {} do not fit it",
+                        rev.main, rev.sub, rec.kv.create_revision, rec.kv.version
+                    ));
+                    return false;
                 } else {
                     ki.restore(rev, rec.kv.create_revision, rec.kv.version);
                     // Records come in revision order: the last put decides the key's lease.

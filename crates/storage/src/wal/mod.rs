@@ -16,9 +16,11 @@
 //! ```
 //!
 //! Kinds: `Entry(index, bytes)`, `Vote(bytes)`, `Committed(bytes)`, `TruncateFrom(index)`,
-//! `Purge(index, bytes)` and `Checkpoint(vote, committed, purge)`. Every segment starts with a
-//! checkpoint of the vote, committed and purge state at the moment it was opened, so a segment
-//! whose entries are all purged can be deleted without losing that state. Replaying all records
+//! `Purge(index, bytes)`, `Checkpoint(vote, committed, purge, sealed length)` and `Synced`. Every
+//! segment starts with a checkpoint of the vote, committed and purge state at the moment it was
+//! opened, so a segment whose entries are all purged can be deleted without losing that state;
+//! the checkpoint also records the length the previous segment was sealed at (absent in logs
+//! written before it was), so a sealed segment cut short between two records is found. Replaying all records
 //! of all remaining segments in order rebuilds the log. The payloads are opaque here: the raft
 //! crate encodes openraft's types into them.
 //!
@@ -44,8 +46,12 @@
 //! block of it unwritten and a later one written: in a last segment that ends in zeroed-ahead
 //! space, a bad record followed by a valid one with a sector of zeros between them is such a
 //! torn batch (etcd's rule for torn writes). Any other bad record — in an older segment, or
-//! followed by a valid record otherwise — is corruption: [`Wal::open`] fails with
-//! [`Error::Corruption`] and the node refuses to start rather than serve a log it cannot trust.
+//! followed by a valid record otherwise — is corruption, and so is a sealed segment that is
+//! empty, shorter or longer than it was sealed, or missing from the middle of the numbering, and
+//! a record naming an index no log reaches (`u64::MAX`): [`Wal::open`] fails with
+//! [`Error::Corruption`] naming the segment file, and the node refuses to start rather than
+//! serve a log it cannot trust. Whatever bytes the files hold, recovery never panics (the
+//! property tests in `proptests` feed it random and damaged segments).
 //! Limitation: a corrupted *final* record that was acknowledged is indistinguishable from a torn
 //! write and is dropped, and so is a damaged record followed by valid ones when a zero sector
 //! lies between (a record's own data can be zeros); Raft's quorum still holds those entries on
@@ -63,6 +69,8 @@ mod record;
 mod recover;
 mod writer;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 
@@ -271,6 +279,9 @@ pub struct Wal {
     writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
+/// The largest segment number accepted: the writer numbers segments one up from the last.
+const SEGMENT_SEQ_MAX: u64 = u64::MAX / 2;
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:016}.log"))
 }
@@ -282,8 +293,9 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let name = name.to_string_lossy();
         if let Some(seq) = name.strip_prefix("wal-").and_then(|s| s.strip_suffix(".log")) {
             match seq.parse::<u64>() {
-                Ok(n) => segs.push(n),
-                Err(_) => return Err(Error::Corruption(format!("unexpected file in log directory: {name}"))),
+                // Far beyond any log (a new segment every 64 MiB), and room to count on.
+                Ok(n) if n <= SEGMENT_SEQ_MAX => segs.push(n),
+                _ => return Err(Error::Corruption(format!("unexpected file in log directory: {name}"))),
             }
         }
     }
@@ -445,7 +457,9 @@ impl Wal {
         let mut buf = vec![0u8; HEADER_BYTES + 1 + 8 + loc.len as usize];
         file.read_exact_at(&mut buf, rec_off)?;
         match parse_at(&buf, 0) {
-            Parsed::Record { kind: KIND_ENTRY, payload, .. } => Ok(Bytes::copy_from_slice(&payload[8..])),
+            Parsed::Record { kind: KIND_ENTRY, payload, .. } if payload.len() >= 8 => {
+                Ok(Bytes::copy_from_slice(&payload[8..]))
+            }
             _ => Err(corrupt(loc.segment, rec_off as usize, "entry failed its checksum on read")),
         }
     }

@@ -42,10 +42,14 @@ fn put_opt(out: &mut Vec<u8>, v: &Option<Vec<u8>>) {
     }
 }
 
+/// `sealed_prev`: the length the previous segment was sealed at, if this segment follows one
+/// (recovery checks it: a sealed segment cut short at a record boundary otherwise looks whole).
+/// Written last, so logs written before it existed read as if it were absent.
 pub(super) fn checkpoint_payload(
     vote: &Option<Vec<u8>>,
     committed: &Option<Vec<u8>>,
     purged: &Option<Purged>,
+    sealed_prev: Option<u64>,
 ) -> Vec<u8> {
     let mut p = Vec::new();
     put_opt(&mut p, vote);
@@ -58,6 +62,10 @@ pub(super) fn checkpoint_payload(
             p.extend_from_slice(&(pg.data.len() as u32).to_le_bytes());
             p.extend_from_slice(&pg.data);
         }
+    }
+    if let Some(len) = sealed_prev {
+        p.push(1);
+        p.extend_from_slice(&len.to_le_bytes());
     }
     p
 }

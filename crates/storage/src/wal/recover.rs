@@ -70,8 +70,16 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
         failed: None,
     };
     let mut last_len = 0u64;
+    // The segment replayed before this one and its length.
+    let mut prev: Option<(u64, u64)> = None;
     for (i, &seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
+        if let Some((p, _)) = prev {
+            // Segments are numbered one after the other and deleted oldest first.
+            if seg != p + 1 {
+                return Err(corrupt(seg, 0, &format!("the segments between it and wal-{p:016}.log are missing")));
+            }
+        }
         let path = segment_path(dir, seg);
         let mut buf = Vec::new();
         File::open(&path)?.read_to_end(&mut buf)?;
@@ -79,6 +87,11 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
         let mut first_record = true;
         // Whether this segment carries sync marks (its second record is one).
         let mut marked: Option<bool> = None;
+        let mut last_kind = None;
+        if buf.is_empty() && !is_last {
+            // A segment gets its checkpoint, durably, before the next one is created.
+            return Err(corrupt(seg, 0, "sealed segment is empty"));
+        }
         while at < buf.len() {
             match parse_at(&buf, at) {
                 Parsed::Record { kind, payload, next } => {
@@ -89,7 +102,8 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                         marked = Some(kind == KIND_SYNCED);
                     }
                     first_record = false;
-                    apply_record(&mut mem, seg, at, kind, payload)?;
+                    last_kind = Some(kind);
+                    apply_record(&mut mem, seg, at, kind, payload, prev)?;
                     at = next;
                 }
                 Parsed::Short | Parsed::Bad if is_last && buf[at..].iter().all(|&b| b == 0) => {
@@ -130,6 +144,12 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
                 }
             }
         }
+        if !is_last && marked == Some(true) && last_kind != Some(KIND_SYNCED) {
+            // Sealing a segment ends it with a sync mark, durably, before the next one exists:
+            // a sealed segment without one was cut short at a record boundary.
+            return Err(corrupt(seg, at, "sealed segment does not end with its final sync mark (cut short)"));
+        }
+        prev = Some((seg, buf.len() as u64));
         if is_last {
             if (at as u64) < buf.len() as u64 {
                 cut_back(&OpenOptions::new().write(true).open(&path)?, at as u64)?;
@@ -140,12 +160,24 @@ fn replay(dir: &Path, segments: &[u64]) -> Result<Replayed> {
     Ok(Replayed { mem, last_segment: segments.last().copied().unwrap_or(0), last_segment_len: last_len })
 }
 
-fn apply_record(mem: &mut Mem, seg: u64, at: usize, kind: u8, payload: &[u8]) -> Result<()> {
+/// The largest log index a record may name: the in-memory index computes `index + 1`, so
+/// `u64::MAX` (which no real log reaches) would overflow it. Such a record is damage.
+const INDEX_MAX: u64 = u64::MAX - 1;
+
+/// Replays one record into `mem`. `prev`: the segment replayed before this one, and its length.
+fn apply_record(mem: &mut Mem, seg: u64, at: usize, kind: u8, payload: &[u8], prev: Option<(u64, u64)>) -> Result<()> {
     let mut c = Cursor { b: payload };
     let bad = |what: &str| corrupt(seg, at, what);
+    let index_in_range = |index: u64, what: &str| {
+        if index > INDEX_MAX {
+            Err(bad(&format!("{what} names index {index}, beyond any log")))
+        } else {
+            Ok(index)
+        }
+    };
     match kind {
         KIND_ENTRY => {
-            let index = c.u64().ok_or_else(|| bad("short entry"))?;
+            let index = index_in_range(c.u64().ok_or_else(|| bad("short entry"))?, "entry")?;
             let data_off = at + HEADER_BYTES + 1 + 8;
             let len = c.b.len() as u32;
             // An entry at or below the current tail replaces it (a truncation record normally
@@ -179,7 +211,7 @@ fn apply_record(mem: &mut Mem, seg: u64, at: usize, kind: u8, payload: &[u8]) ->
             mem.truncate_from(index);
         }
         KIND_PURGE => {
-            let index = c.u64().ok_or_else(|| bad("short purge"))?;
+            let index = index_in_range(c.u64().ok_or_else(|| bad("short purge"))?, "purge")?;
             mem.purge_upto(index);
             mem.purged = Some(Purged { index, data: c.b.to_vec() });
         }
@@ -189,12 +221,28 @@ fn apply_record(mem: &mut Mem, seg: u64, at: usize, kind: u8, payload: &[u8]) ->
             let purged = match c.u8().ok_or_else(|| bad("bad checkpoint"))? {
                 0 => None,
                 1 => {
-                    let index = c.u64().ok_or_else(|| bad("bad checkpoint"))?;
+                    let index = index_in_range(c.u64().ok_or_else(|| bad("bad checkpoint"))?, "checkpoint")?;
                     let n = c.u32().ok_or_else(|| bad("bad checkpoint"))? as usize;
                     Some(Purged { index, data: c.take(n).ok_or_else(|| bad("bad checkpoint"))?.to_vec() })
                 }
                 _ => return Err(bad("bad checkpoint")),
             };
+            // The length the previous segment was sealed at (absent in logs written before it
+            // was recorded). Nothing to check when that segment was deleted.
+            let sealed_prev = match c.u8() {
+                None => None,
+                Some(1) => Some(c.u64().ok_or_else(|| bad("bad checkpoint"))?),
+                Some(_) => return Err(bad("bad checkpoint")),
+            };
+            if let (Some(sealed), Some((p, len))) = (sealed_prev, prev) {
+                if len != sealed {
+                    return Err(corrupt(
+                        p,
+                        len.min(sealed) as usize,
+                        &format!("segment sealed at {sealed} bytes is {len} bytes long (cut short or grown)"),
+                    ));
+                }
+            }
             // A checkpoint restates what earlier records said; it only adds information when
             // the segments before it were deleted.
             if vote.is_some() {
@@ -257,7 +305,7 @@ impl Wal {
             if last_segment_len == 0 {
                 // A crash while a segment was being started can leave it empty (or with only a
                 // torn checkpoint, cut away above): give it its checkpoint before any entry.
-                writer.start_segment()?;
+                writer.start_segment(None)?;
             }
             writer.recompute_max_indexes();
         }

@@ -147,24 +147,27 @@ impl Writer {
     pub(super) fn rotate(&mut self) -> Result<()> {
         // Sealed (and synced) before the next segment exists, so only the last segment can
         // ever end in zeros.
+        let sealed_prev = self.file.is_some();
         self.seal()?;
+        let sealed_prev = sealed_prev.then_some(self.len);
         let seq = self.segment + 1;
         let path = segment_path(&self.shared.dir, seq);
         let f = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
         self.file = Some(DataFile::new(f)?);
         self.segment = seq;
         self.zeroed_to = 0;
-        self.start_segment()?;
+        self.start_segment(sealed_prev)?;
         self.shared.readers.lock().push((seq, Arc::new(File::open(&path)?)));
         self.segments.push_back((seq, None));
         Ok(())
     }
 
     /// Writes the checkpoint that opens every segment into the empty active segment, durably.
-    pub(super) fn start_segment(&mut self) -> Result<()> {
+    /// `sealed_prev`: the length the previous segment was just sealed at, if known.
+    pub(super) fn start_segment(&mut self, sealed_prev: Option<u64>) -> Result<()> {
         let payload = {
             let m = self.shared.mem.lock();
-            checkpoint_payload(&m.vote, &m.committed, &m.purged)
+            checkpoint_payload(&m.vote, &m.committed, &m.purged, sealed_prev)
         };
         self.buf.clear();
         encode_record(KIND_CHECKPOINT, &[&payload], &mut self.buf);
