@@ -138,7 +138,7 @@ impl<R: Read> Read for CrcRead<R> {
 }
 
 /// Checks the magic, version, checksum and layout of a snapshot file; returns its header. A file
-/// that passes can be read record by record to its end ([`for_each_record`] cannot fail on it
+/// that passes can be read record by record to its end (`for_each_record` cannot fail on it
 /// but for I/O), so an import never stops half-way on a bad record.
 pub fn verify<R: Read + Seek>(mut file: R) -> Result<Vec<u8>, SnapshotError> {
     let len = file.seek(SeekFrom::End(0))?;
