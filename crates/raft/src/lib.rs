@@ -19,6 +19,8 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod range;
+mod recent;
 pub mod server;
 pub mod state_machine;
 pub mod tcp;

@@ -1,7 +1,6 @@
 //! openraft's log store over [`Wal`]: entries, vote, committed position and purge point are
 //! postcard-encoded into the log's records.
 
-use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -13,6 +12,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
+use crate::recent::Recent;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Largest batch of entries handed to replication in one read.
@@ -24,83 +24,7 @@ const RECENT_BYTES_MAX: usize = 32 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<Wal>,
-    recent: Arc<Mutex<Recent>>,
-}
-
-/// The newest entries, decoded. Replication (on the leader) and apply (on every member) read
-/// entries moments after they were appended; serving those reads from here saves decoding the
-/// log's bytes again for each reader. Copies are cheap: a command's op is shared.
-///
-/// Holds a contiguous run of indexes ending at the log's last entry (when non-empty); mirrors
-/// every append, truncation and purge of the log.
-#[derive(Default)]
-struct Recent {
-    first: u64,
-    /// Each entry with its encoded size (for the byte budget and for `max_bytes` of reads).
-    entries: VecDeque<(Entry, usize)>,
-    bytes: usize,
-}
-
-impl Recent {
-    fn end(&self) -> u64 {
-        self.first + self.entries.len() as u64
-    }
-
-    fn push(&mut self, e: Entry, len: usize) {
-        if self.entries.is_empty() || e.log_id.index != self.end() {
-            self.entries.clear();
-            self.bytes = 0;
-            self.first = e.log_id.index;
-        }
-        self.entries.push_back((e, len));
-        self.bytes += len;
-        while self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1 {
-            self.pop_front();
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((_, len)) = self.entries.pop_front() {
-            self.bytes -= len;
-            self.first += 1;
-        }
-    }
-
-    /// Drops entries from `index` on.
-    fn truncate_from(&mut self, index: u64) {
-        while self.end() > index.max(self.first) {
-            match self.entries.pop_back() {
-                Some((_, len)) => self.bytes -= len,
-                None => break,
-            }
-        }
-    }
-
-    /// Drops entries up to and including `index`.
-    fn purge_upto(&mut self, index: u64) {
-        while !self.entries.is_empty() && self.first <= index {
-            self.pop_front();
-        }
-    }
-
-    /// Entries `[start, end)` as the log would return them (at most `max_bytes`, but at least
-    /// one), if this holds them all; `None` sends the read to the log.
-    fn get(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
-        if start < self.first || start >= self.end() {
-            return None;
-        }
-        let hi = end.min(self.end());
-        let mut out = Vec::with_capacity((hi.saturating_sub(start)) as usize);
-        let mut bytes = 0usize;
-        for (e, len) in self.entries.range((start - self.first) as usize..(hi - self.first) as usize) {
-            if !out.is_empty() && bytes + len > max_bytes {
-                break;
-            }
-            bytes += len;
-            out.push(e.clone());
-        }
-        Some(out)
-    }
+    recent: Arc<Mutex<Recent<TypeConfig>>>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -133,7 +57,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 impl LogStore {
     pub fn new(wal: Arc<Wal>) -> Self {
-        LogStore { wal, recent: Arc::default() }
+        LogStore { wal, recent: Arc::new(Mutex::new(Recent::new(RECENT_BYTES_MAX))) }
     }
 
     pub fn wal(&self) -> &Arc<Wal> {
@@ -258,74 +182,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.recent.lock().purge_upto(log_id.index);
         self.wal.purge(log_id.index, encode(&log_id)).map_err(io_err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use openraft::entry::RaftEntry;
-
-    fn entry(index: u64) -> Entry {
-        Entry::new_blank(LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index))
-    }
-
-    fn indexes(r: &Recent, start: u64, end: u64, max_bytes: usize) -> Option<Vec<u64>> {
-        r.get(start, end, max_bytes).map(|v| v.iter().map(|e| e.log_id.index).collect())
-    }
-
-    #[test]
-    fn recent_serves_only_what_it_holds() {
-        let mut r = Recent::default();
-        assert_eq!(indexes(&r, 0, 10, usize::MAX), None);
-        for i in 5..10 {
-            r.push(entry(i), 10);
-        }
-        assert_eq!(indexes(&r, 5, 10, usize::MAX), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(indexes(&r, 7, u64::MAX, usize::MAX), Some(vec![7, 8, 9]));
-        // Before the first held entry, or past the last: the log answers.
-        assert_eq!(indexes(&r, 4, 10, usize::MAX), None);
-        assert_eq!(indexes(&r, 10, 12, usize::MAX), None);
-        // The byte budget of a read, but always at least one entry.
-        assert_eq!(indexes(&r, 5, 10, 25), Some(vec![5, 6]));
-        assert_eq!(indexes(&r, 5, 10, 1), Some(vec![5]));
-    }
-
-    #[test]
-    fn recent_mirrors_truncation_purge_and_gaps() {
-        let mut r = Recent::default();
-        for i in 1..=6 {
-            r.push(entry(i), 10);
-        }
-        r.truncate_from(4);
-        assert_eq!(indexes(&r, 1, 10, usize::MAX), Some(vec![1, 2, 3]));
-        r.push(entry(4), 10);
-        assert_eq!(indexes(&r, 3, 10, usize::MAX), Some(vec![3, 4]));
-        r.purge_upto(2);
-        assert_eq!(indexes(&r, 2, 10, usize::MAX), None);
-        assert_eq!(indexes(&r, 3, 10, usize::MAX), Some(vec![3, 4]));
-        // Truncating below everything held empties it.
-        r.truncate_from(1);
-        assert_eq!(indexes(&r, 3, 10, usize::MAX), None);
-        assert_eq!(r.bytes, 0);
-        // A push that does not follow the last held entry starts a new run.
-        r.push(entry(20), 10);
-        r.push(entry(30), 10);
-        assert_eq!(indexes(&r, 20, 40, usize::MAX), None);
-        assert_eq!(indexes(&r, 30, 40, usize::MAX), Some(vec![30]));
-        assert_eq!(r.bytes, 10);
-    }
-
-    #[test]
-    fn recent_keeps_to_its_byte_budget() {
-        let mut r = Recent::default();
-        let big = RECENT_BYTES_MAX / 4;
-        for i in 1..=10 {
-            r.push(entry(i), big);
-        }
-        assert!(r.bytes <= RECENT_BYTES_MAX);
-        assert_eq!(r.first, 7);
-        assert_eq!(indexes(&r, 7, 11, usize::MAX), Some(vec![7, 8, 9, 10]));
-        assert_eq!(indexes(&r, 6, 11, usize::MAX), None);
     }
 }

@@ -1,0 +1,272 @@
+//! The node's range replicas: the shared log, the data engine, the transport, and one openraft
+//! instance per range.
+//!
+//! Layout under the member directory:
+//! ```text
+//! member/ranges/log/       the shared Raft log of every range (raft-engine)
+//! member/ranges/data.redb  every range's keys (Table::Kv) and per-range state (Table::Meta)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_storage::{Engine, RedbEngine, Table};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, SnapshotPolicy};
+use parking_lot::RwLock;
+
+use crate::node::RaftTimers;
+use crate::range::log::{RangeLog, SharedLog};
+use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
+use crate::range::sm::{self, Applier, RangeStateMachine, SnapshotBytes};
+use crate::range::types::{RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, SnapshotMeta, Vote};
+use crate::types::PeerNode;
+
+#[derive(Debug, Clone)]
+pub struct RangeHostOptions {
+    /// This node's id (the same as in the meta group).
+    pub node_id: u64,
+    /// `member/ranges` under the data directory.
+    pub dir: PathBuf,
+    pub timers: RaftTimers,
+    /// Applied entries between a range's snapshots (after which its log is purged).
+    pub snapshot_count: u64,
+    /// UNSAFE: no fsync of the shared log. Off by default.
+    pub unsafe_no_fsync: bool,
+    pub engine_cache_bytes: usize,
+}
+
+/// One range replica on this node.
+pub struct RangeReplica {
+    pub id: RangeId,
+    pub raft: RangeRaft,
+    pub sm: RangeStateMachine,
+}
+
+/// Why a write or read on a range replica did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    /// Not the leader; the leader it knows of, if any.
+    #[error("range {range}: not the leader")]
+    NotLeader { range: RangeId, leader: Option<u64> },
+    #[error("range {0} is not on this node")]
+    NotHere(RangeId),
+    #[error("range {range}: {msg}")]
+    Raft { range: RangeId, msg: String },
+}
+
+impl RangeReplica {
+    /// Proposes `op` and waits for its answer from apply.
+    pub async fn write(&self, op: RangeOp) -> Result<RangeReply, RangeError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        match self.raft.client_write(op).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RangeError::NotLeader { range: self.id, leader: f.leader_id })
+            }
+            Err(e) => Err(RangeError::Raft { range: self.id, msg: e.to_string() }),
+        }
+    }
+
+    /// Waits until this replica may serve a linearizable read (it leads, and has applied
+    /// everything committed when the read arrived).
+    pub async fn read_barrier(&self) -> Result<(), RangeError> {
+        use openraft::error::{LinearizableReadError, RaftError};
+        match self.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(RangeError::NotLeader { range: self.id, leader: f.leader_id })
+            }
+            Err(e) => Err(RangeError::Raft { range: self.id, msg: e.to_string() }),
+        }
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.server_metrics().borrow_watched().current_leader
+    }
+}
+
+/// Every range replica on this node.
+pub struct RangeHost {
+    opts: RangeHostOptions,
+    log: Arc<SharedLog>,
+    engine: Arc<dyn Engine>,
+    applier: Arc<dyn Applier>,
+    mux: Mux,
+    config: Arc<Config>,
+    replicas: RwLock<HashMap<RangeId, Arc<RangeReplica>>>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl RangeHost {
+    /// Opens the node's range storage and starts every range replica it holds.
+    pub async fn open(opts: RangeHostOptions, applier: Arc<dyn Applier>) -> io::Result<Arc<RangeHost>> {
+        opts.timers.validate().map_err(io_err)?;
+        let log = SharedLog::open(&opts.dir.join("log"), !opts.unsafe_no_fsync)?;
+        let path = opts.dir.join("data.redb");
+        let engine: Arc<dyn Engine> = Arc::new(
+            RedbEngine::open(&path, opts.engine_cache_bytes).map_err(|e| io_err(format!("{}: {e}", path.display())))?,
+        );
+        let t = opts.timers;
+        let config = Config {
+            cluster_name: "cairn-range".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_ms * 3 / 8,
+            election_timeout_max: t.election_timeout_ms / 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
+            max_in_snapshot_log_to_keep: (opts.snapshot_count / 10).max(1),
+            replication_lag_threshold: opts.snapshot_count.saturating_mul(2),
+            install_snapshot_timeout: 120_000,
+            max_payload_entries: 256,
+            enable_pre_vote: Some(true),
+            // As the meta group: a restarted leader must win a new election (see node.rs).
+            enable_leader_restore: Some(false),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(io_err)?;
+        let host = Arc::new(RangeHost {
+            opts,
+            log,
+            engine,
+            applier,
+            mux: Mux::default(),
+            config: Arc::new(config),
+            replicas: RwLock::new(HashMap::new()),
+        });
+        for id in host.stored_ranges()? {
+            host.start(id, None).await?;
+        }
+        let weak = Arc::downgrade(&host);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let Some(h) = weak.upgrade() else { return };
+                let log = h.log.clone();
+                drop(h);
+                if let Err(e) =
+                    tokio::task::spawn_blocking(move || log.purge_files()).await.map_err(io_err).and_then(|r| r)
+                {
+                    tracing::warn!(error = %e, "range log purge failed");
+                }
+            }
+        });
+        Ok(host)
+    }
+
+    /// The ranges whose descriptors this node's engine holds.
+    fn stored_ranges(&self) -> io::Result<Vec<RangeId>> {
+        let reader = self.engine.reader().map_err(io_err)?;
+        let mut ids = Vec::new();
+        reader
+            .scan(Table::Meta, Bound::Included(b"range/"), Bound::Excluded(b"range0"), &mut |k, _| {
+                if k.len() == 6 + 8 + 1 + sm::DESC.len() && k.ends_with(sm::DESC.as_bytes()) {
+                    ids.push(u64::from_be_bytes(k[6..14].try_into().expect("8 bytes")));
+                }
+                true
+            })
+            .map_err(io_err)?;
+        Ok(ids)
+    }
+
+    async fn start(&self, id: RangeId, desc: Option<RangeDesc>) -> io::Result<Arc<RangeReplica>> {
+        let sm = RangeStateMachine::open(self.engine.clone(), self.applier.clone(), id, desc)?;
+        let net = RangeNetwork { group: id, mux: self.mux.clone() };
+        let raft = RangeRaft::new(
+            self.opts.node_id,
+            self.config.clone(),
+            net,
+            RangeLog::new(self.log.clone(), id),
+            sm.clone(),
+        )
+        .await
+        .map_err(io_err)?;
+        let r = Arc::new(RangeReplica { id, raft, sm });
+        self.replicas.write().insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Creates a replica of a range new to this node. With `voters`, this replica bootstraps
+    /// the range's group with them (call it on one node only); without, it waits to be
+    /// added by the range's leader.
+    pub async fn create(
+        &self,
+        desc: RangeDesc,
+        voters: Option<BTreeMap<u64, PeerNode>>,
+    ) -> io::Result<Arc<RangeReplica>> {
+        if let Some(r) = self.get(desc.id) {
+            return Ok(r);
+        }
+        let r = self.start(desc.id, Some(desc)).await?;
+        if let Some(v) = voters {
+            r.raft.initialize(v).await.map_err(io_err)?;
+        }
+        Ok(r)
+    }
+
+    pub fn get(&self, id: RangeId) -> Option<Arc<RangeReplica>> {
+        self.replicas.read().get(&id).cloned()
+    }
+
+    pub fn replicas(&self) -> Vec<Arc<RangeReplica>> {
+        let mut v: Vec<_> = self.replicas.read().values().cloned().collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    /// Bytes of the shared log's files.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// Whether the shared log failed (the node must stop).
+    pub fn failed(&self) -> bool {
+        self.log.failed()
+    }
+
+    /// Stops every range and syncs the data engine.
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
+        for r in all {
+            let _ = r.raft.shutdown().await;
+        }
+        let _ = self.engine.sync();
+    }
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
+    r.map(|v| postcard::to_allocvec(&v).expect("raft types serialize")).map_err(|e| e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(data).map_err(|e| format!("undecodable range message: {e}"))
+}
+
+#[tonic::async_trait]
+impl RangeHandler for RangeHost {
+    async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {
+        let r = self.get(group).ok_or_else(|| format!("range {group} is not on node {:x}", self.opts.node_id))?;
+        match kind {
+            Kind::Append => reply(r.raft.append_entries(decode(data)?).await),
+            Kind::Vote => reply(r.raft.vote(decode(data)?).await),
+            Kind::PreVote => reply(r.raft.pre_vote(decode(data)?).await),
+            Kind::TransferLeader => reply(r.raft.handle_transfer_leader(decode(data)?).await),
+            Kind::Snapshot => {
+                let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;
+                let snapshot = openraft::alias::SnapshotOf::<RangeConfig, SnapshotBytes> {
+                    meta,
+                    snapshot: std::io::Cursor::new(bytes.into_vec()),
+                };
+                reply(r.raft.install_full_snapshot(vote, snapshot).await)
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! One log for every range replica on a node: TiKV's `raft-engine`, written by one thread.
+//!
+//! Appends, votes, truncations and purges of every group go through one queue to one writer
+//! thread, which merges everything queued into one `LogBatch`, writes it and fsyncs once, then
+//! fires each operation's callback: one fsync serves every group that had something to append
+//! (group commit across ranges), and a group's operations reach the log in the order they were
+//! made. A failed write or fsync is never retried: the log refuses every later operation and
+//! the node must stop (after a failed fsync the page cache cannot be trusted).
+//!
+//! In the engine, each group's entries are `BytesValue` messages holding the entry's index
+//! (8 bytes, big-endian) and the postcard-encoded openraft entry; the vote, the tail marker and
+//! the purge point are the group's keys.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use parking_lot::Mutex;
+use protobuf::well_known_types::BytesValue;
+use raft_engine::{Command, LogBatch, MessageExt};
+
+use crate::range::types::{Entry, LogId, RangeConfig, RangeId, Vote};
+use crate::recent::Recent;
+
+/// Largest batch of entries handed to replication in one read.
+const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Encoded bytes of one group's newest entries kept decoded.
+const RECENT_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes the writer merges into one write (and one fsync) at most.
+const WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Operations queued for the writer at most; a full queue makes callers wait.
+const QUEUE_MAX: usize = 4096;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_PURGED: &[u8] = b"purged";
+/// Entries after this index are truncated (raft-engine drops a tail only when it is
+/// overwritten; until the next append, the marker hides it).
+const KEY_TAIL: &[u8] = b"tail";
+
+/// How raft-engine learns an entry's index.
+struct Entries;
+
+impl MessageExt for Entries {
+    type Entry = BytesValue;
+
+    fn index(e: &BytesValue) -> u64 {
+        e.value.get(..8).map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("raft types serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T> {
+    postcard::from_bytes(b)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("range log: cannot decode {what}: {e}")))
+}
+
+fn decode_entry(group: RangeId, index: u64, v: &BytesValue) -> io::Result<Entry> {
+    let body = v.value.get(8..).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("range log: range {group} entry {index} is too short"))
+    })?;
+    let e: Entry = decode(body, &format!("range {group} entry {index}"))?;
+    if e.log_id.index != index {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "range log: the entry stored at index {index} of range {group} says it is entry {}",
+                e.log_id.index
+            ),
+        ));
+    }
+    Ok(e)
+}
+
+type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+struct Job {
+    batch: LogBatch,
+    done: Done,
+}
+
+/// The node's one Raft log for all its range replicas.
+pub struct SharedLog {
+    engine: Arc<raft_engine::Engine>,
+    queue: std::sync::mpsc::SyncSender<Job>,
+    failed: Arc<AtomicBool>,
+}
+
+impl SharedLog {
+    /// Opens (or creates) the log in `dir`. `sync` false is the unsafe no-fsync mode.
+    pub fn open(dir: &Path, sync: bool) -> io::Result<Arc<SharedLog>> {
+        std::fs::create_dir_all(dir)?;
+        let cfg = raft_engine::Config {
+            dir: dir.display().to_string(),
+            // A torn tail (a write cut by a crash) is dropped; damage before it is refused.
+            recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
+            target_file_size: raft_engine::ReadableSize::mb(64),
+            purge_threshold: raft_engine::ReadableSize::gb(1),
+            ..Default::default()
+        };
+        let engine = Arc::new(
+            raft_engine::Engine::open(cfg).map_err(|e| io_err(format!("range log in {}: {e}", dir.display())))?,
+        );
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE_MAX);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (e, f) = (engine.clone(), failed.clone());
+        std::thread::Builder::new().name("range-log".into()).spawn(move || writer(e, rx, f, sync))?;
+        Ok(Arc::new(SharedLog { engine, queue, failed }))
+    }
+
+    /// Queues `batch`; `done` runs once it is durable (or failed).
+    fn submit(&self, batch: LogBatch, done: Done) -> io::Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io_err("range log: an earlier write or fsync failed; the node must restart"));
+        }
+        self.queue.send(Job { batch, done }).map_err(|_| io_err("range log: the writer has stopped"))
+    }
+
+    /// Queues `batch` and waits until it is durable.
+    async fn write(&self, batch: LogBatch) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.await.map_err(|_| io_err("range log: the writer has stopped"))?
+    }
+
+    /// Removes log files every group has purged past. Call now and then.
+    pub fn purge_files(&self) -> io::Result<Vec<RangeId>> {
+        self.engine.purge_expired_files().map_err(io_err)
+    }
+
+    /// Bytes of log files on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.engine.get_used_size() as u64
+    }
+
+    /// The groups the log holds anything for.
+    pub fn groups(&self) -> Vec<RangeId> {
+        self.engine.raft_groups()
+    }
+
+    /// Whether a write or fsync has failed (the node must stop).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Removes everything of `group` (its replica was removed from this node).
+    pub async fn remove_group(&self, group: RangeId) -> io::Result<()> {
+        let mut b = LogBatch::default();
+        b.add_command(group, Command::Clean);
+        self.write(b).await
+    }
+}
+
+/// The writer thread: merges queued batches, writes and fsyncs once, answers each.
+fn writer(engine: Arc<raft_engine::Engine>, rx: std::sync::mpsc::Receiver<Job>, failed: Arc<AtomicBool>, sync: bool) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first.done];
+        let mut batch = first.batch;
+        let mut merge_err = None;
+        while batch.approximate_size() < WRITE_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(mut j) => {
+                    if let Err(e) = batch.merge(&mut j.batch) {
+                        merge_err = Some(io_err(e));
+                    }
+                    jobs.push(j.done);
+                }
+                Err(_) => break,
+            }
+        }
+        let r = if failed.load(Ordering::Acquire) {
+            Err(io_err("range log: an earlier write or fsync failed; the node must restart"))
+        } else if let Some(e) = merge_err {
+            Err(e)
+        } else if batch.is_empty() {
+            Ok(())
+        } else {
+            engine.write(&mut batch, sync).map(|_| ()).map_err(io_err)
+        };
+        if let Err(e) = &r {
+            if !failed.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %e, "range log write failed; every later write is refused");
+            }
+        }
+        for done in jobs {
+            done(r.as_ref().map(|_| ()).map_err(io_err));
+        }
+    }
+}
+
+/// One range's view of the [`SharedLog`]: openraft's log storage for that group.
+#[derive(Clone)]
+pub struct RangeLog {
+    group: RangeId,
+    log: Arc<SharedLog>,
+    recent: Arc<Mutex<Recent<RangeConfig>>>,
+}
+
+fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RangeLog {
+    pub fn new(log: Arc<SharedLog>, group: RangeId) -> Self {
+        RangeLog { group, log, recent: Arc::new(Mutex::new(Recent::new(RECENT_BYTES_MAX))) }
+    }
+
+    fn get_key<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> io::Result<Option<T>> {
+        self.log.engine.get(self.group, key).map(|b| decode(&b, what)).transpose()
+    }
+
+    /// The index after the last entry the engine holds for this group, honouring the tail
+    /// marker (`None`: no entries).
+    fn engine_span(&self) -> io::Result<Option<(u64, u64)>> {
+        let e = &self.log.engine;
+        let (Some(first), Some(last)) = (e.first_index(self.group), e.last_index(self.group)) else {
+            return Ok(None);
+        };
+        // The marker holds the last index kept (`Some(None)`: none).
+        let tail: Option<Option<u64>> = self.get_key(KEY_TAIL, "the tail marker")?;
+        let end = match tail {
+            Some(Some(t)) => last.min(t).saturating_add(1),
+            Some(None) => first,
+            None => last + 1,
+        };
+        Ok((end > first).then_some((first, end)))
+    }
+
+    async fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = self.recent.lock().get(start, end, max_bytes) {
+            return Ok(entries);
+        }
+        // Entries queued but not yet written are in `recent`; anything older is in the engine,
+        // unless the writer is behind: wait for it once (an empty write is a barrier).
+        match self.read_engine(start, end, max_bytes)? {
+            Some(v) => Ok(v),
+            None => {
+                self.log.write(LogBatch::default()).await?;
+                Ok(self.read_engine(start, end, max_bytes)?.unwrap_or_default())
+            }
+        }
+    }
+
+    /// `None` when the engine does not reach `start` yet.
+    fn read_engine(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Option<Vec<Entry>>> {
+        let Some((first, last_end)) = self.engine_span()? else {
+            return Ok(None);
+        };
+        let start = start.max(first);
+        let end = end.min(last_end);
+        if start >= end {
+            return Ok(if start >= last_end { None } else { Some(vec![]) });
+        }
+        let mut raw = Vec::new();
+        self.log
+            .engine
+            .fetch_entries_to::<Entries>(self.group, start, end, Some(max_bytes), &mut raw)
+            .map_err(io_err)?;
+        raw.iter()
+            .enumerate()
+            .map(|(i, v)| decode_entry(self.group, start + i as u64, v))
+            .collect::<io::Result<_>>()
+            .map(Some)
+    }
+}
+
+impl RaftLogReader<RangeConfig> for RangeLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = bounds(range);
+        self.read(start, end, usize::MAX).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_key(KEY_VOTE, "the vote")
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        self.read(start, end, READ_BYTES_MAX).await
+    }
+}
+
+impl RaftLogStorage<RangeConfig> for RangeLog {
+    type LogReader = RangeLog;
+
+    async fn get_log_state(&mut self) -> Result<openraft::storage::LogState<RangeConfig>, io::Error> {
+        // Whatever is queued first.
+        self.log.write(LogBatch::default()).await?;
+        let last_purged_log_id: Option<LogId> = self.get_key(KEY_PURGED, "the purge point")?;
+        let last_log_id = match self.engine_span()? {
+            Some((_, end)) => {
+                let last = self.read_engine(end - 1, end, usize::MAX)?.unwrap_or_default();
+                Some(last.into_iter().next().ok_or_else(|| io_err("range log: the last entry is missing"))?.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut b = LogBatch::default();
+        b.put(self.group, KEY_VOTE.to_vec(), encode(vote)).map_err(io_err)?;
+        self.log.write(b).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<RangeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let raw: Vec<BytesValue> = entries
+            .iter()
+            .map(|e| {
+                let mut value = e.log_id.index.to_be_bytes().to_vec();
+                value.extend_from_slice(&encode(e));
+                BytesValue { value, ..Default::default() }
+            })
+            .collect();
+        let lens: Vec<usize> = raw.iter().map(|v| v.value.len()).collect();
+        let mut b = LogBatch::default();
+        // raft-engine panics on a hole and on overwriting purged entries; openraft never asks
+        // for either, and a log that would is refused here rather than crash the node.
+        let e = &self.log.engine;
+        if let (Some(first), Some(last)) = (e.first_index(self.group), e.last_index(self.group)) {
+            if first_new < first {
+                return Err(io_err(format!(
+                    "range log: range {} appends entry {first_new} below its first entry {first}",
+                    self.group
+                )));
+            }
+            if first_new > last + 1 {
+                // Past a gap (a snapshot was installed): what is held is obsolete.
+                b.add_command(self.group, Command::Compact { index: first_new });
+            }
+        }
+        b.add_entries::<Entries>(self.group, &raw).map_err(io_err)?;
+        b.delete(self.group, KEY_TAIL.to_vec());
+        // Under the copy's lock: the queue first (it may refuse), then the copy.
+        let mut recent = self.recent.lock();
+        self.log.submit(b, Box::new(move |r| callback.io_completed(r)))?;
+        for (e, len) in entries.into_iter().zip(lens) {
+            recent.push(e, len);
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let keep = last_log_id.map(|l| l.index);
+        self.recent.lock().truncate_from(keep.map_or(0, |k| k + 1));
+        let mut b = LogBatch::default();
+        b.put(self.group, KEY_TAIL.to_vec(), encode(&keep)).map_err(io_err)?;
+        self.log.write(b).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.recent.lock().purge_upto(log_id.index);
+        let mut b = LogBatch::default();
+        b.put(self.group, KEY_PURGED.to_vec(), encode(&log_id)).map_err(io_err)?;
+        b.add_command(self.group, Command::Compact { index: log_id.index + 1 });
+        self.log.write(b).await
+    }
+}

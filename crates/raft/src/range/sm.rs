@@ -1,0 +1,443 @@
+//! One range's state machine, over the node's one data engine.
+//!
+//! Every range replica on a node writes into the same engine: ranges are disjoint intervals of
+//! one ordered keyspace, so their keys share `Table::Kv`, and each range's applied log id,
+//! membership and descriptor sit under its id in `Table::Meta`. Apply writes a batch's changes
+//! and its applied log id in one atomic engine write, not fsynced (the log is); building a
+//! snapshot syncs the engine, after which openraft may purge the log up to it.
+//!
+//! A snapshot is the range's descriptor and its keys and values, with a CRC-32C: it is checked
+//! before anything is replaced. It is held in memory, bounded by the range's size (ranges split
+//! at `--range-split-bytes`) and refused past [`SNAPSHOT_BYTES_MAX`].
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use cairn_storage::{Engine, Reader, Table, WriteBatch};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::range::types::{
+    LogId, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta, StoredMembership,
+};
+
+/// A snapshot's data: its encoded bytes.
+pub type SnapshotBytes = Cursor<Vec<u8>>;
+
+/// Largest range snapshot built or accepted.
+pub const SNAPSHOT_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// Reads of a range's keys as apply sees them.
+pub trait DataView {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
+    /// Visits keys in `[from, to)` (`to` empty: no upper bound) in order until `visit` returns
+    /// false.
+    fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> io::Result<()>;
+}
+
+/// Reads and writes of a range's keys during apply.
+pub trait DataWrite: DataView {
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    fn delete(&mut self, key: &[u8]);
+}
+
+/// What a range's commands mean: the layer above (the data tier's services) decides.
+/// Must be deterministic: the same op on the same data gives the same changes and answer on
+/// every replica (time comes from `op.stamp_ms`).
+pub trait Applier: Send + Sync + 'static {
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply;
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("range types serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T> {
+    postcard::from_bytes(b)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}: {e}")))
+}
+
+/// `Table::Meta` key of a range's field.
+pub fn meta_key(id: RangeId, field: &str) -> Vec<u8> {
+    let mut k = b"range/".to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k.push(b'/');
+    k.extend_from_slice(field.as_bytes());
+    k
+}
+
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+pub(crate) const DESC: &str = "desc";
+
+fn upper(to: &[u8]) -> Bound<&[u8]> {
+    if to.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(to)
+    }
+}
+
+/// The engine as of a reader, plus the changes made so far in this apply batch.
+struct Overlay<'a> {
+    reader: &'a dyn Reader,
+    desc: &'a RangeDesc,
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// A key outside the range was written: a bug in the applier, refused at commit.
+    outside: Option<Vec<u8>>,
+}
+
+impl DataView for Overlay<'_> {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match self.changes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.reader.get(Table::Kv, key).map_err(io_err),
+        }
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> io::Result<()> {
+        let mut pending = self.changes.range::<[u8], _>((Bound::Included(from), upper(to))).peekable();
+        let mut going = true;
+        self.reader
+            .scan(Table::Kv, Bound::Included(from), upper(to), &mut |k, v| {
+                // Changed keys before this one first.
+                while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_slice() <= k) {
+                    let same = ck.as_slice() == k;
+                    if let Some(cv) = cv {
+                        if !visit(ck, cv) {
+                            going = false;
+                            return false;
+                        }
+                    }
+                    if same {
+                        return true;
+                    }
+                }
+                going = visit(k, v);
+                going
+            })
+            .map_err(io_err)?;
+        if going {
+            for (ck, cv) in pending {
+                if let Some(cv) = cv {
+                    if !visit(ck, cv) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DataWrite for Overlay<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        if !self.desc.contains(key) {
+            self.outside.get_or_insert_with(|| key.to_vec());
+            return;
+        }
+        self.changes.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        if !self.desc.contains(key) {
+            self.outside.get_or_insert_with(|| key.to_vec());
+            return;
+        }
+        self.changes.insert(key.to_vec(), None);
+    }
+}
+
+/// The snapshot format.
+#[derive(Serialize, Deserialize)]
+struct RangeSnapshot {
+    desc: RangeDesc,
+    pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+struct SmState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    desc: RangeDesc,
+    /// Whether a snapshot exists (one was built or installed): the data itself is not kept,
+    /// a snapshot asked for is built afresh from the engine.
+    has_snapshot: bool,
+}
+
+struct Inner {
+    id: RangeId,
+    engine: Arc<dyn Engine>,
+    applier: Arc<dyn Applier>,
+    state: Mutex<SmState>,
+}
+
+/// A range's state machine; clones share state.
+#[derive(Clone)]
+pub struct RangeStateMachine {
+    inner: Arc<Inner>,
+}
+
+impl RangeStateMachine {
+    /// Opens range `id`'s state machine on `engine`. A range new to this node starts empty with
+    /// `desc`; one it already holds keeps its stored descriptor.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        applier: Arc<dyn Applier>,
+        id: RangeId,
+        desc: Option<RangeDesc>,
+    ) -> io::Result<RangeStateMachine> {
+        let r = engine.reader().map_err(io_err)?;
+        let get = |f: &str| r.get(Table::Meta, &meta_key(id, f)).map_err(io_err);
+        let applied: Option<LogId> =
+            get(APPLIED)?.map(|b| decode(&b, "a range's applied log id")).transpose()?.flatten();
+        let membership: StoredMembership =
+            get(MEMBERSHIP)?.map(|b| decode(&b, "a range's membership")).transpose()?.unwrap_or_default();
+        let desc = match (get(DESC)?, desc) {
+            (Some(b), _) => decode(&b, "a range descriptor")?,
+            (None, Some(d)) => {
+                let mut wb = WriteBatch::new();
+                wb.put(Table::Meta, meta_key(id, DESC), encode(&d));
+                engine.write(wb).map_err(io_err)?;
+                engine.sync().map_err(io_err)?;
+                d
+            }
+            (None, None) => return Err(io_err(format!("range {id} is not on this node"))),
+        };
+        Ok(RangeStateMachine {
+            inner: Arc::new(Inner {
+                id,
+                engine,
+                applier,
+                state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some() }),
+            }),
+        })
+    }
+
+    pub fn desc(&self) -> RangeDesc {
+        self.inner.state.lock().desc.clone()
+    }
+
+    pub fn applied(&self) -> Option<LogId> {
+        self.inner.state.lock().applied
+    }
+
+    /// Reads the range's keys as of now (what apply has made visible).
+    pub fn read<T>(&self, f: impl FnOnce(&dyn DataView) -> T) -> io::Result<T> {
+        let reader = self.inner.engine.reader().map_err(io_err)?;
+        let desc = self.desc();
+        let view = Overlay { reader: &*reader, desc: &desc, changes: BTreeMap::new(), outside: None };
+        Ok(f(&view))
+    }
+
+    /// Bytes of the range's keys and values (a full scan: for status, not hot paths).
+    pub fn bytes(&self) -> io::Result<u64> {
+        let desc = self.desc();
+        let reader = self.inner.engine.reader().map_err(io_err)?;
+        let mut n = 0u64;
+        reader
+            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
+                n += (k.len() + v.len()) as u64;
+                true
+            })
+            .map_err(io_err)?;
+        Ok(n)
+    }
+
+    fn build(&self) -> io::Result<Snapshot> {
+        let engine = &self.inner.engine;
+        // Everything applied so far becomes durable, so openraft may purge the log up to it.
+        engine.sync().map_err(io_err)?;
+        let reader = engine.reader().map_err(io_err)?;
+        let (applied, membership, desc) = {
+            let st = self.inner.state.lock();
+            (st.applied, st.membership.clone(), st.desc.clone())
+        };
+        let mut pairs = Vec::new();
+        let mut bytes = 0usize;
+        reader
+            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
+                bytes += k.len() + v.len();
+                pairs.push((serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)));
+                bytes <= SNAPSHOT_BYTES_MAX
+            })
+            .map_err(io_err)?;
+        if bytes > SNAPSHOT_BYTES_MAX {
+            return Err(io_err(format!(
+                "range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)",
+                self.inner.id
+            )));
+        }
+        // The reader may be newer than `applied` (apply runs meanwhile): the meta read with it
+        // describes exactly what it holds.
+        let r_applied: Option<LogId> = reader
+            .get(Table::Meta, &meta_key(self.inner.id, APPLIED))
+            .map_err(io_err)?
+            .map(|b| decode(&b, "a range's applied log id"))
+            .transpose()?
+            .flatten();
+        let r_membership: StoredMembership = reader
+            .get(Table::Meta, &meta_key(self.inner.id, MEMBERSHIP))
+            .map_err(io_err)?
+            .map(|b| decode(&b, "a range's membership"))
+            .transpose()?
+            .unwrap_or(membership);
+        let applied = r_applied.or(applied);
+        let mut data = encode(&RangeSnapshot { desc, pairs });
+        let crc = crc32c::crc32c(&data);
+        data.extend_from_slice(&crc.to_be_bytes());
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: r_membership };
+        self.inner.state.lock().has_snapshot = true;
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
+        if data.len() < 4 || data.len() > SNAPSHOT_BYTES_MAX + 4 {
+            return Err(io_err(format!("range {}: snapshot of {} bytes refused", self.inner.id, data.len())));
+        }
+        let (body, crc) = data.split_at(data.len() - 4);
+        if crc32c::crc32c(body).to_be_bytes() != crc {
+            return Err(io_err(format!("range {}: snapshot checksum mismatch", self.inner.id)));
+        }
+        let snap: RangeSnapshot = decode(body, "a range snapshot")?;
+        if snap.desc.id != self.inner.id {
+            return Err(io_err(format!("range {}: snapshot of range {} refused", self.inner.id, snap.desc.id)));
+        }
+        let engine = &self.inner.engine;
+        let mut wb = WriteBatch::new();
+        {
+            // What the range held, under both the old and the new bounds, goes first.
+            let old = self.desc();
+            let reader = engine.reader().map_err(io_err)?;
+            for d in [&old, &snap.desc] {
+                reader
+                    .scan(Table::Kv, Bound::Included(&d.start), upper(&d.end), &mut |k, _| {
+                        wb.delete(Table::Kv, k.to_vec());
+                        true
+                    })
+                    .map_err(io_err)?;
+            }
+        }
+        for (k, v) in &snap.pairs {
+            if !snap.desc.contains(k) {
+                return Err(io_err(format!("range {}: snapshot holds a key outside the range", self.inner.id)));
+            }
+            wb.put(Table::Kv, k.to_vec(), v.to_vec());
+        }
+        let id = self.inner.id;
+        wb.put(Table::Meta, meta_key(id, APPLIED), encode(&meta.last_log_id));
+        wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&meta.last_membership));
+        wb.put(Table::Meta, meta_key(id, DESC), encode(&snap.desc));
+        engine.write(wb).map_err(io_err)?;
+        engine.sync().map_err(io_err)?;
+        let mut st = self.inner.state.lock();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        st.desc = snap.desc;
+        st.has_snapshot = true;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<RangeConfig> for RangeStateMachine {
+    type SnapshotData = SnapshotBytes;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build()).await.map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<RangeConfig> for RangeStateMachine {
+    type SnapshotData = SnapshotBytes;
+    type SnapshotBuilder = RangeStateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let st = self.inner.state.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<RangeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut items = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            items.push(item);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let id = self.inner.id;
+        let engine = &self.inner.engine;
+        let reader = engine.reader().map_err(io_err)?;
+        let mut replies = Vec::with_capacity(items.len());
+        let mut st = self.inner.state.lock();
+        let desc = st.desc.clone();
+        let mut view = Overlay { reader: &*reader, desc: &desc, changes: BTreeMap::new(), outside: None };
+        for (entry, responder) in items {
+            if let Some(applied) = &st.applied {
+                if entry.log_id.index <= applied.index {
+                    return Err(io_err(format!("range {id}: apply of {} after {}", entry.log_id, applied)));
+                }
+            }
+            let reply = match &entry.payload {
+                EntryPayload::Blank => RangeReply::default(),
+                EntryPayload::Normal(op) => self.inner.applier.apply(&desc, &mut view, op),
+                EntryPayload::Membership(m) => {
+                    st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    RangeReply::default()
+                }
+            };
+            st.applied = Some(entry.log_id);
+            replies.push((responder, reply));
+        }
+        if let Some(k) = view.outside {
+            return Err(io_err(format!("range {id}: apply wrote key {k:?} outside the range")));
+        }
+        let mut wb = WriteBatch::with_capacity(view.changes.len() + 2);
+        for (k, v) in view.changes {
+            match v {
+                Some(v) => wb.put(Table::Kv, k, v),
+                None => wb.delete(Table::Kv, k),
+            }
+        }
+        wb.put(Table::Meta, meta_key(id, APPLIED), encode(&st.applied));
+        wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&st.membership));
+        // A failed engine write is fatal: openraft stops the group on this error.
+        engine.write(wb).map_err(io_err)?;
+        drop(st);
+        for (responder, reply) in replies {
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotBytes) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || this.install(&meta, snapshot.into_inner())).await.map_err(io_err)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        if !self.inner.state.lock().has_snapshot {
+            return Ok(None);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build()).await.map_err(io_err)?.map(Some)
+    }
+}

@@ -1,0 +1,65 @@
+//! The data tier's openraft type configuration and range descriptors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::PeerNode;
+
+/// A range's id: also its Raft group id in the shared log and on the wire.
+pub type RangeId = u64;
+
+/// One command in a range's log: opaque to Raft, decoded by the [`crate::range::Applier`].
+/// `stamp_ms` is the proposing leader's wall clock: time enters apply through the log
+/// (expiry decisions are deterministic on every replica).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeOp {
+    pub stamp_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub cmd: Vec<u8>,
+}
+
+impl std::fmt::Display for RangeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RangeOp({} bytes @{})", self.cmd.len(), self.stamp_ms)
+    }
+}
+
+/// What applying a [`RangeOp`] answered, encoded by the applier.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeReply(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// Where a range sits in the keyspace: `[start, end)`, `end` empty meaning the keyspace's end.
+/// `epoch` changes on every split, merge and replica change, so a request routed with an old
+/// descriptor is detected and re-routed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeDesc {
+    pub id: RangeId,
+    #[serde(with = "serde_bytes")]
+    pub start: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub end: Vec<u8>,
+    pub epoch: u64,
+}
+
+impl RangeDesc {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// A range's Raft types: opaque data-tier commands in and out, the same node ids and peer
+    /// addresses as the meta group.
+    pub RangeConfig:
+        D = RangeOp,
+        R = RangeReply,
+        NodeId = u64,
+        Node = PeerNode,
+);
+
+pub type RangeRaft = openraft::Raft<RangeConfig, crate::range::RangeStateMachine>;
+pub type LogId = openraft::alias::LogIdOf<RangeConfig>;
+pub type Vote = openraft::alias::VoteOf<RangeConfig>;
+pub type Entry = openraft::alias::EntryOf<RangeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<RangeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<RangeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<RangeConfig, crate::range::sm::SnapshotBytes>;

@@ -1,0 +1,251 @@
+//! The data tier's Raft groups: openraft's storage suite over the shared log and a range's
+//! state machine, and real groups of several nodes over the batched transport on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_raft::range::mux::RangesService;
+use cairn_raft::range::{
+    Applier, DataWrite, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp, RangeReply, RangeStateMachine,
+    SharedLog,
+};
+use cairn_raft::{PeerNode, RaftTimers};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::StorageError;
+
+/// A put: `cmd` is postcard `(key, value)`; the reply is the previous value.
+struct Puts;
+
+impl Applier for Puts {
+    fn apply(&self, _desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply {
+        let (k, v): (Vec<u8>, Vec<u8>) = postcard::from_bytes(&op.cmd).expect("test op");
+        let prev = data.get(&k).unwrap().unwrap_or_default();
+        data.put(&k, &v);
+        RangeReply(prev)
+    }
+}
+
+fn put(k: &str, v: &str) -> RangeOp {
+    RangeOp { stamp_ms: 0, cmd: postcard::to_allocvec(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())).unwrap() }
+}
+
+struct Builder;
+
+impl StoreBuilder<cairn_raft::range::RangeConfig, RangeLog, RangeStateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, RangeLog, RangeStateMachine), StorageError<cairn_raft::range::RangeConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(&dir.path().join("log"), true).unwrap();
+        let engine = Arc::new(cairn_storage::RedbEngine::open(&dir.path().join("data.redb"), 1 << 20).unwrap());
+        let desc = RangeDesc { id: 7, start: vec![], end: vec![], epoch: 1 };
+        let sm = RangeStateMachine::open(engine, Arc::new(Puts), 7, Some(desc)).unwrap();
+        Ok((dir, RangeLog::new(log, 7), sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_on_the_shared_log() {
+    Suite::test_all(Builder).await.unwrap();
+}
+
+const CLUSTER: u64 = 0xc0ffee;
+
+/// One node: its range host served on a loopback port.
+struct Node {
+    id: u64,
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+    host: Arc<RangeHost>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+fn options(id: u64, dir: &std::path::Path) -> RangeHostOptions {
+    RangeHostOptions {
+        node_id: id,
+        dir: dir.to_path_buf(),
+        timers: RaftTimers { heartbeat_ms: 50, election_timeout_ms: 500 },
+        snapshot_count: 50,
+        unsafe_no_fsync: false,
+        engine_cache_bytes: 1 << 20,
+    }
+}
+
+async fn start(id: u64, dir: &std::path::Path, addr: Option<SocketAddr>) -> Node {
+    cairn_raft::network::set_cluster_id(CLUSTER);
+    let listener = tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = RangeHost::open(options(id, dir), Arc::new(Puts)).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let svc = RangesService::new(CLUSTER, host.clone()).server();
+    let served = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    Node { id, dir: dir.to_path_buf(), addr, host, stop: Some(stop), served }
+}
+
+impl Node {
+    fn peer(&self) -> PeerNode {
+        PeerNode { peer_urls: vec![format!("http://{}", self.addr)] }
+    }
+
+    async fn stop(mut self) -> (u64, std::path::PathBuf, SocketAddr) {
+        let _ = self.stop.take().unwrap().send(());
+        self.host.shutdown().await;
+        let _ = self.served.await;
+        (self.id, self.dir, self.addr)
+    }
+}
+
+fn range(id: u64) -> RangeDesc {
+    RangeDesc { id, start: vec![id as u8], end: vec![id as u8 + 1], epoch: 1 }
+}
+
+fn key(range: u64, i: usize) -> String {
+    format!("{}k{i:03}", range as u8 as char)
+}
+
+/// The node that leads `range`, once one does.
+async fn leader(nodes: &[&Node], range: u64) -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(r) = n.host.get(range) {
+                if r.leader() == Some(n.id) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "range {range} elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn write(nodes: &[&Node], range: u64, k: &str, v: &str) -> RangeReply {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = leader(nodes, range).await;
+        match nodes[l].host.get(range).unwrap().write(put(k, v)).await {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(Instant::now() < end, "write to range {range} kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `node` holds `v` at `k` in `range`.
+async fn converged(node: &Node, range: u64, k: &str, v: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = node.host.get(range) {
+            let got = r.sm.read(|d| d.get(k.as_bytes()).unwrap()).unwrap();
+            if got.as_deref() == Some(v.as_bytes()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < end, "node {} never saw {k}={v} in range {range}", node.id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const RANGES: u64 = 16;
+
+async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, d.path(), None).await);
+    }
+    let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
+    for id in 1..=RANGES {
+        for (i, n) in nodes.iter().enumerate() {
+            // Every replica is created; the first node bootstraps the group.
+            n.host.create(range(id), (i == 0).then(|| voters.clone())).await.unwrap();
+        }
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_replicate_over_one_batched_transport() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    // Writes to every range at once: their appends share the shared log's fsyncs and the
+    // transport's calls.
+    let mut tasks = Vec::new();
+    for id in 1..=RANGES {
+        let refs = refs.clone();
+        tasks.push(async move {
+            for i in 0..20 {
+                let prev = write(&refs, id, &key(id, i), &format!("v{i}")).await;
+                assert!(prev.0.is_empty(), "a fresh key had a value");
+            }
+            // The answer of a put is the previous value, from apply.
+            assert_eq!(write(&refs, id, &key(id, 0), "again").await.0, b"v0");
+        });
+    }
+    futures::future::join_all(tasks).await;
+    for n in &nodes {
+        for id in 1..=RANGES {
+            converged(n, id, &key(id, 19), "v19").await;
+            converged(n, id, &key(id, 0), "again").await;
+        }
+        // A range's view scans the one engine every range writes into.
+        for id in 1..=RANGES {
+            let n_keys = n.host.get(id).unwrap().sm.read(|d| {
+                let mut c = 0;
+                d.scan(b"", b"", &mut |_, _| {
+                    c += 1;
+                    true
+                })
+                .unwrap();
+                c
+            });
+            assert_eq!(n_keys.unwrap(), 20 * RANGES as usize, "the engine holds every range's keys");
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_survives_its_leaders_node_and_the_node_catches_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for i in 0..10 {
+        write(&refs, 1, &key(1, i), "before").await;
+    }
+    let l = leader(&refs, 1).await;
+    // Its leader's node stops; the other two elect a new leader and keep taking writes, past a
+    // snapshot (snapshot_count is 50), so the stopped node must be caught up by snapshot.
+    let stopped = nodes.remove(l).stop().await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for i in 0..120 {
+        write(&refs, 1, &key(1, i), "after").await;
+    }
+    // It restarts from its directory, on its old address.
+    let back = start(stopped.0, &stopped.1, Some(stopped.2)).await;
+    let r = back.host.get(1).expect("the replica is reopened from the data engine");
+    // What it had applied before is there at once (or the newer value, if it caught up already).
+    let early = r.sm.read(|d| d.get(key(1, 9).as_bytes()).unwrap()).unwrap();
+    assert!(early.is_some(), "the restarted node lost range 1's applied data");
+    converged(&back, 1, &key(1, 119), "after").await;
+    converged(&back, 1, &key(1, 0), "after").await;
+    nodes.push(back);
+    for n in nodes {
+        n.stop().await;
+    }
+}
