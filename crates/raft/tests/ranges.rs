@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,6 +197,18 @@ async fn many_groups_replicate_over_one_batched_transport() {
         });
     }
     futures::future::join_all(tasks).await;
+    // Group commit across ranges: fewer log writes (fsyncs) than group operations, and fewer
+    // transport calls than Raft messages, on some node.
+    let ld = |n: &Node| {
+        let s = n.host.log().stats();
+        (s.operations.load(Relaxed), s.writes.load(Relaxed))
+    };
+    let tr = |n: &Node| (n.host.transport().messages.load(Relaxed), n.host.transport().calls.load(Relaxed));
+    for n in &nodes {
+        eprintln!("node {}: log {:?} (operations, writes); transport {:?} (messages, calls)", n.id, ld(n), tr(n));
+    }
+    assert!(nodes.iter().any(|n| ld(n).1 < ld(n).0), "no log write carried more than one group operation");
+    assert!(nodes.iter().any(|n| tr(n).1 < tr(n).0), "no transport call carried more than one message");
     for n in &nodes {
         for id in 1..=RANGES {
             converged(n, id, &key(id, 19), "v19").await;

@@ -222,6 +222,16 @@ impl RangeHost {
         v
     }
 
+    /// The shared log: its files, and how many group operations its writes carried.
+    pub fn log(&self) -> &Arc<SharedLog> {
+        &self.log
+    }
+
+    /// The transport's counts of messages and calls.
+    pub fn transport(&self) -> &crate::range::mux::MuxStats {
+        self.mux.stats()
+    }
+
     /// Bytes of the shared log's files.
     pub fn log_bytes(&self) -> u64 {
         self.log.size_bytes()

@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -95,6 +95,15 @@ pub struct SharedLog {
     engine: Arc<raft_engine::Engine>,
     queue: std::sync::mpsc::SyncSender<Job>,
     failed: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
+}
+
+/// What the writer has done: operations queued by groups, and the writes (each one fsync)
+/// that carried them.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub operations: AtomicU64,
+    pub writes: AtomicU64,
 }
 
 impl SharedLog {
@@ -114,9 +123,10 @@ impl SharedLog {
         );
         let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE_MAX);
         let failed = Arc::new(AtomicBool::new(false));
-        let (e, f) = (engine.clone(), failed.clone());
-        std::thread::Builder::new().name("range-log".into()).spawn(move || writer(e, rx, f, sync))?;
-        Ok(Arc::new(SharedLog { engine, queue, failed }))
+        let stats = Arc::new(LogStats::default());
+        let (e, f, st) = (engine.clone(), failed.clone(), stats.clone());
+        std::thread::Builder::new().name("range-log".into()).spawn(move || writer(e, rx, f, st, sync))?;
+        Ok(Arc::new(SharedLog { engine, queue, failed, stats }))
     }
 
     /// Queues `batch`; `done` runs once it is durable (or failed).
@@ -144,6 +154,10 @@ impl SharedLog {
         self.engine.purge_expired_files().map_err(io_err)
     }
 
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
     /// Bytes of log files on disk.
     pub fn size_bytes(&self) -> u64 {
         self.engine.get_used_size() as u64
@@ -168,7 +182,13 @@ impl SharedLog {
 }
 
 /// The writer thread: merges queued batches, writes and fsyncs once, answers each.
-fn writer(engine: Arc<raft_engine::Engine>, rx: std::sync::mpsc::Receiver<Job>, failed: Arc<AtomicBool>, sync: bool) {
+fn writer(
+    engine: Arc<raft_engine::Engine>,
+    rx: std::sync::mpsc::Receiver<Job>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<LogStats>,
+    sync: bool,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first.done];
         let mut batch = first.batch;
@@ -191,6 +211,8 @@ fn writer(engine: Arc<raft_engine::Engine>, rx: std::sync::mpsc::Receiver<Job>, 
         } else if batch.is_empty() {
             Ok(())
         } else {
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats.operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             engine.write(&mut batch, sync).map(|_| ()).map_err(io_err)
         };
         if let Err(e) = &r {

@@ -93,9 +93,21 @@ type Queues = HashMap<(u64, String), Arc<PeerQueue>>;
 #[derive(Clone, Default)]
 pub struct Mux {
     peers: Arc<Mutex<Queues>>,
+    stats: Arc<MuxStats>,
+}
+
+/// What the transport has sent: messages, and the calls that carried them.
+#[derive(Debug, Default)]
+pub struct MuxStats {
+    pub messages: std::sync::atomic::AtomicU64,
+    pub calls: std::sync::atomic::AtomicU64,
 }
 
 impl Mux {
+    pub fn stats(&self) -> &MuxStats {
+        &self.stats
+    }
+
     fn queue(&self, target: u64, node: &PeerNode) -> Option<Arc<PeerQueue>> {
         let url = node.peer_urls.first()?.clone();
         let mut peers = self.peers.lock();
@@ -109,7 +121,7 @@ impl Mux {
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::unbounded_channel();
         let q = Arc::new(PeerQueue { tx, budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)) });
-        tokio::spawn(sender(client, rx));
+        tokio::spawn(sender(client, rx, self.stats.clone()));
         peers.insert((target, url), q.clone());
         Some(q)
     }
@@ -146,7 +158,7 @@ impl Mux {
 }
 
 /// Sends what is queued for one node, batch after batch, a few in flight.
-async fn sender(client: RangesClient<Channel>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn sender(client: RangesClient<Channel>, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<MuxStats>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -162,6 +174,8 @@ async fn sender(client: RangesClient<Channel>, mut rx: mpsc::UnboundedReceiver<P
             }
         }
         let mut client = client.clone();
+        stats.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.messages.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let _permit = permit;
             let ttl = batch.iter().map(|p| p.ttl).max().unwrap_or(Duration::from_secs(1));
