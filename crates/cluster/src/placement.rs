@@ -1,0 +1,572 @@
+//! The placement driver's decisions: `plan(view) -> moves`, a pure function.
+//!
+//! A task on the meta leader gathers a [`View`] (nodes with their liveness, ranges with their
+//! replicas, leader, size, load and idleness), calls [`plan`], and carries out what it returns.
+//! The rules, in order of urgency; a range gets at most one move per plan, and a plan holds at
+//! most `max_moves`:
+//!
+//! 1. **Repair**: a replica on a node dead for longer than `dead_node_timeout_ms`, or on a node
+//!    being removed, moves to the live node with the fewest replicas (then bytes) that does
+//!    not hold the range; a range with fewer than `replication_factor` replicas gets one.
+//! 2. **Split** a range past `split_bytes` (by size) or `split_qps` (by load). The range's
+//!    leader picks the key (its middle key, moved to a legal boundary).
+//! 3. **Merge** two adjacent ranges that are both small (under `merge_bytes`) and cold (under
+//!    `merge_qps`), and have the same replicas (a merge never copies data between nodes).
+//! 4. **Rebalance** replicas: from the node with the most replicas to the one with the fewest,
+//!    when they differ by more than one; then by bytes, when a node holds more than the mean by
+//!    more than `bytes_tolerance`.
+//! 5. **Leaders**: from the node leading the most ranges to a replica node leading fewer, when
+//!    they differ by more than one.
+//! 6. **Hibernate** a range idle for `hibernate_after_ms`; **wake** a hibernating range that
+//!    has load again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: u64,
+    /// Milliseconds since the node's last liveness heartbeat (0: just now).
+    pub silent_ms: u64,
+    /// Being removed (`cairn node remove`): its replicas move off first.
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RangeView {
+    pub id: u64,
+    pub epoch: u64,
+    #[serde(with = "serde_bytes")]
+    pub start: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub end: Vec<u8>,
+    pub replicas: Vec<u64>,
+    pub leader: Option<u64>,
+    pub bytes: u64,
+    /// Requests per second, recently.
+    pub qps: f64,
+    /// Milliseconds since the range last served a request.
+    pub idle_ms: u64,
+    pub hibernating: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub nodes: Vec<NodeView>,
+    /// In key order.
+    pub ranges: Vec<RangeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub replication_factor: usize,
+    pub split_bytes: u64,
+    pub split_qps: f64,
+    pub merge_bytes: u64,
+    pub merge_qps: f64,
+    /// A node silent this long is dead: its replicas are re-created elsewhere.
+    pub dead_node_timeout_ms: u64,
+    /// A node silent this long is not live (no new replicas, no leaders go to it).
+    pub live_timeout_ms: u64,
+    pub hibernate_after_ms: u64,
+    /// How far above the mean a node's bytes may be (0.2: 20 %).
+    pub bytes_tolerance: f64,
+    pub max_moves: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            replication_factor: 3,
+            split_bytes: 64 << 20,
+            split_qps: 2500.0,
+            merge_bytes: 16 << 20,
+            merge_qps: 100.0,
+            dead_node_timeout_ms: 5 * 60 * 1000,
+            live_timeout_ms: 9_000,
+            hibernate_after_ms: 10_000,
+            bytes_tolerance: 0.2,
+            max_moves: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitReason {
+    Size,
+    Load,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Move {
+    Split {
+        range: u64,
+        epoch: u64,
+        reason: SplitReason,
+    },
+    /// `right` is absorbed into `left`.
+    Merge {
+        left: u64,
+        right: u64,
+    },
+    /// Add a replica on `to` (learner, caught up, promoted), then remove the one on `from`.
+    Relocate {
+        range: u64,
+        epoch: u64,
+        from: u64,
+        to: u64,
+    },
+    AddReplica {
+        range: u64,
+        epoch: u64,
+        to: u64,
+    },
+    TransferLeader {
+        range: u64,
+        epoch: u64,
+        to: u64,
+    },
+    Hibernate {
+        range: u64,
+    },
+    Wake {
+        range: u64,
+    },
+}
+
+impl Move {
+    /// The ranges the move touches.
+    fn ranges(&self) -> Vec<u64> {
+        match *self {
+            Move::Merge { left, right } => vec![left, right],
+            Move::Split { range, .. }
+            | Move::Relocate { range, .. }
+            | Move::AddReplica { range, .. }
+            | Move::TransferLeader { range, .. }
+            | Move::Hibernate { range }
+            | Move::Wake { range } => vec![range],
+        }
+    }
+}
+
+struct Plan<'a> {
+    cfg: &'a Config,
+    moves: Vec<Move>,
+    busy: BTreeSet<u64>,
+}
+
+impl Plan<'_> {
+    fn full(&self) -> bool {
+        self.moves.len() >= self.cfg.max_moves
+    }
+
+    fn push(&mut self, m: Move) -> bool {
+        if self.full() || m.ranges().iter().any(|r| self.busy.contains(r)) {
+            return false;
+        }
+        self.busy.extend(m.ranges());
+        self.moves.push(m);
+        true
+    }
+}
+
+/// Per-node totals, with the moves planned so far applied.
+#[derive(Default, Clone, Copy)]
+struct Load {
+    replicas: i64,
+    bytes: i64,
+    leaders: i64,
+}
+
+/// The moves that bring the cluster closer to where it should be.
+pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
+    let mut p = Plan { cfg, moves: Vec::new(), busy: BTreeSet::new() };
+    let live: BTreeSet<u64> =
+        view.nodes.iter().filter(|n| n.silent_ms < cfg.live_timeout_ms && !n.draining).map(|n| n.id).collect();
+    let leaving: BTreeSet<u64> =
+        view.nodes.iter().filter(|n| n.draining || n.silent_ms >= cfg.dead_node_timeout_ms).map(|n| n.id).collect();
+    let mut load: BTreeMap<u64, Load> = live.iter().map(|&id| (id, Load::default())).collect();
+    for r in &view.ranges {
+        for n in &r.replicas {
+            if let Some(l) = load.get_mut(n) {
+                l.replicas += 1;
+                l.bytes += r.bytes as i64;
+            }
+        }
+        if let Some(l) = r.leader.and_then(|n| load.get_mut(&n)) {
+            l.leaders += 1;
+        }
+    }
+    // The live node with the fewest replicas (then bytes, then id) that does not hold `r`.
+    let target = |load: &BTreeMap<u64, Load>, r: &RangeView| {
+        load.iter()
+            .filter(|(id, _)| !r.replicas.contains(id))
+            .min_by_key(|(id, l)| (l.replicas, l.bytes, **id))
+            .map(|(id, _)| *id)
+    };
+
+    // 1. Repair.
+    for r in &view.ranges {
+        if let Some(&from) = r.replicas.iter().find(|n| leaving.contains(n)) {
+            if let Some(to) = target(&load, r) {
+                if p.push(Move::Relocate { range: r.id, epoch: r.epoch, from, to }) {
+                    shift(&mut load, r, Some(from), to);
+                }
+            }
+        } else if r.replicas.len() < cfg.replication_factor {
+            if let Some(to) = target(&load, r) {
+                if p.push(Move::AddReplica { range: r.id, epoch: r.epoch, to }) {
+                    shift(&mut load, r, None, to);
+                }
+            }
+        }
+    }
+
+    // 2. Split.
+    for r in &view.ranges {
+        let reason = if r.bytes > cfg.split_bytes {
+            Some(SplitReason::Size)
+        } else if r.qps > cfg.split_qps {
+            Some(SplitReason::Load)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            p.push(Move::Split { range: r.id, epoch: r.epoch, reason });
+        }
+    }
+
+    // 3. Merge.
+    for pair in view.ranges.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let small_cold = |r: &RangeView| r.bytes < cfg.merge_bytes && r.qps < cfg.merge_qps;
+        let same_replicas = {
+            let (mut x, mut y) = (a.replicas.clone(), b.replicas.clone());
+            x.sort_unstable();
+            y.sort_unstable();
+            x == y
+        };
+        if a.end == b.start
+            && small_cold(a)
+            && small_cold(b)
+            && a.bytes + b.bytes < cfg.split_bytes / 2
+            && same_replicas
+        {
+            p.push(Move::Merge { left: a.id, right: b.id });
+        }
+    }
+
+    // 4. Rebalance replicas: by count, then by bytes.
+    while !p.full() {
+        let Some((&max_id, max)) = load.iter().max_by_key(|(id, l)| (l.replicas, l.bytes, std::cmp::Reverse(**id)))
+        else {
+            break;
+        };
+        let Some((&min_id, min)) = load.iter().min_by_key(|(id, l)| (l.replicas, l.bytes, **id)) else { break };
+        if max.replicas - min.replicas <= 1 {
+            break;
+        }
+        // The smallest range the fuller node holds and the emptier one does not.
+        let cand = view
+            .ranges
+            .iter()
+            .filter(|r| r.replicas.contains(&max_id) && !r.replicas.contains(&min_id) && !p.busy.contains(&r.id))
+            .min_by_key(|r| (r.bytes, r.id));
+        let Some(r) = cand else { break };
+        p.push(Move::Relocate { range: r.id, epoch: r.epoch, from: max_id, to: min_id });
+        shift(&mut load, r, Some(max_id), min_id);
+    }
+    let n_live = load.len().max(1) as f64;
+    let mean = load.values().map(|l| l.bytes as f64).sum::<f64>() / n_live;
+    while !p.full() && mean > 0.0 {
+        let Some((&max_id, max)) = load.iter().max_by_key(|(id, l)| (l.bytes, std::cmp::Reverse(**id))) else { break };
+        if (max.bytes as f64) <= mean * (1.0 + cfg.bytes_tolerance) {
+            break;
+        }
+        let Some((&min_id, min)) = load.iter().min_by_key(|(id, l)| (l.bytes, **id)) else { break };
+        let gap = max.bytes - min.bytes;
+        // The largest range that narrows the gap (moving more than the gap would widen it).
+        let cand = view
+            .ranges
+            .iter()
+            .filter(|r| r.replicas.contains(&max_id) && !r.replicas.contains(&min_id) && !p.busy.contains(&r.id))
+            .filter(|r| (r.bytes as i64) > 0 && (r.bytes as i64) < gap)
+            .max_by_key(|r| (r.bytes, std::cmp::Reverse(r.id)));
+        let Some(r) = cand else { break };
+        p.push(Move::Relocate { range: r.id, epoch: r.epoch, from: max_id, to: min_id });
+        shift(&mut load, r, Some(max_id), min_id);
+    }
+
+    // 5. Leaders.
+    while !p.full() {
+        let Some((&max_id, max)) = load.iter().max_by_key(|(id, l)| (l.leaders, std::cmp::Reverse(**id))) else {
+            break;
+        };
+        let max_leaders = max.leaders;
+        let cand = view
+            .ranges
+            .iter()
+            .filter(|r| r.leader == Some(max_id) && !p.busy.contains(&r.id))
+            .filter_map(|r| {
+                r.replicas
+                    .iter()
+                    .filter(|n| **n != max_id)
+                    .filter_map(|n| load.get(n).map(|l| (l.leaders, *n)))
+                    .min()
+                    .filter(|(leaders, _)| max_leaders - leaders > 1)
+                    .map(|(leaders, n)| (leaders, r, n))
+            })
+            .min_by_key(|(leaders, r, n)| (*leaders, r.id, *n));
+        let Some((_, r, to)) = cand else { break };
+        p.push(Move::TransferLeader { range: r.id, epoch: r.epoch, to });
+        load.get_mut(&max_id).expect("live").leaders -= 1;
+        load.get_mut(&to).expect("live").leaders += 1;
+    }
+
+    // 6. Hibernation.
+    for r in &view.ranges {
+        if !r.hibernating && r.idle_ms >= cfg.hibernate_after_ms {
+            p.push(Move::Hibernate { range: r.id });
+        } else if r.hibernating && r.idle_ms < cfg.hibernate_after_ms {
+            p.push(Move::Wake { range: r.id });
+        }
+    }
+    p.moves
+}
+
+fn shift(load: &mut BTreeMap<u64, Load>, r: &RangeView, from: Option<u64>, to: u64) {
+    if let Some(l) = from.and_then(|f| load.get_mut(&f)) {
+        l.replicas -= 1;
+        l.bytes -= r.bytes as i64;
+    }
+    if let Some(l) = load.get_mut(&to) {
+        l.replicas += 1;
+        l.bytes += r.bytes as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn node(id: u64) -> NodeView {
+        NodeView { id, silent_ms: 0, draining: false }
+    }
+
+    fn range(id: u64, replicas: &[u64], bytes: u64) -> RangeView {
+        RangeView {
+            id,
+            epoch: 1,
+            start: vec![id as u8],
+            end: vec![id as u8 + 1],
+            replicas: replicas.to_vec(),
+            leader: replicas.first().copied(),
+            bytes,
+            qps: 500.0,
+            idle_ms: 0,
+            hibernating: false,
+        }
+    }
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    /// Applies relocations and additions to the view, as the task would.
+    fn apply(view: &mut View, moves: &[Move]) {
+        for m in moves {
+            match *m {
+                Move::Relocate { range, from, to, .. } => {
+                    let r = view.ranges.iter_mut().find(|r| r.id == range).unwrap();
+                    r.replicas.retain(|n| *n != from);
+                    r.replicas.push(to);
+                    if r.leader == Some(from) {
+                        r.leader = r.replicas.first().copied();
+                    }
+                }
+                Move::AddReplica { range, to, .. } => {
+                    view.ranges.iter_mut().find(|r| r.id == range).unwrap().replicas.push(to)
+                }
+                Move::TransferLeader { range, to, .. } => {
+                    view.ranges.iter_mut().find(|r| r.id == range).unwrap().leader = Some(to)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_balanced_cluster_needs_nothing() {
+        let view = View {
+            nodes: (1..=3).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 10 * MB), range(2, &[2, 3, 1], 10 * MB), range(3, &[3, 1, 2], 10 * MB)],
+        };
+        assert_eq!(plan(&view, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn big_and_hot_ranges_split() {
+        let mut hot = range(2, &[2, 3, 1], MB);
+        hot.qps = 10_000.0;
+        let view = View {
+            nodes: (1..=3).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 65 * MB), hot, range(3, &[3, 1, 2], 64 * MB)],
+        };
+        assert_eq!(
+            plan(&view, &cfg()),
+            vec![
+                Move::Split { range: 1, epoch: 1, reason: SplitReason::Size },
+                Move::Split { range: 2, epoch: 1, reason: SplitReason::Load },
+            ]
+        );
+    }
+
+    #[test]
+    fn small_cold_neighbours_with_the_same_replicas_merge() {
+        let mut rs = vec![
+            range(1, &[1, 2, 3], MB),
+            range(2, &[3, 2, 1], MB),
+            range(3, &[1, 2, 4], MB),
+            range(4, &[1, 2, 4], MB),
+        ];
+        for r in &mut rs {
+            r.qps = 1.0;
+        }
+        // A hot one does not merge.
+        rs[3].qps = 1000.0;
+        let view = View { nodes: (1..=4).map(node).collect(), ranges: rs };
+        let moves = plan(&view, &cfg());
+        assert!(moves.contains(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
+        // 2 and 3 have different replicas; 3 and 4: 4 is hot.
+        assert!(
+            !moves.iter().any(|m| matches!(m, Move::Merge { left: 2, .. } | Move::Merge { left: 3, .. })),
+            "{moves:?}"
+        );
+    }
+
+    #[test]
+    fn replicas_of_a_dead_node_are_recreated_elsewhere_only_after_the_timeout() {
+        let mut nodes: Vec<_> = (1..=4).map(node).collect();
+        nodes[2].silent_ms = 60_000; // node 3: down a minute, not yet dead
+        let view = View { nodes: nodes.clone(), ranges: vec![range(1, &[1, 2, 3], MB), range(2, &[2, 3, 4], MB)] };
+        assert!(
+            !plan(&view, &cfg()).iter().any(|m| matches!(m, Move::Relocate { from: 3, .. })),
+            "a node that may come back keeps its replicas"
+        );
+        nodes[2].silent_ms = 5 * 60 * 1000;
+        let view = View { nodes, ..view };
+        let moves = plan(&view, &cfg());
+        assert!(moves.contains(&Move::Relocate { range: 1, epoch: 1, from: 3, to: 4 }), "{moves:?}");
+        // Range 2 already has node 4; node 1 is the only live node left for it.
+        assert!(moves.contains(&Move::Relocate { range: 2, epoch: 1, from: 3, to: 1 }), "{moves:?}");
+    }
+
+    #[test]
+    fn a_draining_node_is_emptied_and_under_replicated_ranges_grow() {
+        let mut nodes: Vec<_> = (1..=4).map(node).collect();
+        nodes[0].draining = true;
+        let view = View { nodes, ranges: vec![range(1, &[1, 2, 3], MB), range(2, &[2, 3], MB)] };
+        let moves = plan(&view, &cfg());
+        assert_eq!(moves[0], Move::Relocate { range: 1, epoch: 1, from: 1, to: 4 });
+        assert_eq!(moves[1], Move::AddReplica { range: 2, epoch: 1, to: 4 });
+    }
+
+    #[test]
+    fn new_nodes_receive_replicas_until_counts_and_bytes_even_out() {
+        // Three loaded nodes, two new ones.
+        let mut view = View {
+            nodes: (1..=5).map(node).collect(),
+            ranges: (1..=30).map(|i| range(i, &[1, 2, 3], (i % 7 + 1) * MB)).collect(),
+        };
+        let mut rounds = 0;
+        loop {
+            let moves = plan(&view, &Config { max_moves: 4, ..cfg() });
+            let relocations: Vec<_> = moves.iter().filter(|m| matches!(m, Move::Relocate { .. })).cloned().collect();
+            if relocations.is_empty() {
+                break;
+            }
+            apply(&mut view, &relocations);
+            rounds += 1;
+            assert!(rounds < 100, "placement does not converge");
+        }
+        let mut counts = BTreeMap::new();
+        let mut bytes = BTreeMap::new();
+        for r in &view.ranges {
+            assert_eq!(r.replicas.len(), 3);
+            for n in &r.replicas {
+                *counts.entry(*n).or_insert(0) += 1;
+                *bytes.entry(*n).or_insert(0u64) += r.bytes;
+            }
+        }
+        let (lo, hi) = (counts.values().min().unwrap(), counts.values().max().unwrap());
+        assert!(hi - lo <= 2, "replica counts {counts:?}");
+        let mean = bytes.values().sum::<u64>() as f64 / bytes.len() as f64;
+        for (n, b) in &bytes {
+            assert!((*b as f64 - mean).abs() <= mean * 0.2 + 7.0 * MB as f64, "node {n} holds {b} bytes, mean {mean}");
+        }
+        assert_eq!(counts.len(), 5, "every node holds replicas");
+    }
+
+    #[test]
+    fn leaders_spread_over_the_replicas() {
+        let mut view =
+            View { nodes: (1..=3).map(node).collect(), ranges: (1..=9).map(|i| range(i, &[1, 2, 3], MB)).collect() };
+        // Every leader on node 1.
+        let moves = plan(&view, &cfg());
+        assert!(moves.iter().all(|m| matches!(m, Move::TransferLeader { .. })), "{moves:?}");
+        apply(&mut view, &moves);
+        let mut leaders = BTreeMap::new();
+        for r in &view.ranges {
+            *leaders.entry(r.leader.unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![3, 3, 3], "{leaders:?}");
+        assert!(plan(&view, &cfg()).is_empty());
+    }
+
+    #[test]
+    fn idle_ranges_hibernate_and_wake_with_load() {
+        let mut idle = range(1, &[1, 2, 3], MB);
+        idle.idle_ms = 60_000;
+        let mut woken = range(2, &[2, 3, 1], MB);
+        woken.hibernating = true;
+        let mut sleeping = range(3, &[3, 1, 2], MB);
+        sleeping.hibernating = true;
+        sleeping.idle_ms = 60_000;
+        let view = View { nodes: (1..=3).map(node).collect(), ranges: vec![idle, woken, sleeping] };
+        assert_eq!(plan(&view, &cfg()), vec![Move::Hibernate { range: 1 }, Move::Wake { range: 2 }]);
+    }
+
+    #[test]
+    fn a_plan_is_bounded_and_touches_each_range_once() {
+        let view = View {
+            nodes: (1..=6).map(node).collect(),
+            ranges: (1..=50).map(|i| range(i, &[1, 2, 3], 100 * MB)).collect(),
+        };
+        let moves = plan(&view, &Config { max_moves: 5, ..cfg() });
+        assert_eq!(moves.len(), 5);
+        let mut seen = BTreeSet::new();
+        for m in &moves {
+            for r in m.ranges() {
+                assert!(seen.insert(r), "range {r} moved twice in one plan: {moves:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_goes_to_a_node_that_is_not_live() {
+        let mut nodes: Vec<_> = (1..=4).map(node).collect();
+        nodes[3].silent_ms = 20_000; // node 4 is down (not yet dead)
+        let view = View { nodes, ranges: (1..=6).map(|i| range(i, &[1, 2, 3], MB)).collect() };
+        for m in plan(&view, &cfg()) {
+            match m {
+                Move::Relocate { to, .. } | Move::AddReplica { to, .. } | Move::TransferLeader { to, .. } => {
+                    assert_ne!(to, 4, "{m:?}")
+                }
+                _ => {}
+            }
+        }
+    }
+}
