@@ -20,16 +20,23 @@ use openraft::StorageError;
 struct Puts;
 
 impl Applier for Puts {
-    fn apply(&self, _desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply {
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply {
         let (k, v): (Vec<u8>, Vec<u8>) = postcard::from_bytes(&op.cmd).expect("test op");
+        if !desc.contains(&k) {
+            return RangeReply::WrongRange(desc.clone());
+        }
         let prev = data.get(&k).unwrap().unwrap_or_default();
         data.put(&k, &v);
-        RangeReply(prev)
+        RangeReply::Done(prev)
     }
 }
 
 fn put(k: &str, v: &str) -> RangeOp {
-    RangeOp { stamp_ms: 0, cmd: postcard::to_allocvec(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())).unwrap() }
+    RangeOp {
+        stamp_ms: 0,
+        epoch: 1,
+        cmd: postcard::to_allocvec(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())).unwrap(),
+    }
 }
 
 struct Builder;
@@ -190,13 +197,19 @@ async fn many_groups_replicate_over_one_batched_transport() {
         tasks.push(async move {
             for i in 0..20 {
                 let prev = write(&refs, id, &key(id, i), &format!("v{i}")).await;
-                assert!(prev.0.is_empty(), "a fresh key had a value");
+                assert_eq!(prev, RangeReply::Done(vec![]), "a fresh key had a value");
             }
             // The answer of a put is the previous value, from apply.
-            assert_eq!(write(&refs, id, &key(id, 0), "again").await.0, b"v0");
+            assert_eq!(write(&refs, id, &key(id, 0), "again").await, RangeReply::Done(b"v0".to_vec()));
         });
     }
     futures::future::join_all(tasks).await;
+    // A write routed with another epoch, or to keys of another range, is refused with the
+    // range's descriptor and changes nothing.
+    let r = refs[leader(&refs, 1).await].host.get(1).unwrap();
+    let stale = RangeOp { epoch: 9, ..put(&key(1, 0), "stale") };
+    assert_eq!(r.write(stale).await.unwrap(), RangeReply::WrongRange(range(1)));
+    assert_eq!(r.write(put(&key(2, 0), "elsewhere")).await.unwrap(), RangeReply::WrongRange(range(1)));
     // Group commit across ranges: fewer log writes (fsyncs) than group operations, and fewer
     // transport calls than Raft messages, on some node.
     let ld = |n: &Node| {

@@ -48,7 +48,8 @@ pub trait DataWrite: DataView {
 
 /// What a range's commands mean: the layer above (the data tier's services) decides.
 /// Must be deterministic: the same op on the same data gives the same changes and answer on
-/// every replica (time comes from `op.stamp_ms`).
+/// every replica (time comes from `op.stamp_ms`). An op naming keys outside `desc` answers
+/// [`RangeReply::WrongRange`] and changes nothing.
 pub trait Applier: Send + Sync + 'static {
     fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply;
 }
@@ -391,6 +392,9 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             }
             let reply = match &entry.payload {
                 EntryPayload::Blank => RangeReply::default(),
+                EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != desc.epoch => {
+                    RangeReply::WrongRange(desc.clone())
+                }
                 EntryPayload::Normal(op) => self.inner.applier.apply(&desc, &mut view, op),
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m.clone());

@@ -13,6 +13,10 @@ pub type RangeId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOp {
     pub stamp_ms: u64,
+    /// The descriptor epoch the request was routed with: apply refuses the op when the range
+    /// has moved on (split, merged), so a stale route is retried, never applied to the wrong
+    /// keys. 0 skips the check (internal ops).
+    pub epoch: u64,
     #[serde(with = "serde_bytes")]
     pub cmd: Vec<u8>,
 }
@@ -23,9 +27,21 @@ impl std::fmt::Display for RangeOp {
     }
 }
 
-/// What applying a [`RangeOp`] answered, encoded by the applier.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct RangeReply(#[serde(with = "serde_bytes")] pub Vec<u8>);
+/// What applying a [`RangeOp`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeReply {
+    /// Applied; the applier's encoded answer.
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Not applied: the op was routed with another epoch, or names keys outside the range.
+    /// The range's current descriptor, to re-route with.
+    WrongRange(RangeDesc),
+}
+
+impl Default for RangeReply {
+    fn default() -> Self {
+        RangeReply::Done(Vec::new())
+    }
+}
 
 /// Where a range sits in the keyspace: `[start, end)`, `end` empty meaning the keyspace's end.
 /// `epoch` changes on every split, merge and replica change, so a request routed with an old
