@@ -39,6 +39,35 @@ impl Descriptor {
     }
 }
 
+/// A node of the data tier, as the meta group records it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    /// Advertised Redis URLs (`--advertise-redis-urls`).
+    pub redis_urls: Vec<String>,
+    /// Being removed: its replicas move off first.
+    pub draining: bool,
+}
+
+/// A change to the directory, applied atomically by the meta group if every range in
+/// `expect` still has the given epoch (a compare-and-swap: two placement decisions made from
+/// the same view cannot both land). Bootstrap expects nothing and finds the directory empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryOp {
+    Update {
+        expect: Vec<(u64, u64)>,
+        put: Vec<Descriptor>,
+        remove: Vec<u64>,
+    },
+    /// Creates the first ranges; refused unless the directory is empty.
+    Bootstrap {
+        put: Vec<Descriptor>,
+    },
+    Node(NodeRecord),
+}
+
 /// Why a directory cannot be built from a set of descriptors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryError {

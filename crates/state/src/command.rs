@@ -137,6 +137,10 @@ pub enum Op {
         #[serde(deserialize_with = "nested::deserialize")]
         op: Box<Op>,
     },
+    /// A change to the data tier's range directory or node records, which the meta group
+    /// keeps beside etcd's keyspace (the etcd API does not show them). Answers
+    /// [`Response::Directory`].
+    Directory(cairn_cluster::directory::DirectoryOp),
 }
 
 impl Op {
@@ -148,6 +152,7 @@ impl Op {
             Op::Compact(_) => "compact",
             Op::Alarm(_) => "alarm",
             Op::SetMemberAttrs { .. } => "set_member_attrs",
+            Op::Directory(_) => "directory",
             Op::LeaseGrant(_) => "lease_grant",
             Op::LeaseRevoke(_) => "lease_revoke",
             Op::Batch(_) => "batch",
@@ -173,6 +178,7 @@ impl Op {
                 16 + attrs.name.len() + attrs.client_urls.iter().map(String::len).sum::<usize>()
             }
             Op::Batch(ops) => ops.iter().map(Op::approx_bytes).sum(),
+            Op::Directory(d) => 64 + postcard::to_allocvec(d).map_or(0, |b| b.len()),
             Op::Auth(a) => 64 + postcard::to_allocvec(a).map_or(0, |b| b.len()),
             Op::Guarded { op, user, .. } => 16 + user.len() + op.approx_bytes(),
             Op::Origin { op, .. } => 16 + op.approx_bytes(),
@@ -204,6 +210,12 @@ pub enum Response {
     Error(cairn_types::Error),
     /// One response per op of an `Op::Batch`, in order.
     Batch(#[serde(deserialize_with = "nested::deserialize")] Vec<Response>),
+    /// An `Op::Directory`: whether it was applied (false: an expected epoch had moved on, or a
+    /// bootstrap found ranges already), and the directory's descriptors after it.
+    Directory {
+        applied: bool,
+        ranges: Vec<cairn_cluster::directory::Descriptor>,
+    },
 }
 
 #[cfg(test)]

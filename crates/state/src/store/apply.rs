@@ -171,6 +171,7 @@ impl ApplyBatch<'_> {
                     Err(e) => Err(e.into()),
                 }
             }
+            Op::Directory(d) => Ok(self.directory(d)),
             Op::SetMemberAttrs { id, attrs } => {
                 self.batch.put(Table::Meta, member_key(*id), postcard::to_allocvec(attrs).expect("serializable"));
                 self.state.members.insert(*id, attrs.clone());
@@ -182,6 +183,53 @@ impl ApplyBatch<'_> {
             Err(ReadError::Request(e)) => Ok(Response::Error(e)),
             Err(ReadError::Store(e)) => Err(e),
         }
+    }
+
+    /// An `Op::Directory`: applied only when every expected epoch still holds and the result
+    /// still tiles the keyspace, so a directory that routes a key to two ranges, or to none, is
+    /// never stored.
+    fn directory(&mut self, op: &cairn_cluster::directory::DirectoryOp) -> Response {
+        use cairn_cluster::directory::{Directory, DirectoryOp};
+        let state = &mut *self.state;
+        let answer =
+            |applied: bool, st: &State| Response::Directory { applied, ranges: st.ranges.values().cloned().collect() };
+        let (put, remove) = match op {
+            DirectoryOp::Node(n) => {
+                self.batch.put(Table::Meta, node_key(n.id), postcard::to_allocvec(n).expect("serializable"));
+                state.nodes.insert(n.id, n.clone());
+                return answer(true, state);
+            }
+            DirectoryOp::Bootstrap { put } => {
+                if !state.ranges.is_empty() {
+                    return answer(false, state);
+                }
+                (put, &Vec::new())
+            }
+            DirectoryOp::Update { expect, put, remove } => {
+                if expect.iter().any(|(id, epoch)| state.ranges.get(id).map(|d| d.epoch) != Some(*epoch)) {
+                    return answer(false, state);
+                }
+                (put, remove)
+            }
+        };
+        let mut next = state.ranges.clone();
+        for id in remove {
+            next.remove(id);
+        }
+        for d in put {
+            next.insert(d.id, d.clone());
+        }
+        if Directory::new(next.values().cloned()).is_err() {
+            return answer(false, state);
+        }
+        for id in remove {
+            self.batch.delete(Table::Meta, range_key(*id));
+        }
+        for d in put {
+            self.batch.put(Table::Meta, range_key(d.id), postcard::to_allocvec(d).expect("serializable"));
+        }
+        state.ranges = next;
+        answer(true, state)
     }
 
     /// The checks of a guarded op that belong to apply (see `Op::Guarded`); etcd's order.

@@ -70,6 +70,32 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         }
         true
     })?;
+    let mut ranges = BTreeMap::new();
+    reader.scan(Table::Meta, Bound::Included(META_RANGE_PREFIX), Bound::Unbounded, &mut |k, v| {
+        if !k.starts_with(META_RANGE_PREFIX) {
+            return false;
+        }
+        match postcard::from_bytes::<cairn_cluster::directory::Descriptor>(v) {
+            Ok(d) if range_key(d.id) == k => {
+                ranges.insert(d.id, d);
+            }
+            _ => bad = Some(format!("bad range descriptor record {k:?}")),
+        }
+        true
+    })?;
+    let mut nodes = BTreeMap::new();
+    reader.scan(Table::Meta, Bound::Included(META_NODE_PREFIX), Bound::Unbounded, &mut |k, v| {
+        if !k.starts_with(META_NODE_PREFIX) {
+            return false;
+        }
+        match postcard::from_bytes::<cairn_cluster::directory::NodeRecord>(v) {
+            Ok(n) if node_key(n.id) == k => {
+                nodes.insert(n.id, n);
+            }
+            _ => bad = Some(format!("bad node record {k:?}")),
+        }
+        true
+    })?;
     let mut leases = BTreeMap::new();
     reader.scan(Table::Meta, Bound::Included(META_LEASE_PREFIX), Bound::Unbounded, &mut |k, v| {
         let Some(id) = k.strip_prefix(META_LEASE_PREFIX) else {
@@ -159,6 +185,8 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         revs: LocalRevisions::new(current),
         compact_rev,
         members,
+        ranges,
+        nodes,
         alarms,
         leases,
         key_lease,

@@ -64,6 +64,9 @@ struct State {
     /// etcd's compactMainRev: -1 until the first compaction.
     compact_rev: Revision,
     members: BTreeMap<u64, MemberAttrs>,
+    /// The data tier's range directory and node records (`Op::Directory`).
+    ranges: BTreeMap<u64, cairn_cluster::directory::Descriptor>,
+    nodes: BTreeMap<u64, cairn_cluster::directory::NodeRecord>,
     /// (member id, alarm type) pairs that are active.
     alarms: BTreeSet<(u64, i32)>,
     /// Granted leases and the keys attached to each (etcd's lessor state, minus expiry times:
@@ -351,6 +354,16 @@ impl Store {
 
     pub fn members(&self) -> BTreeMap<u64, MemberAttrs> {
         self.state.read().members.clone()
+    }
+
+    /// The data tier's range descriptors, by id, as of the last apply.
+    pub fn ranges(&self) -> BTreeMap<u64, cairn_cluster::directory::Descriptor> {
+        self.state.read().ranges.clone()
+    }
+
+    /// The data tier's node records, by id.
+    pub fn nodes(&self) -> BTreeMap<u64, cairn_cluster::directory::NodeRecord> {
+        self.state.read().nodes.clone()
     }
 
     /// Active alarms as (member id, alarm type).

@@ -11,6 +11,9 @@ pub(crate) const META_REV: &[u8] = b"store/rev";
 pub(crate) const META_COMPACT: &[u8] = b"store/compact_rev";
 pub(super) const META_MEMBER_PREFIX: &[u8] = b"member/";
 pub(super) const META_ALARM_PREFIX: &[u8] = b"alarm/";
+/// The data tier's range descriptors (by id) and node records (by id).
+pub(super) const META_RANGE_PREFIX: &[u8] = b"dir/range/";
+pub(super) const META_NODE_PREFIX: &[u8] = b"dir/node/";
 pub(crate) const META_LEASE_PREFIX: &[u8] = b"lease/";
 pub(crate) const META_AUTH: &[u8] = b"auth";
 
@@ -46,6 +49,18 @@ impl Record {
 
 pub(super) fn member_key(id: u64) -> Vec<u8> {
     let mut k = META_MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(super) fn range_key(id: u64) -> Vec<u8> {
+    let mut k = META_RANGE_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(super) fn node_key(id: u64) -> Vec<u8> {
+    let mut k = META_NODE_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
 }

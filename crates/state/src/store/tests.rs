@@ -425,6 +425,56 @@ fn member_attrs_persist() {
 }
 
 #[test]
+fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
+    use cairn_cluster::directory::{Descriptor, DirectoryOp, NodeRecord};
+    let d = |id: u64, start: &[u8], end: &[u8], epoch: u64| Descriptor {
+        id,
+        start: start.to_vec(),
+        end: end.to_vec(),
+        epoch,
+        replicas: vec![1, 2, 3],
+        learners: vec![],
+    };
+    let applied = |r: Response| match r {
+        Response::Directory { applied, .. } => applied,
+        other => panic!("{other:?}"),
+    };
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let s = Store::open(engine.clone()).unwrap();
+    // A bootstrap that does not tile the keyspace is refused; one that does lands once.
+    assert!(!applied(apply(&s, Op::Directory(DirectoryOp::Bootstrap { put: vec![d(1, b"", b"m", 1)] }))));
+    assert!(applied(apply(&s, Op::Directory(DirectoryOp::Bootstrap { put: vec![d(1, b"", b"", 1)] }))));
+    assert!(!applied(apply(&s, Op::Directory(DirectoryOp::Bootstrap { put: vec![d(9, b"", b"", 1)] }))));
+    // A split of range 1 at "m", made from epoch 1.
+    let split =
+        DirectoryOp::Update { expect: vec![(1, 1)], put: vec![d(1, b"", b"m", 2), d(2, b"m", b"", 2)], remove: vec![] };
+    assert!(applied(apply(&s, Op::Directory(split.clone()))));
+    // The same decision again (made from the same, now stale, view) is refused.
+    assert!(!applied(apply(&s, Op::Directory(split))));
+    // So is a change that would leave keys to no range.
+    let gap = DirectoryOp::Update { expect: vec![(2, 2)], put: vec![], remove: vec![2] };
+    assert!(!applied(apply(&s, Op::Directory(gap))));
+    // A merge back.
+    let merge = DirectoryOp::Update { expect: vec![(1, 2), (2, 2)], put: vec![d(1, b"", b"", 3)], remove: vec![2] };
+    assert!(applied(apply(&s, Op::Directory(merge))));
+    let node = NodeRecord {
+        id: 5,
+        name: "n5".into(),
+        redis_urls: vec!["redis://127.0.0.1:6379".into()],
+        ..Default::default()
+    };
+    assert!(applied(apply(&s, Op::Directory(DirectoryOp::Node(node.clone())))));
+    assert_eq!(s.ranges().into_values().collect::<Vec<_>>(), vec![d(1, b"", b"", 3)]);
+    // Neither the etcd keyspace nor its revision saw any of it.
+    assert_eq!(s.current_revision(), 1);
+    assert!(s.range(&rng("\0", "\0")).unwrap().kvs.is_empty());
+    s.flush().unwrap();
+    let again = Store::open(engine).unwrap();
+    assert_eq!(again.ranges(), s.ranges());
+    assert_eq!(again.nodes().get(&5), Some(&node));
+}
+
+#[test]
 fn snapshot_roundtrip_rebuilds_the_same_store() {
     let s = store();
     for i in 0..50 {
