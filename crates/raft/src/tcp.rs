@@ -104,6 +104,13 @@ pub async fn connect(uri: tonic::codegen::http::Uri) -> io::Result<hyper_util::r
     Ok(hyper_util::rt::TokioIo::new(Coalescing(s)))
 }
 
+/// Whether a failed call never reached its server: no connection could be made, so nothing
+/// it asked for ran (safe to send elsewhere).
+pub fn never_connected(s: &tonic::Status) -> bool {
+    let m = s.message();
+    s.code() == tonic::Code::Unavailable && (m.contains("tcp connect error") || m.contains("error trying to connect"))
+}
+
 /// A lazily connected channel to `ep` over [`Coalescing`] streams, connecting within
 /// [`CONNECT_TIMEOUT`] (TCP) and [`HANDSHAKE_TIMEOUT`] (TCP and TLS).
 pub fn lazy_channel(ep: &tonic::transport::Endpoint) -> tonic::transport::Channel {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::range::mux::RangesService;
 use cairn_raft::range::{
-    Applier, DataWrite, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp, RangeReply, RangeStateMachine,
-    SharedLog,
+    Applier, DataView, DataWrite, Outcome, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp, RangeReply,
+    RangeStateMachine, SharedLog,
 };
 use cairn_raft::{PeerNode, RaftTimers};
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -28,6 +28,13 @@ impl Applier for Puts {
         let prev = data.get(&k).unwrap().unwrap_or_default();
         data.put(&k, &v);
         RangeReply::Done(prev)
+    }
+
+    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], _now_ms: u64) -> RangeReply {
+        if !desc.contains(cmd) {
+            return RangeReply::WrongRange(desc.clone());
+        }
+        RangeReply::Done(data.get(cmd).unwrap().unwrap_or_default())
     }
 }
 
@@ -204,6 +211,29 @@ async fn many_groups_replicate_over_one_batched_transport() {
         });
     }
     futures::future::join_all(tasks).await;
+    // Client requests from any node: run by the leader (over the transport from another
+    // node); a node that does not lead says so, with the leader it knows.
+    let l = leader(&refs, 3).await;
+    let other = (l + 1) % refs.len();
+    let (lid, lpeer) = (refs[l].id, refs[l].peer());
+    let get = |k: &str| k.as_bytes().to_vec();
+    let t = Duration::from_secs(5);
+    let via_peer = refs[other].host.execute_on(lid, &lpeer, 3, 1, true, get(&key(3, 5)), t).await;
+    assert_eq!(via_peer, Outcome::Done(b"v5".to_vec()));
+    let at_follower = refs[other].host.execute(3, 1, true, get(&key(3, 5))).await;
+    assert_eq!(at_follower, Outcome::NotLeader { leader: Some(lid) });
+    let w = postcard::to_allocvec(&(key(3, 5).into_bytes(), b"v5b".to_vec())).unwrap();
+    assert_eq!(
+        refs[other].host.execute_on(lid, &lpeer, 3, 1, false, w.clone(), t).await,
+        Outcome::Done(b"v5".to_vec())
+    );
+    assert_eq!(refs[other].host.execute(3, 1, false, w).await, Outcome::NotLeader { leader: Some(lid) });
+    assert_eq!(refs[l].host.execute(3, 2, true, get(&key(3, 5))).await, Outcome::WrongRange(range(3)));
+    assert_eq!(refs[l].host.execute(99, 1, true, get(&key(3, 5))).await, Outcome::NotHere);
+    // A node nobody listens on: the request never left, so it is safe to send elsewhere.
+    let nobody = PeerNode { peer_urls: vec!["http://127.0.0.1:1".into()] };
+    let gone = refs[other].host.execute_on(77, &nobody, 3, 1, false, get("x"), t).await;
+    assert!(matches!(gone, Outcome::Unavailable(_)), "{gone:?}");
     // A write routed with another epoch, or to keys of another range, is refused with the
     // range's descriptor and changes nothing.
     let r = refs[leader(&refs, 1).await].host.get(1).unwrap();

@@ -23,7 +23,9 @@ use crate::node::RaftTimers;
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
 use crate::range::sm::{self, Applier, RangeStateMachine, SnapshotBytes};
-use crate::range::types::{RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, SnapshotMeta, Vote};
+use crate::range::types::{
+    Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, SnapshotMeta, Vote,
+};
 use crate::types::PeerNode;
 
 #[derive(Debug, Clone)]
@@ -242,6 +244,58 @@ impl RangeHost {
         self.log.failed()
     }
 
+    /// Runs a client request on this node's replica of `group`, which must lead it. A write is
+    /// stamped with this node's clock and proposed; a read waits for a read barrier, then
+    /// answers from the applied state.
+    pub async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome {
+        let Some(r) = self.get(group) else { return Outcome::NotHere };
+        if read {
+            match r.read_barrier().await {
+                Ok(()) => {}
+                Err(RangeError::NotLeader { leader, .. }) => return Outcome::NotLeader { leader },
+                Err(e) => return Outcome::Unavailable(e.to_string()),
+            }
+            let desc = r.sm.desc();
+            if epoch != 0 && epoch != desc.epoch {
+                return Outcome::WrongRange(desc);
+            }
+            let now = cairn_types::clock::wall_ms();
+            return match r.sm.read(|view| self.applier.read(&desc, view, &cmd, now)) {
+                Ok(RangeReply::Done(b)) => Outcome::Done(b),
+                Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+                Err(e) => Outcome::Unavailable(e.to_string()),
+            };
+        }
+        let op = RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd };
+        match r.write(op).await {
+            Ok(RangeReply::Done(b)) => Outcome::Done(b),
+            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+            Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+            Err(e) => Outcome::Unknown(e.to_string()),
+        }
+    }
+
+    /// Runs a client request on node `node` (this one, or a peer over the transport).
+    pub async fn execute_on(
+        &self,
+        node: u64,
+        peer: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        read: bool,
+        cmd: Vec<u8>,
+        timeout: Duration,
+    ) -> Outcome {
+        if node == self.opts.node_id {
+            return match tokio::time::timeout(timeout, self.execute(group, epoch, read, cmd)).await {
+                Ok(o) => o,
+                Err(_) if read => Outcome::Unavailable("timed out".into()),
+                Err(_) => Outcome::Unknown("request timed out".into()),
+            };
+        }
+        self.mux.execute(node, peer, group, epoch, read, cmd, timeout).await
+    }
+
     /// Stops every range and syncs the data engine.
     pub async fn shutdown(&self) {
         let all: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
@@ -262,6 +316,10 @@ fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
 
 #[tonic::async_trait]
 impl RangeHandler for RangeHost {
+    async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome {
+        RangeHost::execute(self, group, epoch, read, cmd).await
+    }
+
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {
         let r = self.get(group).ok_or_else(|| format!("range {group} is not on node {:x}", self.opts.node_id))?;
         match kind {

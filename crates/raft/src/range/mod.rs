@@ -21,7 +21,8 @@ pub mod mux;
 pub mod sm;
 pub mod types;
 
+pub use host::RangeError;
 pub use host::{RangeHost, RangeHostOptions, RangeReplica};
 pub use log::{RangeLog, SharedLog};
 pub use sm::{Applier, DataView, DataWrite, RangeStateMachine};
-pub use types::{RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply};
+pub use types::{Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply};

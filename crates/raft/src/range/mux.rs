@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use cairn_proto::peer::ranges_client::RangesClient;
 use cairn_proto::peer::ranges_server::Ranges;
-use cairn_proto::peer::{RangeBatchReply, RangeBatchRequest, RangeMessage, RangeResult};
+use cairn_proto::peer::{
+    RangeBatchReply, RangeBatchRequest, RangeExecuteReply, RangeExecuteRequest, RangeMessage, RangeResult,
+};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -29,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 use crate::range::sm::SnapshotBytes;
-use crate::range::types::{RangeConfig, RangeId, Snapshot, SnapshotMeta, Vote};
+use crate::range::types::{Outcome, RangeConfig, RangeId, Snapshot, SnapshotMeta, Vote};
 use crate::types::PeerNode;
 
 /// Messages per batch call at most.
@@ -81,6 +83,8 @@ struct Pending {
 
 /// The queue to one node.
 struct PeerQueue {
+    /// For client requests, which travel as calls of their own.
+    client: RangesClient<Channel>,
     tx: mpsc::UnboundedSender<Pending>,
     /// Bytes of queued messages (permits are bytes, in KiB).
     budget: Arc<Semaphore>,
@@ -120,10 +124,45 @@ impl Mux {
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::unbounded_channel();
-        let q = Arc::new(PeerQueue { tx, budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)) });
+        let q = Arc::new(PeerQueue {
+            client: client.clone(),
+            tx,
+            budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)),
+        });
         tokio::spawn(sender(client, rx, self.stats.clone()));
         peers.insert((target, url), q.clone());
         Some(q)
+    }
+
+    /// Sends a client request to `target`, which runs it if it leads `group`. Whether a
+    /// failed call may have run is told apart: a connection never made did not run it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn execute(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        read: bool,
+        cmd: Vec<u8>,
+        timeout: Duration,
+    ) -> Outcome {
+        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
+            return Outcome::Unavailable("link cut by fault injection".into());
+        }
+        let Some(q) = self.queue(target, node) else {
+            return Outcome::Unavailable(format!("node {target:x} has no usable peer URL"));
+        };
+        let mut client = q.client.clone();
+        let mut req = tonic::Request::new(RangeExecuteRequest { group, epoch, read, cmd: cmd.into() });
+        req.set_timeout(timeout);
+        crate::network::stamp(&mut req);
+        match client.execute(req).await {
+            Ok(r) => postcard::from_bytes(&r.into_inner().outcome)
+                .unwrap_or_else(|e| Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
+            Err(s) if read || crate::tcp::never_connected(&s) => Outcome::Unavailable(s.message().to_string()),
+            Err(s) => Outcome::Unknown(format!("node {target:x}: {}", s.message())),
+        }
     }
 
     /// Sends one message of `group` to `target` and waits for its answer.
@@ -301,6 +340,8 @@ impl RaftNetworkV2<RangeConfig> for RangeConn {
 #[tonic::async_trait]
 pub trait RangeHandler: Send + Sync + 'static {
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String>;
+    /// A client request forwarded by another node.
+    async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome;
 }
 
 /// Answers a whole batch, each message concurrently, results in order.
@@ -348,5 +389,15 @@ impl Ranges for RangesService {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let results = handle_batch(&*self.handler, req.into_inner().messages).await;
         Ok(tonic::Response::new(RangeBatchReply { results }))
+    }
+
+    async fn execute(
+        &self,
+        req: tonic::Request<RangeExecuteRequest>,
+    ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
+        crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
+        let r = req.into_inner();
+        let outcome = self.handler.execute(r.group, r.epoch, r.read, r.cmd.to_vec()).await;
+        Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }))
     }
 }

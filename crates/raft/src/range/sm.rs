@@ -52,6 +52,9 @@ pub trait DataWrite: DataView {
 /// [`RangeReply::WrongRange`] and changes nothing.
 pub trait Applier: Send + Sync + 'static {
     fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply;
+
+    /// Answers a read over the range's applied state; `now_ms` is the serving node's clock.
+    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> RangeReply;
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {

@@ -43,6 +43,25 @@ impl Default for RangeReply {
     }
 }
 
+/// How a request for a range ended, on the node that got it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Executed: the applier's answer.
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Not executed: the range has another descriptor now (re-route with it).
+    WrongRange(RangeDesc),
+    /// Not executed: this node does not lead the range (the leader it knows of).
+    NotLeader { leader: Option<u64> },
+    /// Not executed: no replica of the range here.
+    NotHere,
+    /// Not executed, for a reason that may pass (the group is stopping, a read barrier lost
+    /// its leadership).
+    Unavailable(String),
+    /// May or may not have been executed: a write's outcome is unknown (it must not be sent
+    /// again).
+    Unknown(String),
+}
+
 /// Where a range sits in the keyspace: `[start, end)`, `end` empty meaning the keyspace's end.
 /// `epoch` changes on every split, merge and replica change, so a request routed with an old
 /// descriptor is detected and re-routed.
