@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cairn_raft::range::mux::RangesService;
 use cairn_raft::range::{
     Applier, DataView, DataWrite, Outcome, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp, RangeReply,
-    RangeStateMachine, SharedLog,
+    RangeRequest, RangeStateMachine, SharedLog,
 };
 use cairn_raft::{PeerNode, RaftTimers};
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -67,6 +67,10 @@ async fn openraft_storage_suite_on_the_shared_log() {
 }
 
 const CLUSTER: u64 = 0xc0ffee;
+
+fn req(group: u64, epoch: u64, read: bool, cmd: Vec<u8>) -> RangeRequest {
+    RangeRequest { group, epoch, read, cmd }
+}
 
 /// One node: its range host served on a loopback port.
 struct Node {
@@ -218,21 +222,21 @@ async fn many_groups_replicate_over_one_batched_transport() {
     let (lid, lpeer) = (refs[l].id, refs[l].peer());
     let get = |k: &str| k.as_bytes().to_vec();
     let t = Duration::from_secs(5);
-    let via_peer = refs[other].host.execute_on(lid, &lpeer, 3, 1, true, get(&key(3, 5)), t).await;
+    let via_peer = refs[other].host.execute_on(lid, &lpeer, req(3, 1, true, get(&key(3, 5))), t).await;
     assert_eq!(via_peer, Outcome::Done(b"v5".to_vec()));
-    let at_follower = refs[other].host.execute(3, 1, true, get(&key(3, 5))).await;
+    let at_follower = refs[other].host.execute(req(3, 1, true, get(&key(3, 5)))).await;
     assert_eq!(at_follower, Outcome::NotLeader { leader: Some(lid) });
     let w = postcard::to_allocvec(&(key(3, 5).into_bytes(), b"v5b".to_vec())).unwrap();
     assert_eq!(
-        refs[other].host.execute_on(lid, &lpeer, 3, 1, false, w.clone(), t).await,
+        refs[other].host.execute_on(lid, &lpeer, req(3, 1, false, w.clone()), t).await,
         Outcome::Done(b"v5".to_vec())
     );
-    assert_eq!(refs[other].host.execute(3, 1, false, w).await, Outcome::NotLeader { leader: Some(lid) });
-    assert_eq!(refs[l].host.execute(3, 2, true, get(&key(3, 5))).await, Outcome::WrongRange(range(3)));
-    assert_eq!(refs[l].host.execute(99, 1, true, get(&key(3, 5))).await, Outcome::NotHere);
+    assert_eq!(refs[other].host.execute(req(3, 1, false, w)).await, Outcome::NotLeader { leader: Some(lid) });
+    assert_eq!(refs[l].host.execute(req(3, 2, true, get(&key(3, 5)))).await, Outcome::WrongRange(range(3)));
+    assert_eq!(refs[l].host.execute(req(99, 1, true, get(&key(3, 5)))).await, Outcome::NotHere);
     // A node nobody listens on: the request never left, so it is safe to send elsewhere.
     let nobody = PeerNode { peer_urls: vec!["http://127.0.0.1:1".into()] };
-    let gone = refs[other].host.execute_on(77, &nobody, 3, 1, false, get("x"), t).await;
+    let gone = refs[other].host.execute_on(77, &nobody, req(3, 1, false, get("x")), t).await;
     assert!(matches!(gone, Outcome::Unavailable(_)), "{gone:?}");
     // A write routed with another epoch, or to keys of another range, is refused with the
     // range's descriptor and changes nothing.

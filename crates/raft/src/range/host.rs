@@ -24,7 +24,7 @@ use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
 use crate::range::sm::{self, Applier, RangeStateMachine, SnapshotBytes};
 use crate::range::types::{
-    Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, SnapshotMeta, Vote,
+    Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest, SnapshotMeta, Vote,
 };
 use crate::types::PeerNode;
 
@@ -247,7 +247,8 @@ impl RangeHost {
     /// Runs a client request on this node's replica of `group`, which must lead it. A write is
     /// stamped with this node's clock and proposed; a read waits for a read barrier, then
     /// answers from the applied state.
-    pub async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome {
+    pub async fn execute(&self, req: RangeRequest) -> Outcome {
+        let RangeRequest { group, epoch, read, cmd } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
         if read {
             match r.read_barrier().await {
@@ -276,24 +277,16 @@ impl RangeHost {
     }
 
     /// Runs a client request on node `node` (this one, or a peer over the transport).
-    pub async fn execute_on(
-        &self,
-        node: u64,
-        peer: &PeerNode,
-        group: RangeId,
-        epoch: u64,
-        read: bool,
-        cmd: Vec<u8>,
-        timeout: Duration,
-    ) -> Outcome {
+    pub async fn execute_on(&self, node: u64, peer: &PeerNode, req: RangeRequest, timeout: Duration) -> Outcome {
+        let read = req.read;
         if node == self.opts.node_id {
-            return match tokio::time::timeout(timeout, self.execute(group, epoch, read, cmd)).await {
+            return match tokio::time::timeout(timeout, self.execute(req)).await {
                 Ok(o) => o,
                 Err(_) if read => Outcome::Unavailable("timed out".into()),
                 Err(_) => Outcome::Unknown("request timed out".into()),
             };
         }
-        self.mux.execute(node, peer, group, epoch, read, cmd, timeout).await
+        self.mux.execute(node, peer, req, timeout).await
     }
 
     /// Stops every range and syncs the data engine.
@@ -316,8 +309,8 @@ fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
 
 #[tonic::async_trait]
 impl RangeHandler for RangeHost {
-    async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome {
-        RangeHost::execute(self, group, epoch, read, cmd).await
+    async fn execute(&self, req: RangeRequest) -> Outcome {
+        RangeHost::execute(self, req).await
     }
 
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {

@@ -25,4 +25,4 @@ pub use host::RangeError;
 pub use host::{RangeHost, RangeHostOptions, RangeReplica};
 pub use log::{RangeLog, SharedLog};
 pub use sm::{Applier, DataView, DataWrite, RangeStateMachine};
-pub use types::{Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply};
+pub use types::{Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest};

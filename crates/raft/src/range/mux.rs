@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 use crate::range::sm::SnapshotBytes;
-use crate::range::types::{Outcome, RangeConfig, RangeId, Snapshot, SnapshotMeta, Vote};
+use crate::range::types::{Outcome, RangeConfig, RangeId, RangeRequest, Snapshot, SnapshotMeta, Vote};
 use crate::types::PeerNode;
 
 /// Messages per batch call at most.
@@ -136,17 +136,8 @@ impl Mux {
 
     /// Sends a client request to `target`, which runs it if it leads `group`. Whether a
     /// failed call may have run is told apart: a connection never made did not run it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn execute(
-        &self,
-        target: u64,
-        node: &PeerNode,
-        group: RangeId,
-        epoch: u64,
-        read: bool,
-        cmd: Vec<u8>,
-        timeout: Duration,
-    ) -> Outcome {
+    pub async fn execute(&self, target: u64, node: &PeerNode, req: RangeRequest, timeout: Duration) -> Outcome {
+        let RangeRequest { group, epoch, read, cmd } = req;
         if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
             return Outcome::Unavailable("link cut by fault injection".into());
         }
@@ -341,7 +332,7 @@ impl RaftNetworkV2<RangeConfig> for RangeConn {
 pub trait RangeHandler: Send + Sync + 'static {
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String>;
     /// A client request forwarded by another node.
-    async fn execute(&self, group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> Outcome;
+    async fn execute(&self, req: RangeRequest) -> Outcome;
 }
 
 /// Answers a whole batch, each message concurrently, results in order.
@@ -397,7 +388,8 @@ impl Ranges for RangesService {
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let r = req.into_inner();
-        let outcome = self.handler.execute(r.group, r.epoch, r.read, r.cmd.to_vec()).await;
+        let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec() };
+        let outcome = self.handler.execute(req).await;
         Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }))
     }
 }

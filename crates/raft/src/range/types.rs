@@ -43,6 +43,16 @@ impl Default for RangeReply {
     }
 }
 
+/// A client request for a range: a read or a write command for the applier, routed with the
+/// descriptor epoch `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub group: RangeId,
+    pub epoch: u64,
+    pub read: bool,
+    pub cmd: Vec<u8>,
+}
+
 /// How a request for a range ended, on the node that got it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

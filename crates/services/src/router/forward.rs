@@ -148,7 +148,7 @@ fn classify(s: &tonic::Status) -> ForwardFailure {
     }
     match s.code() {
         // No connection could be made: the request never left this member.
-        tonic::Code::Unavailable if cairn_raft::tcp::never_connected(&s) => ForwardFailure::NotExecuted,
+        tonic::Code::Unavailable if cairn_raft::tcp::never_connected(s) => ForwardFailure::NotExecuted,
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ForwardFailure::Unknown(Error::Timeout),
         tonic::Code::Unavailable | tonic::Code::Unknown => ForwardFailure::Unknown(Error::TimeoutDueToConnectionLost),
         _ => ForwardFailure::Answer(Error::Internal(format!("forwarded request failed: {s}"))),
