@@ -24,6 +24,7 @@ pub mod access;
 pub mod auth;
 pub mod boot;
 pub mod compactor;
+pub mod data;
 pub mod kv;
 pub mod lease;
 pub mod lock;

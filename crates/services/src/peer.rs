@@ -86,8 +86,13 @@ impl Forwarded {
             Fq::Propose(b) => {
                 let op: Op =
                     postcard::from_bytes(&b).map_err(|e| Error::Internal(format!("forwarded proposal: {e}")))?;
-                if !matches!(op, Op::Auth(_)) {
-                    return Err(Error::Internal("only auth changes are forwarded as proposals".into()));
+                // Auth changes (checked by the guard like any client request), and data tier
+                // node records, which members publish on their own behalf as they publish
+                // their attributes.
+                if !matches!(op, Op::Auth(_) | Op::Directory(cairn_cluster::directory::DirectoryOp::Node(_))) {
+                    return Err(Error::Internal(
+                        "only auth changes and node records are forwarded as proposals".into(),
+                    ));
                 }
                 let r = self.c.propose(op, d).await?;
                 Fr::Proposed(postcard::to_allocvec(&r).expect("serializable").into())
@@ -112,6 +117,15 @@ impl Forwarded {
                     Ok(None)
                 }
                 Some(Fq::Alarm(a)) if a.action == AlarmAction::Activate as i32 => Ok(None),
+                // A data tier node publishing its own record.
+                Some(Fq::Propose(b))
+                    if matches!(
+                        postcard::from_bytes::<Op>(b),
+                        Ok(Op::Directory(cairn_cluster::directory::DirectoryOp::Node(_)))
+                    ) =>
+                {
+                    Ok(None)
+                }
                 _ => Err(Status::permission_denied(
                     "etcdserver: forwarded request names no client (no auth guard); refused rather than applied unchecked",
                 )),

@@ -1,0 +1,319 @@
+//! The data tier as a member sees it: the range directory (kept by the meta group), the range
+//! replicas this node must hold, and where each request for a key runs.
+//!
+//! - **Bootstrap**: the meta leader of a new cluster writes the first directory: one range for
+//!   the keys before the Redis prefix, `initial_ranges` ranges splitting the Redis hash slots
+//!   evenly, one range after it; each on `replication_factor` of the meta voters, spread round
+//!   robin so that the first replica (which initializes the group, and so first leads it)
+//!   differs from range to range.
+//! - **Reconcile**: every node creates a replica of each range the directory places on it.
+//! - **Route**: [`DataTier::execute`] finds the key's range in the cached directory and runs the
+//!   request on the range's leader: here, or on another node over the range transport. A
+//!   request refused before it ran (not the leader, not there, never connected, a stale epoch)
+//!   is retried elsewhere; one whose outcome is unknown is reported as such and never sent
+//!   again, so no request is executed twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_cluster::directory::{slot_start, Descriptor, Directory, DirectoryOp, NodeRecord, PREFIX_REDIS, SLOTS};
+use cairn_raft::range::{Outcome, RangeDesc, RangeHost, RangeRequest};
+use cairn_raft::PeerNode;
+use cairn_state::{Op, Response};
+use parking_lot::{Mutex, RwLock};
+
+use crate::Router;
+
+#[derive(Debug, Clone)]
+pub struct TierOptions {
+    /// Replicas per range (`--replication-factor`), fixed at bootstrap.
+    pub replication_factor: usize,
+    /// Ranges the Redis hash slots start out split into.
+    pub initial_ranges: usize,
+    /// This node's advertised Redis URLs (`--advertise-redis-urls`).
+    pub redis_urls: Vec<String>,
+}
+
+/// Why a request for the data tier got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TierError {
+    /// The cluster has no range directory yet (it is forming).
+    #[error("the data tier is not ready: no range directory yet")]
+    NotReady,
+    /// Nothing ran, and no leader could be reached before the deadline.
+    #[error("no leader for range {0} answered in time")]
+    Unavailable(u64),
+    /// A write may or may not have been applied.
+    #[error("the outcome is unknown: {0}")]
+    Unknown(String),
+}
+
+/// How often the directory is re-read and replicas reconciled.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct DataTier {
+    c: Arc<Router>,
+    host: Arc<RangeHost>,
+    opts: TierOptions,
+    dir: RwLock<Option<Arc<Directory>>>,
+    /// The node each range was last answered by.
+    hints: Mutex<HashMap<u64, u64>>,
+}
+
+/// The first directory of a cluster whose voters are `voters`.
+pub fn initial_directory(voters: &[u64], opts: &TierOptions) -> Vec<Descriptor> {
+    let rf = opts.replication_factor.clamp(1, voters.len().max(1));
+    let n = opts.initial_ranges.clamp(1, SLOTS as usize);
+    let mut bounds: Vec<Vec<u8>> = vec![vec![]];
+    for i in 0..n {
+        bounds.push(slot_start((i * SLOTS as usize / n) as u16));
+    }
+    bounds.push(vec![PREFIX_REDIS + 1]);
+    bounds.push(vec![]);
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Descriptor {
+            id: i as u64 + 1,
+            start: w[0].clone(),
+            end: w[1].clone(),
+            epoch: 1,
+            replicas: (0..rf).map(|k| voters[(i + k) % voters.len()]).collect(),
+            learners: vec![],
+        })
+        .collect()
+}
+
+impl DataTier {
+    /// Starts the data tier's background work on this node.
+    pub fn start(c: Arc<Router>, host: Arc<RangeHost>, opts: TierOptions) -> Arc<DataTier> {
+        let t = Arc::new(DataTier { c, host, opts, dir: RwLock::new(None), hints: Mutex::new(HashMap::new()) });
+        let weak = Arc::downgrade(&t);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let Some(t) = weak.upgrade() else { return };
+                t.tick().await;
+            }
+        });
+        t
+    }
+
+    pub fn host(&self) -> &Arc<RangeHost> {
+        &self.host
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.c.id()
+    }
+
+    /// The directory as this node last read it from the meta group.
+    pub fn directory(&self) -> Option<Arc<Directory>> {
+        self.dir.read().clone()
+    }
+
+    /// The data tier's node records (Redis URLs and such), by node id.
+    pub fn nodes(&self) -> BTreeMap<u64, NodeRecord> {
+        self.c.store().nodes()
+    }
+
+    /// Peer addresses of the meta group's members, which are the data nodes.
+    fn peers(&self) -> BTreeMap<u64, PeerNode> {
+        self.c.node.membership().nodes
+    }
+
+    async fn tick(&self) {
+        self.refresh();
+        if let Some(dir) = self.directory() {
+            self.reconcile(&dir).await;
+        } else if self.c.is_leader() {
+            self.bootstrap().await;
+        }
+        self.publish_self().await;
+    }
+
+    fn refresh(&self) {
+        let ranges = self.c.store().ranges();
+        if ranges.is_empty() {
+            return;
+        }
+        let same = self.dir.read().as_ref().is_some_and(|d| {
+            d.len() == ranges.len() && d.iter().all(|x| ranges.get(&x.id).is_some_and(|y| y.epoch == x.epoch))
+        });
+        if same {
+            return;
+        }
+        match Directory::new(ranges.into_values()) {
+            Ok(d) => *self.dir.write() = Some(Arc::new(d)),
+            // The meta group refuses such a directory; seeing one is a bug worth shouting.
+            Err(e) => tracing::error!(error = %e, "the stored range directory is invalid"),
+        }
+    }
+
+    async fn bootstrap(&self) {
+        let m = self.c.node.membership();
+        let voters: Vec<u64> = m.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return;
+        }
+        if voters.len() < self.opts.replication_factor {
+            tracing::warn!(
+                voters = voters.len(),
+                replication_factor = self.opts.replication_factor,
+                "fewer members than --replication-factor: ranges get one replica per member"
+            );
+        }
+        let put = initial_directory(&voters, &self.opts);
+        let n = put.len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match self.c.propose(Op::Directory(DirectoryOp::Bootstrap { put }), deadline).await {
+            Ok(Response::Directory { applied: true, .. }) => tracing::info!(ranges = n, "created the data tier's first ranges"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "data tier bootstrap did not happen yet"),
+        }
+    }
+
+    /// Creates the replicas the directory places on this node.
+    async fn reconcile(&self, dir: &Directory) {
+        let me = self.c.id();
+        let peers = self.peers();
+        for d in dir.iter() {
+            if !(d.replicas.contains(&me) || d.learners.contains(&me)) || self.host.get(d.id).is_some() {
+                continue;
+            }
+            // The first replica of a range's first epoch starts its group; the others wait to
+            // hear from it.
+            let voters: Option<BTreeMap<u64, PeerNode>> = (d.epoch == 1 && d.replicas.first() == Some(&me))
+                .then(|| d.replicas.iter().filter_map(|id| peers.get(id).map(|p| (*id, p.clone()))).collect());
+            if voters.as_ref().is_some_and(|v| v.len() != d.replicas.len()) {
+                continue;
+            }
+            let desc = RangeDesc { id: d.id, start: d.start.clone(), end: d.end.clone(), epoch: d.epoch };
+            if let Err(e) = self.host.create(desc, voters).await {
+                tracing::warn!(range = d.id, error = %e, "cannot create a range replica");
+            }
+        }
+    }
+
+    /// Publishes this node's record (its Redis URLs) until the meta group has it.
+    async fn publish_self(&self) {
+        let me = self.c.id();
+        let want = NodeRecord {
+            id: me,
+            name: self.c.cfg.name.clone(),
+            peer_urls: self.c.cfg.peer_urls.clone(),
+            redis_urls: self.opts.redis_urls.clone(),
+            draining: false,
+        };
+        if self.c.store().nodes().get(&me).is_some_and(|n| *n == NodeRecord { draining: n.draining, ..want.clone() }) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let op = Op::Directory(DirectoryOp::Node(want));
+        let bytes = postcard::to_allocvec(&op).expect("serializable");
+        let r = self
+            .c
+            .on_leader(
+                || cairn_proto::peer::forward_request::Request::Propose(bytes.clone().into()),
+                |d| {
+                    let op = op.clone();
+                    async move { self.c.propose(op, d).await.map(|_| ()) }
+                },
+                |x| matches!(x, cairn_proto::peer::forward_reply::Response::Proposed(_)).then_some(()),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, deadline = ?deadline, "node record not published yet");
+        }
+    }
+
+    /// Runs a request for `key` on its range's leader. `cmd` is the applier's encoding.
+    pub async fn execute(&self, key: &[u8], read: bool, cmd: Vec<u8>) -> Result<Vec<u8>, TierError> {
+        let deadline = Instant::now() + self.c.cfg.request_timeout;
+        loop {
+            let dir = self.directory().ok_or(TierError::NotReady)?;
+            let d = dir.lookup(key).clone();
+            match self.execute_range(&d, read, cmd.clone(), deadline).await? {
+                Some(b) => return Ok(b),
+                // A stale route: the directory moved on; read it again.
+                None => {
+                    if Instant::now() >= deadline {
+                        return Err(TierError::Unavailable(d.id));
+                    }
+                    tokio::time::sleep(TICK).await;
+                    self.refresh();
+                }
+            }
+        }
+    }
+
+    /// Runs a request on range `d`'s leader; `Ok(None)` when the range has another descriptor
+    /// now (nothing ran).
+    pub async fn execute_range(
+        &self,
+        d: &Descriptor,
+        read: bool,
+        cmd: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, TierError> {
+        let peers = self.peers();
+        let mut attempt = 0usize;
+        loop {
+            let hint = self.hints.lock().get(&d.id).copied();
+            let local = self.host.get(d.id).and_then(|r| r.leader());
+            let target = hint.or(local).unwrap_or_else(|| d.replicas[attempt % d.replicas.len().max(1)]);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TierError::Unavailable(d.id));
+            }
+            let req = RangeRequest { group: d.id, epoch: d.epoch, read, cmd: cmd.clone() };
+            let peer = peers.get(&target).cloned().unwrap_or_default();
+            let outcome = self.host.execute_on(target, &peer, req, left).await;
+            match outcome {
+                Outcome::Done(b) => {
+                    self.hints.lock().insert(d.id, target);
+                    return Ok(Some(b));
+                }
+                Outcome::WrongRange(_) => return Ok(None),
+                Outcome::NotLeader { leader: Some(l) } if l != target => {
+                    self.hints.lock().insert(d.id, l);
+                    continue;
+                }
+                Outcome::NotLeader { .. } | Outcome::NotHere | Outcome::Unavailable(_) => {
+                    self.hints.lock().remove(&d.id);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis((10 * attempt as u64).min(200))).await;
+                }
+                Outcome::Unknown(e) => return Err(TierError::Unknown(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_directory_tiles_the_keyspace_and_spreads_replicas() {
+        let opts = TierOptions { replication_factor: 3, initial_ranges: 4, redis_urls: vec![] };
+        let descs = initial_directory(&[11, 22, 33], &opts);
+        assert_eq!(descs.len(), 6);
+        let dir = Directory::new(descs.clone()).unwrap();
+        // Every slot's keys are in one of the four Redis ranges, at even boundaries.
+        assert_eq!(dir.lookup(&slot_start(0)).id, 2);
+        assert_eq!(dir.lookup(&slot_start(4095)).id, 2);
+        assert_eq!(dir.lookup(&slot_start(4096)).id, 3);
+        assert_eq!(dir.lookup(&slot_start(16383)).id, 5);
+        assert_eq!(dir.lookup(b"a").id, 1);
+        assert_eq!(dir.lookup(b"z").id, 6);
+        // First replicas (the initial leaders) differ from range to range.
+        let firsts: Vec<u64> = descs.iter().map(|d| d.replicas[0]).collect();
+        assert_eq!(firsts, vec![11, 22, 33, 11, 22, 33]);
+        assert!(descs.iter().all(|d| d.replicas.len() == 3));
+        // Fewer members than the replication factor: one replica on each.
+        let one = initial_directory(&[7], &opts);
+        assert!(one.iter().all(|d| d.replicas == vec![7]));
+    }
+}
