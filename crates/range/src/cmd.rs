@@ -38,14 +38,22 @@ pub enum SetExpiry {
     At(i64),
 }
 
-/// `EXPIRE`'s `NX`/`XX`/`GT`/`LT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExpireCond {
-    Always,
-    Nx,
-    Xx,
-    Gt,
-    Lt,
+/// `EXPIRE`'s `NX`/`XX`/`GT`/`LT`. XX combines with GT or LT; the parser refuses the other
+/// combinations with Redis's errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireCond {
+    /// Only if the key has no expiry.
+    pub nx: bool,
+    /// Only if the key has an expiry.
+    pub xx: bool,
+    /// Only if the new expiry is later (no expiry counts as infinitely late).
+    pub gt: bool,
+    /// Only if the new expiry is earlier.
+    pub lt: bool,
+}
+
+impl ExpireCond {
+    pub const ALWAYS: ExpireCond = ExpireCond { nx: false, xx: false, gt: false, lt: false };
 }
 
 /// What a `GETEX` does to the key's expiry.
@@ -489,7 +497,7 @@ mod tests {
         assert_eq!(set(SetTtl::Arg(TtlArg::Ex(0))).resolve(now), Err(bad.clone()));
         assert_eq!(set(SetTtl::Arg(TtlArg::Ex(i64::MAX / 1000 + 1))).resolve(now), Err(bad.clone()));
         assert_eq!(set(SetTtl::Arg(TtlArg::Px(i64::MAX - 10))).resolve(now), Err(bad));
-        let exp = |amount, kind| WriteReq::Expire { key: b"k".to_vec(), amount, kind, cond: ExpireCond::Always };
+        let exp = |amount, kind| WriteReq::Expire { key: b"k".to_vec(), amount, kind, cond: ExpireCond::ALWAYS };
         assert!(matches!(
             exp(-5, ExpireKind::Expire).resolve(now),
             Ok(DataCmd::Expire { at_ms, .. }) if at_ms == now - 5000

@@ -11,7 +11,7 @@
 
 use thiserror::Error;
 
-use crate::cmd::{DataCmd, ExpireCond, GetExExpiry, ReadCmd, SetCond, SetExpiry};
+use crate::cmd::{DataCmd, GetExExpiry, ReadCmd, SetCond, SetExpiry};
 use crate::glob;
 use crate::keys::{self, KeySpan};
 use crate::num;
@@ -178,14 +178,11 @@ pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply
                 return Ok(Reply::Int(0));
             };
             let current = r.expire_at_ms;
-            let refused = match cond {
-                ExpireCond::Always => false,
-                ExpireCond::Nx => current.is_some(),
-                ExpireCond::Xx => current.is_none(),
-                // No expiry counts as an infinite one.
-                ExpireCond::Gt => current.is_none_or(|c| *at_ms <= c),
-                ExpireCond::Lt => current.is_some_and(|c| *at_ms >= c),
-            };
+            // No expiry counts as an infinite one: GT always fails on it, LT always passes.
+            let refused = (cond.nx && current.is_some())
+                || (cond.xx && current.is_none())
+                || (cond.gt && current.is_none_or(|c| *at_ms <= c))
+                || (cond.lt && current.is_some_and(|c| *at_ms >= c));
             if refused {
                 return Ok(Reply::Int(0));
             }
