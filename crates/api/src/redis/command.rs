@@ -171,7 +171,7 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
         "getex" => parse_getex(a),
         "mget" => r(ReadCmd::MGet { keys: a }),
         "mset" | "msetnx" => {
-            if a.len() % 2 != 0 {
+            if !a.len().is_multiple_of(2) {
                 return Err(arity_error(spec.name));
             }
             let pairs = a.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
@@ -249,7 +249,7 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         "select" => {
             let n = int(&a[0])?;
             if i32::try_from(n).is_err() {
-                return Err(err(errors::NOT_INTEGER));
+                return Err(err("ERR value is out of range, value must between -2147483648 and 2147483647"));
             }
             ConnCmd::Select(n)
         }

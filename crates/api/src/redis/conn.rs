@@ -241,24 +241,27 @@ impl<B: Backend> Conn<'_, B> {
         ]
     }
 
-    /// CONFIG GET: exact names case-insensitively, globs with Redis's matcher.
+    /// CONFIG GET: exact names case-insensitively (answered under the name as asked),
+    /// globs with Redis's matcher; each setting once.
     fn config_get(&self, patterns: &[Vec<u8>]) -> Vec<(Reply, Reply)> {
         let all = self.config();
-        let mut found: Vec<usize> = Vec::new();
+        let mut found: Vec<(usize, Vec<u8>)> = Vec::new();
         for p in patterns {
             let is_glob = p.iter().any(|b| matches!(b, b'*' | b'?' | b'['));
             for (i, (name, _)) in all.iter().enumerate() {
-                let hit = if is_glob {
-                    glob::matches(p, name.as_bytes(), true)
+                let shown = if is_glob {
+                    glob::matches(p, name.as_bytes(), true).then(|| name.as_bytes().to_vec())
                 } else {
-                    p.eq_ignore_ascii_case(name.as_bytes())
+                    p.eq_ignore_ascii_case(name.as_bytes()).then(|| p.clone())
                 };
-                if hit && !found.contains(&i) {
-                    found.push(i);
+                if let Some(shown) = shown {
+                    if !found.iter().any(|(j, _)| *j == i) {
+                        found.push((i, shown));
+                    }
                 }
             }
         }
-        found.into_iter().map(|i| (Reply::bulk(all[i].0), Reply::bulk(all[i].1.clone()))).collect()
+        found.into_iter().map(|(i, shown)| (Reply::Bulk(shown), Reply::bulk(all[i].1.clone()))).collect()
     }
 }
 

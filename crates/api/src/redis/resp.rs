@@ -116,7 +116,7 @@ impl Decoder {
     /// Parse a `*n`/`$n` header at the start of `buf`: `Ok(None)` if incomplete,
     /// `Ok(Some(None))` if not an integer.
     fn header(&self, buf: &mut BytesMut, too_big: &str) -> Result<Option<Option<i64>>, DecodeError> {
-        let Some(cr) = buf.iter().position(|&b| b == b'\r') else {
+        let Some(cr) = find_c(buf, b'\r') else {
             if buf.len() > self.limits.inline_bytes_max {
                 return Err(protocol(too_big));
             }
@@ -144,7 +144,7 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    if !buf.contains(&b'\r') {
+                    if find_c(buf, b'\r').is_none() {
                         if buf.len() > self.limits.inline_bytes_max {
                             return Err(protocol("too big bulk count string"));
                         }
@@ -186,7 +186,7 @@ impl Decoder {
 
     /// One inline command line, `Ok(None)` if its newline has not arrived.
     fn inline(&self, buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, DecodeError> {
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        let Some(nl) = find_c(buf, b'\n') else {
             if buf.len() > self.limits.inline_bytes_max {
                 return Err(protocol("too big inline request"));
             }
@@ -197,6 +197,13 @@ impl Decoder {
         buf.advance(nl + 1);
         args.ok_or_else(|| protocol("unbalanced quotes in request")).map(Some)
     }
+}
+
+/// Where `strchr` would find `byte`: Redis searches its query buffer as a C string, so a NUL
+/// byte hides everything after it (the command then waits until the buffer outgrows the
+/// header limit).
+fn find_c(buf: &[u8], byte: u8) -> Option<usize> {
+    buf.iter().position(|&b| b == byte || b == 0).filter(|&i| buf[i] == byte)
 }
 
 /// Redis's `sdssplitargs`: split an inline command line into arguments, honouring double
@@ -430,6 +437,17 @@ mod tests {
         assert_eq!(err(b"*1\r\n$1111111111111", small), "ERR Protocol error: too big bulk count string");
         let tiny_query = Limits { query_bytes_max: 3, ..d() };
         assert_eq!(all(b"*2\r\n$2\r\nab\r\n$2\r\n", tiny_query).1, Some(DecodeError::QueryTooBig));
+    }
+
+    #[test]
+    fn a_nul_hides_the_line_end_as_in_redis() {
+        let (cmds, err) = all(b"set a\x00b v\r\n", Limits::default());
+        assert_eq!((cmds.len(), err), (0, None));
+        let small = Limits { inline_bytes_max: 8, ..Limits::default() };
+        assert_eq!(
+            all(b"set a\x00b v\r\n", small).1,
+            Some(DecodeError::Protocol("ERR Protocol error: too big inline request".into()))
+        );
     }
 
     #[test]
