@@ -116,7 +116,10 @@ impl Decoder {
     /// Parse a `*n`/`$n` header at the start of `buf`: `Ok(None)` if incomplete,
     /// `Ok(Some(None))` if not an integer.
     fn header(&self, buf: &mut BytesMut, too_big: &str) -> Result<Option<Option<i64>>, DecodeError> {
-        let Some(cr) = find_c(buf, b'\r') else {
+        // Redis reads 16 KiB at a time and checks the limit after each read, so in practice a
+        // header longer than the limit is refused even when its end is in the buffer; refusing
+        // it here regardless also makes the outcome independent of how the bytes arrive.
+        let Some(cr) = find_c(buf, b'\r').filter(|&cr| cr <= self.limits.inline_bytes_max) else {
             if buf.len() > self.limits.inline_bytes_max {
                 return Err(protocol(too_big));
             }
@@ -144,11 +147,19 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    if find_c(buf, b'\r').is_none() {
-                        if buf.len() > self.limits.inline_bytes_max {
-                            return Err(protocol("too big bulk count string"));
+                    match find_c(buf, b'\r') {
+                        Some(cr) if cr <= self.limits.inline_bytes_max => {
+                            // Like Redis, wait for the byte after '\r' before judging.
+                            if cr + 1 >= buf.len() {
+                                return Ok(None);
+                            }
                         }
-                        return Ok(None);
+                        _ => {
+                            if buf.len() > self.limits.inline_bytes_max {
+                                return Err(protocol("too big bulk count string"));
+                            }
+                            return Ok(None);
+                        }
                     }
                     if buf[0] != b'$' {
                         return Err(protocol(&format!("expected '$', got '{}'", char::from(buf[0]))));
@@ -186,7 +197,8 @@ impl Decoder {
 
     /// One inline command line, `Ok(None)` if its newline has not arrived.
     fn inline(&self, buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, DecodeError> {
-        let Some(nl) = find_c(buf, b'\n') else {
+        // As for headers: a line longer than the limit is refused even if its end is here.
+        let Some(nl) = find_c(buf, b'\n').filter(|&nl| nl <= self.limits.inline_bytes_max) else {
             if buf.len() > self.limits.inline_bytes_max {
                 return Err(protocol("too big inline request"));
             }
