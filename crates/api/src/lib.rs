@@ -10,10 +10,13 @@
 //!   calling the same [`grpc::Api`] methods; errors in grpc-gateway's JSON and HTTP statuses.
 //! - [`watch_service`]: the Watch service's routing and codec (responses shared across
 //!   watchers are sent without re-encoding).
+//! - [`redis`]: the RESP front end's pieces (framing, command parsing, connection
+//!   handling over a `Backend` seam to the data tier); no listener yet.
 //! - [`http`]: `/metrics` (Prometheus), `/health`, `/ready`, `/readyz`, `/livez` (etcd's health
 //!   endpoints), `/v1/status` (JSON), on every client URL and on the metrics listener.
 
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod redis;
 pub mod watch_service;

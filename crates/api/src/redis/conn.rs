@@ -1,0 +1,312 @@
+//! One client connection: read what has arrived, run every complete command in order, write
+//! all their replies with one flush. Connection-level commands (PING, HELLO, CLIENT, COMMAND,
+//! CONFIG GET ...) are answered here; data commands go to the [`Backend`].
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use cairn_range::{glob, Reply};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::backend::Backend;
+use super::command::{self, Command, ConnCmd};
+use super::resp::{self, DecodeError, Decoder, Limits, Proto};
+use super::table::{self, CommandSpec};
+
+/// The Redis version HELLO reports. Clients gate features on it; cairn speaks 7.0's commands
+/// and replies.
+pub const REDIS_VERSION: &str = "7.0.15";
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the connection does after a command.
+enum Then {
+    Continue,
+    Close,
+}
+
+struct Conn<'a, B> {
+    backend: &'a B,
+    limits: &'a Limits,
+    id: u64,
+    proto: Proto,
+    name: Option<Vec<u8>>,
+    authenticated: bool,
+}
+
+/// Serve one client until it closes, sends QUIT, or breaks the protocol.
+pub async fn serve_connection<S, B>(mut stream: S, backend: Arc<B>, limits: Limits) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let mut conn = Conn {
+        backend: &*backend,
+        limits: &limits,
+        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        proto: Proto::Resp2,
+        name: None,
+        authenticated: !backend.auth_required(),
+    };
+    let mut decoder = Decoder::new(limits.clone());
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out = Vec::new();
+    loop {
+        let mut ran = 0;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(args)) => {
+                    let (reply, then) = conn.execute(args).await;
+                    resp::encode(&reply, conn.proto, &mut out);
+                    if let Then::Close = then {
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
+                        return stream.shutdown().await;
+                    }
+                    ran += 1;
+                    if ran == limits.pipeline_commands_max {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                        ran = 0;
+                    }
+                }
+                Ok(None) => break,
+                Err(DecodeError::Protocol(msg)) => {
+                    resp::encode(&Reply::Error(msg), conn.proto, &mut out);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return stream.shutdown().await;
+                }
+                Err(DecodeError::QueryTooBig) => {
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return stream.shutdown().await;
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            out.clear();
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+impl<B: Backend> Conn<'_, B> {
+    async fn execute(&mut self, args: Vec<Vec<u8>>) -> (Reply, Then) {
+        if !self.authenticated {
+            let name = &args[0];
+            let open = ["auth", "hello", "quit", "reset"].iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
+            if !open {
+                return (Reply::err("NOAUTH Authentication required."), Then::Continue);
+            }
+        }
+        let cmd = match command::parse(args) {
+            Ok(c) => c,
+            Err(e) => return (e, Then::Continue),
+        };
+        let reply = match cmd {
+            Command::Write(w) => self.backend.write(w).await,
+            Command::Read(r) => self.backend.read(r).await,
+            Command::Scan(s) => self.backend.scan(s).await,
+            Command::Conn(c) => return self.conn_command(c).await,
+        };
+        (reply, Then::Continue)
+    }
+
+    async fn conn_command(&mut self, c: ConnCmd) -> (Reply, Then) {
+        let reply = match c {
+            ConnCmd::Ping(None) => Reply::Simple("PONG".into()),
+            ConnCmd::Ping(Some(m)) | ConnCmd::Echo(m) => Reply::Bulk(m),
+            ConnCmd::Hello { proto, auth, setname } => {
+                if let Some((user, pass)) = auth {
+                    if !self.backend.authenticate(user, pass).await {
+                        return (wrongpass(), Then::Continue);
+                    }
+                    self.authenticated = true;
+                }
+                if !self.authenticated {
+                    return (
+                        Reply::err(
+                            "NOAUTH HELLO must be called with the client already authenticated, \
+                             otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                             authenticate the client and select the RESP protocol version at the \
+                             same time",
+                        ),
+                        Then::Continue,
+                    );
+                }
+                if let Some(name) = setname {
+                    self.name = (!name.is_empty()).then_some(name);
+                }
+                match proto {
+                    Some(3) => self.proto = Proto::Resp3,
+                    Some(2) => self.proto = Proto::Resp2,
+                    _ => {}
+                }
+                let b = |s: &str| Reply::bulk(s.as_bytes());
+                Reply::Map(vec![
+                    (b("server"), b("redis")),
+                    (b("version"), b(REDIS_VERSION)),
+                    (b("proto"), Reply::Int(if self.proto == Proto::Resp3 { 3 } else { 2 })),
+                    (b("id"), Reply::Int(self.id as i64)),
+                    (b("mode"), b("standalone")),
+                    (b("role"), b("master")),
+                    (b("modules"), Reply::Array(vec![])),
+                ])
+            }
+            ConnCmd::Auth { user, pass } => {
+                let user = match user {
+                    Some(u) => u,
+                    None if !self.backend.auth_required() => {
+                        return (
+                            Reply::err(
+                                "ERR AUTH <password> called without any password configured \
+                                 for the default user. Are you sure your configuration is correct?",
+                            ),
+                            Then::Continue,
+                        )
+                    }
+                    None => b"default".to_vec(),
+                };
+                if self.backend.authenticate(user, pass).await {
+                    self.authenticated = true;
+                    Reply::ok()
+                } else {
+                    wrongpass()
+                }
+            }
+            ConnCmd::Select(0) => Reply::ok(),
+            ConnCmd::Select(_) => Reply::err("ERR DB index is out of range"),
+            ConnCmd::Quit => return (Reply::ok(), Then::Close),
+            ConnCmd::Reset => {
+                self.proto = Proto::Resp2;
+                self.name = None;
+                self.authenticated = !self.backend.auth_required();
+                Reply::Simple("RESET".into())
+            }
+            ConnCmd::ClientId => Reply::Int(self.id as i64),
+            ConnCmd::ClientSetName(name) => {
+                self.name = (!name.is_empty()).then_some(name);
+                Reply::ok()
+            }
+            ConnCmd::ClientGetName => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ConnCmd::Time => {
+                let ms = cairn_types::clock::wall_ms();
+                Reply::Array(vec![Reply::bulk((ms / 1000).to_string()), Reply::bulk(((ms % 1000) * 1000).to_string())])
+            }
+            ConnCmd::CommandAll => Reply::Array(table::COMMANDS.iter().map(command_info).collect()),
+            ConnCmd::CommandCount => Reply::Int(table::COMMANDS.len() as i64),
+            ConnCmd::CommandInfo(names) if names.is_empty() => {
+                Reply::Array(table::COMMANDS.iter().map(command_info).collect())
+            }
+            ConnCmd::CommandInfo(names) => {
+                Reply::Array(names.iter().map(|n| lookup_full(n).map_or(Reply::Null, command_info)).collect())
+            }
+            ConnCmd::CommandDocs(names) => {
+                let specs: Vec<&CommandSpec> = if names.is_empty() {
+                    table::COMMANDS.iter().collect()
+                } else {
+                    names.iter().filter_map(|n| lookup_full(n)).collect()
+                };
+                Reply::Map(specs.into_iter().map(|s| (Reply::bulk(s.name), command_docs(s))).collect())
+            }
+            ConnCmd::ConfigGet(patterns) => Reply::Map(self.config_get(&patterns)),
+        };
+        (reply, Then::Continue)
+    }
+
+    /// The settings clients probe, with the values cairn runs with.
+    fn config(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("appendonly", "no".into()),
+            ("client-query-buffer-limit", self.limits.query_bytes_max.to_string()),
+            ("cluster-enabled", "no".into()),
+            ("databases", "1".into()),
+            ("maxmemory", "0".into()),
+            ("maxmemory-policy", "noeviction".into()),
+            ("notify-keyspace-events", "".into()),
+            ("proto-max-bulk-len", self.limits.bulk_bytes_max.to_string()),
+            ("save", "".into()),
+            ("timeout", "0".into()),
+        ]
+    }
+
+    /// CONFIG GET: exact names case-insensitively (answered under the name as asked),
+    /// globs with Redis's matcher; each setting once.
+    fn config_get(&self, patterns: &[Vec<u8>]) -> Vec<(Reply, Reply)> {
+        let all = self.config();
+        let mut found: Vec<(usize, Vec<u8>)> = Vec::new();
+        for p in patterns {
+            let is_glob = p.iter().any(|b| matches!(b, b'*' | b'?' | b'['));
+            for (i, (name, _)) in all.iter().enumerate() {
+                let shown = if is_glob {
+                    glob::matches(p, name.as_bytes(), true).then(|| name.as_bytes().to_vec())
+                } else {
+                    p.eq_ignore_ascii_case(name.as_bytes()).then(|| p.clone())
+                };
+                if let Some(shown) = shown {
+                    if !found.iter().any(|(j, _)| *j == i) {
+                        found.push((i, shown));
+                    }
+                }
+            }
+        }
+        found.into_iter().map(|(i, shown)| (Reply::Bulk(shown), Reply::bulk(all[i].1.clone()))).collect()
+    }
+}
+
+fn wrongpass() -> Reply {
+    Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
+}
+
+/// A command or `container|sub` by name, any case.
+fn lookup_full(name: &[u8]) -> Option<&'static CommandSpec> {
+    match name.iter().position(|&b| b == b'|') {
+        None => table::lookup(name),
+        Some(bar) => table::lookup(&name[..bar])?.subcommand(&name[bar + 1..]),
+    }
+}
+
+/// COMMAND INFO's ten fields for one command. Key specs are not reported yet (empty).
+fn command_info(s: &CommandSpec) -> Reply {
+    let status = |v: &[&str]| Reply::Set(v.iter().map(|f| Reply::Simple(f.to_string())).collect());
+    Reply::Array(vec![
+        Reply::bulk(s.name),
+        Reply::Int(s.arity),
+        status(s.flags),
+        Reply::Int(s.first_key),
+        Reply::Int(s.last_key),
+        Reply::Int(s.step),
+        status(s.acl),
+        Reply::Set(s.tips.iter().map(|t| Reply::bulk(*t)).collect()),
+        Reply::Array(vec![]),
+        Reply::Array(s.subcommands.iter().map(|c| command_info(c)).collect()),
+    ])
+}
+
+/// COMMAND DOCS for one command: summary, since, group, complexity, subcommands.
+fn command_docs(s: &CommandSpec) -> Reply {
+    let mut m = Vec::new();
+    for (k, v) in [("summary", s.summary), ("since", s.since), ("group", s.group), ("complexity", s.complexity)] {
+        if !v.is_empty() {
+            m.push((Reply::bulk(k), Reply::bulk(v)));
+        }
+    }
+    if !s.subcommands.is_empty() {
+        m.push((
+            Reply::bulk("subcommands"),
+            Reply::Map(s.subcommands.iter().map(|c| (Reply::bulk(c.name), command_docs(c))).collect()),
+        ));
+    }
+    Reply::Map(m)
+}

@@ -1,0 +1,26 @@
+//! The Redis (RESP) front end's pieces, not yet bound to a listener.
+//!
+//! A request walks: bytes → [`resp::Decoder`] (RESP2/RESP3 arrays or inline lines, with
+//! Redis's limits and protocol errors) → [`command::parse`] (name, arity from [`table`],
+//! options, Redis's error text) → either the connection itself ([`conn`]: PING, HELLO,
+//! CLIENT, COMMAND, CONFIG GET ...) or the [`backend::Backend`] (data commands, as
+//! `cairn_range` `WriteReq`/`ReadCmd`) → a protocol-neutral `cairn_range::Reply` →
+//! [`resp::encode`] for the connection's protocol version.
+//!
+//! [`conn::serve_connection`] runs one client over any `AsyncRead + AsyncWrite`: every
+//! complete command in what has been read runs in order, and their replies go out in one
+//! write. [`backend::MemBackend`] serves everything from one in-memory map.
+//!
+//! Not yet: a listener and wiring to range routing (the data tier implements `Backend`),
+//! MULTI/EXEC, pub/sub, blocking commands, types other than strings, key specs in COMMAND
+//! INFO, CLIENT LIST/KILL, INFO.
+
+pub mod backend;
+pub mod command;
+pub mod conn;
+pub mod resp;
+pub mod table;
+
+pub use backend::{Backend, MemBackend};
+pub use conn::serve_connection;
+pub use resp::{Limits, Proto};

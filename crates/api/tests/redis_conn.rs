@@ -1,0 +1,172 @@
+//! The RESP connection handler over in-memory streams: pipelining limits, closing on
+//! protocol faults, authentication through the Backend seam, and decoder robustness.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use cairn_api::redis::command::ScanReq;
+use cairn_api::redis::resp::{DecodeError, Decoder};
+use cairn_api::redis::{serve_connection, Backend, Limits, MemBackend};
+use cairn_range::cmd::{ReadCmd, WriteReq};
+use cairn_range::Reply;
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Send `input`, close the write side, and return everything the server wrote.
+async fn exchange<B: Backend>(backend: Arc<B>, limits: Limits, input: &[u8]) -> Vec<u8> {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let task = tokio::spawn(async move { serve_connection(server, backend, limits).await });
+    client.write_all(input).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    task.await.unwrap().unwrap();
+    out
+}
+
+#[tokio::test]
+async fn pipelines_longer_than_the_batch_limit_answer_everything_in_order() {
+    let limits = Limits { pipeline_commands_max: 3, ..Limits::default() };
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..10 {
+        input.extend(format!("INCR c\r\nECHO {i}\r\n").as_bytes());
+        want.extend(format!(":{}\r\n${}\r\n{i}\r\n", i + 1, i.to_string().len()).as_bytes());
+    }
+    let out = exchange(Arc::new(MemBackend::new()), limits, &input).await;
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+}
+
+#[tokio::test]
+async fn an_oversized_command_closes_the_connection_without_a_reply() {
+    let limits = Limits { query_bytes_max: 10, ..Limits::default() };
+    let out = exchange(
+        Arc::new(MemBackend::new()),
+        limits,
+        b"PING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20\r\n01234567890123456789\r\nPING\r\n",
+    )
+    .await;
+    assert_eq!(out, b"+PONG\r\n");
+}
+
+#[tokio::test]
+async fn a_protocol_error_is_answered_then_the_connection_closes() {
+    let out = exchange(Arc::new(MemBackend::new()), Limits::default(), b"PING\r\n*1\r\n$-3\r\nPING\r\n").await;
+    assert_eq!(out, b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n".to_vec());
+}
+
+/// A backend that wants a password, to exercise the auth seam.
+struct Locked(MemBackend);
+
+impl Backend for Locked {
+    fn write(&self, req: WriteReq) -> impl std::future::Future<Output = Reply> + Send {
+        self.0.write(req)
+    }
+    fn read(&self, cmd: ReadCmd) -> impl std::future::Future<Output = Reply> + Send {
+        self.0.read(cmd)
+    }
+    fn scan(&self, req: ScanReq) -> impl std::future::Future<Output = Reply> + Send {
+        self.0.scan(req)
+    }
+    fn auth_required(&self) -> bool {
+        true
+    }
+    fn authenticate(&self, user: Vec<u8>, pass: Vec<u8>) -> impl std::future::Future<Output = bool> + Send {
+        let ok = user == b"default" && pass == b"secret";
+        async move { ok }
+    }
+}
+
+#[tokio::test]
+async fn commands_wait_for_authentication() {
+    let out = exchange(
+        Arc::new(Locked(MemBackend::new())),
+        Limits::default(),
+        b"GET k\r\nHELLO 3\r\nAUTH wrong\r\nAUTH secret\r\nGET k\r\nRESET\r\nGET k\r\nHELLO 3 AUTH default secret\r\nGET k\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    let expected_start = "-NOAUTH Authentication required.\r\n\
+        -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
+        -WRONGPASS invalid username-password pair or user is disabled.\r\n\
+        +OK\r\n\
+        $-1\r\n\
+        +RESET\r\n\
+        -NOAUTH Authentication required.\r\n\
+        %7\r\n";
+    assert!(text.starts_with(expected_start), "{text}");
+    // After HELLO 3 the null is RESP3's.
+    assert!(text.ends_with("$7\r\nmodules\r\n*0\r\n_\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn scan_cursors_resume_and_unknown_ones_are_refused() {
+    let backend = Arc::new(MemBackend::new());
+    let mut input = Vec::new();
+    for i in 0..25 {
+        input.extend(format!("SET k{i} v\r\n").as_bytes());
+    }
+    input.extend(b"SCAN 0 COUNT 10\r\nSCAN 987654 COUNT 10\r\n");
+    let out = exchange(backend, Limits::default(), &input).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("*2\r\n$1\r\n1\r\n*10\r\n"), "{text}");
+    assert!(text.ends_with("-ERR invalid cursor\r\n"), "{text}");
+}
+
+fn decode_all(input: &[u8], chunks: &[usize]) -> (Vec<Vec<Vec<u8>>>, Option<DecodeError>) {
+    let mut d = Decoder::new(Limits { inline_bytes_max: 64, bulk_bytes_max: 64, args_max: 8, ..Limits::default() });
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut sizes = chunks.iter().cycle();
+    loop {
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(args)) => out.push(args),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        if rest.is_empty() {
+            return (out, None);
+        }
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+}
+
+fn resp_ish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"*".to_vec()),
+        Just(b"$".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\"".to_vec()),
+        Just(b"'".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\\x4".to_vec()),
+        (0i64..12).prop_map(|n| n.to_string().into_bytes()),
+        Just(b"-1".to_vec()),
+        Just(b"PING".to_vec()),
+        Just(vec![b'a'; 30]),
+        Just(b"*99999999999999999999999999999999".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..4),
+    ];
+    prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+}
+
+proptest! {
+    /// Whatever arrives and however it is split, the decoder never panics and sees the
+    /// same commands and the same error.
+    #[test]
+    fn decoding_is_split_independent(input in resp_ish(), chunks in prop::collection::vec(1usize..9, 1..5)) {
+        let whole = decode_all(&input, &[usize::MAX]);
+        let split = decode_all(&input, &chunks);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode_all(&input, &[7]);
+    }
+}
