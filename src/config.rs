@@ -59,6 +59,25 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
 
+    /// URLs to serve the Redis protocol on (`redis://HOST:PORT`). A server started with no
+    /// client or Redis URLs at all listens on redis://127.0.0.1:6379; one given client URLs
+    /// but no Redis URLs serves no Redis.
+    #[arg(long, env = "CAIRN_LISTEN_REDIS_URLS", value_delimiter = ',')]
+    pub listen_redis_urls: Vec<String>,
+
+    /// This node's Redis URLs as cluster-aware clients are told them (CLUSTER SLOTS, MOVED);
+    /// defaults to the listen URLs.
+    #[arg(long, env = "CAIRN_ADVERTISE_REDIS_URLS", value_delimiter = ',')]
+    pub advertise_redis_urls: Vec<String>,
+
+    /// Replicas of each data tier range; fixed when the cluster is created.
+    #[arg(long, env = "CAIRN_REPLICATION_FACTOR", default_value_t = 3)]
+    pub replication_factor: usize,
+
+    /// Ranges the Redis keyspace starts out split into.
+    #[arg(long, env = "CAIRN_INITIAL_RANGES", default_value_t = 4)]
+    pub initial_ranges: usize,
+
     /// Extra URLs to serve /metrics, /health, /ready and /v1/status on (plain HTTP).
     #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
@@ -195,6 +214,23 @@ fn parse_progress_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl ServerArgs {
+    /// The Redis URLs to listen on and to advertise (see `--listen-redis-urls`).
+    pub fn redis_urls(&self) -> Result<(Vec<String>, Vec<String>), String> {
+        let listen = if self.listen_redis_urls.is_empty() && self.listen_client_urls == ["http://localhost:2379"] {
+            vec!["redis://127.0.0.1:6379".to_string()]
+        } else {
+            self.listen_redis_urls.clone()
+        };
+        for u in listen.iter().chain(&self.advertise_redis_urls) {
+            if !u.starts_with("redis://") {
+                return Err(format!("{u}: Redis URLs look like redis://HOST:PORT (rediss:// is not supported yet)"));
+            }
+        }
+        let advertise =
+            if self.advertise_redis_urls.is_empty() { listen.clone() } else { self.advertise_redis_urls.clone() };
+        Ok((listen, advertise))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
@@ -302,6 +338,15 @@ mod tests {
     #[test]
     fn defaults_are_etcds() {
         let a = parse(vec!["cairn".into(), "server".into()]);
+        assert_eq!(
+            a.redis_urls().unwrap(),
+            (vec!["redis://127.0.0.1:6379".to_string()], vec!["redis://127.0.0.1:6379".to_string()])
+        );
+        let b =
+            parse(vec!["cairn".into(), "server".into(), "--listen-client-urls".into(), "http://127.0.0.1:3000".into()]);
+        assert!(b.redis_urls().unwrap().0.is_empty(), "client URLs without Redis URLs: no Redis listener");
+        let c = parse(vec!["cairn".into(), "server".into(), "--listen-redis-urls".into(), "http://x:1".into()]);
+        assert!(c.redis_urls().is_err());
         assert_eq!(a.name, "default");
         assert_eq!(a.data_dir(), PathBuf::from("default.etcd"));
         assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);

@@ -234,6 +234,14 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let peer_listeners = listen(&a.listen_peer_urls, "peer traffic").await?;
     let client_listeners = listen(&a.listen_client_urls, "client traffic").await?;
     let metrics_listeners = listen(&a.listen_metrics_urls, "metrics").await?;
+    let (redis_listen, redis_advertise) = a.redis_urls().map_err(anyhow::Error::msg)?;
+    let mut redis_listeners = Vec::new();
+    for u in &redis_listen {
+        let http = format!("http://{}", u.trim_start_matches("redis://"));
+        for (l, _) in listen(std::slice::from_ref(&http), "Redis clients").await? {
+            redis_listeners.push(l);
+        }
+    }
 
     let identity = match boot::load_identity(&data_dir)? {
         Some(id) => {
@@ -281,6 +289,21 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     .await?;
 
     cairn_raft::network::set_cluster_id(identity.cluster_id);
+    // The data tier's range replicas on this node, over their own shared log and engine.
+    let ranges = cairn_raft::range::RangeHost::open(
+        cairn_raft::range::RangeHostOptions {
+            node_id: identity.member_id,
+            dir: data_dir.join("member").join("ranges"),
+            timers,
+            snapshot_count: a.snapshot_count,
+            unsafe_no_fsync,
+            engine_cache_bytes: a.backend_cache_bytes,
+        },
+        Arc::new(cairn_services::cache::RedisApplier),
+    )
+    .await
+    .context("opening the data tier's storage")?;
+    let ranges_service = cairn_raft::range::mux::RangesService::new(identity.cluster_id, ranges.clone());
     let peer_limits = cairn_raft::PeerLimits::for_quota(identity.cluster_id, limits.quota_backend_bytes);
     let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone(), peer_limits);
     let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;
@@ -289,8 +312,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             .max_decoding_message_size(max_peer)
             .max_encoding_message_size(max_peer);
         let b = builder(tls, &peer_server_tls)?;
+        let ranges_svc = ranges_service.clone().server();
         tokio::spawn(async move {
-            let r = b.tcp_nodelay(true).add_service(svc).serve_with_incoming(incoming(l)).await;
+            let r = b.tcp_nodelay(true).add_service(svc).add_service(ranges_svc).serve_with_incoming(incoming(l)).await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "peer listener failed");
             }
@@ -361,6 +385,37 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    let tier = cairn_services::data::DataTier::start(
+        cluster.clone(),
+        ranges.clone(),
+        cairn_services::data::TierOptions {
+            replication_factor: a.replication_factor,
+            initial_ranges: a.initial_ranges,
+            redis_urls: redis_advertise,
+        },
+    );
+    let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
+    for l in redis_listeners {
+        let backend = Arc::new(cairn_api::redis::TierBackend::new(cache.clone()));
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = s.set_nodelay(true);
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let _ = cairn_api::redis::serve_connection(s, backend, cairn_api::redis::Limits::default()).await;
+                });
+            }
+        });
+    }
+
     {
         let members = Members::new(cluster.clone());
         tokio::spawn(async move { members.publish_self().await });
@@ -373,6 +428,14 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             ExitCode::SUCCESS
+        }
+        _ = ranges_failed(ranges.clone()) => {
+            tracing::error!(
+                "the data tier's shared log failed a write or fsync; exiting. Nothing written after the failure \
+                 was acknowledged; fix the disk and restart: the node recovers from its log and catches up"
+            );
+            cluster.shutdown().await;
+            return Ok(ExitCode::FAILURE);
         }
         reason = fatal => {
             tracing::error!(
@@ -397,8 +460,17 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
     };
+    ranges.shutdown().await;
     cluster.shutdown().await;
     Ok(code)
+}
+
+/// Resolves once the data tier's shared log has failed (the node must stop, as for the meta
+/// group's log).
+async fn ranges_failed(ranges: Arc<cairn_raft::range::RangeHost>) {
+    while !ranges.failed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The Raft log's storage faults, set by the chaos harness (failpoints builds only).

@@ -20,21 +20,21 @@ use openraft::StorageError;
 struct Puts;
 
 impl Applier for Puts {
-    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply {
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> std::io::Result<RangeReply> {
         let (k, v): (Vec<u8>, Vec<u8>) = postcard::from_bytes(&op.cmd).expect("test op");
         if !desc.contains(&k) {
-            return RangeReply::WrongRange(desc.clone());
+            return Ok(RangeReply::WrongRange(desc.clone()));
         }
-        let prev = data.get(&k).unwrap().unwrap_or_default();
+        let prev = data.get(&k)?.unwrap_or_default();
         data.put(&k, &v);
-        RangeReply::Done(prev)
+        Ok(RangeReply::Done(prev))
     }
 
-    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], _now_ms: u64) -> RangeReply {
+    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], _now_ms: u64) -> std::io::Result<RangeReply> {
         if !desc.contains(cmd) {
-            return RangeReply::WrongRange(desc.clone());
+            return Ok(RangeReply::WrongRange(desc.clone()));
         }
-        RangeReply::Done(data.get(cmd).unwrap().unwrap_or_default())
+        Ok(RangeReply::Done(data.get(cmd)?.unwrap_or_default()))
     }
 }
 

@@ -168,7 +168,9 @@ impl DataTier {
         let n = put.len();
         let deadline = Instant::now() + Duration::from_secs(5);
         match self.c.propose(Op::Directory(DirectoryOp::Bootstrap { put }), deadline).await {
-            Ok(Response::Directory { applied: true, .. }) => tracing::info!(ranges = n, "created the data tier's first ranges"),
+            Ok(Response::Directory { applied: true, .. }) => {
+                tracing::info!(ranges = n, "created the data tier's first ranges")
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "data tier bootstrap did not happen yet"),
         }

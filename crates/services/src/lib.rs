@@ -23,6 +23,7 @@
 pub mod access;
 pub mod auth;
 pub mod boot;
+pub mod cache;
 pub mod compactor;
 pub mod data;
 pub mod kv;

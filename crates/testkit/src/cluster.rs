@@ -82,6 +82,8 @@ pub struct Member {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
+    /// Where the member serves Redis clients (`redis://host:port`).
+    pub redis_url: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -190,17 +192,23 @@ impl ProcessCluster {
 
     /// Addresses and paths for a member that is not started yet.
     fn new_member_record(&self, name: &str, state: &'static str) -> Member {
-        let (client_url, peer_url, ip) = match &self.net {
+        let (client_url, peer_url, redis_url, ip) = match &self.net {
             // .1 is the bridge; members take .11 and up, in order of creation.
             Some(n) => {
                 let ip = format!("{}.{}", n.prefix, 11 + self.members.len());
-                (format!("http://{ip}:2379"), format!("http://{ip}:2380"), Some(ip))
+                (format!("http://{ip}:2379"), format!("http://{ip}:2380"), format!("redis://{ip}:6379"), Some(ip))
             }
-            None => (format!("http://127.0.0.1:{}", free_port()), format!("http://127.0.0.1:{}", free_port()), None),
+            None => (
+                format!("http://127.0.0.1:{}", free_port()),
+                format!("http://127.0.0.1:{}", free_port()),
+                format!("redis://127.0.0.1:{}", free_port()),
+                None,
+            ),
         };
         Member {
             client_url,
             peer_url,
+            redis_url,
             ip,
             data_dir: self.spec.dir.join(format!("{name}.data")),
             log: self.spec.dir.join(format!("{name}.log")),
@@ -225,6 +233,7 @@ impl ProcessCluster {
             format!("--initial-advertise-peer-urls={}", m.peer_url),
             format!("--initial-cluster={}", m.initial_cluster),
             format!("--initial-cluster-state={}", m.state),
+            format!("--listen-redis-urls={}", m.redis_url),
         ];
         args.extend(self.spec.extra_args.iter().cloned());
         args
@@ -269,6 +278,11 @@ impl ProcessCluster {
         m.child = Some(child);
         m.paused = false;
         Ok(())
+    }
+
+    /// Each member's Redis address, `host:port`.
+    pub fn redis_addrs(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.redis_url.trim_start_matches("redis://").to_string()).collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {

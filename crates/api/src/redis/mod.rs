@@ -20,7 +20,9 @@ pub mod command;
 pub mod conn;
 pub mod resp;
 pub mod table;
+pub mod tier;
 
 pub use backend::{Backend, MemBackend};
 pub use conn::serve_connection;
 pub use resp::{Limits, Proto};
+pub use tier::TierBackend;

@@ -261,7 +261,7 @@ impl RangeHost {
                 return Outcome::WrongRange(desc);
             }
             let now = cairn_types::clock::wall_ms();
-            return match r.sm.read(|view| self.applier.read(&desc, view, &cmd, now)) {
+            return match r.sm.read(|view| self.applier.read(&desc, view, &cmd, now)).and_then(|r| r) {
                 Ok(RangeReply::Done(b)) => Outcome::Done(b),
                 Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
                 Err(e) => Outcome::Unavailable(e.to_string()),
@@ -295,6 +295,7 @@ impl RangeHost {
         for r in all {
             let _ = r.raft.shutdown().await;
         }
+        self.log.close();
         let _ = self.engine.sync();
     }
 }

@@ -50,11 +50,12 @@ pub trait DataWrite: DataView {
 /// Must be deterministic: the same op on the same data gives the same changes and answer on
 /// every replica (time comes from `op.stamp_ms`). An op naming keys outside `desc` answers
 /// [`RangeReply::WrongRange`] and changes nothing.
+/// An `Err` from `apply` is a storage failure: the group stops (openraft treats it as fatal).
 pub trait Applier: Send + Sync + 'static {
-    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> RangeReply;
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> io::Result<RangeReply>;
 
     /// Answers a read over the range's applied state; `now_ms` is the serving node's clock.
-    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> RangeReply;
+    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> io::Result<RangeReply>;
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -398,7 +399,7 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                 EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != desc.epoch => {
                     RangeReply::WrongRange(desc.clone())
                 }
-                EntryPayload::Normal(op) => self.inner.applier.apply(&desc, &mut view, op),
+                EntryPayload::Normal(op) => self.inner.applier.apply(&desc, &mut view, op)?,
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     RangeReply::default()

@@ -1,0 +1,424 @@
+//! The Redis-compatible cache on the data tier: what a range's log entries mean for Redis
+//! keys ([`RedisApplier`], `cairn_range`'s execution over the range's data), and how a
+//! request reaches the range(s) holding its keys ([`Cache`]).
+//!
+//! A write travels as a postcard-encoded `cairn_range::WriteReq` (relative times and all); the
+//! range leader's stamp on the log entry resolves it (`WriteReq::resolve`), so every replica
+//! computes the same absolute expiry. A read travels as a `ReadCmd` and is answered by the
+//! leader at its clock after a read barrier.
+//!
+//! Multi-key commands whose keys sit in several ranges: MGET, EXISTS, TOUCH and DEL/UNLINK are
+//! split per range and their answers combined (not atomically, as in Redis Cluster with keys on
+//! several nodes); MSET, MSETNX, RENAME and RENAMENX answer CROSSSLOT until transactions span
+//! ranges. KEYS, DBSIZE, SCAN and FLUSHALL visit every range in key order.
+
+use std::io;
+use std::sync::Arc;
+
+use cairn_cluster::directory::{slots_of, Descriptor};
+use cairn_raft::range::{Applier, DataView, DataWrite, RangeDesc, RangeOp, RangeReply};
+use cairn_range::cmd::{DataCmd, ReadCmd, WriteReq};
+use cairn_range::exec::{Entries, ExecError, KvAccess, KvRead};
+use cairn_range::{keys, KeySpan, Reply};
+
+use crate::data::{DataTier, TierError};
+
+/// Redis's error for multi-key commands whose keys are not served together.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+fn encode(r: &Reply) -> Vec<u8> {
+    postcard::to_allocvec(r).expect("replies serialize")
+}
+
+fn io_err(e: ExecError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// `cairn_range`'s map seams over a range's data during apply or read.
+struct Kv<'a, V: ?Sized>(&'a mut V);
+
+struct KvRo<'a>(&'a dyn DataView);
+
+fn storage(e: io::Error) -> ExecError {
+    ExecError::Storage(e.to_string())
+}
+
+fn scan_view(v: &dyn DataView, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, ExecError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    v.scan(start, end, &mut |k, val| {
+        out.push((k.to_vec(), val.to_vec()));
+        out.len() < limit
+    })
+    .map_err(storage)?;
+    Ok(out)
+}
+
+impl KvRead for Kv<'_, dyn DataWrite + '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ExecError> {
+        self.0.get(key).map_err(storage)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, ExecError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.0
+            .scan(start, end, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            })
+            .map_err(storage)?;
+        Ok(out)
+    }
+}
+
+impl KvAccess for Kv<'_, dyn DataWrite + '_> {
+    fn put(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), ExecError> {
+        self.0.put(key, &value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), ExecError> {
+        self.0.delete(key);
+        Ok(())
+    }
+}
+
+impl KvRead for KvRo<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ExecError> {
+        self.0.get(key).map_err(storage)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, ExecError> {
+        scan_view(self.0, start, end, limit)
+    }
+}
+
+fn desc_holds(desc: &RangeDesc, span: Option<&KeySpan>, user_keys: &[&[u8]]) -> bool {
+    let span_ok = span.is_none_or(|s| {
+        s.start.as_slice() >= desc.start.as_slice() && (desc.end.is_empty() || s.end.as_slice() <= desc.end.as_slice())
+    });
+    span_ok && user_keys.iter().all(|k| desc.contains(&keys::encode(k)))
+}
+
+/// Redis semantics for a range's log entries and reads.
+pub struct RedisApplier;
+
+impl Applier for RedisApplier {
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> io::Result<RangeReply> {
+        let req: WriteReq = match postcard::from_bytes(&op.cmd) {
+            Ok(r) => r,
+            // Only this build's router writes these; an undecodable one changes nothing.
+            Err(e) => return Ok(RangeReply::Done(encode(&Reply::err(format!("ERR undecodable write: {e}"))))),
+        };
+        let now = op.stamp_ms as i64;
+        let cmd = match req.resolve(now) {
+            Ok(c) => c,
+            Err(reply) => return Ok(RangeReply::Done(encode(&reply))),
+        };
+        if !desc_holds(desc, cmd.span(), &cmd.keys()) {
+            return Ok(RangeReply::WrongRange(desc.clone()));
+        }
+        let reply = cairn_range::apply(&cmd, &mut Kv(data), now).map_err(io_err)?;
+        Ok(RangeReply::Done(encode(&reply)))
+    }
+
+    fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> io::Result<RangeReply> {
+        let cmd: ReadCmd = match postcard::from_bytes(cmd) {
+            Ok(c) => c,
+            Err(e) => return Ok(RangeReply::Done(encode(&Reply::err(format!("ERR undecodable read: {e}"))))),
+        };
+        if !desc_holds(desc, cmd.span(), &cmd.keys()) {
+            return Ok(RangeReply::WrongRange(desc.clone()));
+        }
+        let reply = cairn_range::read(&cmd, &KvRo(data), now_ms as i64).map_err(io_err)?;
+        Ok(RangeReply::Done(encode(&reply)))
+    }
+}
+
+/// Rebuilds a multi-key read for a subset of its keys.
+type MakeRead = fn(Vec<Vec<u8>>) -> ReadCmd;
+
+/// Routes Redis commands over the data tier.
+pub struct Cache {
+    tier: Arc<DataTier>,
+}
+
+fn tier_error(e: TierError) -> Reply {
+    match e {
+        TierError::NotReady => Reply::err("CLUSTERDOWN The cluster is down"),
+        TierError::Unavailable(_) => Reply::err("TRYAGAIN no leader answered in time; nothing was executed"),
+        TierError::Unknown(m) => {
+            Reply::err(format!("ERR timeout: the command may or may not have been executed ({m})"))
+        }
+    }
+}
+
+fn decode(b: &[u8]) -> Reply {
+    postcard::from_bytes(b).unwrap_or_else(|e| Reply::err(format!("ERR undecodable reply: {e}")))
+}
+
+impl Cache {
+    pub fn new(tier: Arc<DataTier>) -> Cache {
+        Cache { tier }
+    }
+
+    pub fn tier(&self) -> &Arc<DataTier> {
+        &self.tier
+    }
+
+    async fn one(&self, routing_key: &[u8], read: bool, bytes: Vec<u8>) -> Reply {
+        match self.tier.execute(&keys::encode(routing_key), read, bytes).await {
+            Ok(b) => decode(&b),
+            Err(e) => tier_error(e),
+        }
+    }
+
+    /// The range of each key, in order (`None` before the directory exists).
+    fn ranges_of(&self, user_keys: &[&[u8]]) -> Option<Vec<u64>> {
+        let dir = self.tier.directory()?;
+        Some(user_keys.iter().map(|k| dir.lookup(&keys::encode(k)).id).collect())
+    }
+
+    pub async fn write(&self, req: WriteReq) -> Reply {
+        let user_keys: Vec<Vec<u8>> = req.keys().iter().map(|k| k.to_vec()).collect();
+        let refs: Vec<&[u8]> = user_keys.iter().map(|k| k.as_slice()).collect();
+        if let WriteReq::Cmd(DataCmd::Flush { .. }) = &req {
+            return self.flush().await;
+        }
+        let Some(ranges) = self.ranges_of(&refs) else { return tier_error(TierError::NotReady) };
+        let spread = ranges.windows(2).any(|w| w[0] != w[1]);
+        if !spread {
+            let Some(first) = refs.first() else {
+                return Reply::err("ERR wrong number of arguments");
+            };
+            return self.one(first, false, postcard::to_allocvec(&req).expect("serializable")).await;
+        }
+        match req {
+            WriteReq::Cmd(DataCmd::Del { keys }) => {
+                let mut total = 0i64;
+                for (k, _) in group(&keys, &ranges) {
+                    let part = WriteReq::Cmd(DataCmd::Del { keys: k.clone() });
+                    match self.one(&k[0], false, postcard::to_allocvec(&part).expect("serializable")).await {
+                        Reply::Int(n) => total += n,
+                        other => return other,
+                    }
+                }
+                Reply::Int(total)
+            }
+            _ => Reply::err(CROSSSLOT),
+        }
+    }
+
+    pub async fn read(&self, cmd: ReadCmd) -> Reply {
+        match cmd {
+            ReadCmd::Keys { pattern, .. } => {
+                let mut all = Vec::new();
+                for (d, span) in self.redis_ranges() {
+                    let part = ReadCmd::Keys { span, pattern: pattern.clone() };
+                    match self.on_range(&d, part).await {
+                        Reply::Array(mut v) => all.append(&mut v),
+                        other => return other,
+                    }
+                }
+                Reply::Array(all)
+            }
+            ReadCmd::DbSize { .. } => {
+                let mut total = 0;
+                for (d, span) in self.redis_ranges() {
+                    match self.on_range(&d, ReadCmd::DbSize { span }).await {
+                        Reply::Int(n) => total += n,
+                        other => return other,
+                    }
+                }
+                Reply::Int(total)
+            }
+            cmd => {
+                let user_keys: Vec<Vec<u8>> = cmd.keys().iter().map(|k| k.to_vec()).collect();
+                let refs: Vec<&[u8]> = user_keys.iter().map(|k| k.as_slice()).collect();
+                let Some(ranges) = self.ranges_of(&refs) else { return tier_error(TierError::NotReady) };
+                if ranges.windows(2).all(|w| w[0] == w[1]) {
+                    let Some(first) = refs.first() else {
+                        return Reply::err("ERR wrong number of arguments");
+                    };
+                    return self.one(first, true, postcard::to_allocvec(&cmd).expect("serializable")).await;
+                }
+                self.read_spread(cmd, &ranges).await
+            }
+        }
+    }
+
+    /// MGET, EXISTS and TOUCH over keys in several ranges: one request per range, answers
+    /// put back in the keys' order.
+    async fn read_spread(&self, cmd: ReadCmd, ranges: &[u64]) -> Reply {
+        let (keys, make): (Vec<Vec<u8>>, MakeRead) = match cmd {
+            ReadCmd::MGet { keys } => (keys, |k| ReadCmd::MGet { keys: k }),
+            ReadCmd::Exists { keys } => (keys, |k| ReadCmd::Exists { keys: k }),
+            ReadCmd::Touch { keys } => (keys, |k| ReadCmd::Touch { keys: k }),
+            _ => return Reply::err(CROSSSLOT),
+        };
+        let mget = matches!(make(vec![]), ReadCmd::MGet { .. });
+        let mut values = vec![Reply::Null; keys.len()];
+        let mut total = 0i64;
+        for (part, positions) in group_positions(&keys, ranges) {
+            let reply =
+                self.one(&part[0], true, postcard::to_allocvec(&make(part.clone())).expect("serializable")).await;
+            match reply {
+                Reply::Array(vs) if mget && vs.len() == positions.len() => {
+                    for (v, p) in vs.into_iter().zip(positions) {
+                        values[p] = v;
+                    }
+                }
+                Reply::Int(n) if !mget => total += n,
+                other => return other,
+            }
+        }
+        if mget {
+            Reply::Array(values)
+        } else {
+            Reply::Int(total)
+        }
+    }
+
+    /// Every range holding Redis keys, with the span of Redis keys it holds.
+    fn redis_ranges(&self) -> Vec<(Descriptor, KeySpan)> {
+        let Some(dir) = self.tier.directory() else { return vec![] };
+        dir.iter().filter_map(|d| slots_of(&d.start, &d.end).map(|(a, b)| (d.clone(), KeySpan::slots(a, b)))).collect()
+    }
+
+    async fn on_range(&self, d: &Descriptor, cmd: ReadCmd) -> Reply {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        match self.tier.execute_range(d, true, postcard::to_allocvec(&cmd).expect("serializable"), deadline).await {
+            Ok(Some(b)) => decode(&b),
+            Ok(None) => Reply::err("TRYAGAIN the ranges changed while the command ran; nothing was changed"),
+            Err(e) => tier_error(e),
+        }
+    }
+
+    async fn flush(&self) -> Reply {
+        for (d, span) in self.redis_ranges() {
+            let req = WriteReq::Cmd(DataCmd::Flush { span });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            match self.tier.execute_range(&d, false, postcard::to_allocvec(&req).expect("serializable"), deadline).await
+            {
+                Ok(Some(b)) => {
+                    let r = decode(&b);
+                    if r.is_error() {
+                        return r;
+                    }
+                }
+                Ok(None) => return Reply::err("TRYAGAIN the ranges changed during FLUSHALL; some were flushed"),
+                Err(e) => return tier_error(e),
+            }
+        }
+        Reply::ok()
+    }
+
+    /// One page of SCAN over every range in key order. `pos` is where the previous page
+    /// stopped (`None`: the start), a [`ScanPos`] encoding. The answer is
+    /// `[next position or null, [keys]]`.
+    pub async fn scan_page(
+        &self,
+        pos: Option<Vec<u8>>,
+        count: usize,
+        pattern: Option<Vec<u8>>,
+        kind: Option<Vec<u8>>,
+    ) -> Reply {
+        let pos = match pos.map(|p| ScanPos::decode(&p)) {
+            None => None,
+            Some(Some(p)) => Some(p),
+            Some(None) => return Reply::err(cairn_range::reply::errors::INVALID_CURSOR),
+        };
+        let ranges = self.redis_ranges();
+        let n = ranges.len();
+        for (i, (d, mut span)) in ranges.into_iter().enumerate() {
+            let mut after = None;
+            match &pos {
+                Some(ScanPos::After(k)) => {
+                    if !d.end.is_empty() && d.end.as_slice() <= k.as_slice() {
+                        continue;
+                    }
+                    if d.contains(k) {
+                        after = keys::decode(k).map(|u| u.to_vec());
+                    }
+                }
+                Some(ScanPos::At(b)) => {
+                    if !d.end.is_empty() && d.end.as_slice() <= b.as_slice() {
+                        continue;
+                    }
+                    if b.as_slice() > span.start.as_slice() {
+                        span.start = b.clone();
+                    }
+                }
+                None => {}
+            }
+            let end = d.end.clone();
+            let cmd = ReadCmd::Scan { span, after, count, pattern: pattern.clone(), kind: kind.clone() };
+            return match self.on_range(&d, cmd).await {
+                Reply::Array(mut parts) if parts.len() == 2 => {
+                    let keys_reply = parts.pop().expect("two parts");
+                    let next = match parts.pop().expect("two parts") {
+                        Reply::Bulk(user_key) => Reply::Bulk(ScanPos::After(keys::encode(&user_key)).encode()),
+                        // This range is done: the next page starts at the next range.
+                        _ if i + 1 < n => Reply::Bulk(ScanPos::At(end).encode()),
+                        _ => Reply::Null,
+                    };
+                    Reply::Array(vec![next, keys_reply])
+                }
+                other => other,
+            };
+        }
+        Reply::Array(vec![Reply::Null, Reply::Array(vec![])])
+    }
+}
+
+/// Where a SCAN stopped, as a stored-key position: after a key, or at a range boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanPos {
+    After(Vec<u8>),
+    At(Vec<u8>),
+}
+
+impl ScanPos {
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, k) = match self {
+            ScanPos::After(k) => (0u8, k),
+            ScanPos::At(k) => (1u8, k),
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(k);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ScanPos> {
+        match b.split_first()? {
+            (0, k) => Some(ScanPos::After(k.to_vec())),
+            (1, k) => Some(ScanPos::At(k.to_vec())),
+            _ => None,
+        }
+    }
+}
+
+/// Keys grouped by range, in first-seen order.
+fn group(keys: &[Vec<u8>], ranges: &[u64]) -> Vec<(Vec<Vec<u8>>, u64)> {
+    group_positions(keys, ranges).into_iter().map(|(k, p)| (k, ranges[p[0]])).collect()
+}
+
+/// Keys grouped by range, with each key's position in the request.
+fn group_positions(keys: &[Vec<u8>], ranges: &[u64]) -> Vec<(Vec<Vec<u8>>, Vec<usize>)> {
+    let mut out: Vec<(u64, Vec<Vec<u8>>, Vec<usize>)> = Vec::new();
+    for (i, (k, r)) in keys.iter().zip(ranges).enumerate() {
+        match out.iter_mut().find(|(id, _, _)| id == r) {
+            Some((_, ks, ps)) => {
+                ks.push(k.clone());
+                ps.push(i);
+            }
+            None => out.push((*r, vec![k.clone()], vec![i])),
+        }
+    }
+    out.into_iter().map(|(_, k, p)| (k, p)).collect()
+}

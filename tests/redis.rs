@@ -1,0 +1,226 @@
+//! The Redis front end on real clusters: redis-cli against every node of a 3-node cluster
+//! (keys in several ranges, commands across ranges, SCAN over every range, real expiry), and
+//! acknowledged writes surviving the SIGKILL of a node.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Runs redis-cli against `addr` (`host:port`) and returns its output, trimmed.
+fn cli(addr: &str, args: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new("redis-cli")
+        .args(["-h", host, "-p", port])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed (Debian redis-tools; scripts/test installs it)");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// A reply, as much of RESP2 as these tests read.
+#[derive(Debug, PartialEq)]
+enum R {
+    Ok(String),
+    Err(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+/// The smallest RESP client: one command, one reply.
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> std::io::Result<Conn> {
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
+        let (r, w) = s.into_split();
+        Ok(Conn { r: BufReader::new(r), w })
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> std::io::Result<R> {
+        let mut b = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            b.extend_from_slice(a);
+            b.extend_from_slice(b"\r\n");
+        }
+        self.w.write_all(&b).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        let body = line.trim_end().to_string();
+        let bad = || std::io::Error::other(format!("unexpected reply line {line:?}"));
+        match body.chars().next() {
+            Some('+') => Ok(R::Ok(body[1..].to_string())),
+            Some('-') => Ok(R::Err(body[1..].to_string())),
+            Some(':') => Ok(R::Int(body[1..].parse().map_err(|_| bad())?)),
+            Some('$') => {
+                let n: i64 = body[1..].parse().map_err(|_| bad())?;
+                if n < 0 {
+                    return Ok(R::Bulk(None));
+                }
+                let mut v = vec![0; n as usize + 2];
+                self.r.read_exact(&mut v).await?;
+                v.truncate(n as usize);
+                Ok(R::Bulk(Some(v)))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_works_against_every_node() {
+    let t = common::start(3, &[]).await;
+    let nodes = t.redis_addrs();
+    // The data tier forms after the meta group: wait for its first answer.
+    let end = Instant::now() + Duration::from_secs(30);
+    while cli(&nodes[0], &["SET", "warmup", "1"]) != "OK" {
+        assert!(Instant::now() < end, "the data tier never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A write on one node is read on every node.
+    assert_eq!(cli(&nodes[0], &["SET", "foo", "bar"]), "OK");
+    for n in &nodes {
+        assert_eq!(cli(n, &["GET", "foo"]), "bar");
+    }
+    assert_eq!(cli(&nodes[1], &["INCR", "counter"]), "1");
+    assert_eq!(cli(&nodes[2], &["INCRBY", "counter", "41"]), "42");
+    assert_eq!(cli(&nodes[0], &["GET", "nothere"]), "");
+    // "foo" (slot 12182) and "bar" (slot 5061) sit in different ranges of the four the Redis
+    // keyspace starts in; "{t}a" and "{t}b" share a slot.
+    assert_eq!(
+        cli(&nodes[0], &["MSET", "foo", "1", "bar", "2"]),
+        "CROSSSLOT Keys in request don't hash to the same slot"
+    );
+    assert_eq!(cli(&nodes[0], &["MSET", "{t}a", "1", "{t}b", "2"]), "OK");
+    assert_eq!(cli(&nodes[1], &["MGET", "foo", "counter", "nothere", "{t}b"]), "bar\n42\n\n2");
+    assert_eq!(cli(&nodes[2], &["EXISTS", "foo", "counter", "nothere"]), "2");
+    assert_eq!(cli(&nodes[2], &["DBSIZE"]), "5");
+    let mut keys: Vec<String> = cli(&nodes[1], &["KEYS", "*"]).lines().map(String::from).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["counter", "foo", "warmup", "{t}a", "{t}b"]);
+    assert_eq!(cli(&nodes[0], &["DEL", "foo", "counter", "nothere"]), "2");
+    assert_eq!(cli(&nodes[1], &["WRONG"]), "ERR unknown command 'WRONG', with args beginning with:");
+    // Real expiry, decided by the range leader's clock.
+    assert_eq!(cli(&nodes[0], &["SET", "short", "x", "PX", "300"]), "OK");
+    assert_eq!(cli(&nodes[2], &["GET", "short"]), "x");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cli(&nodes[1], &["GET", "short"]), "");
+    assert_eq!(cli(&nodes[1], &["SET", "long", "x", "EX", "1000"]), "OK");
+    let ttl: i64 = cli(&nodes[2], &["TTL", "long"]).parse().unwrap();
+    assert!((998..=1000).contains(&ttl), "TTL {ttl}");
+    // SCAN visits every range: 200 keys, in pages of 10, each exactly once.
+    for i in 0..200 {
+        let k = format!("scan:{i}");
+        let mut c = Conn::open(&nodes[i % 3]).await.unwrap();
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), b"v"]).await.unwrap(), R::Ok("OK".into()));
+    }
+    let mut seen = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut pages = 0;
+    loop {
+        let out = cli(&nodes[0], &["SCAN", &cursor, "MATCH", "scan:*", "COUNT", "10"]);
+        let mut lines = out.lines();
+        cursor = lines.next().unwrap().to_string();
+        for k in lines {
+            assert!(seen.insert(k.to_string()), "SCAN returned {k} twice");
+        }
+        pages += 1;
+        assert!(pages < 500, "SCAN does not end");
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 200, "SCAN missed keys");
+    assert_eq!(cli(&nodes[2], &["FLUSHALL"]), "OK");
+    assert_eq!(cli(&nodes[0], &["DBSIZE"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_redis_writes_survive_a_killed_node() {
+    let mut t = common::start(3, &[]).await;
+    let nodes = t.redis_addrs();
+    let end = Instant::now() + Duration::from_secs(30);
+    while cli(&nodes[0], &["SET", "warmup", "1"]) != "OK" {
+        assert!(Instant::now() < end, "the data tier never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writers on every node; member 0 is SIGKILLed while they run, then restarted.
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, addr) in nodes.iter().enumerate() {
+        let (acked, stop, addr) = (acked.clone(), stop.clone(), addr.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            let mut conn: Option<Conn> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = Conn::open(&addr).await.ok();
+                    if conn.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let k = format!("w{w}:{i}");
+                match conn.as_mut().unwrap().call(&[b"SET", k.as_bytes(), k.as_bytes()]).await {
+                    Ok(R::Ok(_)) => {
+                        acked.lock().push(k);
+                        i += 1;
+                    }
+                    // Refused or unknown: the next key is a new one; only acknowledged keys count.
+                    Ok(_) => i += 1,
+                    Err(_) => {
+                        conn = None;
+                        i += 1;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    t.kill(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    t.restart(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().clone();
+    let survivors = acked.iter().filter(|k| !k.starts_with("w0:")).count();
+    assert!(survivors > 50, "too few writes were acknowledged while a node was down: {survivors}");
+    // Every acknowledged write is there, read through every node (the restarted one too).
+    for addr in &nodes {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut c = loop {
+            match Conn::open(addr).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < end, "{addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        for k in &acked {
+            let got = loop {
+                match c.call(&[b"GET", k.as_bytes()]).await.unwrap() {
+                    R::Err(e) if Instant::now() < end => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    r => break r,
+                }
+            };
+            assert_eq!(got, R::Bulk(Some(k.clone().into_bytes())), "{addr}: acknowledged key {k} lost");
+        }
+    }
+}
