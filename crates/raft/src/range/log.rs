@@ -476,7 +476,7 @@ mod tests {
     use openraft::entry::RaftEntry;
 
     fn entry(index: u64, payload: usize) -> Entry {
-        let lid = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }.into(), index);
+        let lid = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index);
         Entry::new_normal(lid, crate::range::RangeOp { stamp_ms: 0, epoch: 0, cmd: vec![index as u8; payload] })
     }
 
