@@ -202,15 +202,20 @@ pub(super) fn finish_range(
         order = SortOrder::Ascend;
     }
     if order != SortOrder::None {
-        match sort_target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
+        let by = |a: &KeyValue, b: &KeyValue| match sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        // Stable in both directions, so keys with equal sort values stay in key order: what
+        // etcd answers (Go sorts a small result by insertion, `sort.Reverse` for descending).
+        // Reversing an ascending sort would put them in reverse key order.
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| by(b, a));
+        } else {
+            kvs.sort_by(by);
         }
     }
     if r.limit > 0 && kvs.len() > r.limit as usize {

@@ -212,6 +212,27 @@ fn sort_and_filters() {
     assert_eq!((keys(&r), r.more), (vec!["a".to_string()], true), "limit applies after sorting");
 }
 
+#[test]
+fn equal_sort_values_keep_key_order_in_both_directions() {
+    let s = store();
+    for (k, v) in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "y")] {
+        put(&s, k, v);
+    }
+    use pb::range_request::{SortOrder, SortTarget};
+    let sorted = |order: SortOrder| {
+        keys(
+            &s.range(&pb::RangeRequest {
+                sort_target: SortTarget::Value as i32,
+                sort_order: order as i32,
+                ..rng("a", "\0")
+            })
+            .unwrap(),
+        )
+    };
+    assert_eq!(sorted(SortOrder::Ascend), vec!["a", "c", "b", "d"]);
+    assert_eq!(sorted(SortOrder::Descend), vec!["b", "d", "a", "c"], "etcd's order for ties: by key");
+}
+
 fn cmp(key: &str, target: CompareTarget, result: CompareResult, v: TargetUnion) -> pb::Compare {
     pb::Compare {
         key: key.into(),
