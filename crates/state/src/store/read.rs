@@ -144,7 +144,7 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
     }
     let mut kvs = Vec::with_capacity(found.len());
     for (key, k) in found {
-        kvs.push(to_kv(view, key, k, r.keys_only)?);
+        kvs.push(to_kv(view, key, k, drop_values(r))?);
     }
     finish_range(r, kvs, &mut resp)?;
     Ok(resp)
@@ -175,7 +175,13 @@ pub(super) fn fetch_limit(r: &pb::RangeRequest) -> ReadResult<usize> {
     Ok(if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 })
 }
 
-/// The part of a Range after the records are read: filters, sort, limit.
+/// Whether a Range can drop values as it reads records: `keys_only`, unless it sorts by value
+/// (etcd sorts first and drops the values of what it answers).
+fn drop_values(r: &pb::RangeRequest) -> bool {
+    r.keys_only && r.sort_target != pb::range_request::SortTarget::Value as i32
+}
+
+/// The part of a Range after the records are read: filters, sort, limit, `keys_only`.
 pub(super) fn finish_range(
     r: &pb::RangeRequest,
     mut kvs: Vec<KeyValue>,
@@ -221,6 +227,9 @@ pub(super) fn finish_range(
     if r.limit > 0 && kvs.len() > r.limit as usize {
         kvs.truncate(r.limit as usize);
         resp.more = true;
+    }
+    if r.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     resp.kvs = kvs;
     Ok(())
@@ -358,7 +367,7 @@ impl super::Store {
                 if let Some(k) = ki.get(at) {
                     count += 1;
                     if !r.count_only && kvs.len() < fetch {
-                        let kv = to_kv(&view, key, k, r.keys_only)?;
+                        let kv = to_kv(&view, key, k, drop_values(r))?;
                         bytes += kv.key.len() + kv.value.len();
                         kvs.push(kv);
                     }

@@ -231,6 +231,17 @@ fn equal_sort_values_keep_key_order_in_both_directions() {
     };
     assert_eq!(sorted(SortOrder::Ascend), vec!["a", "c", "b", "d"]);
     assert_eq!(sorted(SortOrder::Descend), vec!["b", "d", "a", "c"], "etcd's order for ties: by key");
+    // keys_only drops the values after sorting by them.
+    let r = s
+        .range(&pb::RangeRequest {
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            keys_only: true,
+            ..rng("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&r), vec!["b", "d", "a", "c"]);
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
 }
 
 fn cmp(key: &str, target: CompareTarget, result: CompareResult, v: TargetUnion) -> pb::Compare {
