@@ -289,14 +289,11 @@ fn field(kv: &KeyValue, target: pb::compare::CompareTarget) -> i64 {
     }
 }
 
-/// Sets the header revision of a transaction response and of the transactions nested in it.
+/// Sets the header revision of a transaction response. Transactions nested in it keep the
+/// empty header they were built with, as in etcd (its `newTxnResp` gives every level an empty
+/// header and fills in the outermost one only).
 pub(super) fn set_txn_revision(resp: &mut pb::TxnResponse, revision: Revision) {
     resp.header = Some(header(revision));
-    for op in &mut resp.responses {
-        if let Some(pb::response_op::Response::ResponseTxn(n)) = &mut op.response {
-            set_txn_revision(n, revision);
-        }
-    }
 }
 
 /// Keys a chunked read visits under one hold of the state lock.
@@ -411,10 +408,16 @@ impl super::Store {
         let mut responses = Vec::new();
         for op in if ok { &t.success } else { &t.failure } {
             let r = match &op.request {
-                Some(Request::RequestRange(r)) if !r.range_end.is_empty() => {
-                    R::ResponseRange(self.range_in_chunks_at(r, Some(at))?)
+                Some(Request::RequestRange(r)) => {
+                    let mut rr = if r.range_end.is_empty() {
+                        range(&self.view()?, r, at)?
+                    } else {
+                        self.range_in_chunks_at(r, Some(at))?
+                    };
+                    // The transaction's revision, not whatever is current by now.
+                    rr.header = Some(header(at));
+                    R::ResponseRange(rr)
                 }
-                Some(Request::RequestRange(r)) => R::ResponseRange(range(&self.view()?, r, at)?),
                 Some(Request::RequestTxn(n)) => R::ResponseTxn(self.txn_read_only_in_chunks(n, at)?),
                 None => R::ResponseRange(pb::RangeResponse::default()),
                 Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
@@ -423,6 +426,6 @@ impl super::Store {
             };
             responses.push(pb::ResponseOp { response: Some(r) });
         }
-        Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
+        Ok(pb::TxnResponse { header: Some(pb::ResponseHeader::default()), succeeded: ok, responses })
     }
 }

@@ -297,6 +297,45 @@ fn txn_compare_branches_and_one_revision() {
 }
 
 #[test]
+fn ops_in_a_write_txn_answer_with_its_revision_so_far() {
+    let s = store();
+    put(&s, "k", "v"); // 2
+    let op_del = |k: &str| pb::RequestOp {
+        request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest { key: k.into(), ..Default::default() })),
+    };
+    let nested = pb::TxnRequest { compare: vec![], success: vec![op_get("k")], failure: vec![] };
+    let t = pb::TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_get("k"),
+            op_del("missing"),
+            op_put("k", "w"),
+            op_get("k"),
+            op_del("missing"),
+            pb::RequestOp { request: Some(Request::RequestTxn(nested)) },
+        ],
+        failure: vec![],
+    };
+    let r = txn(&s, t);
+    let revision = |op: &pb::ResponseOp| match &op.response {
+        Some(R::ResponseRange(r)) => r.header.as_ref().map(|h| h.revision),
+        Some(R::ResponseDeleteRange(d)) => d.header.as_ref().map(|h| h.revision),
+        Some(R::ResponsePut(p)) => p.header.as_ref().map(|h| h.revision),
+        Some(R::ResponseTxn(t)) => t.header.as_ref().map(|h| h.revision),
+        None => None,
+    };
+    // Before the first write: the revision the txn started at; after it: the one it writes.
+    // A nested txn has an empty header (etcd fills in the outermost one only); its ops do not.
+    let revs: Vec<_> = r.responses.iter().map(revision).collect();
+    assert_eq!(revs, [Some(2), Some(2), Some(3), Some(3), Some(3), Some(0)]);
+    match &r.responses[5].response {
+        Some(R::ResponseTxn(n)) => assert_eq!(revision(&n.responses[0]), Some(3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.header.unwrap().revision, 3);
+}
+
+#[test]
 fn txn_compare_targets() {
     let s = store();
     put(&s, "k", "v"); // 2
