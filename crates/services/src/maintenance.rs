@@ -94,10 +94,16 @@ impl Maintenance {
     }
 
     /// HashKV: a CRC32C over every key-value record up to `revision` (0: current), so members
-    /// can be compared with `etcdctl endpoint hashkv`.
+    /// can be compared with `etcdctl endpoint hashkv`. As etcd's `HashByRev`: the compaction
+    /// revision itself can no longer be hashed, and `compact_revision` is -1 before any
+    /// compaction.
     pub async fn hash_kv(&self, revision: i64) -> Result<pb::HashKvResponse, Error> {
         let store = self.c.store();
         let current = store.current_revision();
+        let compacted = store.compact_revision();
+        if revision > 0 && revision <= compacted {
+            return Err(Error::Compacted);
+        }
         let rev = if revision > 0 { revision } else { current };
         let all = pb::RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
         let r = {
@@ -114,11 +120,7 @@ impl Maintenance {
                 crc = crc32c::crc32c_append(crc, part);
             }
         }
-        Ok(pb::HashKvResponse {
-            header: Some(self.c.header(current)),
-            hash: crc,
-            compact_revision: store.compact_revision().max(0),
-        })
+        Ok(pb::HashKvResponse { header: Some(self.c.header(current)), hash: crc, compact_revision: compacted })
     }
 }
 
