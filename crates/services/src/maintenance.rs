@@ -54,7 +54,8 @@ impl Maintenance {
         }
     }
 
-    /// Alarm: GET is answered locally; ACTIVATE and DEACTIVATE go through the log.
+    /// Alarm: GET is answered locally; ACTIVATE and DEACTIVATE go through the log. The answer
+    /// carries a header as etcd 3.5's does (etcd 3.4 sends none).
     pub async fn alarm(&self, r: pb::AlarmRequest) -> Result<pb::AlarmResponse, Error> {
         if r.action == pb::alarm_request::AlarmAction::Get as i32 {
             let alarms = self
@@ -65,7 +66,7 @@ impl Maintenance {
                 .filter(|&(m, t)| (r.member_id == 0 || m == r.member_id) && (r.alarm == 0 || t == r.alarm))
                 .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
                 .collect();
-            return Ok(pb::AlarmResponse { header: Some(self.c.header(0)), alarms });
+            return Ok(pb::AlarmResponse { header: Some(self.c.header(self.c.store().current_revision())), alarms });
         }
         let mut resp = self
             .c
@@ -78,7 +79,7 @@ impl Maintenance {
                 },
             )
             .await?;
-        resp.header = Some(self.c.header(0));
+        resp.header = Some(self.c.header(self.c.store().current_revision()));
         Ok(resp)
     }
 
