@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_testkit::cluster::{free_port, ClusterSpec, ProcessCluster};
+use cairn_testkit::cluster::{ClusterSpec, ProcessCluster};
 use common::*;
 use etcd_client::GetOptions;
 
@@ -212,31 +212,9 @@ async fn maintenance_hash_agrees_across_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn make_mirror_migrates_a_live_etcd_into_cairn() {
     let tc = start(3, &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, pp) = (free_port(), free_port());
-    let etcd_url = format!("http://127.0.0.1:{cp}");
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "src", "--data-dir", &dir.path().join("etcd").display().to_string()])
-        .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
-        .args(["--initial-cluster", &format!("src=http://127.0.0.1:{pp}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd is installed (Debian etcd-server; scripts/test installs it)");
-    let mut e = {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = etcd_client::Client::connect([etcd_url.clone()], None).await {
-                if c.status().await.is_ok() {
-                    break c;
-                }
-            }
-            assert!(Instant::now() < end, "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let etcd = Etcd::start(&[]).await;
+    let etcd_url = etcd.url.clone();
+    let mut e = etcd_client::Client::connect([etcd_url.clone()], None).await.unwrap();
     for i in 0..100 {
         e.put(format!("app/{i:03}"), format!("v{i}"), None).await.unwrap();
     }
@@ -276,6 +254,4 @@ async fn make_mirror_migrates_a_live_etcd_into_cairn() {
     assert_eq!(wait_same("live changes").await, 140);
     let _ = mirror.kill();
     let _ = mirror.wait();
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }

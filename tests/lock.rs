@@ -54,9 +54,10 @@ async fn lock_waits_for_the_holder_and_its_key_orders_holders() {
     let token_a2 = a.get(ka.key().to_vec(), None).await.unwrap().kvs()[0].create_revision();
     assert!(token_a2 > token_b);
 
-    // etcd's errors: an unknown lease; an empty name.
+    // An unknown lease: etcd's error, passed through as etcd's lock server does (gRPC Unknown).
+    // An empty name: refused (etcd would lock under "/"; README, "Compatibility notes").
     let e = b.lock("res2", Some(LockOptions::new().with_lease(0x7777))).await.unwrap_err();
-    assert_eq!(code_and_message(&e), (tonic::Code::NotFound, "etcdserver: requested lease not found".into()));
+    assert_eq!(code_and_message(&e), (tonic::Code::Unknown, "etcdserver: requested lease not found".into()));
     let e = b.lock("", Some(LockOptions::new().with_lease(la))).await.unwrap_err();
     assert_eq!(code_and_message(&e).0, tonic::Code::InvalidArgument);
 }

@@ -242,3 +242,63 @@ pub async fn check(history: &cairn_testkit::History, keys: &[String], endpoints:
     assert!(ok > 50, "too few successful operations ({ok}) for the check to mean anything");
     (ok, fail, unknown)
 }
+
+/// A real etcd (Debian's `etcd`, 3.4) as a single-member cluster on free loopback ports, with
+/// its data in a temporary directory; killed on drop. For the migration test and the
+/// differential suite.
+pub struct Etcd {
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd with `extra` flags and waits until it answers Status.
+    pub async fn start(extra: &[&str]) -> Etcd {
+        use cairn_testkit::cluster::free_port;
+        let dir = tempfile::Builder::new().prefix("cairn-test-etcd-").tempdir().expect("tempdir");
+        let (cp, pp) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{cp}");
+        let peer = format!("http://127.0.0.1:{pp}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "etcd", "--data-dir", &dir.path().join("data").display().to_string()])
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("etcd={peer}")])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd is installed (Debian etcd-server; scripts/test installs it)");
+        let etcd = Etcd { url, child, dir };
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Client::connect([etcd.url.clone()], None).await {
+                if c.status().await.is_ok() {
+                    return etcd;
+                }
+            }
+            assert!(std::time::Instant::now() < end, "etcd did not start:\n{}", etcd.log_tail(20));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last `n` lines of etcd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("etcd log (last lines):\n{}", self.log_tail(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -56,6 +56,15 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A missing lease, as etcd's lock and election servers report it: their recipes' client calls
+/// fail with etcd's error, which they return as it is, so it reaches the caller as gRPC Unknown.
+fn recipe_error(e: Error) -> Error {
+    match e {
+        Error::LeaseNotFound => Error::RecipeLeaseNotFound,
+        e => e,
+    }
+}
+
 fn put_op(key: Vec<u8>, value: Vec<u8>, lease: i64) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest { key, value, lease, ..Default::default() })),
@@ -120,7 +129,7 @@ impl Recipes {
             failure.push(get_op(first_created(prefix)));
         }
         let t = pb::TxnRequest { compare: vec![create_rev_is(key.to_vec(), 0)], success, failure };
-        let resp = self.kv.txn(t).await?;
+        let resp = self.kv.txn(t).await.map_err(recipe_error)?;
         let header = resp.header.unwrap_or_default();
         let first = range_kvs(resp.responses.get(1));
         if resp.succeeded {
@@ -291,7 +300,7 @@ impl Elections {
             success: vec![put_op(leader.key.clone(), value, leader.lease)],
             failure: vec![],
         };
-        let resp = self.r.kv.txn(t).await?;
+        let resp = self.r.kv.txn(t).await.map_err(recipe_error)?;
         if !resp.succeeded {
             return Err(Error::ElectionNotLeader);
         }

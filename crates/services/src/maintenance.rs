@@ -54,7 +54,8 @@ impl Maintenance {
         }
     }
 
-    /// Alarm: GET is answered locally; ACTIVATE and DEACTIVATE go through the log.
+    /// Alarm: GET is answered locally; ACTIVATE and DEACTIVATE go through the log. The answer
+    /// carries a header as etcd 3.5's does (etcd 3.4 sends none).
     pub async fn alarm(&self, r: pb::AlarmRequest) -> Result<pb::AlarmResponse, Error> {
         if r.action == pb::alarm_request::AlarmAction::Get as i32 {
             let alarms = self
@@ -65,7 +66,7 @@ impl Maintenance {
                 .filter(|&(m, t)| (r.member_id == 0 || m == r.member_id) && (r.alarm == 0 || t == r.alarm))
                 .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
                 .collect();
-            return Ok(pb::AlarmResponse { header: Some(self.c.header(0)), alarms });
+            return Ok(pb::AlarmResponse { header: Some(self.c.header(self.c.store().current_revision())), alarms });
         }
         let mut resp = self
             .c
@@ -78,7 +79,7 @@ impl Maintenance {
                 },
             )
             .await?;
-        resp.header = Some(self.c.header(0));
+        resp.header = Some(self.c.header(self.c.store().current_revision()));
         Ok(resp)
     }
 
@@ -94,10 +95,16 @@ impl Maintenance {
     }
 
     /// HashKV: a CRC32C over every key-value record up to `revision` (0: current), so members
-    /// can be compared with `etcdctl endpoint hashkv`.
+    /// can be compared with `etcdctl endpoint hashkv`. As etcd's `HashByRev`: the compaction
+    /// revision itself can no longer be hashed, and `compact_revision` is -1 before any
+    /// compaction.
     pub async fn hash_kv(&self, revision: i64) -> Result<pb::HashKvResponse, Error> {
         let store = self.c.store();
         let current = store.current_revision();
+        let compacted = store.compact_revision();
+        if revision > 0 && revision <= compacted {
+            return Err(Error::Compacted);
+        }
         let rev = if revision > 0 { revision } else { current };
         let all = pb::RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
         let r = {
@@ -114,11 +121,7 @@ impl Maintenance {
                 crc = crc32c::crc32c_append(crc, part);
             }
         }
-        Ok(pb::HashKvResponse {
-            header: Some(self.c.header(current)),
-            hash: crc,
-            compact_revision: store.compact_revision().max(0),
-        })
+        Ok(pb::HashKvResponse { header: Some(self.c.header(current)), hash: crc, compact_revision: compacted })
     }
 }
 
@@ -238,7 +241,8 @@ impl Maintenance {
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|e| Error::Internal(format!("defragment: {e}")))?;
         tracing::info!(before, after, "defragmented the state engine");
-        Ok(pb::DefragmentResponse { header: Some(self.c.header(self.c.store().current_revision())) })
+        // No header: etcd answers Defragment with an empty response.
+        Ok(pb::DefragmentResponse { header: None })
     }
 
     /// MoveLeader: this member, which must lead, hands leadership to `target_id`.

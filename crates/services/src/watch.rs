@@ -464,18 +464,22 @@ impl WatchStream {
             Err(e) => {
                 for id in group {
                     self.remove(id);
-                    let mut r = self.response(id, self.c.store().current_revision());
-                    r.canceled = true;
-                    match &e {
+                    let r = match &e {
+                        // etcd's shape: its store hands the stream only the watch id and the
+                        // compaction revision, so the header's revision is 0 and there is no
+                        // reason (clients look at `compact_revision`).
                         HistoryError::Compacted(rev) => {
-                            r.compact_revision = *rev;
-                            r.cancel_reason = ERR_COMPACTED.to_string();
+                            pb::WatchResponse { canceled: true, compact_revision: *rev, ..self.response(id, 0) }
                         }
                         HistoryError::Store(why) => {
                             tracing::error!(watch_id = id, error = %why, "watch history read failed");
-                            r.cancel_reason = format!("etcdserver: {why}");
+                            pb::WatchResponse {
+                                canceled: true,
+                                cancel_reason: format!("etcdserver: {why}"),
+                                ..self.response(id, self.c.store().current_revision())
+                            }
                         }
-                    }
+                    };
                     self.send(r).await?;
                 }
                 Ok(())

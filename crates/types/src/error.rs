@@ -49,6 +49,10 @@ pub enum Error {
     /// Election: Proclaim or Resign without a leader key.
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// Lock, Campaign or Proclaim with a lease that does not exist: `LeaseNotFound` from the
+    /// recipe's Txn, which etcd's lock and election servers pass through as a plain error.
+    #[error("requested lease not found")]
+    RecipeLeaseNotFound,
 
     // --- access control (etcd's auth store) ---
     #[error("root user does not exist")]
@@ -196,6 +200,7 @@ const ETCD_TABLE: &[(&str, i32, &str)] = &[
     ("ElectionNotLeader", code::UNKNOWN, "election: not leader"),
     ("ElectionNoLeader", code::UNKNOWN, "election: no leader"),
     ("MissingLeaderKey", code::UNKNOWN, "\"leader\" field must be provided"),
+    ("RecipeLeaseNotFound", code::UNKNOWN, "etcdserver: requested lease not found"),
     ("RootUserNotExist", code::FAILED_PRECONDITION, "etcdserver: root user does not exist"),
     ("RootRoleNotExist", code::FAILED_PRECONDITION, "etcdserver: root user does not have root role"),
     ("UserAlreadyExist", code::FAILED_PRECONDITION, "etcdserver: user name already exists"),
@@ -268,6 +273,7 @@ impl Error {
             Error::ElectionNotLeader => "ElectionNotLeader",
             Error::ElectionNoLeader => "ElectionNoLeader",
             Error::MissingLeaderKey => "MissingLeaderKey",
+            Error::RecipeLeaseNotFound => "RecipeLeaseNotFound",
             Error::RootUserNotExist => "RootUserNotExist",
             Error::RootRoleNotExist => "RootRoleNotExist",
             Error::UserAlreadyExist => "UserAlreadyExist",
@@ -340,6 +346,7 @@ impl Error {
             "ElectionNotLeader" => Error::ElectionNotLeader,
             "ElectionNoLeader" => Error::ElectionNoLeader,
             "MissingLeaderKey" => Error::MissingLeaderKey,
+            "RecipeLeaseNotFound" => Error::RecipeLeaseNotFound,
             "RootUserNotExist" => Error::RootUserNotExist,
             "RootRoleNotExist" => Error::RootRoleNotExist,
             "UserAlreadyExist" => Error::UserAlreadyExist,
@@ -399,6 +406,7 @@ mod tests {
             Error::InvalidSortOption,
             Error::RequestTooLarge { limit: 0 },
             Error::LeaseNotFound,
+            Error::RecipeLeaseNotFound,
             Error::RootUserNotExist,
             Error::RootRoleNotExist,
             Error::UserAlreadyExist,

@@ -437,7 +437,9 @@ impl ApplyBatch<'_> {
             let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.write_record(rev, Record { tombstone: true, kv });
         }
-        let revision = if doomed.is_empty() { self.state.revs.current() } else { w.main };
+        // etcd's `storeTxnWrite.DeleteRange`: the write revision once this request (a txn)
+        // changed anything, even if this delete found nothing.
+        let revision = if w.wrote() { w.main } else { self.state.revs.current() };
         Ok(pb::DeleteRangeResponse { header: Some(header(revision)), deleted: doomed.len() as i64, prev_kvs })
     }
 
@@ -527,9 +529,12 @@ impl ApplyBatch<'_> {
         for op in if ok { &t.success } else { &t.failure } {
             let r = match &op.request {
                 Some(Request::RequestRange(r)) => {
-                    // A read in a transaction sees the transaction's own earlier writes.
+                    // A read in a transaction sees the transaction's own earlier writes, and
+                    // answers with the revision it read at (etcd's `storeTxnWrite.Range`).
                     let at = if w.wrote() { w.main } else { self.state.revs.current() };
-                    R::ResponseRange(range(self, r, at)?)
+                    let mut rr = range(self, r, at)?;
+                    rr.header = Some(header(at));
+                    R::ResponseRange(rr)
                 }
                 Some(Request::RequestPut(p)) => R::ResponsePut(self.put(p, w)?),
                 Some(Request::RequestDeleteRange(d)) => R::ResponseDeleteRange(self.delete(d, w)?),
@@ -538,7 +543,7 @@ impl ApplyBatch<'_> {
             };
             responses.push(pb::ResponseOp { response: Some(r) });
         }
-        Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
+        Ok(pb::TxnResponse { header: Some(pb::ResponseHeader::default()), succeeded: ok, responses })
     }
 
     fn compact(&mut self, rev: Revision) -> ReadResult<pb::CompactionResponse> {

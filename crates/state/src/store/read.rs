@@ -144,7 +144,7 @@ pub(super) fn range(view: &dyn View, r: &pb::RangeRequest, default_rev: Revision
     }
     let mut kvs = Vec::with_capacity(found.len());
     for (key, k) in found {
-        kvs.push(to_kv(view, key, k, r.keys_only)?);
+        kvs.push(to_kv(view, key, k, drop_values(r))?);
     }
     finish_range(r, kvs, &mut resp)?;
     Ok(resp)
@@ -175,7 +175,13 @@ pub(super) fn fetch_limit(r: &pb::RangeRequest) -> ReadResult<usize> {
     Ok(if sort_order != SortOrder::None || filtered || r.limit <= 0 { usize::MAX } else { r.limit as usize + 1 })
 }
 
-/// The part of a Range after the records are read: filters, sort, limit.
+/// Whether a Range can drop values as it reads records: `keys_only`, unless it sorts by value
+/// (etcd sorts first and drops the values of what it answers).
+fn drop_values(r: &pb::RangeRequest) -> bool {
+    r.keys_only && r.sort_target != pb::range_request::SortTarget::Value as i32
+}
+
+/// The part of a Range after the records are read: filters, sort, limit, `keys_only`.
 pub(super) fn finish_range(
     r: &pb::RangeRequest,
     mut kvs: Vec<KeyValue>,
@@ -202,20 +208,28 @@ pub(super) fn finish_range(
         order = SortOrder::Ascend;
     }
     if order != SortOrder::None {
-        match sort_target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
+        let by = |a: &KeyValue, b: &KeyValue| match sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        // Stable in both directions, so keys with equal sort values stay in key order: what
+        // etcd answers (Go sorts a small result by insertion, `sort.Reverse` for descending).
+        // Reversing an ascending sort would put them in reverse key order.
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| by(b, a));
+        } else {
+            kvs.sort_by(by);
         }
     }
     if r.limit > 0 && kvs.len() > r.limit as usize {
         kvs.truncate(r.limit as usize);
         resp.more = true;
+    }
+    if r.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     resp.kvs = kvs;
     Ok(())
@@ -275,14 +289,11 @@ fn field(kv: &KeyValue, target: pb::compare::CompareTarget) -> i64 {
     }
 }
 
-/// Sets the header revision of a transaction response and of the transactions nested in it.
+/// Sets the header revision of a transaction response. Transactions nested in it keep the
+/// empty header they were built with, as in etcd (its `newTxnResp` gives every level an empty
+/// header and fills in the outermost one only).
 pub(super) fn set_txn_revision(resp: &mut pb::TxnResponse, revision: Revision) {
     resp.header = Some(header(revision));
-    for op in &mut resp.responses {
-        if let Some(pb::response_op::Response::ResponseTxn(n)) = &mut op.response {
-            set_txn_revision(n, revision);
-        }
-    }
 }
 
 /// Keys a chunked read visits under one hold of the state lock.
@@ -353,7 +364,7 @@ impl super::Store {
                 if let Some(k) = ki.get(at) {
                     count += 1;
                     if !r.count_only && kvs.len() < fetch {
-                        let kv = to_kv(&view, key, k, r.keys_only)?;
+                        let kv = to_kv(&view, key, k, drop_values(r))?;
                         bytes += kv.key.len() + kv.value.len();
                         kvs.push(kv);
                     }
@@ -397,10 +408,16 @@ impl super::Store {
         let mut responses = Vec::new();
         for op in if ok { &t.success } else { &t.failure } {
             let r = match &op.request {
-                Some(Request::RequestRange(r)) if !r.range_end.is_empty() => {
-                    R::ResponseRange(self.range_in_chunks_at(r, Some(at))?)
+                Some(Request::RequestRange(r)) => {
+                    let mut rr = if r.range_end.is_empty() {
+                        range(&self.view()?, r, at)?
+                    } else {
+                        self.range_in_chunks_at(r, Some(at))?
+                    };
+                    // The transaction's revision, not whatever is current by now.
+                    rr.header = Some(header(at));
+                    R::ResponseRange(rr)
                 }
-                Some(Request::RequestRange(r)) => R::ResponseRange(range(&self.view()?, r, at)?),
                 Some(Request::RequestTxn(n)) => R::ResponseTxn(self.txn_read_only_in_chunks(n, at)?),
                 None => R::ResponseRange(pb::RangeResponse::default()),
                 Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
@@ -409,6 +426,6 @@ impl super::Store {
             };
             responses.push(pb::ResponseOp { response: Some(r) });
         }
-        Ok(pb::TxnResponse { header: None, succeeded: ok, responses })
+        Ok(pb::TxnResponse { header: Some(pb::ResponseHeader::default()), succeeded: ok, responses })
     }
 }

@@ -212,6 +212,38 @@ fn sort_and_filters() {
     assert_eq!((keys(&r), r.more), (vec!["a".to_string()], true), "limit applies after sorting");
 }
 
+#[test]
+fn equal_sort_values_keep_key_order_in_both_directions() {
+    let s = store();
+    for (k, v) in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "y")] {
+        put(&s, k, v);
+    }
+    use pb::range_request::{SortOrder, SortTarget};
+    let sorted = |order: SortOrder| {
+        keys(
+            &s.range(&pb::RangeRequest {
+                sort_target: SortTarget::Value as i32,
+                sort_order: order as i32,
+                ..rng("a", "\0")
+            })
+            .unwrap(),
+        )
+    };
+    assert_eq!(sorted(SortOrder::Ascend), vec!["a", "c", "b", "d"]);
+    assert_eq!(sorted(SortOrder::Descend), vec!["b", "d", "a", "c"], "etcd's order for ties: by key");
+    // keys_only drops the values after sorting by them.
+    let r = s
+        .range(&pb::RangeRequest {
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            keys_only: true,
+            ..rng("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&r), vec!["b", "d", "a", "c"]);
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+}
+
 fn cmp(key: &str, target: CompareTarget, result: CompareResult, v: TargetUnion) -> pb::Compare {
     pb::Compare {
         key: key.into(),
@@ -262,6 +294,45 @@ fn txn_compare_branches_and_one_revision() {
     assert!(!r.succeeded);
     assert_eq!(r.header.unwrap().revision, 3, "a read-only txn takes no revision");
     assert_eq!(s.current_revision(), 3);
+}
+
+#[test]
+fn ops_in_a_write_txn_answer_with_its_revision_so_far() {
+    let s = store();
+    put(&s, "k", "v"); // 2
+    let op_del = |k: &str| pb::RequestOp {
+        request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest { key: k.into(), ..Default::default() })),
+    };
+    let nested = pb::TxnRequest { compare: vec![], success: vec![op_get("k")], failure: vec![] };
+    let t = pb::TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_get("k"),
+            op_del("missing"),
+            op_put("k", "w"),
+            op_get("k"),
+            op_del("missing"),
+            pb::RequestOp { request: Some(Request::RequestTxn(nested)) },
+        ],
+        failure: vec![],
+    };
+    let r = txn(&s, t);
+    let revision = |op: &pb::ResponseOp| match &op.response {
+        Some(R::ResponseRange(r)) => r.header.as_ref().map(|h| h.revision),
+        Some(R::ResponseDeleteRange(d)) => d.header.as_ref().map(|h| h.revision),
+        Some(R::ResponsePut(p)) => p.header.as_ref().map(|h| h.revision),
+        Some(R::ResponseTxn(t)) => t.header.as_ref().map(|h| h.revision),
+        None => None,
+    };
+    // Before the first write: the revision the txn started at; after it: the one it writes.
+    // A nested txn has an empty header (etcd fills in the outermost one only); its ops do not.
+    let revs: Vec<_> = r.responses.iter().map(revision).collect();
+    assert_eq!(revs, [Some(2), Some(2), Some(3), Some(3), Some(3), Some(0)]);
+    match &r.responses[5].response {
+        Some(R::ResponseTxn(n)) => assert_eq!(revision(&n.responses[0]), Some(3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.header.unwrap().revision, 3);
 }
 
 #[test]
