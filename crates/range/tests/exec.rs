@@ -54,7 +54,7 @@ fn other_types_answer_wrongtype() {
         DataCmd::Append { key: k("l"), value: k("v") },
         DataCmd::SetRange { key: k("l"), offset: 0, value: k("v") },
         DataCmd::IncrBy { key: k("l"), by: 1 },
-        DataCmd::IncrByFloat { key: k("l"), by: None },
+        DataCmd::IncrByFloat { key: k("l"), by: k("x") },
     ];
     for w in writes {
         assert_eq!(apply(&mut kv, w.clone(), NOW), wrong, "{w:?}");

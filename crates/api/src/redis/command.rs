@@ -8,7 +8,7 @@
 use cairn_range::cmd::{
     DataCmd, ExpireCond, ExpireKind, GetExTtl, ReadCmd, SetCond, SetName, SetTtl, TtlArg, TtlForm, WriteReq,
 };
-use cairn_range::num::{parse_f64, parse_i64};
+use cairn_range::num::parse_i64;
 use cairn_range::reply::errors;
 use cairn_range::{KeySpan, Reply};
 
@@ -205,7 +205,7 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
             }
             w(DataCmd::IncrBy { key: key(), by: -n })
         }
-        "incrbyfloat" => w(DataCmd::IncrByFloat { key: key(), by: parse_f64(&a[1]) }),
+        "incrbyfloat" => w(DataCmd::IncrByFloat { key: key(), by: a[1].clone() }),
         "del" | "unlink" => w(DataCmd::Del { keys: a }),
         "exists" => r(ReadCmd::Exists { keys: a }),
         "touch" => r(ReadCmd::Touch { keys: a }),
