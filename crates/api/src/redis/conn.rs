@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::backend::Backend;
 use super::command::{self, Command, ConnCmd};
 use super::resp::{self, DecodeError, Decoder, Limits, Proto};
-use super::table::{self, CommandSpec};
+use super::table::{self, CommandSpec, KeySpec};
 
 /// The Redis version HELLO reports. Clients gate features on it; cairn speaks 7.0's commands
 /// and replies.
@@ -277,7 +277,7 @@ fn lookup_full(name: &[u8]) -> Option<&'static CommandSpec> {
     }
 }
 
-/// COMMAND INFO's ten fields for one command. Key specs are not reported yet (empty).
+/// COMMAND INFO's ten fields for one command.
 fn command_info(s: &CommandSpec) -> Reply {
     let status = |v: &[&str]| Reply::Set(v.iter().map(|f| Reply::Simple(f.to_string())).collect());
     Reply::Array(vec![
@@ -289,9 +289,39 @@ fn command_info(s: &CommandSpec) -> Reply {
         Reply::Int(s.step),
         status(s.acl),
         Reply::Set(s.tips.iter().map(|t| Reply::bulk(*t)).collect()),
-        Reply::Array(vec![]),
-        Reply::Array(s.subcommands.iter().map(|c| command_info(c)).collect()),
+        // Redis 7.0 sends both as sets (`~` in RESP3).
+        Reply::Set(s.key_specs.iter().map(key_spec).collect()),
+        Reply::Set(s.subcommands.iter().map(|c| command_info(c)).collect()),
     ])
+}
+
+/// One key spec as Redis 7.0 reports it (`addReplyCommandKeySpecs`).
+fn key_spec(k: &KeySpec) -> Reply {
+    let b = |s: &str| Reply::bulk(s.as_bytes());
+    let mut m = Vec::new();
+    if !k.notes.is_empty() {
+        m.push((b("notes"), b(k.notes)));
+    }
+    m.push((b("flags"), Reply::Set(k.flags.iter().map(|f| Reply::Simple(f.to_string())).collect())));
+    m.push((
+        b("begin_search"),
+        Reply::Map(vec![(b("type"), b("index")), (b("spec"), Reply::Map(vec![(b("index"), Reply::Int(k.index))]))]),
+    ));
+    m.push((
+        b("find_keys"),
+        Reply::Map(vec![
+            (b("type"), b("range")),
+            (
+                b("spec"),
+                Reply::Map(vec![
+                    (b("lastkey"), Reply::Int(k.last_key)),
+                    (b("keystep"), Reply::Int(k.key_step)),
+                    (b("limit"), Reply::Int(k.limit)),
+                ]),
+            ),
+        ]),
+    ));
+    Reply::Map(m)
 }
 
 /// COMMAND DOCS for one command: summary, since, group, complexity, subcommands.
