@@ -1227,6 +1227,26 @@ fn introspection(p: &mut Pair) {
             (!rd.is_empty() && rd == cd).then_some(()).ok_or("docs differ".into())
         });
     }
+    p.w("INFO cluster");
+    p.w("INFO CLUSTER");
+    p.w("INFO nosuchsection");
+    for line in ["INFO", "INFO server", "INFO all", "INFO server replication"] {
+        p.shape(line, |r, c| {
+            let text = |v: &Val| String::from_utf8(bulk(v)).unwrap();
+            let (r, c) = (text(r), text(c));
+            for want in ["# Server\r\nredis_version:", "redis_mode:standalone\r\n", "arch_bits:64\r\n"] {
+                if !(r.contains(want) && c.contains(want)) {
+                    return Err(format!("{want:?} missing"));
+                }
+            }
+            for want in ["# Replication\r\nrole:master\r\n", "# Clients\r\nconnected_clients:"] {
+                if r.contains(want) != c.contains(want) {
+                    return Err(format!("{want:?} in one only"));
+                }
+            }
+            Ok(())
+        });
+    }
     p.w("COMMAND INFO nosuchcommand");
     p.w("COMMAND INFO client|nosuch");
     p.w("COMMAND DOCS nosuchcommand");
@@ -1263,6 +1283,8 @@ fn resp3(p: &mut Pair) {
         "SET a v EX 0",
         "INCR f",
         "KEYS nomatch",
+        "INFO cluster",
+        "INFO nosuchsection",
         "COMMAND INFO nosuchcommand",
         "COMMAND DOCS nosuchcommand",
     ] {

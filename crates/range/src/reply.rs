@@ -24,6 +24,12 @@ pub enum Reply {
     Double(f64),
     /// `:1`/`:0` in RESP2, `#t`/`#f` in RESP3.
     Bool(bool),
+    /// Text with a three-letter format (`txt`, `mkd`): a bulk string in RESP2, `=` in RESP3.
+    Verbatim {
+        format: [u8; 3],
+        #[serde(with = "serde_bytes")]
+        text: Vec<u8>,
+    },
 }
 
 impl Reply {

@@ -60,6 +60,8 @@ pub enum ConnCmd {
     CommandInfo(Vec<Vec<u8>>),
     CommandDocs(Vec<Vec<u8>>),
     ConfigGet(Vec<Vec<u8>>),
+    /// INFO with the sections asked for (none: the default ones).
+    Info(Vec<Vec<u8>>),
 }
 
 /// The bytes a C string function would see: up to the first NUL.
@@ -267,6 +269,7 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         "command|info" => ConnCmd::CommandInfo(a[1..].to_vec()),
         "command|docs" => ConnCmd::CommandDocs(a[1..].to_vec()),
         "config|get" => ConnCmd::ConfigGet(a[1..].to_vec()),
+        "info" => ConnCmd::Info(a),
         // A container named alone fails its arity check before this point.
         other => unreachable!("command {other} is in the table but not parsed"),
     })

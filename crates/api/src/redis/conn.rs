@@ -24,6 +24,25 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Open connections, for INFO's `connected_clients`.
+static CONNECTED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one open connection while it lives.
+struct Connected;
+
+impl Connected {
+    fn new() -> Connected {
+        CONNECTED.fetch_add(1, Ordering::Relaxed);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        CONNECTED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the connection does after a command.
 enum Then {
     Continue,
@@ -45,6 +64,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
+    let _connected = Connected::new();
     let mut conn = Conn {
         backend: &*backend,
         limits: &limits,
@@ -221,6 +241,7 @@ impl<B: Backend> Conn<'_, B> {
                 Reply::Map(specs.into_iter().map(|s| (Reply::bulk(s.name), command_docs(s))).collect())
             }
             ConnCmd::ConfigGet(patterns) => Reply::Map(self.config_get(&patterns)),
+            ConnCmd::Info(sections) => Reply::Verbatim { format: *b"txt", text: info(&sections).into_bytes() },
         };
         (reply, Then::Continue)
     }
@@ -263,6 +284,46 @@ impl<B: Backend> Conn<'_, B> {
         }
         found.into_iter().map(|(i, shown)| (Reply::Bulk(shown), Reply::bulk(all[i].1.clone()))).collect()
     }
+}
+
+/// INFO's sections that cairn fills, in Redis's order, as `(name, lines)`. Only what does not
+/// need the data tier: the version clients gate features on, the mode, the role.
+fn info_sections() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    vec![
+        (
+            "Server",
+            vec![
+                ("redis_version", REDIS_VERSION.into()),
+                ("redis_mode", "standalone".into()),
+                ("arch_bits", "64".into()),
+            ],
+        ),
+        ("Clients", vec![("connected_clients", CONNECTED.load(Ordering::Relaxed).to_string())]),
+        ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
+        ("Cluster", vec![("cluster_enabled", "0".into())]),
+    ]
+}
+
+/// INFO's text (`server.c` `genRedisInfoString`): `# Section` headers, `key:value` lines,
+/// a blank line between sections. No argument, `default`, `all` or `everything` give every
+/// section; unknown sections give nothing.
+fn info(asked: &[Vec<u8>]) -> String {
+    let all = asked.is_empty()
+        || asked.iter().any(|a| ["default", "all", "everything"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
+    let mut out = String::new();
+    for (name, lines) in info_sections() {
+        if !all && !asked.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes())) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        out.push_str(&format!("# {name}\r\n"));
+        for (k, v) in lines {
+            out.push_str(&format!("{k}:{v}\r\n"));
+        }
+    }
+    out
 }
 
 fn wrongpass() -> Reply {

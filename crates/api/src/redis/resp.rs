@@ -348,6 +348,14 @@ pub fn encode(reply: &Reply, proto: Proto, out: &mut Vec<u8>) {
         }
         Reply::Bool(b) if resp3 => out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
         Reply::Bool(b) => header(out, b':', i64::from(*b)),
+        Reply::Verbatim { format, text } if resp3 => {
+            header(out, b'=', (text.len() + 4) as i64);
+            out.extend_from_slice(format);
+            out.push(b':');
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+        Reply::Verbatim { text, .. } => bulk(out, text),
     }
 }
 
@@ -480,6 +488,9 @@ mod tests {
         assert_eq!(enc(&Reply::Double(1.5), Resp2), "$3\r\n1.5\r\n");
         assert_eq!(enc(&Reply::Bool(true), Resp3), "#t\r\n");
         assert_eq!(enc(&Reply::Set(vec![]), Resp3), "~0\r\n");
+        let v = Reply::Verbatim { format: *b"txt", text: b"a\r\n".to_vec() };
+        assert_eq!(enc(&v, Resp3), "=7\r\ntxt:a\r\n\r\n");
+        assert_eq!(enc(&v, Resp2), "$3\r\na\r\n\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), Resp2), "-ERR a  b\r\n");
     }
 }
