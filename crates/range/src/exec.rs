@@ -104,6 +104,11 @@ macro_rules! tri {
 /// Apply one write at `now_ms` (the log entry's stamp).
 pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply, ExecError> {
     let ver = version(now_ms);
+    // Redis takes keys up to 512 MiB; cairn stores a key in every index entry and log record
+    // that names it, so it refuses long ones before anything is written.
+    if cmd.keys().iter().any(|k| k.len() > keys::KEY_BYTES_MAX) {
+        return Ok(Reply::Error(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
+    }
     Ok(match cmd {
         DataCmd::Set { key, value, cond, get, expiry } => {
             let old = load(kv, key, now_ms)?;

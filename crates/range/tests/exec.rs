@@ -212,6 +212,18 @@ fn corrupt_records_are_errors() {
 }
 
 #[test]
+fn long_keys_are_refused_before_any_write() {
+    let mut kv = MemKv::new();
+    let long = vec![b'k'; keys::KEY_BYTES_MAX + 1];
+    let cmd = DataCmd::MSet { pairs: vec![(k("short"), k("v")), (long.clone(), k("v"))] };
+    assert_eq!(apply(&mut kv, cmd, NOW), Reply::err(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
+    assert!(kv.is_empty());
+    let at_limit = vec![b'k'; keys::KEY_BYTES_MAX];
+    let cmd = DataCmd::SetNx { key: at_limit, value: k("v") };
+    assert_eq!(apply(&mut kv, cmd, NOW), Reply::Int(1));
+}
+
+#[test]
 fn expire_conditions() {
     let mut kv = MemKv::new();
     let exp = |at, nx, xx, gt, lt| DataCmd::Expire { key: k("t"), at_ms: at, cond: ExpireCond { nx, xx, gt, lt } };
