@@ -481,3 +481,68 @@ fn parse_scan(a: Vec<Vec<u8>>) -> Result<Command, Reply> {
     }
     Ok(Command::Scan(req))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_range::cmd::{DataCmd, SetExpiry};
+
+    fn p(line: &str) -> Result<Command, Reply> {
+        parse(line.split(' ').map(|w| w.as_bytes().to_vec()).collect())
+    }
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn set_options_become_a_typed_request() {
+        assert_eq!(
+            p("set k v nx GET px 250"),
+            Ok(Command::Write(WriteReq::Set {
+                key: b("k"),
+                value: b("v"),
+                cond: SetCond::IfAbsent,
+                get: true,
+                ttl: SetTtl::Arg(TtlArg::Px(250)),
+                name: SetName::Set,
+            }))
+        );
+        // The leader resolves the relative time.
+        let Ok(Command::Write(req)) = p("SET k v EX 10") else { panic!() };
+        assert!(matches!(req.resolve(1_000), Ok(DataCmd::Set { expiry: SetExpiry::At(11_000), .. })));
+    }
+
+    #[test]
+    fn expire_getex_scan_and_decrby() {
+        assert_eq!(
+            p("PEXPIRE k 5 xx lt"),
+            Ok(Command::Write(WriteReq::Expire {
+                key: b("k"),
+                amount: 5,
+                kind: ExpireKind::PExpire,
+                cond: ExpireCond { nx: false, xx: true, gt: false, lt: true },
+            }))
+        );
+        assert_eq!(
+            p("GETEX k EX nope"),
+            Ok(Command::Write(WriteReq::GetEx { key: b("k"), ttl: GetExTtl::Bad(errors::NOT_INTEGER.into()) }))
+        );
+        assert_eq!(
+            p("scan 7 match a* count 3 type string"),
+            Ok(Command::Scan(ScanReq { cursor: 7, count: 3, pattern: Some(b("a*")), kind: Some(b("string")) }))
+        );
+        assert_eq!(p("DECRBY k 5"), Ok(Command::Write(WriteReq::Cmd(DataCmd::IncrBy { key: b("k"), by: -5 }))));
+        assert_eq!(p("DECRBY k -9223372036854775808"), Err(Reply::err("ERR decrement would overflow")));
+    }
+
+    #[test]
+    fn names_arity_and_subcommands() {
+        assert_eq!(p("nosuch a"), Err(Reply::err("ERR unknown command 'nosuch', with args beginning with: 'a' ")));
+        assert_eq!(p("GET"), Err(Reply::err("ERR wrong number of arguments for 'get' command")));
+        assert_eq!(p("client setname"), Err(Reply::err("ERR wrong number of arguments for 'client|setname' command")));
+        assert_eq!(p("Client Nope"), Err(Reply::err("ERR unknown subcommand 'Nope'. Try CLIENT HELP.")));
+        assert_eq!(p("CLIENT ID"), Ok(Command::Conn(ConnCmd::ClientId)));
+        assert_eq!(p("KEYS *"), Ok(Command::Read(ReadCmd::Keys { span: KeySpan::redis(), pattern: b("*") })));
+    }
+}
