@@ -132,12 +132,13 @@ fn line_end(b: &[u8], from: usize) -> Option<usize> {
 fn frame_len(b: &[u8], at: usize) -> Option<usize> {
     let kind = *b.get(at)?;
     let end = line_end(b, at)?;
-    let head = std::str::from_utf8(&b[at + 1..end]).ok()?;
+    // Only lengths are parsed; status and error lines may hold any bytes.
+    let head = || std::str::from_utf8(&b[at + 1..end]).ok();
     let after = end + 2;
     match kind {
         b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(after - at),
         b'$' | b'!' | b'=' => {
-            let n: i64 = head.parse().ok()?;
+            let n: i64 = head()?.parse().ok()?;
             if n < 0 {
                 return Some(after - at);
             }
@@ -145,7 +146,7 @@ fn frame_len(b: &[u8], at: usize) -> Option<usize> {
             (b.len() >= total).then_some(total - at)
         }
         b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let n: i64 = head.parse().ok()?;
+            let n: i64 = head()?.parse().ok()?;
             let items = if matches!(kind, b'%' | b'|') { 2 * n } else { n };
             let mut pos = after;
             for _ in 0..items.max(0) {
@@ -1146,6 +1147,10 @@ fn arity_and_unknown(p: &mut Pair) {
     p.w(&format!("FOO {}", many.join(" ")));
     p.same(&[b"FOO", b"a\r\nb"]);
     p.same(&[b"FOO\x00BAR", b"x\x00y"]);
+    p.same(&[b"F\xffOO", b"\xfe\xc3", b"x"]);
+    p.same(&[b"CLIENT", b"\xff"]);
+    p.same(&[b"EXPIRE", b"k", b"10", b"\xff"]);
+    p.same(&[b"HELLO", b"3", b"\xe9t\xe9"]);
     p.same(&[b"SET", b"k", b"v", b"EX", b"1", b"X\r\nY"]);
     p.same(&[b"EXPIRE", b"k", b"10", b"a\nb"]);
 }
@@ -1362,6 +1367,7 @@ fn protocol(p: &mut Pair) {
         b"*1\r\n:5\r\n",
         b"*1\r\nPING\r\n",
         b"*2\r\n$4\r\nECHO\r\n+x\r\n",
+        b"*2\r\n$4\r\nECHO\r\n\xffx\r\n",
         b"SET a \"b\r\n",
         b"SET a 'b\r\n",
         b"SET a \"b\"c\r\n",

@@ -107,7 +107,7 @@ pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply
     // Redis takes keys up to 512 MiB; cairn stores a key in every index entry and log record
     // that names it, so it refuses long ones before anything is written.
     if cmd.keys().iter().any(|k| k.len() > keys::KEY_BYTES_MAX) {
-        return Ok(Reply::Error(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
+        return Ok(Reply::err(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
     }
     Ok(match cmd {
         DataCmd::Set { key, value, cond, get, expiry } => {

@@ -7,8 +7,9 @@
 pub enum Reply {
     /// `+OK`: a status line; never contains `\r` or `\n`.
     Simple(String),
-    /// `-ERR ...`: the full error line including its code (`ERR`, `WRONGTYPE`, ...).
-    Error(String),
+    /// `-ERR ...`: the full error line including its code (`ERR`, `WRONGTYPE`, ...). Bytes,
+    /// because Redis echoes client bytes into some errors (unknown command names).
+    Error(#[serde(with = "serde_bytes")] Vec<u8>),
     Int(i64),
     Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A missing value: `$-1` in RESP2, `_` in RESP3.
@@ -37,7 +38,7 @@ impl Reply {
         Reply::Simple("OK".into())
     }
 
-    pub fn err(text: impl Into<String>) -> Reply {
+    pub fn err(text: impl Into<Vec<u8>>) -> Reply {
         Reply::Error(text.into())
     }
 

@@ -77,8 +77,12 @@ fn is(arg: &[u8], word: &str) -> bool {
     cstr(arg).eq_ignore_ascii_case(word.as_bytes())
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// An error line with client bytes in it, sent as they came (Redis's `%s`).
+fn err_around(before: &str, arg: &[u8], after: &str) -> Reply {
+    let mut msg = before.as_bytes().to_vec();
+    msg.extend_from_slice(arg);
+    msg.extend_from_slice(after.as_bytes());
+    Reply::Error(msg)
 }
 
 fn err(s: &str) -> Reply {
@@ -104,25 +108,26 @@ pub fn unknown_command(args: &[Vec<u8>]) -> Reply {
         listed.extend_from_slice(b"' ");
     }
     let name = cstr(&args[0]);
-    Reply::Error(format!(
-        "ERR unknown command '{}', with args beginning with: {}",
-        lossy(&name[..name.len().min(128)]),
-        lossy(&listed)
-    ))
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(&name[..name.len().min(128)]);
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend_from_slice(&listed);
+    Reply::Error(msg)
 }
 
 fn unknown_subcommand(args: &[Vec<u8>]) -> Reply {
     let sub = cstr(&args[1]);
-    Reply::Error(format!(
-        "ERR unknown subcommand '{}'. Try {} HELP.",
-        lossy(&sub[..sub.len().min(128)]),
-        lossy(cstr(&args[0])).to_ascii_uppercase()
-    ))
+    let mut msg = b"ERR unknown subcommand '".to_vec();
+    msg.extend_from_slice(&sub[..sub.len().min(128)]);
+    msg.extend_from_slice(b"'. Try ");
+    msg.extend_from_slice(&cstr(&args[0]).to_ascii_uppercase());
+    msg.extend_from_slice(b" HELP.");
+    Reply::Error(msg)
 }
 
 /// `ERR wrong number of arguments for 'get' command`.
 pub fn arity_error(name: &str) -> Reply {
-    Reply::Error(format!("ERR wrong number of arguments for '{name}' command"))
+    Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
 /// The table entry for `args`, checked for existence and arity.
@@ -306,7 +311,7 @@ fn parse_hello(a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
             setname = Some(a[j + 1].clone());
             j += 2;
         } else {
-            return Err(Reply::Error(format!("ERR Syntax error in HELLO option '{}'", lossy(cstr(&a[j])))));
+            return Err(err_around("ERR Syntax error in HELLO option '", cstr(&a[j]), "'"));
         }
     }
     Ok(ConnCmd::Hello { proto, auth, setname })
@@ -415,7 +420,7 @@ fn parse_expire(name: &str, a: Vec<Vec<u8>>) -> Result<Command, Reply> {
         } else if is(opt, "lt") {
             lt = true;
         } else {
-            return Err(Reply::Error(format!("ERR Unsupported option {}", lossy(cstr(opt)))));
+            return Err(err_around("ERR Unsupported option ", cstr(opt), ""));
         }
     }
     if nx && (xx || gt || lt) {

@@ -48,13 +48,13 @@ impl Default for Limits {
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// Reply with this error line (`ERR Protocol error: ...`), then close.
-    Protocol(String),
+    Protocol(Vec<u8>),
     /// The command outgrew `query_bytes_max`: close without a reply.
     QueryTooBig,
 }
 
 fn protocol(msg: &str) -> DecodeError {
-    DecodeError::Protocol(format!("ERR Protocol error: {msg}"))
+    DecodeError::Protocol(format!("ERR Protocol error: {msg}").into_bytes())
 }
 
 #[derive(Debug, Default)]
@@ -162,7 +162,10 @@ impl Decoder {
                         }
                     }
                     if buf[0] != b'$' {
-                        return Err(protocol(&format!("expected '$', got '{}'", char::from(buf[0]))));
+                        // The byte goes out as it came (`%c`), whatever it is.
+                        let mut msg = b"ERR Protocol error: expected '$', got '".to_vec();
+                        msg.extend_from_slice(&[buf[0], b'\'']);
+                        return Err(DecodeError::Protocol(msg));
                     }
                     let bulk_max = self.limits.bulk_bytes_max;
                     let Some(n) = self.header(buf, "too big bulk count string")? else {
@@ -308,7 +311,7 @@ pub fn encode(reply: &Reply, proto: Proto, out: &mut Vec<u8>) {
     let resp3 = proto == Proto::Resp3;
     match reply {
         Reply::Simple(s) => line(out, b'+', s.as_bytes()),
-        Reply::Error(s) => line(out, b'-', s.as_bytes()),
+        Reply::Error(s) => line(out, b'-', s),
         Reply::Int(n) => header(out, b':', *n),
         Reply::Bulk(b) => bulk(out, b),
         Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
@@ -435,13 +438,13 @@ mod tests {
         assert_eq!(out, vec![v(&["SET", "k", "hello"]), v(&["echo", "it's"])]);
         // 'it''s' is unbalanced for Redis: a closing quote must be followed by a space.
         let (_, err) = all(b"echo 'it''s'\r\n", Limits::default());
-        assert_eq!(err, Some(DecodeError::Protocol("ERR Protocol error: unbalanced quotes in request".into())));
+        assert_eq!(err, Some(DecodeError::Protocol(b"ERR Protocol error: unbalanced quotes in request".to_vec())));
     }
 
     #[test]
     fn protocol_errors_are_redis_lines() {
         let err = |input: &[u8], limits| match all(input, limits).1 {
-            Some(DecodeError::Protocol(s)) => s,
+            Some(DecodeError::Protocol(s)) => String::from_utf8(s).unwrap(),
             other => panic!("{other:?}"),
         };
         let d = Limits::default;
@@ -466,7 +469,7 @@ mod tests {
         let small = Limits { inline_bytes_max: 8, ..Limits::default() };
         assert_eq!(
             all(b"set a\x00b v\r\n", small).1,
-            Some(DecodeError::Protocol("ERR Protocol error: too big inline request".into()))
+            Some(DecodeError::Protocol(b"ERR Protocol error: too big inline request".to_vec()))
         );
     }
 
