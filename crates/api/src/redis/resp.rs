@@ -362,13 +362,34 @@ pub fn encode(reply: &Reply, proto: Proto, out: &mut Vec<u8>) {
     }
 }
 
-/// Doubles as Redis 7.0 prints them (`%.17g`, `inf`, `-inf`), approximated by the shortest
-/// text that reads back as the same value.
-fn format_double(d: f64) -> String {
+/// Doubles as Redis 7.0 prints them: `inf`, `-inf`, otherwise C's `%.17g` (17 significant
+/// digits, exponent form below 1e-4 or from 1e17, trailing zeros dropped). Rust's `{:e}`
+/// formatting is exactly rounded, so the digits are printf's.
+pub fn format_double(d: f64) -> String {
     if d.is_infinite() {
-        if d > 0.0 { "inf" } else { "-inf" }.to_string()
+        return if d > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    if d.is_nan() {
+        return "nan".to_string();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    let sci = format!("{d:.16e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if (-4..17).contains(&exp) {
+        trim(format!("{d:.prec$}", prec = (16 - exp) as usize))
     } else {
-        format!("{d}")
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa.to_string()), exp.abs())
     }
 }
 
@@ -474,6 +495,26 @@ mod tests {
     }
 
     #[test]
+    fn doubles_print_as_percent_17g() {
+        for (d, want) in [
+            (1.5, "1.5"),
+            (0.1, "0.10000000000000001"),
+            (3.0, "3"),
+            (-2.25, "-2.25"),
+            (1e17, "1e+17"),
+            (1e16, "10000000000000000"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (1e-5, "1.0000000000000001e-05"),
+            (0.0001, "0.0001"),
+            (1e300, "1.0000000000000001e+300"),
+            (-0.0, "-0"),
+            (f64::INFINITY, "inf"),
+        ] {
+            assert_eq!(format_double(d), want, "{d}");
+        }
+    }
+
+    #[test]
     fn replies_by_protocol() {
         let enc = |r: &Reply, p| {
             let mut out = Vec::new();
@@ -490,6 +531,7 @@ mod tests {
         assert_eq!(enc(&Reply::Double(1.5), Resp3), ",1.5\r\n");
         assert_eq!(enc(&Reply::Double(1.5), Resp2), "$3\r\n1.5\r\n");
         assert_eq!(enc(&Reply::Bool(true), Resp3), "#t\r\n");
+        assert_eq!(enc(&Reply::Double(f64::NEG_INFINITY), Resp3), ",-inf\r\n");
         assert_eq!(enc(&Reply::Set(vec![]), Resp3), "~0\r\n");
         let v = Reply::Verbatim { format: *b"txt", text: b"a\r\n".to_vec() };
         assert_eq!(enc(&v, Resp3), "=7\r\ntxt:a\r\n\r\n");
