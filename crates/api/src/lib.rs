@@ -1,6 +1,9 @@
 //! Front ends. Each translates a wire protocol to the services and back, with exactly one
 //! error-mapping table per protocol. They call `cairn_services` only: this crate depends on
-//! neither openraft nor the state machine.
+//! neither openraft nor the etcd state machine. The RESP pieces use `cairn_range`'s command
+//! and reply types (the data tier's vocabulary, no I/O) and reach the data tier only through
+//! the `redis::Backend` trait; `redis::MemBackend`, the in-memory backend for tests, runs
+//! `cairn_range::exec` directly.
 //!
 //! - [`grpc`]: etcd's v3 API (KV, Watch, Lease, Lock, Election, Cluster, Maintenance, Auth) on
 //!   the client listener, with access control (`Api::call`, through `cairn_services::access`).

@@ -141,12 +141,13 @@ pub enum DataCmd {
         key: Bytes,
         by: i64,
     },
-    /// INCRBYFLOAT; `by` is `None` when the argument is not a float, which Redis reports
-    /// after the type check.
+    /// INCRBYFLOAT; `by` is the argument's text. Apply parses it (after the type check, as
+    /// Redis does) into the same 80-bit value on every replica.
     IncrByFloat {
         #[serde(with = "serde_bytes")]
         key: Bytes,
-        by: Option<f64>,
+        #[serde(with = "serde_bytes")]
+        by: Bytes,
     },
     Rename {
         #[serde(with = "serde_bytes")]
@@ -512,7 +513,7 @@ mod tests {
     fn commands_round_trip_through_serde() {
         let cmds = vec![
             DataCmd::MSet { pairs: vec![(b"a".to_vec(), b"1".to_vec())] },
-            DataCmd::IncrByFloat { key: b"f".to_vec(), by: Some(1.5) },
+            DataCmd::IncrByFloat { key: b"f".to_vec(), by: b"1.5".to_vec() },
             DataCmd::Flush { span: KeySpan::redis() },
         ];
         for c in cmds {

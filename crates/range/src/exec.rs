@@ -104,6 +104,11 @@ macro_rules! tri {
 /// Apply one write at `now_ms` (the log entry's stamp).
 pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply, ExecError> {
     let ver = version(now_ms);
+    // Redis takes keys up to 512 MiB; cairn stores a key in every index entry and log record
+    // that names it, so it refuses long ones before anything is written.
+    if cmd.keys().iter().any(|k| k.len() > keys::KEY_BYTES_MAX) {
+        return Ok(Reply::err(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
+    }
     Ok(match cmd {
         DataCmd::Set { key, value, cond, get, expiry } => {
             let old = load(kv, key, now_ms)?;
@@ -290,21 +295,11 @@ pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply
         }
         DataCmd::IncrByFloat { key, by } => {
             let old = tri!(string_of(load(kv, key, now_ms)?));
-            let current = match &old {
-                None => 0.0,
-                Some(r) => match num::parse_f64(&r.value) {
-                    Some(n) => n,
-                    None => return Ok(Reply::err(errors::NOT_FLOAT)),
-                },
+            let text = match num::incr_by_float(old.as_ref().map(|r| r.value.as_slice()), by) {
+                Ok(t) => t,
+                Err(num::FloatError::NotFloat) => return Ok(Reply::err(errors::NOT_FLOAT)),
+                Err(num::FloatError::NanOrInfinity) => return Ok(Reply::err(errors::NAN_OR_INF)),
             };
-            let Some(by) = by else {
-                return Ok(Reply::err(errors::NOT_FLOAT));
-            };
-            let new = current + by;
-            if !new.is_finite() {
-                return Ok(Reply::err(errors::NAN_OR_INF));
-            }
-            let text = num::format_f64(new).into_bytes();
             let expire_at_ms = old.and_then(|r| r.expire_at_ms);
             store(kv, key, &Record::string(text.clone(), expire_at_ms, ver))?;
             Reply::Bulk(text)

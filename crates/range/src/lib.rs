@@ -18,8 +18,7 @@
 //! nothing.
 //!
 //! Not yet: types other than strings (records carry a kind so `WRONGTYPE` works), MVCC
-//! versions and transaction intents (records carry a version for them), `INCRBYFLOAT` in
-//! 80-bit arithmetic as Redis does it (see [`num::parse_f64`]).
+//! versions and transaction intents (records carry a version for them).
 
 pub mod cmd;
 pub mod exec;

@@ -7,8 +7,9 @@
 pub enum Reply {
     /// `+OK`: a status line; never contains `\r` or `\n`.
     Simple(String),
-    /// `-ERR ...`: the full error line including its code (`ERR`, `WRONGTYPE`, ...).
-    Error(String),
+    /// `-ERR ...`: the full error line including its code (`ERR`, `WRONGTYPE`, ...). Bytes,
+    /// because Redis echoes client bytes into some errors (unknown command names).
+    Error(#[serde(with = "serde_bytes")] Vec<u8>),
     Int(i64),
     Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A missing value: `$-1` in RESP2, `_` in RESP3.
@@ -24,6 +25,12 @@ pub enum Reply {
     Double(f64),
     /// `:1`/`:0` in RESP2, `#t`/`#f` in RESP3.
     Bool(bool),
+    /// Text with a three-letter format (`txt`, `mkd`): a bulk string in RESP2, `=` in RESP3.
+    Verbatim {
+        format: [u8; 3],
+        #[serde(with = "serde_bytes")]
+        text: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -31,7 +38,7 @@ impl Reply {
         Reply::Simple("OK".into())
     }
 
-    pub fn err(text: impl Into<String>) -> Reply {
+    pub fn err(text: impl Into<Vec<u8>>) -> Reply {
         Reply::Error(text.into())
     }
 

@@ -54,7 +54,7 @@ fn other_types_answer_wrongtype() {
         DataCmd::Append { key: k("l"), value: k("v") },
         DataCmd::SetRange { key: k("l"), offset: 0, value: k("v") },
         DataCmd::IncrBy { key: k("l"), by: 1 },
-        DataCmd::IncrByFloat { key: k("l"), by: None },
+        DataCmd::IncrByFloat { key: k("l"), by: k("x") },
     ];
     for w in writes {
         assert_eq!(apply(&mut kv, w.clone(), NOW), wrong, "{w:?}");
@@ -209,6 +209,18 @@ fn corrupt_records_are_errors() {
         exec::read(&ReadCmd::Keys { span: KeySpan::redis(), pattern: k("*") }, &kv, NOW),
         Err(ExecError::Corruption { .. })
     ));
+}
+
+#[test]
+fn long_keys_are_refused_before_any_write() {
+    let mut kv = MemKv::new();
+    let long = vec![b'k'; keys::KEY_BYTES_MAX + 1];
+    let cmd = DataCmd::MSet { pairs: vec![(k("short"), k("v")), (long.clone(), k("v"))] };
+    assert_eq!(apply(&mut kv, cmd, NOW), Reply::err(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
+    assert!(kv.is_empty());
+    let at_limit = vec![b'k'; keys::KEY_BYTES_MAX];
+    let cmd = DataCmd::SetNx { key: at_limit, value: k("v") };
+    assert_eq!(apply(&mut kv, cmd, NOW), Reply::Int(1));
 }
 
 #[test]

@@ -118,7 +118,7 @@ impl MemBackend {
     }
 
     fn internal(e: exec::ExecError) -> Reply {
-        Reply::Error(format!("ERR internal error: {e}"))
+        Reply::err(format!("ERR internal error: {e}"))
     }
 }
 

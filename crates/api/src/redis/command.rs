@@ -8,7 +8,7 @@
 use cairn_range::cmd::{
     DataCmd, ExpireCond, ExpireKind, GetExTtl, ReadCmd, SetCond, SetName, SetTtl, TtlArg, TtlForm, WriteReq,
 };
-use cairn_range::num::{parse_f64, parse_i64};
+use cairn_range::num::parse_i64;
 use cairn_range::reply::errors;
 use cairn_range::{KeySpan, Reply};
 
@@ -60,6 +60,8 @@ pub enum ConnCmd {
     CommandInfo(Vec<Vec<u8>>),
     CommandDocs(Vec<Vec<u8>>),
     ConfigGet(Vec<Vec<u8>>),
+    /// INFO with the sections asked for (none: the default ones).
+    Info(Vec<Vec<u8>>),
 }
 
 /// The bytes a C string function would see: up to the first NUL.
@@ -75,8 +77,12 @@ fn is(arg: &[u8], word: &str) -> bool {
     cstr(arg).eq_ignore_ascii_case(word.as_bytes())
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// An error line with client bytes in it, sent as they came (Redis's `%s`).
+fn err_around(before: &str, arg: &[u8], after: &str) -> Reply {
+    let mut msg = before.as_bytes().to_vec();
+    msg.extend_from_slice(arg);
+    msg.extend_from_slice(after.as_bytes());
+    Reply::Error(msg)
 }
 
 fn err(s: &str) -> Reply {
@@ -102,25 +108,26 @@ pub fn unknown_command(args: &[Vec<u8>]) -> Reply {
         listed.extend_from_slice(b"' ");
     }
     let name = cstr(&args[0]);
-    Reply::Error(format!(
-        "ERR unknown command '{}', with args beginning with: {}",
-        lossy(&name[..name.len().min(128)]),
-        lossy(&listed)
-    ))
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(&name[..name.len().min(128)]);
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend_from_slice(&listed);
+    Reply::Error(msg)
 }
 
 fn unknown_subcommand(args: &[Vec<u8>]) -> Reply {
     let sub = cstr(&args[1]);
-    Reply::Error(format!(
-        "ERR unknown subcommand '{}'. Try {} HELP.",
-        lossy(&sub[..sub.len().min(128)]),
-        lossy(cstr(&args[0])).to_ascii_uppercase()
-    ))
+    let mut msg = b"ERR unknown subcommand '".to_vec();
+    msg.extend_from_slice(&sub[..sub.len().min(128)]);
+    msg.extend_from_slice(b"'. Try ");
+    msg.extend_from_slice(&cstr(&args[0]).to_ascii_uppercase());
+    msg.extend_from_slice(b" HELP.");
+    Reply::Error(msg)
 }
 
 /// `ERR wrong number of arguments for 'get' command`.
 pub fn arity_error(name: &str) -> Reply {
-    Reply::Error(format!("ERR wrong number of arguments for '{name}' command"))
+    Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
 /// The table entry for `args`, checked for existence and arity.
@@ -205,7 +212,7 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
             }
             w(DataCmd::IncrBy { key: key(), by: -n })
         }
-        "incrbyfloat" => w(DataCmd::IncrByFloat { key: key(), by: parse_f64(&a[1]) }),
+        "incrbyfloat" => w(DataCmd::IncrByFloat { key: key(), by: a[1].clone() }),
         "del" | "unlink" => w(DataCmd::Del { keys: a }),
         "exists" => r(ReadCmd::Exists { keys: a }),
         "touch" => r(ReadCmd::Touch { keys: a }),
@@ -267,6 +274,7 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         "command|info" => ConnCmd::CommandInfo(a[1..].to_vec()),
         "command|docs" => ConnCmd::CommandDocs(a[1..].to_vec()),
         "config|get" => ConnCmd::ConfigGet(a[1..].to_vec()),
+        "info" => ConnCmd::Info(a),
         // A container named alone fails its arity check before this point.
         other => unreachable!("command {other} is in the table but not parsed"),
     })
@@ -303,7 +311,7 @@ fn parse_hello(a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
             setname = Some(a[j + 1].clone());
             j += 2;
         } else {
-            return Err(Reply::Error(format!("ERR Syntax error in HELLO option '{}'", lossy(cstr(&a[j])))));
+            return Err(err_around("ERR Syntax error in HELLO option '", cstr(&a[j]), "'"));
         }
     }
     Ok(ConnCmd::Hello { proto, auth, setname })
@@ -412,7 +420,7 @@ fn parse_expire(name: &str, a: Vec<Vec<u8>>) -> Result<Command, Reply> {
         } else if is(opt, "lt") {
             lt = true;
         } else {
-            return Err(Reply::Error(format!("ERR Unsupported option {}", lossy(cstr(opt)))));
+            return Err(err_around("ERR Unsupported option ", cstr(opt), ""));
         }
     }
     if nx && (xx || gt || lt) {
@@ -477,4 +485,69 @@ fn parse_scan(a: Vec<Vec<u8>>) -> Result<Command, Reply> {
         i += 2;
     }
     Ok(Command::Scan(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_range::cmd::{DataCmd, SetExpiry};
+
+    fn p(line: &str) -> Result<Command, Reply> {
+        parse(line.split(' ').map(|w| w.as_bytes().to_vec()).collect())
+    }
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn set_options_become_a_typed_request() {
+        assert_eq!(
+            p("set k v nx GET px 250"),
+            Ok(Command::Write(WriteReq::Set {
+                key: b("k"),
+                value: b("v"),
+                cond: SetCond::IfAbsent,
+                get: true,
+                ttl: SetTtl::Arg(TtlArg::Px(250)),
+                name: SetName::Set,
+            }))
+        );
+        // The leader resolves the relative time.
+        let Ok(Command::Write(req)) = p("SET k v EX 10") else { panic!() };
+        assert!(matches!(req.resolve(1_000), Ok(DataCmd::Set { expiry: SetExpiry::At(11_000), .. })));
+    }
+
+    #[test]
+    fn expire_getex_scan_and_decrby() {
+        assert_eq!(
+            p("PEXPIRE k 5 xx lt"),
+            Ok(Command::Write(WriteReq::Expire {
+                key: b("k"),
+                amount: 5,
+                kind: ExpireKind::PExpire,
+                cond: ExpireCond { nx: false, xx: true, gt: false, lt: true },
+            }))
+        );
+        assert_eq!(
+            p("GETEX k EX nope"),
+            Ok(Command::Write(WriteReq::GetEx { key: b("k"), ttl: GetExTtl::Bad(errors::NOT_INTEGER.into()) }))
+        );
+        assert_eq!(
+            p("scan 7 match a* count 3 type string"),
+            Ok(Command::Scan(ScanReq { cursor: 7, count: 3, pattern: Some(b("a*")), kind: Some(b("string")) }))
+        );
+        assert_eq!(p("DECRBY k 5"), Ok(Command::Write(WriteReq::Cmd(DataCmd::IncrBy { key: b("k"), by: -5 }))));
+        assert_eq!(p("DECRBY k -9223372036854775808"), Err(Reply::err("ERR decrement would overflow")));
+    }
+
+    #[test]
+    fn names_arity_and_subcommands() {
+        assert_eq!(p("nosuch a"), Err(Reply::err("ERR unknown command 'nosuch', with args beginning with: 'a' ")));
+        assert_eq!(p("GET"), Err(Reply::err("ERR wrong number of arguments for 'get' command")));
+        assert_eq!(p("client setname"), Err(Reply::err("ERR wrong number of arguments for 'client|setname' command")));
+        assert_eq!(p("Client Nope"), Err(Reply::err("ERR unknown subcommand 'Nope'. Try CLIENT HELP.")));
+        assert_eq!(p("CLIENT ID"), Ok(Command::Conn(ConnCmd::ClientId)));
+        assert_eq!(p("KEYS *"), Ok(Command::Read(ReadCmd::Keys { span: KeySpan::redis(), pattern: b("*") })));
+    }
 }

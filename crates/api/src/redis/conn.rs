@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::backend::Backend;
 use super::command::{self, Command, ConnCmd};
 use super::resp::{self, DecodeError, Decoder, Limits, Proto};
-use super::table::{self, CommandSpec};
+use super::table::{self, CommandSpec, KeySpec};
 
 /// The Redis version HELLO reports. Clients gate features on it; cairn speaks 7.0's commands
 /// and replies.
@@ -23,6 +23,25 @@ pub const REDIS_VERSION: &str = "7.0.15";
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Open connections, for INFO's `connected_clients`.
+static CONNECTED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one open connection while it lives.
+struct Connected;
+
+impl Connected {
+    fn new() -> Connected {
+        CONNECTED.fetch_add(1, Ordering::Relaxed);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        CONNECTED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What the connection does after a command.
 enum Then {
@@ -45,6 +64,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
+    let _connected = Connected::new();
     let mut conn = Conn {
         backend: &*backend,
         limits: &limits,
@@ -221,6 +241,7 @@ impl<B: Backend> Conn<'_, B> {
                 Reply::Map(specs.into_iter().map(|s| (Reply::bulk(s.name), command_docs(s))).collect())
             }
             ConnCmd::ConfigGet(patterns) => Reply::Map(self.config_get(&patterns)),
+            ConnCmd::Info(sections) => Reply::Verbatim { format: *b"txt", text: info(&sections).into_bytes() },
         };
         (reply, Then::Continue)
     }
@@ -265,6 +286,46 @@ impl<B: Backend> Conn<'_, B> {
     }
 }
 
+/// INFO's sections that cairn fills, in Redis's order, as `(name, lines)`. Only what does not
+/// need the data tier: the version clients gate features on, the mode, the role.
+fn info_sections() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    vec![
+        (
+            "Server",
+            vec![
+                ("redis_version", REDIS_VERSION.into()),
+                ("redis_mode", "standalone".into()),
+                ("arch_bits", "64".into()),
+            ],
+        ),
+        ("Clients", vec![("connected_clients", CONNECTED.load(Ordering::Relaxed).to_string())]),
+        ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
+        ("Cluster", vec![("cluster_enabled", "0".into())]),
+    ]
+}
+
+/// INFO's text (`server.c` `genRedisInfoString`): `# Section` headers, `key:value` lines,
+/// a blank line between sections. No argument, `default`, `all` or `everything` give every
+/// section; unknown sections give nothing.
+fn info(asked: &[Vec<u8>]) -> String {
+    let all = asked.is_empty()
+        || asked.iter().any(|a| ["default", "all", "everything"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
+    let mut out = String::new();
+    for (name, lines) in info_sections() {
+        if !all && !asked.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes())) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        out.push_str(&format!("# {name}\r\n"));
+        for (k, v) in lines {
+            out.push_str(&format!("{k}:{v}\r\n"));
+        }
+    }
+    out
+}
+
 fn wrongpass() -> Reply {
     Reply::err("WRONGPASS invalid username-password pair or user is disabled.")
 }
@@ -277,7 +338,7 @@ fn lookup_full(name: &[u8]) -> Option<&'static CommandSpec> {
     }
 }
 
-/// COMMAND INFO's ten fields for one command. Key specs are not reported yet (empty).
+/// COMMAND INFO's ten fields for one command.
 fn command_info(s: &CommandSpec) -> Reply {
     let status = |v: &[&str]| Reply::Set(v.iter().map(|f| Reply::Simple(f.to_string())).collect());
     Reply::Array(vec![
@@ -289,9 +350,39 @@ fn command_info(s: &CommandSpec) -> Reply {
         Reply::Int(s.step),
         status(s.acl),
         Reply::Set(s.tips.iter().map(|t| Reply::bulk(*t)).collect()),
-        Reply::Array(vec![]),
-        Reply::Array(s.subcommands.iter().map(|c| command_info(c)).collect()),
+        // Redis 7.0 sends both as sets (`~` in RESP3).
+        Reply::Set(s.key_specs.iter().map(key_spec).collect()),
+        Reply::Set(s.subcommands.iter().map(|c| command_info(c)).collect()),
     ])
+}
+
+/// One key spec as Redis 7.0 reports it (`addReplyCommandKeySpecs`).
+fn key_spec(k: &KeySpec) -> Reply {
+    let b = |s: &str| Reply::bulk(s.as_bytes());
+    let mut m = Vec::new();
+    if !k.notes.is_empty() {
+        m.push((b("notes"), b(k.notes)));
+    }
+    m.push((b("flags"), Reply::Set(k.flags.iter().map(|f| Reply::Simple(f.to_string())).collect())));
+    m.push((
+        b("begin_search"),
+        Reply::Map(vec![(b("type"), b("index")), (b("spec"), Reply::Map(vec![(b("index"), Reply::Int(k.index))]))]),
+    ));
+    m.push((
+        b("find_keys"),
+        Reply::Map(vec![
+            (b("type"), b("range")),
+            (
+                b("spec"),
+                Reply::Map(vec![
+                    (b("lastkey"), Reply::Int(k.last_key)),
+                    (b("keystep"), Reply::Int(k.key_step)),
+                    (b("limit"), Reply::Int(k.limit)),
+                ]),
+            ),
+        ]),
+    ));
+    Reply::Map(m)
 }
 
 /// COMMAND DOCS for one command: summary, since, group, complexity, subcommands.

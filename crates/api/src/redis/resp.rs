@@ -48,13 +48,13 @@ impl Default for Limits {
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// Reply with this error line (`ERR Protocol error: ...`), then close.
-    Protocol(String),
+    Protocol(Vec<u8>),
     /// The command outgrew `query_bytes_max`: close without a reply.
     QueryTooBig,
 }
 
 fn protocol(msg: &str) -> DecodeError {
-    DecodeError::Protocol(format!("ERR Protocol error: {msg}"))
+    DecodeError::Protocol(format!("ERR Protocol error: {msg}").into_bytes())
 }
 
 #[derive(Debug, Default)]
@@ -162,7 +162,10 @@ impl Decoder {
                         }
                     }
                     if buf[0] != b'$' {
-                        return Err(protocol(&format!("expected '$', got '{}'", char::from(buf[0]))));
+                        // The byte goes out as it came (`%c`), whatever it is.
+                        let mut msg = b"ERR Protocol error: expected '$', got '".to_vec();
+                        msg.extend_from_slice(&[buf[0], b'\'']);
+                        return Err(DecodeError::Protocol(msg));
                     }
                     let bulk_max = self.limits.bulk_bytes_max;
                     let Some(n) = self.header(buf, "too big bulk count string")? else {
@@ -308,7 +311,7 @@ pub fn encode(reply: &Reply, proto: Proto, out: &mut Vec<u8>) {
     let resp3 = proto == Proto::Resp3;
     match reply {
         Reply::Simple(s) => line(out, b'+', s.as_bytes()),
-        Reply::Error(s) => line(out, b'-', s.as_bytes()),
+        Reply::Error(s) => line(out, b'-', s),
         Reply::Int(n) => header(out, b':', *n),
         Reply::Bulk(b) => bulk(out, b),
         Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
@@ -348,16 +351,45 @@ pub fn encode(reply: &Reply, proto: Proto, out: &mut Vec<u8>) {
         }
         Reply::Bool(b) if resp3 => out.extend_from_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
         Reply::Bool(b) => header(out, b':', i64::from(*b)),
+        Reply::Verbatim { format, text } if resp3 => {
+            header(out, b'=', (text.len() + 4) as i64);
+            out.extend_from_slice(format);
+            out.push(b':');
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+        Reply::Verbatim { text, .. } => bulk(out, text),
     }
 }
 
-/// Doubles as Redis 7.0 prints them (`%.17g`, `inf`, `-inf`), approximated by the shortest
-/// text that reads back as the same value.
-fn format_double(d: f64) -> String {
+/// Doubles as Redis 7.0 prints them: `inf`, `-inf`, otherwise C's `%.17g` (17 significant
+/// digits, exponent form below 1e-4 or from 1e17, trailing zeros dropped). Rust's `{:e}`
+/// formatting is exactly rounded, so the digits are printf's.
+pub fn format_double(d: f64) -> String {
     if d.is_infinite() {
-        if d > 0.0 { "inf" } else { "-inf" }.to_string()
+        return if d > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    if d.is_nan() {
+        return "nan".to_string();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    let sci = format!("{d:.16e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if (-4..17).contains(&exp) {
+        trim(format!("{d:.prec$}", prec = (16 - exp) as usize))
     } else {
-        format!("{d}")
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa.to_string()), exp.abs())
     }
 }
 
@@ -427,13 +459,13 @@ mod tests {
         assert_eq!(out, vec![v(&["SET", "k", "hello"]), v(&["echo", "it's"])]);
         // 'it''s' is unbalanced for Redis: a closing quote must be followed by a space.
         let (_, err) = all(b"echo 'it''s'\r\n", Limits::default());
-        assert_eq!(err, Some(DecodeError::Protocol("ERR Protocol error: unbalanced quotes in request".into())));
+        assert_eq!(err, Some(DecodeError::Protocol(b"ERR Protocol error: unbalanced quotes in request".to_vec())));
     }
 
     #[test]
     fn protocol_errors_are_redis_lines() {
         let err = |input: &[u8], limits| match all(input, limits).1 {
-            Some(DecodeError::Protocol(s)) => s,
+            Some(DecodeError::Protocol(s)) => String::from_utf8(s).unwrap(),
             other => panic!("{other:?}"),
         };
         let d = Limits::default;
@@ -458,8 +490,28 @@ mod tests {
         let small = Limits { inline_bytes_max: 8, ..Limits::default() };
         assert_eq!(
             all(b"set a\x00b v\r\n", small).1,
-            Some(DecodeError::Protocol("ERR Protocol error: too big inline request".into()))
+            Some(DecodeError::Protocol(b"ERR Protocol error: too big inline request".to_vec()))
         );
+    }
+
+    #[test]
+    fn doubles_print_as_percent_17g() {
+        for (d, want) in [
+            (1.5, "1.5"),
+            (0.1, "0.10000000000000001"),
+            (3.0, "3"),
+            (-2.25, "-2.25"),
+            (1e17, "1e+17"),
+            (1e16, "10000000000000000"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (1e-5, "1.0000000000000001e-05"),
+            (0.0001, "0.0001"),
+            (1e300, "1.0000000000000001e+300"),
+            (-0.0, "-0"),
+            (f64::INFINITY, "inf"),
+        ] {
+            assert_eq!(format_double(d), want, "{d}");
+        }
     }
 
     #[test]
@@ -479,7 +531,11 @@ mod tests {
         assert_eq!(enc(&Reply::Double(1.5), Resp3), ",1.5\r\n");
         assert_eq!(enc(&Reply::Double(1.5), Resp2), "$3\r\n1.5\r\n");
         assert_eq!(enc(&Reply::Bool(true), Resp3), "#t\r\n");
+        assert_eq!(enc(&Reply::Double(f64::NEG_INFINITY), Resp3), ",-inf\r\n");
         assert_eq!(enc(&Reply::Set(vec![]), Resp3), "~0\r\n");
+        let v = Reply::Verbatim { format: *b"txt", text: b"a\r\n".to_vec() };
+        assert_eq!(enc(&v, Resp3), "=7\r\ntxt:a\r\n\r\n");
+        assert_eq!(enc(&v, Resp2), "$3\r\na\r\n\r\n");
         assert_eq!(enc(&Reply::err("ERR a\r\nb"), Resp2), "-ERR a  b\r\n");
     }
 }
