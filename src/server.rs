@@ -313,6 +313,10 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             .max_encoding_message_size(max_peer);
         let b = builder(tls, &peer_server_tls)?;
         let ranges_svc = ranges_service.clone().server();
+        // Peers cancel requests routinely (a Redis client that hung up while its request was
+        // forwarded): h2's guard against rapid resets (20 by default) would close the whole
+        // connection, and every range's Raft traffic on it.
+        let b = b.http2_max_pending_accept_reset_streams(Some(10_000));
         tokio::spawn(async move {
             let r = b.tcp_nodelay(true).add_service(svc).add_service(ranges_svc).serve_with_incoming(incoming(l)).await;
             if let Err(e) = r {

@@ -13,6 +13,11 @@ use tokio::net::TcpStream;
 
 /// Runs redis-cli against `addr` (`host:port`) and returns its output, trimmed.
 fn cli(addr: &str, args: &[&str]) -> String {
+    cli_raw(addr, args).trim_end().to_string()
+}
+
+/// Runs redis-cli against `addr` (`host:port`) and returns its output.
+fn cli_raw(addr: &str, args: &[&str]) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let out = Command::new("redis-cli")
         .args(["-h", host, "-p", port])
@@ -20,7 +25,7 @@ fn cli(addr: &str, args: &[&str]) -> String {
         .output()
         .expect("redis-cli is installed (Debian redis-tools; scripts/test installs it)");
     assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// A reply, as much of RESP2 as these tests read.
@@ -142,6 +147,76 @@ async fn redis_cli_works_against_every_node() {
     assert_eq!(seen.len(), 200, "SCAN missed keys");
     assert_eq!(cli(&nodes[2], &["FLUSHALL"]), "OK");
     assert_eq!(cli(&nodes[0], &["DBSIZE"]), "0");
+}
+
+/// Waits until the data tier answers on `addr`.
+async fn wait_tier(addr: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while cli(addr, &["SET", "warmup", "1"]) != "OK" {
+        assert!(Instant::now() < end, "the data tier never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Cluster-aware clients: CLUSTER SLOTS/SHARDS/NODES describe every range's leader and
+/// replicas by their Redis URLs; redis-py's RedisCluster and redis-benchmark --cluster use
+/// them; redis-cli -c works from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_clients_see_the_ranges_as_slots() {
+    let t = common::start(3, &[]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    // Four Redis ranges of 4096 slots, each with a leader and two replicas among the nodes.
+    let slots = cli_raw(&nodes[1], &["CLUSTER", "SLOTS"]);
+    let lines: Vec<&str> = slots.lines().collect();
+    // Per range: first slot, last slot, then per node its host, port, id and an empty
+    // metadata map (a blank line in redis-cli's output).
+    assert_eq!(lines.len(), 4 * (2 + 3 * 4), "{slots}");
+    for (i, first) in [0, 4096, 8192, 12288].iter().enumerate() {
+        let at = i * 14;
+        assert_eq!(lines[at], first.to_string());
+        assert_eq!(lines[at + 1], (first + 4095).to_string());
+        let hosts: BTreeSet<String> =
+            (0..3).map(|k| format!("{}:{}", lines[at + 2 + 4 * k], lines[at + 3 + 4 * k])).collect();
+        assert_eq!(hosts, nodes.iter().cloned().collect(), "range of slots {first}: {slots}");
+    }
+    assert_eq!(cli(&nodes[0], &["CLUSTER", "KEYSLOT", "foo"]), "12182");
+    let info = cli(&nodes[2], &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok") && info.contains("cluster_slots_assigned:16384"), "{info}");
+    let node_lines = cli(&nodes[0], &["CLUSTER", "NODES"]);
+    assert_eq!(node_lines.lines().count(), 3, "{node_lines}");
+    assert_eq!(node_lines.lines().filter(|l| l.contains("myself")).count(), 1, "{node_lines}");
+    let myid = cli(&nodes[0], &["CLUSTER", "MYID"]);
+    assert_eq!(myid.len(), 40);
+    assert!(node_lines.lines().any(|l| l.starts_with(&myid) && l.contains("myself")), "{node_lines}");
+    assert!(cli(&nodes[0], &["INFO", "cluster"]).contains("cluster_enabled:1"));
+    assert_eq!(cli(&nodes[0], &["READONLY"]), "OK");
+    // redis-cli in cluster mode, from any node.
+    assert_eq!(cli(&nodes[2], &["-c", "SET", "hello", "world"]), "OK");
+    assert_eq!(cli(&nodes[0], &["-c", "GET", "hello"]), "world");
+    // redis-py, plain and RedisCluster.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/redis_cluster_check.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(&nodes)
+        .output()
+        .expect("python3 with redis-py (Debian python3-redis; scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "redis-py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // redis-benchmark --cluster reads CLUSTER NODES and sends each key to its slot's master.
+    let (host, port) = nodes[0].rsplit_once(':').unwrap();
+    let bench = Command::new("redis-benchmark")
+        .args(["--cluster", "-h", host, "-p", port, "-c", "10", "-n", "500", "-t", "set,get", "-q", "--csv"])
+        .output()
+        .expect("redis-benchmark (Debian redis-tools)");
+    let csv = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "redis-benchmark: {csv}{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(csv.contains("\"SET\"") && csv.contains("\"GET\""), "redis-benchmark printed {csv}");
+    assert!(!csv.to_lowercase().contains("error"), "redis-benchmark: {csv}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

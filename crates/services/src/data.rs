@@ -113,6 +113,16 @@ impl DataTier {
         self.dir.read().clone()
     }
 
+    /// The node leading range `d` as far as this node knows (its own replica's view, else the
+    /// last node that answered for the range), else its first replica.
+    pub fn leader_of(&self, d: &Descriptor) -> Option<u64> {
+        self.host
+            .get(d.id)
+            .and_then(|r| r.leader())
+            .or_else(|| self.hints.lock().get(&d.id).copied())
+            .or_else(|| d.replicas.first().copied())
+    }
+
     /// The data tier's node records (Redis URLs and such), by node id.
     pub fn nodes(&self) -> BTreeMap<u64, NodeRecord> {
         self.c.store().nodes()

@@ -29,6 +29,13 @@ pub trait Backend: Send + Sync + 'static {
     /// SCAN with Redis's numeric cursor; replies `[cursor, [keys]]`.
     fn scan(&self, req: ScanReq) -> impl Future<Output = Reply> + Send;
 
+    /// The cluster as Redis Cluster clients see it (CLUSTER SLOTS, SHARDS, NODES, ...).
+    /// `None`, the default: a standalone server, which answers CLUSTER and READONLY with
+    /// Redis's "ERR This instance has cluster support disabled".
+    fn cluster(&self) -> Option<ClusterView> {
+        None
+    }
+
     /// Whether new connections must authenticate first (`requirepass` or ACL users).
     fn auth_required(&self) -> bool {
         false
@@ -40,6 +47,34 @@ pub trait Backend: Send + Sync + 'static {
         let ok = user == b"default";
         async move { ok }
     }
+}
+
+/// A node as cluster clients address it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Redis Cluster's 40-character node id.
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// An interval of hash slots, the node that leads it and the nodes that replicate it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotShard {
+    pub first: u16,
+    pub last: u16,
+    pub leader: NodeAddr,
+    pub replicas: Vec<NodeAddr>,
+}
+
+/// What CLUSTER answers: this node, every node, and the slot intervals in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub myself: NodeAddr,
+    pub nodes: Vec<NodeAddr>,
+    pub shards: Vec<SlotShard>,
+    /// Changes whenever the slot map does (Redis's config epoch).
+    pub epoch: u64,
 }
 
 /// The most SCAN cursors a backend remembers; older ones are forgotten (and answered with

@@ -62,6 +62,21 @@ pub enum ConnCmd {
     ConfigGet(Vec<Vec<u8>>),
     /// INFO with the sections asked for (none: the default ones).
     Info(Vec<Vec<u8>>),
+    Cluster(ClusterCmd),
+    ReadOnly,
+    ReadWrite,
+    Asking,
+}
+
+/// The CLUSTER subcommands cairn answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterCmd {
+    Slots,
+    Shards,
+    Nodes,
+    Info,
+    MyId,
+    KeySlot(Vec<u8>),
 }
 
 /// The bytes a C string function would see: up to the first NUL.
@@ -275,6 +290,15 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         "command|docs" => ConnCmd::CommandDocs(a[1..].to_vec()),
         "config|get" => ConnCmd::ConfigGet(a[1..].to_vec()),
         "info" => ConnCmd::Info(a),
+        "cluster|slots" => ConnCmd::Cluster(ClusterCmd::Slots),
+        "cluster|shards" => ConnCmd::Cluster(ClusterCmd::Shards),
+        "cluster|nodes" => ConnCmd::Cluster(ClusterCmd::Nodes),
+        "cluster|info" => ConnCmd::Cluster(ClusterCmd::Info),
+        "cluster|myid" => ConnCmd::Cluster(ClusterCmd::MyId),
+        "cluster|keyslot" => ConnCmd::Cluster(ClusterCmd::KeySlot(a[1].clone())),
+        "readonly" => ConnCmd::ReadOnly,
+        "readwrite" => ConnCmd::ReadWrite,
+        "asking" => ConnCmd::Asking,
         // A container named alone fails its arity check before this point.
         other => unreachable!("command {other} is in the table but not parsed"),
     })

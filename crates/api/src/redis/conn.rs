@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use cairn_range::{glob, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::Backend;
-use super::command::{self, Command, ConnCmd};
+use super::backend::{Backend, ClusterView};
+use super::command::{self, ClusterCmd, Command, ConnCmd};
 use super::resp::{self, DecodeError, Decoder, Limits, Proto};
 use super::table::{self, CommandSpec, KeySpec};
 
@@ -179,7 +179,7 @@ impl<B: Backend> Conn<'_, B> {
                     (b("version"), b(REDIS_VERSION)),
                     (b("proto"), Reply::Int(if self.proto == Proto::Resp3 { 3 } else { 2 })),
                     (b("id"), Reply::Int(self.id as i64)),
-                    (b("mode"), b("standalone")),
+                    (b("mode"), b(if self.backend.cluster().is_some() { "cluster" } else { "standalone" })),
                     (b("role"), b("master")),
                     (b("modules"), Reply::Array(vec![])),
                 ])
@@ -241,7 +241,18 @@ impl<B: Backend> Conn<'_, B> {
                 Reply::Map(specs.into_iter().map(|s| (Reply::bulk(s.name), command_docs(s))).collect())
             }
             ConnCmd::ConfigGet(patterns) => Reply::Map(self.config_get(&patterns)),
-            ConnCmd::Info(sections) => Reply::Verbatim { format: *b"txt", text: info(&sections).into_bytes() },
+            ConnCmd::Info(sections) => {
+                let text = info(&sections, self.backend.cluster().is_some());
+                Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
+            }
+            ConnCmd::Cluster(c) => match self.backend.cluster() {
+                Some(view) => cluster_reply(&view, c),
+                None => Reply::err(CLUSTER_DISABLED),
+            },
+            ConnCmd::ReadOnly | ConnCmd::ReadWrite | ConnCmd::Asking => match self.backend.cluster() {
+                Some(_) => Reply::ok(),
+                None => Reply::err(CLUSTER_DISABLED),
+            },
         };
         (reply, Then::Continue)
     }
@@ -251,7 +262,7 @@ impl<B: Backend> Conn<'_, B> {
         vec![
             ("appendonly", "no".into()),
             ("client-query-buffer-limit", self.limits.query_bytes_max.to_string()),
-            ("cluster-enabled", "no".into()),
+            ("cluster-enabled", if self.backend.cluster().is_some() { "yes" } else { "no" }.into()),
             ("databases", "1".into()),
             ("maxmemory", "0".into()),
             ("maxmemory-policy", "noeviction".into()),
@@ -286,32 +297,127 @@ impl<B: Backend> Conn<'_, B> {
     }
 }
 
+const CLUSTER_DISABLED: &str = "ERR This instance has cluster support disabled";
+
+fn node_entry(n: &NodeAddrRef) -> Reply {
+    // Redis 7: ip, port, id, and a map of extra networking metadata (none here).
+    Reply::Array(vec![
+        Reply::bulk(n.host.as_bytes()),
+        Reply::Int(n.port as i64),
+        Reply::bulk(n.id.as_bytes()),
+        Reply::Map(vec![]),
+    ])
+}
+
+type NodeAddrRef = super::backend::NodeAddr;
+
+/// CLUSTER's answers from a view of the cluster (`cluster.c`'s formats).
+fn cluster_reply(view: &ClusterView, c: ClusterCmd) -> Reply {
+    let b = |s: &str| Reply::bulk(s.as_bytes());
+    match c {
+        ClusterCmd::KeySlot(k) => Reply::Int(cairn_range::keys::slot(&k) as i64),
+        ClusterCmd::MyId => b(&view.myself.id),
+        ClusterCmd::Slots => Reply::Array(
+            view.shards
+                .iter()
+                .map(|s| {
+                    let mut e = vec![Reply::Int(s.first as i64), Reply::Int(s.last as i64), node_entry(&s.leader)];
+                    e.extend(s.replicas.iter().map(node_entry));
+                    Reply::Array(e)
+                })
+                .collect(),
+        ),
+        ClusterCmd::Shards => Reply::Array(
+            view.shards
+                .iter()
+                .map(|s| {
+                    let node = |n: &NodeAddrRef, role: &str| {
+                        Reply::Map(vec![
+                            (b("id"), b(&n.id)),
+                            (b("port"), Reply::Int(n.port as i64)),
+                            (b("ip"), b(&n.host)),
+                            (b("endpoint"), b(&n.host)),
+                            (b("role"), b(role)),
+                            (b("replication-offset"), Reply::Int(0)),
+                            (b("health"), b("online")),
+                        ])
+                    };
+                    let mut nodes = vec![node(&s.leader, "master")];
+                    nodes.extend(s.replicas.iter().map(|n| node(n, "replica")));
+                    Reply::Map(vec![
+                        (b("slots"), Reply::Array(vec![Reply::Int(s.first as i64), Reply::Int(s.last as i64)])),
+                        (b("nodes"), Reply::Array(nodes)),
+                    ])
+                })
+                .collect(),
+        ),
+        ClusterCmd::Nodes => {
+            // One line per node, each a master of the slot intervals it leads (a cairn node
+            // leads some ranges and follows others, which Redis's master/replica roles cannot
+            // say; clients route by the masters' slots).
+            let mut out = String::new();
+            for n in &view.nodes {
+                let myself = if n.id == view.myself.id { "myself,master" } else { "master" };
+                out.push_str(&format!(
+                    "{} {}:{}@{} {} - 0 0 {} connected",
+                    n.id,
+                    n.host,
+                    n.port,
+                    n.port as u32 + 10000,
+                    myself,
+                    view.epoch
+                ));
+                for s in view.shards.iter().filter(|s| s.leader.id == n.id) {
+                    if s.first == s.last {
+                        out.push_str(&format!(" {}", s.first));
+                    } else {
+                        out.push_str(&format!(" {}-{}", s.first, s.last));
+                    }
+                }
+                out.push('\n');
+            }
+            Reply::Verbatim { format: *b"txt", text: out.into_bytes() }
+        }
+        ClusterCmd::Info => {
+            let assigned: u32 = view.shards.iter().map(|s| (s.last - s.first) as u32 + 1).sum();
+            let masters = view.nodes.iter().filter(|n| view.shards.iter().any(|s| s.leader.id == n.id)).count();
+            let state = if assigned == 16384 { "ok" } else { "fail" };
+            let text = format!(
+                "cluster_state:{state}\r\ncluster_slots_assigned:{assigned}\r\ncluster_slots_ok:{assigned}\r\n\
+                 cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{masters}\r\n\
+                 cluster_current_epoch:{e}\r\ncluster_my_epoch:{e}\r\ncluster_stats_messages_sent:0\r\n\
+                 cluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n",
+                view.nodes.len(),
+                e = view.epoch
+            );
+            Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
+        }
+    }
+}
+
 /// INFO's sections that cairn fills, in Redis's order, as `(name, lines)`. Only what does not
 /// need the data tier: the version clients gate features on, the mode, the role.
-fn info_sections() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+fn info_sections(cluster: bool) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let mode = if cluster { "cluster" } else { "standalone" };
     vec![
         (
             "Server",
-            vec![
-                ("redis_version", REDIS_VERSION.into()),
-                ("redis_mode", "standalone".into()),
-                ("arch_bits", "64".into()),
-            ],
+            vec![("redis_version", REDIS_VERSION.into()), ("redis_mode", mode.into()), ("arch_bits", "64".into())],
         ),
         ("Clients", vec![("connected_clients", CONNECTED.load(Ordering::Relaxed).to_string())]),
         ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
-        ("Cluster", vec![("cluster_enabled", "0".into())]),
+        ("Cluster", vec![("cluster_enabled", if cluster { "1" } else { "0" }.into())]),
     ]
 }
 
 /// INFO's text (`server.c` `genRedisInfoString`): `# Section` headers, `key:value` lines,
 /// a blank line between sections. No argument, `default`, `all` or `everything` give every
 /// section; unknown sections give nothing.
-fn info(asked: &[Vec<u8>]) -> String {
+fn info(asked: &[Vec<u8>], cluster: bool) -> String {
     let all = asked.is_empty()
         || asked.iter().any(|a| ["default", "all", "everything"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
     let mut out = String::new();
-    for (name, lines) in info_sections() {
+    for (name, lines) in info_sections(cluster) {
         if !all && !asked.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes())) {
             continue;
         }

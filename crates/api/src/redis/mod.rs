@@ -22,7 +22,7 @@ pub mod resp;
 pub mod table;
 pub mod tier;
 
-pub use backend::{Backend, MemBackend};
+pub use backend::{Backend, ClusterView, MemBackend, NodeAddr, SlotShard};
 pub use conn::serve_connection;
 pub use resp::{Limits, Proto};
 pub use tier::TierBackend;

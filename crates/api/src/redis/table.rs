@@ -96,6 +96,76 @@ static CLIENT_GETNAME: CommandSpec = CommandSpec {
     key_specs: &[],
     subcommands: &[],
 };
+/// CLUSTER's subcommands that cairn answers (Redis 7.0's COMMAND INFO and DOCS).
+macro_rules! cluster_sub {
+    ($id:ident, $name:literal, $arity:literal, $tips:expr, $summary:literal, $complexity:literal) => {
+        static $id: CommandSpec = CommandSpec {
+            name: $name,
+            arity: $arity,
+            flags: &["stale"],
+            first_key: 0,
+            last_key: 0,
+            step: 0,
+            acl: &["@slow"],
+            tips: $tips,
+            summary: $summary,
+            since: "3.0.0",
+            group: "cluster",
+            complexity: $complexity,
+            key_specs: &[],
+            subcommands: &[],
+        };
+    };
+}
+cluster_sub!(
+    CLUSTER_SLOTS,
+    "cluster|slots",
+    2,
+    &["nondeterministic_output"],
+    "Get array of Cluster slot to node mappings",
+    "O(N) where N is the total number of Cluster nodes"
+);
+cluster_sub!(
+    CLUSTER_NODES,
+    "cluster|nodes",
+    2,
+    &["nondeterministic_output"],
+    "Get Cluster config for the node",
+    "O(N) where N is the total number of Cluster nodes"
+);
+cluster_sub!(
+    CLUSTER_INFO,
+    "cluster|info",
+    2,
+    &["nondeterministic_output"],
+    "Provides info about Redis Cluster node state",
+    "O(1)"
+);
+cluster_sub!(CLUSTER_MYID, "cluster|myid", 2, &[], "Return the node id", "O(1)");
+cluster_sub!(
+    CLUSTER_KEYSLOT,
+    "cluster|keyslot",
+    3,
+    &[],
+    "Returns the hash slot of the specified key",
+    "O(N) where N is the number of bytes in the key"
+);
+static CLUSTER_SHARDS: CommandSpec = CommandSpec {
+    name: "cluster|shards",
+    arity: 2,
+    flags: &["stale"],
+    first_key: 0,
+    last_key: 0,
+    step: 0,
+    acl: &["@slow"],
+    tips: &["nondeterministic_output"],
+    summary: "Get array of cluster slots to node mappings",
+    since: "7.0.0",
+    group: "cluster",
+    complexity: "O(N) where N is the total number of cluster nodes",
+    key_specs: &[],
+    subcommands: &[],
+};
 static CLIENT_ID: CommandSpec = CommandSpec {
     name: "client|id",
     arity: 2,
@@ -228,6 +298,10 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "quit", arity: -1, flags: &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], first_key: 0, last_key: 0, step: 0, acl: &["@fast", "@connection"], tips: &[], summary: "Close the connection", since: "1.0.0", group: "connection", complexity: "O(1)", key_specs: &[], subcommands: &[] },
     CommandSpec { name: "reset", arity: 1, flags: &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], first_key: 0, last_key: 0, step: 0, acl: &["@fast", "@connection"], tips: &[], summary: "Reset the connection", since: "6.2.0", group: "connection", complexity: "O(1)", key_specs: &[], subcommands: &[] },
     CommandSpec { name: "client", arity: -2, flags: &[], first_key: 0, last_key: 0, step: 0, acl: &["@slow"], tips: &[], summary: "A container for client connection commands", since: "2.4.0", group: "connection", complexity: "Depends on subcommand.", key_specs: &[], subcommands: &[&CLIENT_SETNAME, &CLIENT_GETNAME, &CLIENT_ID] },
+    CommandSpec { name: "cluster", arity: -2, flags: &[], first_key: 0, last_key: 0, step: 0, acl: &["@slow"], tips: &[], summary: "A container for cluster commands", since: "3.0.0", group: "cluster", complexity: "Depends on subcommand.", key_specs: &[], subcommands: &[&CLUSTER_KEYSLOT, &CLUSTER_SLOTS, &CLUSTER_NODES, &CLUSTER_SHARDS, &CLUSTER_INFO, &CLUSTER_MYID] },
+    CommandSpec { name: "readonly", arity: 1, flags: &["loading", "stale", "fast"], first_key: 0, last_key: 0, step: 0, acl: &["@fast", "@connection"], tips: &[], summary: "Enables read queries for a connection to a cluster replica node", since: "3.0.0", group: "cluster", complexity: "O(1)", key_specs: &[], subcommands: &[] },
+    CommandSpec { name: "readwrite", arity: 1, flags: &["loading", "stale", "fast"], first_key: 0, last_key: 0, step: 0, acl: &["@fast", "@connection"], tips: &[], summary: "Disables read queries for a connection to a cluster replica node", since: "3.0.0", group: "cluster", complexity: "O(1)", key_specs: &[], subcommands: &[] },
+    CommandSpec { name: "asking", arity: 1, flags: &["fast"], first_key: 0, last_key: 0, step: 0, acl: &["@fast", "@connection"], tips: &[], summary: "Sent by cluster clients after an -ASK redirect", since: "3.0.0", group: "cluster", complexity: "O(1)", key_specs: &[], subcommands: &[] },
     CommandSpec { name: "time", arity: 1, flags: &["loading", "stale", "fast"], first_key: 0, last_key: 0, step: 0, acl: &["@fast"], tips: &["nondeterministic_output"], summary: "Return the current server time", since: "2.6.0", group: "server", complexity: "O(1)", key_specs: &[], subcommands: &[] },
     CommandSpec { name: "command", arity: -1, flags: &["loading", "stale"], first_key: 0, last_key: 0, step: 0, acl: &["@slow", "@connection"], tips: &["nondeterministic_output_order"], summary: "Get array of Redis command details", since: "2.8.13", group: "server", complexity: "O(N) where N is the total number of Redis commands", key_specs: &[], subcommands: &[&COMMAND_COUNT, &COMMAND_DOCS, &COMMAND_INFO] },
     CommandSpec { name: "config", arity: -2, flags: &[], first_key: 0, last_key: 0, step: 0, acl: &["@slow"], tips: &[], summary: "A container for server configuration commands", since: "2.0.0", group: "server", complexity: "Depends on subcommand.", key_specs: &[], subcommands: &[&CONFIG_GET] },

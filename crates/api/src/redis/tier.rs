@@ -8,7 +8,7 @@ use cairn_range::cmd::{ReadCmd, WriteReq};
 use cairn_range::Reply;
 use cairn_services::cache::Cache;
 
-use super::backend::{Backend, ScanCursors};
+use super::backend::{Backend, ClusterView, NodeAddr, ScanCursors, SlotShard};
 use super::command::ScanReq;
 
 pub struct TierBackend {
@@ -22,7 +22,55 @@ impl TierBackend {
     }
 }
 
+/// Redis Cluster's 40-character node id for a cairn node.
+fn node_id(id: u64) -> String {
+    format!("{id:040x}")
+}
+
+/// `host` and `port` of a `redis://host:port` URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("redis://")?.trim_end_matches('/');
+    let (h, p) = rest.rsplit_once(':')?;
+    Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?))
+}
+
+impl TierBackend {
+    fn view(&self) -> Option<ClusterView> {
+        let tier = self.cache.tier();
+        let dir = tier.directory()?;
+        let records = tier.nodes();
+        let addr = |id: u64| -> Option<NodeAddr> {
+            let (host, port) = records.get(&id).and_then(|r| r.redis_urls.first()).and_then(|u| host_port(u))?;
+            Some(NodeAddr { id: node_id(id), host, port })
+        };
+        let nodes: Vec<NodeAddr> = records.keys().filter_map(|id| addr(*id)).collect();
+        let myself = addr(tier.node_id())?;
+        let mut shards = Vec::new();
+        let mut epoch = 0;
+        for d in dir.iter() {
+            let Some((first, last)) = cairn_cluster::directory::slots_of(&d.start, &d.end) else { continue };
+            epoch = epoch.max(d.epoch);
+            let leader_id = tier.leader_of(d)?;
+            let leader = addr(leader_id)?;
+            let replicas = d.replicas.iter().filter(|r| **r != leader_id).filter_map(|r| addr(*r)).collect();
+            shards.push(SlotShard { first, last, leader, replicas });
+        }
+        Some(ClusterView { myself, nodes, shards, epoch })
+    }
+}
+
 impl Backend for TierBackend {
+    fn cluster(&self) -> Option<ClusterView> {
+        // A data tier still forming answers as a cluster with no slots yet.
+        self.view().or_else(|| {
+            let tier = self.cache.tier();
+            let me = tier.nodes().get(&tier.node_id()).and_then(|r| r.redis_urls.first().cloned());
+            let (host, port) = me.as_deref().and_then(host_port).unwrap_or_default();
+            let myself = NodeAddr { id: node_id(tier.node_id()), host, port };
+            Some(ClusterView { nodes: vec![myself.clone()], myself, shards: vec![], epoch: 0 })
+        })
+    }
+
     fn write(&self, req: WriteReq) -> impl Future<Output = Reply> + Send {
         let cache = self.cache.clone();
         async move { cache.write(req).await }
