@@ -15,6 +15,7 @@ mod demo;
 mod server;
 mod snapshot;
 mod status;
+mod tier;
 mod watch_scan;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Check or restore a backup (`etcdctl snapshot save` of a cairn member).
     Snapshot(snapshot::SnapshotArgs),
+    /// The data tier's ranges.
+    #[command(subcommand)]
+    Range(tier::RangeCmd),
+    /// The data tier's nodes.
+    #[command(subcommand)]
+    Node(tier::NodeCmd),
 }
 
 /// No transparent huge pages for this process. mimalloc asks for them on its arenas, and then
@@ -82,6 +89,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Snapshot(a) => snapshot::run(a).await,
+            Cmd::Range(c) => tier::range(c).await,
+            Cmd::Node(c) => tier::node(c).await,
         }
     });
     match result {

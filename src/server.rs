@@ -360,11 +360,22 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     }
 
     peer_service.set_handler(Arc::new(Forwarded::new(cluster.clone())));
+    let tier = cairn_services::data::DataTier::start(
+        cluster.clone(),
+        ranges.clone(),
+        cairn_services::data::TierOptions {
+            replication_factor: a.replication_factor,
+            initial_ranges: a.initial_ranges,
+            redis_urls: redis_advertise,
+        },
+    );
 
     for (l, tls) in client_listeners {
         // gRPC, and on the same port (as etcd) the HTTP endpoints and the JSON gateway.
         let api = Api::new(cluster.clone());
-        let http = cairn_api::http::router(cluster.clone()).merge(cairn_api::gateway::router(api.clone()));
+        let http = cairn_api::http::router(cluster.clone())
+            .merge(cairn_api::http::tier_router(tier.clone()))
+            .merge(cairn_api::gateway::router(api.clone()));
         let routes = api.services().add_to(tonic::service::Routes::from(http));
         let b = builder(tls, &client_server_tls)?;
         tokio::spawn(async move {
@@ -381,7 +392,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
     for (l, _) in metrics_listeners {
-        let router = cairn_api::http::router(cluster.clone());
+        let router = cairn_api::http::router(cluster.clone()).merge(cairn_api::http::tier_router(tier.clone()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, router).await {
                 tracing::error!(error = %e, "metrics listener failed");
@@ -389,15 +400,6 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let tier = cairn_services::data::DataTier::start(
-        cluster.clone(),
-        ranges.clone(),
-        cairn_services::data::TierOptions {
-            replication_factor: a.replication_factor,
-            initial_ranges: a.initial_ranges,
-            redis_urls: redis_advertise,
-        },
-    );
     let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
     for l in redis_listeners {
         let backend = Arc::new(cairn_api::redis::TierBackend::new(cache.clone()));

@@ -191,6 +191,35 @@ async fn cluster_clients_see_the_ranges_as_slots() {
     assert!(node_lines.lines().any(|l| l.starts_with(&myid) && l.contains("myself")), "{node_lines}");
     assert!(cli(&nodes[0], &["INFO", "cluster"]).contains("cluster_enabled:1"));
     assert_eq!(cli(&nodes[0], &["READONLY"]), "OK");
+    // The operators' view of the same: `cairn range list` and `cairn node list`.
+    let run = |args: &[&str]| {
+        let out = Command::new(common::binary())
+            .args(args)
+            .args(["--endpoints", &t.endpoints()[1], "-w", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let ranges = run(&["range", "list"]);
+    let ranges = ranges.as_array().unwrap();
+    assert_eq!(ranges.len(), 6, "{ranges:?}");
+    let slot_ranges: Vec<&str> = ranges.iter().filter_map(|r| r["slots"].as_str()).collect();
+    assert_eq!(slot_ranges, vec!["0-4095", "4096-8191", "8192-12287", "12288-16383"]);
+    for r in ranges {
+        assert_eq!(r["replicas"].as_array().unwrap().len(), 3, "{r}");
+        assert!(r["leader"].is_string() && r["bytes"].is_u64() && r["id"].is_u64() && r["start"].is_string(), "{r}");
+    }
+    let nodes_json = run(&["node", "list"]);
+    let nodes_json = nodes_json.as_array().unwrap();
+    assert_eq!(nodes_json.len(), 3);
+    let leaders: u64 = nodes_json.iter().map(|n| n["leaders"].as_u64().unwrap()).sum();
+    assert_eq!(leaders, 6, "every range has one leader: {nodes_json:?}");
+    for n in nodes_json {
+        assert_eq!(n["state"], "up");
+        assert_eq!(n["replicas"], 6);
+        assert!(n["name"].is_string() && n["bytes"].is_u64(), "{n}");
+    }
     // redis-cli in cluster mode, from any node.
     assert_eq!(cli(&nodes[2], &["-c", "SET", "hello", "world"]), "OK");
     assert_eq!(cli(&nodes[0], &["-c", "GET", "hello"]), "world");

@@ -12,6 +12,15 @@ use cairn_services::maintenance::Maintenance;
 use cairn_services::Router;
 use serde_json::json;
 
+/// The data tier's views for operators: `/v1/ranges` and `/v1/nodes` (JSON), what
+/// `cairn range list` and `cairn node list` print.
+pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
+    let t2 = tier.clone();
+    axum::Router::new()
+        .route("/v1/ranges", get(move || async move { axum::Json(tier.ranges_report()) }))
+        .route("/v1/nodes", get(move || async move { axum::Json(t2.nodes_report()) }))
+}
+
 pub fn router(c: Arc<Router>) -> axum::Router {
     let r = axum::Router::new()
         .route("/metrics", get(metrics))

@@ -25,6 +25,44 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::Router;
 
+/// One range as operators see it (`cairn range list`, `/v1/ranges`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RangeInfo {
+    pub id: u64,
+    /// Keys as text, non-printable bytes escaped (`\x72`).
+    pub start: String,
+    pub end: String,
+    pub epoch: u64,
+    /// Hash slots, for ranges of Redis keys (`0-4095`).
+    pub slots: Option<String>,
+    /// Node names.
+    pub leader: Option<String>,
+    pub replicas: Vec<String>,
+    /// Bytes of keys and values, measured on this node's replica (`None`: no replica here).
+    pub bytes: Option<u64>,
+}
+
+/// One node as operators see it (`cairn node list`, `/v1/nodes`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    /// `up` (a voter of the meta group), `draining` or `unknown`.
+    pub state: String,
+    pub redis_urls: Vec<String>,
+    pub replicas: usize,
+    pub leaders: usize,
+    /// Bytes of the replicas it holds, as far as this node can measure them.
+    pub bytes: u64,
+}
+
+/// A key as text: printable ASCII as is, other bytes as `\xNN`.
+pub fn key_text(k: &[u8]) -> String {
+    k.iter()
+        .map(|&b| if (0x20..0x7f).contains(&b) && b != b'\\' { (b as char).to_string() } else { format!("\\x{b:02x}") })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct TierOptions {
     /// Replicas per range (`--replication-factor`), fixed at bootstrap.
@@ -121,6 +159,53 @@ impl DataTier {
             .and_then(|r| r.leader())
             .or_else(|| self.hints.lock().get(&d.id).copied())
             .or_else(|| d.replicas.first().copied())
+    }
+
+    /// Every range, for operators.
+    pub fn ranges_report(&self) -> Vec<RangeInfo> {
+        let Some(dir) = self.directory() else { return vec![] };
+        let records = self.nodes();
+        let name = |id: u64| records.get(&id).map_or_else(|| format!("{id:x}"), |r| r.name.clone());
+        dir.iter()
+            .map(|d| RangeInfo {
+                id: d.id,
+                start: key_text(&d.start),
+                end: key_text(&d.end),
+                epoch: d.epoch,
+                slots: cairn_cluster::directory::slots_of(&d.start, &d.end).map(|(a, b)| format!("{a}-{b}")),
+                leader: self.leader_of(d).map(name),
+                replicas: d.replicas.iter().map(|r| name(*r)).collect(),
+                bytes: self.host.get(d.id).and_then(|r| r.sm.bytes().ok()),
+            })
+            .collect()
+    }
+
+    /// Every data node, for operators.
+    pub fn nodes_report(&self) -> Vec<NodeInfo> {
+        let ranges = self.ranges_report();
+        let voters = self.c.node.membership().voters;
+        self.nodes()
+            .into_values()
+            .map(|n| {
+                let held: Vec<&RangeInfo> = ranges.iter().filter(|r| r.replicas.contains(&n.name)).collect();
+                let state = if n.draining {
+                    "draining"
+                } else if voters.contains(&n.id) {
+                    "up"
+                } else {
+                    "unknown"
+                };
+                NodeInfo {
+                    id: format!("{:x}", n.id),
+                    name: n.name.clone(),
+                    state: state.into(),
+                    redis_urls: n.redis_urls.clone(),
+                    replicas: held.len(),
+                    leaders: held.iter().filter(|r| r.leader.as_deref() == Some(n.name.as_str())).count(),
+                    bytes: held.iter().filter_map(|r| r.bytes).sum(),
+                }
+            })
+            .collect()
     }
 
     /// The data tier's node records (Redis URLs and such), by node id.
@@ -306,6 +391,13 @@ impl DataTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_print_as_text() {
+        assert_eq!(key_text(b"abc"), "abc");
+        assert_eq!(key_text(&[b'r', 0x10, 0x00]), "r\\x10\\x00");
+        assert_eq!(key_text(b"a\\b"), "a\\x5cb");
+    }
 
     #[test]
     fn the_first_directory_tiles_the_keyspace_and_spreads_replicas() {
