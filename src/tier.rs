@@ -60,7 +60,7 @@ async fn get(ep: &str, path: &str) -> anyhow::Result<Value> {
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{ep}{path}: {}", head.lines().next().unwrap_or(""));
     }
-    Ok(serde_json::from_str(body).with_context(|| format!("{ep}{path}: not JSON"))?)
+    serde_json::from_str(body).with_context(|| format!("{ep}{path}: not JSON"))
 }
 
 async fn fetch(endpoints: &str, path: &str) -> anyhow::Result<Value> {
