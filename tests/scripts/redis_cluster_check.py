@@ -20,7 +20,7 @@ for i in range(300):
 other = redis.Redis(host=addrs[1][0], port=int(addrs[1][1]))
 for i in range(300):
     assert other.get(f"py:{i}") == f"v{i}".encode(), f"py:{i}"
-    assert 590 <= other.ttl(f"py:{i}") <= 600
+    assert 0 < other.ttl(f"py:{i}") <= 600, "the key lost its expiry"
 assert rc.mget_nonatomic([f"py:{i}" for i in range(10)]) == [f"v{i}".encode() for i in range(10)]
 assert rc.delete("py:1") == 1
 assert rc.get("py:1") is None
