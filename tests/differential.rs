@@ -1984,7 +1984,8 @@ fn etcdctl(s: &mut Script) {
     run(s, "get --prefix --keys-only", ctl(&["get", "ctl/", "--prefix", "--keys-only"]));
     run(s, "get --prefix --print-value-only", ctl(&["get", "ctl/", "--prefix", "--print-value-only"]));
     run(s, "get --prefix --limit -w json", ctl_json(&["get", "ctl/", "--prefix", "--limit=2"]));
-    run(s, "get --prefix --count-only -w json", ctl_json(&["get", "ctl/", "--prefix", "--count-only"]));
+    run(s, "get --prefix --keys-only -w json", ctl_json(&["get", "ctl/", "--prefix", "--keys-only"]));
+    run(s, "get --prefix --limit --keys-only", ctl(&["get", "ctl/", "--prefix", "--limit=1", "--keys-only"]));
     run(
         s,
         "get --sort-by=MODIFY --order=DESCEND",
@@ -2140,6 +2141,7 @@ fn auth(s: &mut Script) {
     s.add("authenticate alice", Call::Authenticate("alice", "a-pass2"));
     s.add("authenticate bob", Call::Authenticate("bob", "b-pass"));
     s.add("authenticate root", Call::Authenticate("root", "r-pass"));
+    s.add("root enables auth again", as_user("root", Call::AuthEnable));
     s.add("root puts a/1", as_user("root", Call::Put(put("a/1", "1"))));
     s.add("alice reads a/1", as_user("alice", Call::Range(get("a/1"))));
     s.add("alice reads the prefix a/", as_user("alice", Call::Range(prefix("a/"))));
@@ -2175,6 +2177,21 @@ fn auth(s: &mut Script) {
     s.add("alice compacts", as_user("alice", Call::Compact(pb::CompactionRequest { revision: 1, physical: false })));
     s.add("alice grants a lease", as_user("alice", grant(9001, 60)));
     s.add("an invalid token", as_user("not-a-token", Call::Range(get("a/1"))));
+    let ctl_as = |s: &mut Script, name: &str, user: &str, args: &[&str]| {
+        let mut c = ctl(args);
+        c.args.insert(0, format!("--user={user}"));
+        c.json = args.ends_with(&["-w", "json"]);
+        s.add(format!("etcdctl {name}"), Call::Etcdctl(c));
+    };
+    ctl_as(s, "get as root", "root:r-pass", &["get", "a/", "--prefix"]);
+    ctl_as(s, "get with a wrong password", "alice:a-pass", &["get", "a/1"]);
+    ctl_as(s, "get as alice", "alice:a-pass2", &["get", "a/1", "-w", "json"]);
+    ctl_as(s, "put as alice (denied)", "alice:a-pass2", &["put", "a/1", "x"]);
+    ctl_as(s, "put as alice", "alice:a-pass2", &["put", "bc", "x"]);
+    ctl_as(s, "user list as alice (denied)", "alice:a-pass2", &["user", "list"]);
+    ctl_as(s, "role get as root", "root:r-pass", &["role", "get", "reader"]);
+    ctl_as(s, "user get --detail as root", "root:r-pass", &["user", "get", "alice", "--detail"]);
+    s.add("etcdctl get without a user", Call::Etcdctl(ctl(&["get", "a/1"])));
     s.add("root lists users", as_user("root", Call::UserList));
     s.add("root gets alice", as_user("root", Call::UserGet("alice")));
     s.add("root reads everything under a/", as_user("root", Call::Range(prefix("a/"))));
@@ -2185,6 +2202,10 @@ fn auth(s: &mut Script) {
     s.add("alice reads a/1 without her role", as_user("alice", Call::Range(get("a/1"))));
     s.add("root deletes reader", as_user("root", Call::RoleDelete("reader")));
     s.add("root deletes a missing role", as_user("root", Call::RoleDelete("reader")));
+    s.add("etcdctl auth disable as alice (denied)", Call::Etcdctl(ctl(&["--user=alice:a-pass2", "auth", "disable"])));
+    s.add("etcdctl auth disable as root", Call::Etcdctl(ctl(&["--user=root:r-pass", "auth", "disable"])));
+    s.add("etcdctl auth enable again as root", Call::Etcdctl(ctl(&["auth", "enable"])));
+    s.add("authenticate root again", Call::Authenticate("root", "r-pass"));
     s.add("root disables auth", as_user("root", Call::AuthDisable));
     s.add("auth status after", Call::AuthStatus).exclude("AuthStatus is etcd 3.5's; etcd 3.4 answers Unimplemented");
     s.add("put without a token again", Call::Put(put("a/2", "x")));
