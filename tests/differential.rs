@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use cairn_proto::authpb;
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::v3electionpb as epb;
 use cairn_proto::v3lockpb as lockpb;
@@ -98,6 +99,54 @@ enum Call {
     Alarms,
     Defragment,
     Sleep(u64),
+    UserAdd(pb::AuthUserAddRequest),
+    UserGet(&'static str),
+    UserList,
+    UserDelete(&'static str),
+    UserChangePassword(&'static str, &'static str),
+    UserGrantRole(&'static str, &'static str),
+    UserRevokeRole(&'static str, &'static str),
+    RoleAdd(&'static str),
+    RoleGet(&'static str),
+    RoleList,
+    RoleDelete(&'static str),
+    RoleGrantPermission(&'static str, authpb::permission::Type, Vec<u8>, Vec<u8>),
+    RoleRevokePermission(&'static str, Vec<u8>, Vec<u8>),
+    AuthEnable,
+    AuthDisable,
+    AuthStatus,
+    /// Authenticates; a token given is kept under the user's name (and shown masked).
+    Authenticate(&'static str, &'static str),
+    /// A unary call with the token the target gave `user` (or, when it gave none, with `user`
+    /// itself as the token).
+    As(&'static str, Box<Call>),
+    MemberList,
+    MemberAdd(pb::MemberAddRequest),
+    /// A member picked from the target's own list (member IDs are the deployment's).
+    MemberRemove(Pick),
+    MemberPromote(Pick),
+    /// `etcdctl` against the target's endpoint.
+    Etcdctl(Ctl),
+}
+
+/// Which member a membership call names.
+#[derive(Clone, Copy)]
+enum Pick {
+    Id(u64),
+    /// The (first) learner in the target's member list.
+    Learner,
+    /// The member the script talks to (a voter).
+    Voter,
+}
+
+/// One etcdctl run: its arguments (`$name` stands for what an earlier run captured), its
+/// standard input, whether stdout is JSON, and what to capture from stdout under a name.
+#[derive(Clone, Default)]
+struct Ctl {
+    args: Vec<String>,
+    stdin: Option<String>,
+    json: bool,
+    capture: Option<(&'static str, fn(&str) -> Option<String>)>,
 }
 
 /// The unary clients of one target; cheap to clone (a background call takes its own).
@@ -109,6 +158,8 @@ struct Clients {
     maint: pb::maintenance_client::MaintenanceClient<Channel>,
     lock: lockpb::lock_client::LockClient<Channel>,
     election: epb::election_client::ElectionClient<Channel>,
+    auth: pb::auth_client::AuthClient<Channel>,
+    cluster: pb::cluster_client::ClusterClient<Channel>,
 }
 
 struct WatchStream {
@@ -123,6 +174,12 @@ struct Target {
     keepalive: Option<(mpsc::Sender<pb::LeaseKeepAliveRequest>, tonic::Streaming<pb::LeaseKeepAliveResponse>)>,
     observes: HashMap<&'static str, tonic::Streaming<epb::LeaderResponse>>,
     background: HashMap<&'static str, tokio::task::JoinHandle<Json>>,
+    /// host:port, for etcdctl.
+    endpoint: String,
+    /// Auth tokens by user name.
+    tokens: HashMap<&'static str, String>,
+    /// What etcdctl runs captured, by name.
+    captured: HashMap<&'static str, String>,
 }
 
 fn answer<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Json {
@@ -136,36 +193,104 @@ fn failure(s: &tonic::Status) -> Json {
     json!({ "error": { "code": format!("{:?}", s.code()), "message": s.message() } })
 }
 
+/// A request carrying `token` (if any) as etcd's clients send it.
+fn rq<T>(r: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(r);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.parse().expect("an ASCII token"));
+    }
+    r
+}
+
 /// A unary call (or one that a background task can run on its own clients).
-async fn unary(c: &mut Clients, call: &Call) -> Json {
+async fn unary(c: &mut Clients, call: &Call, t: Option<&str>) -> Json {
     let r = match call.clone() {
-        Call::Put(r) => answer(c.kv.put(r).await),
-        Call::Range(r) => answer(c.kv.range(r).await),
-        Call::Delete(r) => answer(c.kv.delete_range(r).await),
-        Call::Txn(r) => answer(c.kv.txn(r).await),
-        Call::Compact(r) => answer(c.kv.compact(r).await),
-        Call::Grant(r) => answer(c.lease.lease_grant(r).await),
-        Call::Revoke(id) => answer(c.lease.lease_revoke(pb::LeaseRevokeRequest { id }).await),
-        Call::TimeToLive(r) => answer(c.lease.lease_time_to_live(r).await),
-        Call::Leases => answer(c.lease.lease_leases(pb::LeaseLeasesRequest {}).await),
-        Call::Lock(r) => answer(c.lock.lock(r).await),
-        Call::Unlock(r) => answer(c.lock.unlock(r).await),
-        Call::Campaign(r) => answer(c.election.campaign(r).await),
-        Call::Proclaim(r) => answer(c.election.proclaim(r).await),
-        Call::Leader(r) => answer(c.election.leader(r).await),
-        Call::Resign(r) => answer(c.election.resign(r).await),
-        Call::Status => answer(c.maint.status(pb::StatusRequest {}).await),
-        Call::HashKv(revision) => answer(c.maint.hash_kv(pb::HashKvRequest { revision }).await),
+        Call::Put(r) => answer(c.kv.put(rq(r, t)).await),
+        Call::Range(r) => answer(c.kv.range(rq(r, t)).await),
+        Call::Delete(r) => answer(c.kv.delete_range(rq(r, t)).await),
+        Call::Txn(r) => answer(c.kv.txn(rq(r, t)).await),
+        Call::Compact(r) => answer(c.kv.compact(rq(r, t)).await),
+        Call::Grant(r) => answer(c.lease.lease_grant(rq(r, t)).await),
+        Call::Revoke(id) => answer(c.lease.lease_revoke(rq(pb::LeaseRevokeRequest { id }, t)).await),
+        Call::TimeToLive(r) => answer(c.lease.lease_time_to_live(rq(r, t)).await),
+        Call::Leases => answer(c.lease.lease_leases(rq(pb::LeaseLeasesRequest {}, t)).await),
+        Call::Lock(r) => answer(c.lock.lock(rq(r, t)).await),
+        Call::Unlock(r) => answer(c.lock.unlock(rq(r, t)).await),
+        Call::Campaign(r) => answer(c.election.campaign(rq(r, t)).await),
+        Call::Proclaim(r) => answer(c.election.proclaim(rq(r, t)).await),
+        Call::Leader(r) => answer(c.election.leader(rq(r, t)).await),
+        Call::Resign(r) => answer(c.election.resign(rq(r, t)).await),
+        Call::Status => answer(c.maint.status(rq(pb::StatusRequest {}, t)).await),
+        Call::HashKv(revision) => answer(c.maint.hash_kv(rq(pb::HashKvRequest { revision }, t)).await),
         Call::Alarms => answer(
             c.maint
-                .alarm(pb::AlarmRequest {
-                    action: pb::alarm_request::AlarmAction::Get as i32,
-                    member_id: 0,
-                    alarm: pb::AlarmType::None as i32,
-                })
+                .alarm(rq(
+                    pb::AlarmRequest {
+                        action: pb::alarm_request::AlarmAction::Get as i32,
+                        member_id: 0,
+                        alarm: pb::AlarmType::None as i32,
+                    },
+                    t,
+                ))
                 .await,
         ),
-        Call::Defragment => answer(c.maint.defragment(pb::DefragmentRequest {}).await),
+        Call::Defragment => answer(c.maint.defragment(rq(pb::DefragmentRequest {}, t)).await),
+        Call::UserAdd(r) => answer(c.auth.user_add(rq(r, t)).await),
+        Call::UserGet(name) => answer(c.auth.user_get(rq(pb::AuthUserGetRequest { name: name.into() }, t)).await),
+        Call::UserList => answer(c.auth.user_list(rq(pb::AuthUserListRequest {}, t)).await),
+        Call::UserDelete(name) => {
+            answer(c.auth.user_delete(rq(pb::AuthUserDeleteRequest { name: name.into() }, t)).await)
+        }
+        Call::UserChangePassword(name, password) => answer(
+            c.auth
+                .user_change_password(rq(
+                    pb::AuthUserChangePasswordRequest {
+                        name: name.into(),
+                        password: password.into(),
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await,
+        ),
+        Call::UserGrantRole(user, role) => answer(
+            c.auth.user_grant_role(rq(pb::AuthUserGrantRoleRequest { user: user.into(), role: role.into() }, t)).await,
+        ),
+        Call::UserRevokeRole(name, role) => answer(
+            c.auth
+                .user_revoke_role(rq(pb::AuthUserRevokeRoleRequest { name: name.into(), role: role.into() }, t))
+                .await,
+        ),
+        Call::RoleAdd(name) => answer(c.auth.role_add(rq(pb::AuthRoleAddRequest { name: name.into() }, t)).await),
+        Call::RoleGet(role) => answer(c.auth.role_get(rq(pb::AuthRoleGetRequest { role: role.into() }, t)).await),
+        Call::RoleList => answer(c.auth.role_list(rq(pb::AuthRoleListRequest {}, t)).await),
+        Call::RoleDelete(role) => {
+            answer(c.auth.role_delete(rq(pb::AuthRoleDeleteRequest { role: role.into() }, t)).await)
+        }
+        Call::RoleGrantPermission(name, ty, key, range_end) => answer(
+            c.auth
+                .role_grant_permission(rq(
+                    pb::AuthRoleGrantPermissionRequest {
+                        name: name.into(),
+                        perm: Some(authpb::Permission { perm_type: ty as i32, key, range_end }),
+                    },
+                    t,
+                ))
+                .await,
+        ),
+        Call::RoleRevokePermission(role, key, range_end) => answer(
+            c.auth
+                .role_revoke_permission(rq(
+                    pb::AuthRoleRevokePermissionRequest { role: role.into(), key, range_end },
+                    t,
+                ))
+                .await,
+        ),
+        Call::AuthEnable => answer(c.auth.auth_enable(rq(pb::AuthEnableRequest {}, t)).await),
+        Call::AuthDisable => answer(c.auth.auth_disable(rq(pb::AuthDisableRequest {}, t)).await),
+        Call::AuthStatus => answer(c.auth.auth_status(rq(pb::AuthStatusRequest {}, t)).await),
+        Call::MemberList => answer(c.cluster.member_list(rq(pb::MemberListRequest::default(), t)).await),
+        Call::MemberAdd(r) => answer(c.cluster.member_add(rq(r, t)).await),
         _ => unreachable!("not a unary call"),
     };
     r
@@ -187,13 +312,105 @@ impl Target {
                 watch: pb::watch_client::WatchClient::new(ch.clone()),
                 maint: pb::maintenance_client::MaintenanceClient::new(ch.clone()),
                 lock: lockpb::lock_client::LockClient::new(ch.clone()),
-                election: epb::election_client::ElectionClient::new(ch),
+                election: epb::election_client::ElectionClient::new(ch.clone()),
+                auth: pb::auth_client::AuthClient::new(ch.clone()),
+                cluster: pb::cluster_client::ClusterClient::new(ch),
             },
+            endpoint: url.trim_start_matches("http://").to_string(),
+            tokens: HashMap::new(),
+            captured: HashMap::new(),
             watches: HashMap::new(),
             keepalive: None,
             observes: HashMap::new(),
             background: HashMap::new(),
         }
+    }
+
+    /// The member ID `pick` names on this target.
+    async fn pick(&mut self, pick: Pick) -> Result<u64, Json> {
+        let id = match pick {
+            Pick::Id(id) => return Ok(id),
+            Pick::Learner | Pick::Voter => {
+                let st = self.c.maint.status(pb::StatusRequest {}).await.map_err(|s| failure(&s))?.into_inner();
+                let me = st.header.map(|h| h.member_id).unwrap_or_default();
+                let list =
+                    self.c.cluster.member_list(pb::MemberListRequest::default()).await.map_err(|s| failure(&s))?;
+                list.into_inner()
+                    .members
+                    .iter()
+                    .find(|m| if let Pick::Learner = pick { m.is_learner } else { m.id == me })
+                    .map(|m| m.id)
+            }
+        };
+        id.ok_or_else(|| json!("no such member"))
+    }
+
+    /// `s` with this target's endpoint and what etcdctl runs captured (lease IDs) shown by name.
+    fn unmask(&self, s: &str) -> String {
+        let mut s = s.replace(&self.endpoint, "(endpoint)");
+        for (name, v) in &self.captured {
+            s = s.replace(v.as_str(), &format!("${name}"));
+        }
+        s
+    }
+
+    /// Runs etcdctl against this target: exit code, stdout (parsed when JSON) and stderr, less
+    /// the grpc-go client's own log lines (they carry timestamps and addresses).
+    async fn etcdctl(&mut self, ctl: &Ctl) -> Json {
+        let args: Vec<String> = ctl
+            .args
+            .iter()
+            .map(|a| match a.strip_prefix('$') {
+                Some(var) => self.captured.get(var).cloned().unwrap_or_else(|| a.clone()),
+                None => a.clone(),
+            })
+            .collect();
+        let endpoint = self.endpoint.clone();
+        let stdin = ctl.stdin.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut child = std::process::Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoint}"))
+                .arg("--command-timeout=5s")
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("etcdctl is installed");
+            let mut input = child.stdin.take().expect("piped");
+            input.write_all(stdin.unwrap_or_default().as_bytes()).expect("etcdctl's stdin");
+            drop(input);
+            child.wait_with_output().expect("etcdctl ran")
+        })
+        .await
+        .expect("etcdctl task");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some((name, f)) = ctl.capture {
+            if let Some(v) = f(&stdout) {
+                self.captured.insert(name, v);
+            }
+        }
+        let stderr: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| match serde_json::from_str::<Value>(l) {
+                // The grpc-go client's log line: its time and connection name are its own.
+                Ok(v) if v.get("level").is_some() => format!("(client log) {} {}\n", v["msg"], v["error"]),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let mut stdout_v = json!(self.unmask(&stdout));
+        if ctl.json && out.status.success() {
+            // Parsed as etcdctl wrote it: member URLs keep their shape for `Rule::Members`.
+            if let Ok(mut v) = serde_json::from_str::<Value>(&stdout) {
+                mask(&mut v, &["cluster_id", "member_id", "raft_term"]);
+                visit(&mut v, &["*", "Endpoint"], &mut |e| *e = json!("(endpoint)"));
+                stdout_v = v;
+            }
+        }
+        let stderr = self.unmask(&stderr);
+        json!({ "code": out.status.code(), "stdout": stdout_v, "stderr": stderr })
     }
 
     async fn run(&mut self, call: &Call) -> Json {
@@ -304,7 +521,7 @@ impl Target {
             Call::Background { name, call } => {
                 let mut c = self.c.clone();
                 let call = (**call).clone();
-                self.background.insert(name, tokio::spawn(async move { unary(&mut c, &call).await }));
+                self.background.insert(name, tokio::spawn(async move { unary(&mut c, &call, None).await }));
                 json!("started")
             }
             Call::Waiting { name, ms } => {
@@ -324,9 +541,40 @@ impl Target {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 json!("slept")
             }
+            Call::Authenticate(name, password) => {
+                let r = self
+                    .c
+                    .auth
+                    .authenticate(pb::AuthenticateRequest { name: name.to_string(), password: password.to_string() })
+                    .await;
+                if let Ok(r) = &r {
+                    self.tokens.insert(name, r.get_ref().token.clone());
+                }
+                answer(r)
+            }
+            Call::As(user, call) => {
+                let token = self.tokens.get(user).cloned().unwrap_or_else(|| user.to_string());
+                let mut c = self.c.clone();
+                match tokio::time::timeout(CALL_TIMEOUT, unary(&mut c, call, Some(&token))).await {
+                    Ok(v) => v,
+                    Err(_) => json!("timeout"),
+                }
+            }
+            Call::MemberRemove(pick) | Call::MemberPromote(pick) => {
+                let id = match self.pick(*pick).await {
+                    Ok(id) => id,
+                    Err(v) => return v,
+                };
+                if let Call::MemberRemove(_) = call {
+                    answer(self.c.cluster.member_remove(pb::MemberRemoveRequest { id }).await)
+                } else {
+                    answer(self.c.cluster.member_promote(pb::MemberPromoteRequest { id }).await)
+                }
+            }
+            Call::Etcdctl(ctl) => self.etcdctl(ctl).await,
             other => {
                 let mut c = self.c.clone();
-                match tokio::time::timeout(CALL_TIMEOUT, unary(&mut c, other)).await {
+                match tokio::time::timeout(CALL_TIMEOUT, unary(&mut c, other, None)).await {
                     Ok(v) => v,
                     Err(_) => json!("timeout"),
                 }
@@ -347,6 +595,9 @@ enum Rule {
     Near(&'static str, i64),
     /// An array whose order etcd leaves unspecified (a Go map's): compared sorted.
     Unordered(&'static str),
+    /// Members (one, or an array): compared by shape (`member_shape`), an array as the set of its
+    /// shapes, since how many voters there are is the deployment's (1 or 3).
+    Members(&'static str),
 }
 
 /// The etcd answers of earlier steps, by the name a step was given with `Script::memo`: later
@@ -439,7 +690,9 @@ fn normalize(v: &mut Value) {
             }
             for (k, x) in m.iter_mut() {
                 match (k.as_str(), &mut *x) {
-                    ("key" | "value" | "range_end" | "name", Value::String(s)) => *s = readable(s),
+                    ("key" | "value" | "range_end", Value::String(s)) => *s = readable(s),
+                    // Tokens are the deployment's; whether one was given is compared.
+                    ("token", Value::String(s)) if !s.is_empty() => *s = "(a token)".into(),
                     ("keys", Value::Array(a)) => {
                         for e in a {
                             if let Value::String(s) = e {
@@ -453,6 +706,47 @@ fn normalize(v: &mut Value) {
         }
         Value::Array(a) => a.iter_mut().for_each(normalize),
         _ => {}
+    }
+}
+
+/// Replaces every field named in `fields` (at any depth) by a placeholder: etcdctl's JSON puts
+/// some headers' fields at the top level.
+fn mask(v: &mut Value, fields: &[&str]) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if fields.contains(&k.as_str()) {
+                    *x = json!("(this deployment's)");
+                } else {
+                    mask(x, fields);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| mask(x, fields)),
+        _ => {}
+    }
+}
+
+/// A member as far as it does not describe the deployment: its ID and name masked, its URLs'
+/// ports masked.
+fn member_shape(m: &mut Value) {
+    if let Value::Object(o) = m {
+        for (k, x) in o.iter_mut() {
+            match (k.as_str(), x) {
+                ("ID", x) => *x = json!("(id)"),
+                ("name", Value::String(s)) if !s.is_empty() => *s = "(name)".into(),
+                ("peerURLs" | "clientURLs", Value::Array(a)) => {
+                    for u in a {
+                        if let Value::String(s) = u {
+                            if let Some(i) = s.rfind(':') {
+                                s.replace_range(i + 1.., "(port)");
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -530,6 +824,19 @@ fn apply_rules(rules: &[Rule], etcd: &mut Value, other: &mut Value) {
                     }
                     i += 1;
                 });
+            }
+            Rule::Members(p) => {
+                let segs: Vec<&str> = p.split('.').collect();
+                for v in [&mut *etcd, &mut *other] {
+                    visit(v, &segs, &mut |x| match x {
+                        Value::Array(a) => {
+                            a.iter_mut().for_each(member_shape);
+                            a.sort_by_key(|e| e.to_string());
+                            a.dedup();
+                        }
+                        x => member_shape(x),
+                    });
+                }
             }
             Rule::Unordered(p) => {
                 let segs: Vec<&str> = p.split('.').collect();
@@ -711,6 +1018,9 @@ fn script() -> Script {
     elections(&mut s);
     compaction(&mut s);
     maintenance_after(&mut s);
+    members(&mut s);
+    etcdctl(&mut s);
+    auth(&mut s);
     deviations(&mut s);
     s
 }
@@ -1614,6 +1924,295 @@ fn compaction(s: &mut Script) {
     s.dynamic("hashkv above it", |m| Call::HashKv(m.int("compact_at", "ok.header.revision") + 1))
         .rule(Rule::Skip("ok.hash"));
     s.add("hashkv now", Call::HashKv(0)).rule(Rule::Skip("ok.hash"));
+}
+
+/// Member IDs, names, URLs and how many voters there are are the deployment's: `Rule::Members`
+/// compares the shapes of the members; only learners are added (a voter would break a 1-member
+/// etcd's quorum), and removed again.
+fn members(s: &mut Script) {
+    fn add(url: &str, is_learner: bool) -> Call {
+        Call::MemberAdd(pb::MemberAddRequest { peer_ur_ls: vec![url.into()], is_learner })
+    }
+    s.add("member list", Call::MemberList).rule(Rule::Members("ok.members"));
+    s.add("add a learner", add("http://127.0.0.1:1", true))
+        .rule(Rule::Members("ok.member"))
+        .rule(Rule::Members("ok.members"));
+    s.add("member list with the learner", Call::MemberList).rule(Rule::Members("ok.members"));
+    // etcd derives a new member's ID from its peer URLs and the time in whole seconds: the same
+    // URLs added again within the second collide on the ID first ("member ID already exist").
+    s.add("a second passes", Call::Sleep(1100));
+    s.add("add its peer URL again", add("http://127.0.0.1:1", true));
+    s.add("add a second learner", add("http://127.0.0.1:2", true));
+    s.add("promote the learner (not in sync)", Call::MemberPromote(Pick::Learner));
+    s.add("promote a voter", Call::MemberPromote(Pick::Voter));
+    s.add("promote an unknown member", Call::MemberPromote(Pick::Id(0x1234)));
+    s.add("remove the learner", Call::MemberRemove(Pick::Learner)).rule(Rule::Members("ok.members"));
+    s.add("remove an unknown member", Call::MemberRemove(Pick::Id(0x1234)));
+    s.add("member list after", Call::MemberList).rule(Rule::Members("ok.members"));
+}
+
+fn ctl(args: &[&str]) -> Ctl {
+    Ctl { args: args.iter().map(|a| a.to_string()).collect(), ..Default::default() }
+}
+
+/// etcdctl with `-w json`.
+fn ctl_json(args: &[&str]) -> Ctl {
+    let mut c = ctl(args);
+    c.args.extend(["-w".to_string(), "json".to_string()]);
+    c.json = true;
+    c
+}
+
+fn ctl_stdin(args: &[&str], stdin: &str) -> Ctl {
+    Ctl { stdin: Some(stdin.into()), ..ctl(args) }
+}
+
+fn etcdctl(s: &mut Script) {
+    fn run<'a>(s: &'a mut Script, name: &str, c: Ctl) -> &'a mut Step {
+        s.add(format!("etcdctl {name}"), Call::Etcdctl(c))
+    }
+    run(s, "put", ctl(&["put", "ctl/a", "1"]));
+    run(s, "put -w json", ctl_json(&["put", "ctl/b", "2"])).memo("ctl_b");
+    run(s, "put --prev-kv", ctl(&["put", "ctl/a", "11", "--prev-kv"]));
+    run(s, "put from stdin", ctl_stdin(&["put", "ctl/c"], "3"));
+    run(s, "put with no key", ctl(&["put"]));
+    run(s, "get", ctl(&["get", "ctl/a"]));
+    run(s, "get -w json", ctl_json(&["get", "ctl/a"]));
+    run(s, "get a missing key", ctl(&["get", "ctl/missing"]));
+    run(s, "get a missing key -w json", ctl_json(&["get", "ctl/missing"]));
+    run(s, "get --prefix", ctl(&["get", "ctl/", "--prefix"]));
+    run(s, "get --prefix --keys-only", ctl(&["get", "ctl/", "--prefix", "--keys-only"]));
+    run(s, "get --prefix --print-value-only", ctl(&["get", "ctl/", "--prefix", "--print-value-only"]));
+    run(s, "get --prefix --limit -w json", ctl_json(&["get", "ctl/", "--prefix", "--limit=2"]));
+    run(s, "get --prefix --keys-only -w json", ctl_json(&["get", "ctl/", "--prefix", "--keys-only"]));
+    run(s, "get --prefix --limit --keys-only", ctl(&["get", "ctl/", "--prefix", "--limit=1", "--keys-only"]));
+    run(
+        s,
+        "get --sort-by=MODIFY --order=DESCEND",
+        ctl(&["get", "ctl/", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
+    );
+    run(s, "get --sort-by=VALUE", ctl(&["get", "ctl/", "--prefix", "--sort-by=VALUE"]));
+    run(s, "get --sort-by=bad", ctl(&["get", "ctl/", "--prefix", "--sort-by=bad"]));
+    run(s, "get a range", ctl(&["get", "ctl/a", "ctl/c"]));
+    run(s, "get --from-key", ctl(&["get", "ctl/b", "--from-key"]));
+    s.dynamic("etcdctl get --rev", |m| {
+        let rev = m.int("ctl_b", "stdout.header.revision").to_string();
+        Call::Etcdctl(ctl_json(&["get", "ctl/", "--prefix", &format!("--rev={rev}")]))
+    });
+    run(s, "get a future revision", ctl(&["get", "ctl/a", "--rev=100000"]));
+    run(s, "del --prev-kv", ctl(&["del", "ctl/b", "--prev-kv"]));
+    run(s, "del a missing key", ctl(&["del", "ctl/b"]));
+    run(s, "del --prefix --prev-kv -w json", ctl_json(&["del", "ctl/c", "--prefix", "--prev-kv"]));
+    let t = "value(\"ctl/a\") = \"11\"\n\nput ctl/t yes\nget ctl/a\n\nput ctl/t no\n\n";
+    run(s, "txn from stdin", ctl_stdin(&["txn"], t));
+    run(
+        s,
+        "txn from stdin -w json",
+        Ctl {
+            stdin: Some("mod(\"ctl/a\") < \"1\"\n\nput ctl/t x\n\ndel ctl/t\nget ctl/ --prefix\n\n".into()),
+            ..ctl_json(&["txn"])
+        },
+    );
+    run(
+        s,
+        "txn --interactive",
+        ctl_stdin(&["txn", "--interactive"], "version(\"ctl/t\") = \"0\"\n\nput ctl/t again\n\nget ctl/t\n\n"),
+    );
+    run(s, "txn with a bad compare", ctl_stdin(&["txn"], "value(ctl/a) ~ 1\n\n\n"));
+    s.add("grant 8001 for etcdctl", grant(8001, 60));
+    run(s, "put --lease", ctl(&["put", "ctl/l", "v", "--lease=1f41"]));
+    run(s, "put with a missing lease", ctl(&["put", "ctl/l", "v", "--lease=4242"]));
+    run(s, "lease timetolive --keys -w json", ctl_json(&["lease", "timetolive", "1f41", "--keys"]))
+        .rule(Rule::Near("stdout.ttl", 2));
+    run(s, "lease timetolive -w json", ctl_json(&["lease", "timetolive", "1f41"])).rule(Rule::Near("stdout.ttl", 2));
+    run(s, "lease list -w json", ctl_json(&["lease", "list"])).rule(Rule::Unordered("stdout.leases"));
+    let granted = |out: &str| out.split_whitespace().nth(1).map(str::to_owned);
+    run(s, "lease grant", Ctl { capture: Some(("lease", granted)), ..ctl(&["lease", "grant", "60"]) });
+    run(s, "lease timetolive of the granted lease", ctl_json(&["lease", "timetolive", "$lease"]))
+        .rule(Rule::Skip("stdout.id"))
+        .rule(Rule::Near("stdout.ttl", 2));
+    run(s, "lease revoke", ctl(&["lease", "revoke", "$lease"]));
+    run(s, "lease revoke again", ctl(&["lease", "revoke", "$lease"]));
+    run(s, "lease revoke 8001", ctl(&["lease", "revoke", "1f41"]));
+    run(s, "the lease's key is gone", ctl(&["get", "ctl/l"]));
+    run(s, "member list -w json", ctl_json(&["member", "list"])).rule(Rule::Members("stdout.members"));
+    let st = run(s, "endpoint status -w json", ctl_json(&["endpoint", "status"]));
+    for f in ["version", "dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm", "raftAppliedIndex"] {
+        st.rule(Rule::Skip(Box::leak(format!("stdout.0.Status.{f}").into_boxed_str())));
+    }
+    run(s, "alarm list", ctl(&["alarm", "list"]));
+    run(s, "lock, running a command", ctl(&["lock", "ctl-lock", "echo", "held"]));
+    run(s, "the lock is released", ctl(&["get", "ctl-lock", "--prefix", "--keys-only"]));
+    // `etcdctl elect` waits until it is interrupted, so it is not run.
+    run(s, "put before compaction -w json", ctl_json(&["put", "ctl/z", "1"])).memo("ctl_z");
+    s.dynamic("etcdctl compaction", |m| {
+        Call::Etcdctl(ctl(&["compaction", &m.int("ctl_z", "stdout.header.revision").to_string()]))
+    });
+    s.dynamic("etcdctl compaction again", |m| {
+        Call::Etcdctl(ctl(&["compaction", &m.int("ctl_z", "stdout.header.revision").to_string()]))
+    });
+    s.dynamic("etcdctl get a compacted revision", |m| {
+        let rev = m.int("ctl_b", "stdout.header.revision").to_string();
+        Call::Etcdctl(ctl(&["get", "ctl/a", &format!("--rev={rev}")]))
+    });
+    run(s, "defrag", ctl(&["defrag"]));
+    run(s, "user add", ctl(&["user", "add", "carol:pw"]));
+    run(s, "user add again", ctl(&["user", "add", "carol:pw"]));
+    run(s, "role add", ctl(&["role", "add", "r2"]));
+    run(s, "role grant-permission --prefix", ctl(&["role", "grant-permission", "r2", "readwrite", "ctl/", "--prefix"]));
+    run(s, "role grant-permission a range", ctl(&["role", "grant-permission", "r2", "read", "a", "c"]));
+    run(s, "role grant-permission --from-key", ctl(&["role", "grant-permission", "r2", "write", "z", "--from-key"]));
+    run(s, "role get", ctl(&["role", "get", "r2"]));
+    run(s, "role get -w json", ctl_json(&["role", "get", "r2"]));
+    run(s, "role revoke-permission", ctl(&["role", "revoke-permission", "r2", "a", "c"]));
+    run(s, "role revoke-permission not granted", ctl(&["role", "revoke-permission", "r2", "q"]));
+    run(s, "user grant-role", ctl(&["user", "grant-role", "carol", "r2"]));
+    run(s, "user grant-role a missing role", ctl(&["user", "grant-role", "carol", "nope"]));
+    run(s, "user get", ctl(&["user", "get", "carol"]));
+    run(s, "user get --detail", ctl(&["user", "get", "carol", "--detail"]));
+    run(s, "user list", ctl(&["user", "list"]));
+    run(s, "role list -w json", ctl_json(&["role", "list"]));
+    run(s, "user passwd", ctl_stdin(&["user", "passwd", "carol", "--interactive=false"], "pw2\n"));
+    run(s, "user revoke-role", ctl(&["user", "revoke-role", "carol", "r2"]));
+    run(s, "user delete", ctl(&["user", "delete", "carol"]));
+    run(s, "user delete a missing user", ctl(&["user", "delete", "carol"]));
+    run(s, "role delete", ctl(&["role", "delete", "r2"]));
+    run(s, "auth enable without root", ctl(&["auth", "enable"]));
+}
+
+fn perm(role: &'static str, ty: authpb::permission::Type, key: &str, end: Vec<u8>) -> Call {
+    Call::RoleGrantPermission(role, ty, b(key), end)
+}
+
+fn as_user(user: &'static str, call: Call) -> Call {
+    Call::As(user, Box::new(call))
+}
+
+/// Auth, last but for the deviations: enabling it changes every later request; it is disabled
+/// again at the end.
+fn auth(s: &mut Script) {
+    use authpb::permission::Type;
+    fn user(name: &str, password: &str) -> Call {
+        Call::UserAdd(pb::AuthUserAddRequest { name: name.into(), password: password.into(), ..Default::default() })
+    }
+    s.add("auth status", Call::AuthStatus).exclude("AuthStatus is etcd 3.5's; etcd 3.4 answers Unimplemented");
+    s.add("user add alice", user("alice", "a-pass"));
+    s.add("user add alice again", user("alice", "a-pass"));
+    s.add("user add with an empty name", user("", "x"));
+    s.add("user add bob", user("bob", "b-pass"));
+    s.add("user get alice", Call::UserGet("alice"));
+    s.add("user get a missing user", Call::UserGet("nobody"));
+    s.add("user list", Call::UserList);
+    s.add("change alice's password", Call::UserChangePassword("alice", "a-pass2"));
+    s.add("change a missing user's password", Call::UserChangePassword("nobody", "x"));
+    s.add("role add reader", Call::RoleAdd("reader"));
+    s.add("role add reader again", Call::RoleAdd("reader"));
+    s.add("role add with an empty name", Call::RoleAdd(""));
+    s.add("grant read on the prefix a/", perm("reader", Type::Read, "a/", prefix_end("a/")));
+    s.add("grant readwrite on the key au/x", perm("reader", Type::Readwrite, "au/x", vec![]));
+    s.add("grant write on [b, d)", perm("reader", Type::Write, "b", b("d")));
+    s.add("grant read from the key z", perm("reader", Type::Read, "z", vec![0]));
+    s.add("grant to a missing role", perm("nope", Type::Read, "a", vec![]));
+    s.add("role get reader", Call::RoleGet("reader"));
+    s.add("role get a missing role", Call::RoleGet("nope"));
+    s.add("role list", Call::RoleList);
+    s.add("revoke au/x", Call::RoleRevokePermission("reader", b("au/x"), vec![]));
+    s.add("revoke au/x again", Call::RoleRevokePermission("reader", b("au/x"), vec![]));
+    s.add("role get after the revoke", Call::RoleGet("reader"));
+    s.add("grant reader to alice", Call::UserGrantRole("alice", "reader"));
+    s.add("grant a missing role to alice", Call::UserGrantRole("alice", "nope"));
+    s.add("grant reader to a missing user", Call::UserGrantRole("nobody", "reader"));
+    s.add("grant reader to bob", Call::UserGrantRole("bob", "reader"));
+    s.add("revoke reader from bob", Call::UserRevokeRole("bob", "reader"));
+    s.add("revoke it again", Call::UserRevokeRole("bob", "reader"));
+    s.add("user get alice with her role", Call::UserGet("alice"));
+    s.add("auth enable without root", Call::AuthEnable);
+    s.add("user add root", user("root", "r-pass"));
+    s.add("auth enable without the root role", Call::AuthEnable);
+    s.add("grant root to root", Call::UserGrantRole("root", "root"));
+    s.add("auth enable", Call::AuthEnable);
+    s.add("auth enable again", Call::AuthEnable);
+    s.add("auth status when enabled", Call::AuthStatus)
+        .exclude("AuthStatus is etcd 3.5's; etcd 3.4 answers Unimplemented");
+    s.add("put without a token", Call::Put(put("a/1", "x")));
+    s.add("range without a token", Call::Range(get("a/1")));
+    s.add("authenticate with a wrong password", Call::Authenticate("alice", "a-pass"));
+    s.add("authenticate a missing user", Call::Authenticate("nobody", "x"));
+    s.add("authenticate alice", Call::Authenticate("alice", "a-pass2"));
+    s.add("authenticate bob", Call::Authenticate("bob", "b-pass"));
+    s.add("authenticate root", Call::Authenticate("root", "r-pass"));
+    s.add("root enables auth again", as_user("root", Call::AuthEnable));
+    s.add("root puts a/1", as_user("root", Call::Put(put("a/1", "1"))));
+    s.add("alice reads a/1", as_user("alice", Call::Range(get("a/1"))));
+    s.add("alice reads the prefix a/", as_user("alice", Call::Range(prefix("a/"))));
+    s.add("alice reads beyond her prefix", as_user("alice", Call::Range(range("a/", "b"))));
+    s.add("alice puts a/1", as_user("alice", Call::Put(put("a/1", "2"))));
+    s.add("alice puts bb", as_user("alice", Call::Put(put("bb", "1"))));
+    s.add("alice reads bb", as_user("alice", Call::Range(get("bb"))));
+    s.add("alice deletes bb", as_user("alice", Call::Delete(del("bb"))));
+    s.add(
+        "alice puts with prev_kv on bb",
+        as_user("alice", Call::Put(pb::PutRequest { prev_kv: true, ..put("bb", "2") })),
+    );
+    s.add("alice reads from z", as_user("alice", Call::Range(range("z", "\0"))));
+    s.add(
+        "alice's txn reading a/1, writing bb",
+        as_user("alice", Call::Txn(txn(vec![], vec![op_range(get("a/1")), op_put(put("bb", "3"))], vec![]))),
+    );
+    s.add("alice's txn writing a/1", as_user("alice", Call::Txn(txn(vec![], vec![op_put(put("a/1", "3"))], vec![]))));
+    s.add(
+        "alice's txn comparing c",
+        as_user(
+            "alice",
+            Call::Txn(txn(
+                vec![cmp("c", Tgt::Version, Res::Equal, U::Version(0))],
+                vec![op_put(put("bb", "4"))],
+                vec![],
+            )),
+        ),
+    );
+    s.add("bob (no role) reads a/1", as_user("bob", Call::Range(get("a/1"))));
+    s.add("alice lists users", as_user("alice", Call::UserList));
+    s.add("alice disables auth", as_user("alice", Call::AuthDisable));
+    s.add("alice compacts", as_user("alice", Call::Compact(pb::CompactionRequest { revision: 1, physical: false })));
+    s.add("alice grants a lease", as_user("alice", grant(9001, 60)));
+    s.add("an invalid token", as_user("not-a-token", Call::Range(get("a/1"))));
+    let ctl_as = |s: &mut Script, name: &str, user: &str, args: &[&str]| {
+        let mut c = ctl(args);
+        c.args.insert(0, format!("--user={user}"));
+        c.json = args.ends_with(&["-w", "json"]);
+        s.add(format!("etcdctl {name}"), Call::Etcdctl(c));
+    };
+    ctl_as(s, "get as root", "root:r-pass", &["get", "a/", "--prefix"]);
+    ctl_as(s, "get with a wrong password", "alice:a-pass", &["get", "a/1"]);
+    ctl_as(s, "get as alice", "alice:a-pass2", &["get", "a/1", "-w", "json"]);
+    ctl_as(s, "put as alice (denied)", "alice:a-pass2", &["put", "a/1", "x"]);
+    ctl_as(s, "put as alice", "alice:a-pass2", &["put", "bc", "x"]);
+    ctl_as(s, "user list as alice (denied)", "alice:a-pass2", &["user", "list"]);
+    ctl_as(s, "role get as root", "root:r-pass", &["role", "get", "reader"]);
+    ctl_as(s, "user get --detail as root", "root:r-pass", &["user", "get", "alice", "--detail"]);
+    s.add("etcdctl get without a user", Call::Etcdctl(ctl(&["get", "a/1"])));
+    s.add("root lists users", as_user("root", Call::UserList));
+    s.add("root gets alice", as_user("root", Call::UserGet("alice")));
+    s.add("root reads everything under a/", as_user("root", Call::Range(prefix("a/"))));
+    s.add("root deletes bob", as_user("root", Call::UserDelete("bob")));
+    s.add("bob's token after his deletion", as_user("bob", Call::Range(get("a/1"))));
+    s.add("root deletes a missing user", as_user("root", Call::UserDelete("bob")));
+    s.add("root revokes reader from alice", as_user("root", Call::UserRevokeRole("alice", "reader")));
+    s.add("alice reads a/1 without her role", as_user("alice", Call::Range(get("a/1"))));
+    s.add("root deletes reader", as_user("root", Call::RoleDelete("reader")));
+    s.add("root deletes a missing role", as_user("root", Call::RoleDelete("reader")));
+    s.add("etcdctl auth disable as alice (denied)", Call::Etcdctl(ctl(&["--user=alice:a-pass2", "auth", "disable"])));
+    s.add("etcdctl auth disable as root", Call::Etcdctl(ctl(&["--user=root:r-pass", "auth", "disable"])));
+    s.add("etcdctl auth enable again as root", Call::Etcdctl(ctl(&["auth", "enable"])));
+    s.add("authenticate root again", Call::Authenticate("root", "r-pass"));
+    s.add("root disables auth", as_user("root", Call::AuthDisable));
+    s.add("auth status after", Call::AuthStatus).exclude("AuthStatus is etcd 3.5's; etcd 3.4 answers Unimplemented");
+    s.add("put without a token again", Call::Put(put("a/2", "x")));
+    s.add("user delete alice", Call::UserDelete("alice"));
+    s.add("user delete root", Call::UserDelete("root"));
+    s.add("user list at the end", Call::UserList);
+    s.add("role list at the end", Call::RoleList);
 }
 
 fn maintenance_after(s: &mut Script) {

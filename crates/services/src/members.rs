@@ -109,6 +109,10 @@ impl Members {
         }
         let node = PeerNode { peer_urls: r.peer_ur_ls.clone() };
         if r.is_learner {
+            // etcd's limit: one learner at a time.
+            if nodes.keys().any(|n| !voters.contains(n)) {
+                return Err(Error::TooManyLearners);
+            }
             self.c.node.add_learner(id, node).await?;
         } else {
             // etcd's strict reconfiguration check: the started members must still form a

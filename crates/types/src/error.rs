@@ -122,6 +122,9 @@ pub enum Error {
     LearnerNotReady,
     #[error("re-configuration failed due to not enough started members")]
     NotEnoughStarted,
+    /// etcd allows one learner at a time.
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
 
     // --- the cluster cannot serve now; the caller may retry ---
     #[error("no leader")]
@@ -238,6 +241,7 @@ const ETCD_TABLE: &[(&str, i32, &str)] = &[
         code::FAILED_PRECONDITION,
         "etcdserver: re-configuration failed due to not enough started members",
     ),
+    ("TooManyLearners", code::FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
     ("NoLeader", code::UNAVAILABLE, "etcdserver: no leader"),
     ("NotLeader", code::FAILED_PRECONDITION, "etcdserver: not leader"),
     ("LeaderChanged", code::UNAVAILABLE, "etcdserver: leader changed"),
@@ -303,6 +307,7 @@ impl Error {
             Error::MemberNotLearner => "MemberNotLearner",
             Error::LearnerNotReady => "LearnerNotReady",
             Error::NotEnoughStarted => "NotEnoughStarted",
+            Error::TooManyLearners => "TooManyLearners",
             Error::NoLeader => "NoLeader",
             Error::NotLeader => "NotLeader",
             Error::LeaderChanged => "LeaderChanged",
@@ -376,6 +381,7 @@ impl Error {
             "MemberNotLearner" => Error::MemberNotLearner,
             "LearnerNotReady" => Error::LearnerNotReady,
             "NotEnoughStarted" => Error::NotEnoughStarted,
+            "TooManyLearners" => Error::TooManyLearners,
             "NoLeader" => Error::NoLeader,
             "NotLeader" => Error::NotLeader,
             "LeaderChanged" => Error::LeaderChanged,
@@ -436,6 +442,7 @@ mod tests {
             Error::MemberNotLearner,
             Error::LearnerNotReady,
             Error::NotEnoughStarted,
+            Error::TooManyLearners,
             Error::NoLeader,
             Error::NotLeader,
             Error::LeaderChanged,

@@ -38,10 +38,21 @@ impl Router {
         .await
     }
 
-    /// The leader's read index.
+    /// The leader's read index. A round that no quorum confirmed in time (heartbeats answered
+    /// late on a busy machine) is tried again while this member leads, until the request's
+    /// deadline: etcd waits that long for its read index, and answers `leader changed` only when
+    /// the leadership moved.
     pub async fn local_read_index(&self) -> Result<LogId, Error> {
-        self.metrics.read_index_rounds.inc();
-        self.node.read_index(self.cfg.unsafe_lease_reads).await
+        let deadline = self.deadline();
+        loop {
+            self.metrics.read_index_rounds.inc();
+            match self.node.read_index(self.cfg.unsafe_lease_reads).await {
+                Err(Error::LeaderChanged) if self.is_leader() && Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
     }
 }
 
