@@ -139,6 +139,9 @@ enum Pick {
     Voter,
 }
 
+/// What an etcdctl run's stdout yields to remember (a lease ID).
+type Capture = fn(&str) -> Option<String>;
+
 /// One etcdctl run: its arguments (`$name` stands for what an earlier run captured), its
 /// standard input, whether stdout is JSON, and what to capture from stdout under a name.
 #[derive(Clone, Default)]
@@ -146,7 +149,7 @@ struct Ctl {
     args: Vec<String>,
     stdin: Option<String>,
     json: bool,
-    capture: Option<(&'static str, fn(&str) -> Option<String>)>,
+    capture: Option<(&'static str, Capture)>,
 }
 
 /// The unary clients of one target; cheap to clone (a background call takes its own).
