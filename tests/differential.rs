@@ -7,8 +7,15 @@
 //! protobuf JSON mapping (pbjson), which shows a field that is absent, present but empty, or
 //! set, exactly as it travelled. Errors are compared by gRPC code and message.
 //!
+//! `etcdctl` steps run etcd's own client against each target and compare its exit code, stdout
+//! (parsed when `-w json`) and stderr (the grpc-go client's log lines reduced to their message
+//! and error). Auth steps keep each target's tokens per user; membership steps pick member IDs
+//! from each target's own list.
+//!
 //! Normalized, because they must differ: the header fields naming the cluster, the member and
-//! the Raft term. Revisions are compared. TTL-like fields may differ by 2 s. A few fields (and
+//! the Raft term; auth tokens (whether one was given is compared); etcdctl's endpoint and the
+//! IDs of leases it granted; member IDs, names and URL ports, and how many voters there are
+//! (`Rule::Members` compares the set of member shapes). Revisions are compared. TTL-like fields may differ by 2 s. A few fields (and
 //! steps) where cairn deliberately differs are excluded where the step is written, each with
 //! the reason; README ("Compatibility notes") lists those deviations.
 //!
@@ -139,6 +146,9 @@ enum Pick {
     Voter,
 }
 
+/// What an etcdctl run's stdout yields to remember (a lease ID).
+type Capture = fn(&str) -> Option<String>;
+
 /// One etcdctl run: its arguments (`$name` stands for what an earlier run captured), its
 /// standard input, whether stdout is JSON, and what to capture from stdout under a name.
 #[derive(Clone, Default)]
@@ -146,7 +156,7 @@ struct Ctl {
     args: Vec<String>,
     stdin: Option<String>,
     json: bool,
-    capture: Option<(&'static str, fn(&str) -> Option<String>)>,
+    capture: Option<(&'static str, Capture)>,
 }
 
 /// The unary clients of one target; cheap to clone (a background call takes its own).
