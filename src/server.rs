@@ -406,6 +406,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    cluster.metrics.set_tier(&tier);
     let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
     for l in redis_listeners {
         let backend = Arc::new(cairn_api::redis::TierBackend::new(cache.clone()));

@@ -246,6 +246,24 @@ async fn cluster_clients_see_the_ranges_as_slots() {
     assert!(bench.status.success(), "redis-benchmark: {csv}{}", String::from_utf8_lossy(&bench.stderr));
     assert!(csv.contains("\"SET\"") && csv.contains("\"GET\""), "redis-benchmark printed {csv}");
     assert!(!csv.to_lowercase().contains("error"), "redis-benchmark: {csv}");
+    // The data tier's figures in /metrics: six replicas here, and batched log writes and calls.
+    let ep = t.endpoints()[0].trim_start_matches("http://").to_string();
+    let (code, body) = cairn_testkit::http::request(&ep, "GET", "/metrics", "").await.unwrap();
+    assert_eq!(code, 200);
+    let value = |name: &str| -> i64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("cairn_ranges"), 6);
+    assert!(
+        value("cairn_range_log_writes") > 0 && value("cairn_range_log_operations") >= value("cairn_range_log_writes")
+    );
+    assert!(value("cairn_range_transport_calls") > 0);
+    assert!(value("cairn_range_transport_messages") >= value("cairn_range_transport_calls"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,15 @@ pub struct Metrics {
     store_flushes: Gauge,
     store_flush_seconds: Gauge<f64, AtomicU64>,
     store_flush_max_seconds: Gauge<f64, AtomicU64>,
+    ranges: Gauge,
+    ranges_leading: Gauge,
+    range_log_bytes: Gauge,
+    range_log_writes: Gauge,
+    range_log_operations: Gauge,
+    range_transport_messages: Gauge,
+    range_transport_calls: Gauge,
+    /// The data tier on this node, once it runs (set by the server).
+    tier: std::sync::OnceLock<std::sync::Weak<crate::data::DataTier>>,
 }
 
 impl Default for Metrics {
@@ -122,6 +131,14 @@ impl Metrics {
             wal_fsync_enabled: Gauge::default(),
             wal_disk_full: Gauge::default(),
             wal_syncs: Gauge::default(),
+            ranges: Gauge::default(),
+            ranges_leading: Gauge::default(),
+            range_log_bytes: Gauge::default(),
+            range_log_writes: Gauge::default(),
+            range_log_operations: Gauge::default(),
+            range_transport_messages: Gauge::default(),
+            range_transport_calls: Gauge::default(),
+            tier: std::sync::OnceLock::new(),
             wal_entries: Gauge::default(),
             wal_bytes: Gauge::default(),
             wal_sync_seconds: Gauge::default(),
@@ -220,6 +237,33 @@ impl Metrics {
         r.register("cairn_wal_bytes", "Raft log entry bytes written", m.wal_bytes.clone());
         r.register("cairn_wal_sync_seconds", "Time spent in fdatasync", m.wal_sync_seconds.clone());
         r.register("cairn_store_flushes", "Writes of applied changes to the state engine", m.store_flushes.clone());
+        r.register("cairn_ranges", "Data tier range replicas on this node", m.ranges.clone());
+        r.register("cairn_ranges_leading", "Data tier ranges this node leads", m.ranges_leading.clone());
+        r.register(
+            "cairn_range_log_bytes",
+            "Bytes of the data tier's shared Raft log files",
+            m.range_log_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_log_writes",
+            "Writes of the data tier's shared Raft log, one fsync each (group commit across ranges)",
+            m.range_log_writes.clone(),
+        );
+        r.register(
+            "cairn_range_log_operations",
+            "Range appends, votes, truncations and purges those writes carried",
+            m.range_log_operations.clone(),
+        );
+        r.register(
+            "cairn_range_transport_messages",
+            "Raft messages of ranges sent to other nodes",
+            m.range_transport_messages.clone(),
+        );
+        r.register(
+            "cairn_range_transport_calls",
+            "Batched calls that carried them (one per node and batch)",
+            m.range_transport_calls.clone(),
+        );
         r.register(
             "cairn_store_flush_seconds",
             "Time spent writing applied changes to the engine",
@@ -231,6 +275,11 @@ impl Metrics {
             m.store_flush_max_seconds.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// The data tier whose figures `render` reports.
+    pub fn set_tier(&self, tier: &std::sync::Arc<crate::data::DataTier>) {
+        let _ = self.tier.set(std::sync::Arc::downgrade(tier));
     }
 
     /// Updates the state gauges from `c` and renders everything in Prometheus text format.
@@ -269,6 +318,19 @@ impl Metrics {
         self.compaction_steps.set(get(&cs.steps));
         self.compaction_removed.set(get(&cs.removed));
         self.compaction_step_max_seconds.set(get(&cs.max_step_micros) as f64 / 1e6);
+        if let Some(t) = self.tier.get().and_then(|w| w.upgrade()) {
+            let host = t.host();
+            let replicas = host.replicas();
+            self.ranges.set(replicas.len() as i64);
+            self.ranges_leading.set(replicas.iter().filter(|r| r.leader() == Some(c.id())).count() as i64);
+            self.range_log_bytes.set(host.log_bytes() as i64);
+            let ls = host.log().stats();
+            self.range_log_writes.set(get(&ls.writes));
+            self.range_log_operations.set(get(&ls.operations));
+            let ts = host.transport();
+            self.range_transport_messages.set(get(&ts.messages));
+            self.range_transport_calls.set(get(&ts.calls));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
