@@ -72,14 +72,15 @@ impl LogStore {
     }
 }
 
-fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
+/// `[start, end)` of a log index range (shared with the range log).
+pub(crate) fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(&s) => s,
         Bound::Excluded(&s) => s + 1,
         Bound::Unbounded => 0,
     };
     let end = match range.end_bound() {
-        Bound::Included(&e) => e + 1,
+        Bound::Included(&e) => e.saturating_add(1),
         Bound::Excluded(&e) => e,
         Bound::Unbounded => u64::MAX,
     };

@@ -13,7 +13,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use protobuf::well_known_types::BytesValue;
 use raft_engine::{Command, LogBatch, MessageExt};
 
+use crate::log_store::bounds;
 use crate::range::types::{Entry, LogId, RangeConfig, RangeId, Vote};
 use crate::recent::Recent;
 
@@ -246,20 +247,6 @@ pub struct RangeLog {
     /// The index the next append continues at, counting appends still queued for the writer
     /// (the engine only knows what has been written). `None` until first needed.
     next: Arc<Mutex<Option<u64>>>,
-}
-
-fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
-    let start = match range.start_bound() {
-        Bound::Included(&s) => s,
-        Bound::Excluded(&s) => s + 1,
-        Bound::Unbounded => 0,
-    };
-    let end = match range.end_bound() {
-        Bound::Included(&e) => e.saturating_add(1),
-        Bound::Excluded(&e) => e,
-        Bound::Unbounded => u64::MAX,
-    };
-    (start, end)
 }
 
 impl RangeLog {
