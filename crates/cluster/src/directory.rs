@@ -31,9 +31,18 @@ pub struct Descriptor {
     pub replicas: Vec<u64>,
     /// Replicas being caught up, not yet voting.
     pub learners: Vec<u64>,
+    /// The version of `replicas` and `learners`: the log index of the range's membership
+    /// they come from. `(epoch, conf)` only grows, so a stale report never replaces a newer
+    /// one.
+    pub conf: u64,
 }
 
 impl Descriptor {
+    /// What orders two reports of the same range: newer span first, then newer replicas.
+    pub fn version(&self) -> (u64, u64) {
+        (self.epoch, self.conf)
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
@@ -66,6 +75,8 @@ pub enum DirectoryOp {
         put: Vec<Descriptor>,
     },
     Node(NodeRecord),
+    /// Reserves a range id never used before (for a split's new range); the answer carries it.
+    Reserve,
 }
 
 /// Why a directory cannot be built from a set of descriptors.
@@ -258,7 +269,15 @@ mod tests {
     use super::*;
 
     fn d(id: u64, start: &[u8], end: &[u8], epoch: u64) -> Descriptor {
-        Descriptor { id, start: start.to_vec(), end: end.to_vec(), epoch, replicas: vec![1, 2, 3], learners: vec![] }
+        Descriptor {
+            id,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            epoch,
+            replicas: vec![1, 2, 3],
+            learners: vec![],
+            conf: 0,
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::range::mux::RangesService;
 use cairn_raft::range::{
-    Applier, DataView, DataWrite, Outcome, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp, RangeReply,
-    RangeRequest, RangeStateMachine, SharedLog,
+    Admin, Applier, DataView, DataWrite, Outcome, RangeDesc, RangeHost, RangeHostOptions, RangeLog, RangeOp,
+    RangeReply, RangeRequest, RangeStateMachine, SharedLog,
 };
 use cairn_raft::{PeerNode, RaftTimers};
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -20,8 +20,14 @@ use openraft::StorageError;
 struct Puts;
 
 impl Applier for Puts {
-    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> std::io::Result<RangeReply> {
-        let (k, v): (Vec<u8>, Vec<u8>) = postcard::from_bytes(&op.cmd).expect("test op");
+    fn apply(
+        &self,
+        desc: &RangeDesc,
+        data: &mut dyn DataWrite,
+        _stamp_ms: u64,
+        cmd: &[u8],
+    ) -> std::io::Result<RangeReply> {
+        let (k, v): (Vec<u8>, Vec<u8>) = postcard::from_bytes(cmd).expect("test op");
         if !desc.contains(&k) {
             return Ok(RangeReply::WrongRange(desc.clone()));
         }
@@ -39,11 +45,7 @@ impl Applier for Puts {
 }
 
 fn put(k: &str, v: &str) -> RangeOp {
-    RangeOp {
-        stamp_ms: 0,
-        epoch: 1,
-        cmd: postcard::to_allocvec(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())).unwrap(),
-    }
+    RangeOp::data(0, 1, postcard::to_allocvec(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())).unwrap())
 }
 
 struct Builder;
@@ -56,7 +58,7 @@ impl StoreBuilder<cairn_raft::range::RangeConfig, RangeLog, RangeStateMachine, t
         let log = SharedLog::open(&dir.path().join("log"), true).unwrap();
         let engine = Arc::new(cairn_storage::RedbEngine::open(&dir.path().join("data.redb"), 1 << 20).unwrap());
         let desc = RangeDesc { id: 7, start: vec![], end: vec![], epoch: 1 };
-        let sm = RangeStateMachine::open(engine, Arc::new(Puts), 7, Some(desc)).unwrap();
+        let sm = RangeStateMachine::open(engine, Arc::new(Puts), 7, Some(desc), None).unwrap();
         Ok((dir, RangeLog::new(log, 7), sm))
     }
 }
@@ -69,7 +71,7 @@ async fn openraft_storage_suite_on_the_shared_log() {
 const CLUSTER: u64 = 0xc0ffee;
 
 fn req(group: u64, epoch: u64, read: bool, cmd: Vec<u8>) -> RangeRequest {
-    RangeRequest { group, epoch, read, cmd }
+    RangeRequest::data(group, epoch, read, cmd)
 }
 
 /// One node: its range host served on a loopback port.
@@ -150,10 +152,14 @@ async fn leader(nodes: &[&Node], range: u64) -> usize {
 }
 
 async fn write(nodes: &[&Node], range: u64, k: &str, v: &str) -> RangeReply {
+    write_op(nodes, range, put(k, v)).await
+}
+
+async fn write_op(nodes: &[&Node], range: u64, op: RangeOp) -> RangeReply {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let l = leader(nodes, range).await;
-        match nodes[l].host.get(range).unwrap().write(put(k, v)).await {
+        match nodes[l].host.get(range).unwrap().write(op.clone()).await {
             Ok(r) => return r,
             Err(e) => {
                 assert!(Instant::now() < end, "write to range {range} kept failing: {e}");
@@ -304,6 +310,142 @@ async fn a_range_survives_its_leaders_node_and_the_node_catches_up() {
     assert!(early.is_some(), "the restarted node lost range 1's applied data");
     converged(&back, 1, &key(1, 119), "after").await;
     converged(&back, 1, &key(1, 0), "after").await;
+    nodes.push(back);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Counts the keys in `[from, to)` of `node`'s whole data engine (every range's keys).
+fn keys_in_engine(node: &Node, from: &[u8], to: &[u8]) -> usize {
+    let r = node.host.replicas().into_iter().next().expect("some replica");
+    r.sm.read(|d| {
+        let mut c = 0;
+        d.scan(from, to, &mut |_, _| {
+            c += 1;
+            true
+        })
+        .unwrap();
+        c
+    })
+    .unwrap()
+}
+
+/// Runs an operator's change on whichever node leads `range`, following `NotLeader`.
+async fn admin(nodes: &[&Node], range: u64, epoch: u64, a: Admin) -> Outcome {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = leader(nodes, range).await;
+        match nodes[l].host.execute(RangeRequest::admin(range, epoch, a.clone())).await {
+            Outcome::NotLeader { .. } | Outcome::Unavailable(_) if Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, d.path(), None).await);
+    }
+    // Range 1 on nodes 1-3; node 4 holds nothing yet.
+    let voters: BTreeMap<u64, PeerNode> = nodes[..3].iter().map(|n| (n.id, n.peer())).collect();
+    for (i, n) in nodes[..3].iter().enumerate() {
+        n.host.create(range(1), (i == 0).then(|| voters.clone())).await.unwrap();
+    }
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    for i in 0..100 {
+        write(&three, 1, &key(1, i), &format!("v{i}")).await;
+    }
+    // The split is one command in range 1's log: range 1 keeps [start, k050), range 100 takes
+    // [k050, end) with the keys already in place, on every replica, both at epoch 2.
+    let at = key(1, 50).into_bytes();
+    let child = match admin(&three, 1, 1, Admin::Split { key: at.clone(), child: 100 }).await {
+        Outcome::Done(b) => postcard::from_bytes::<RangeDesc>(&b).unwrap(),
+        other => panic!("split: {other:?}"),
+    };
+    assert_eq!(child, RangeDesc { id: 100, start: at.clone(), end: vec![2], epoch: 2 });
+    for n in &three {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(100).is_none() {
+            assert!(Instant::now() < end, "node {} never started range 100", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(n.host.get(1).unwrap().sm.desc(), RangeDesc { end: at.clone(), epoch: 2, ..range(1) });
+    }
+    // The split range elects a leader and serves the keys it took over; range 1 refuses them,
+    // and refuses a request routed with its old epoch.
+    let read = |range: u64, epoch: u64, k: String| {
+        let three = three.clone();
+        async move {
+            loop {
+                let l = leader(&three, range).await;
+                match three[l].host.execute(req(range, epoch, true, k.clone().into_bytes())).await {
+                    // Just elected, and already deposed (every replica of a new range campaigns).
+                    Outcome::NotLeader { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => return other,
+                }
+            }
+        }
+    };
+    assert_eq!(read(100, 2, key(1, 60)).await, Outcome::Done(b"v60".to_vec()));
+    let r1 = RangeDesc { end: at.clone(), epoch: 2, ..range(1) };
+    assert_eq!(read(1, 2, key(1, 60)).await, Outcome::WrongRange(r1.clone()));
+    assert_eq!(read(1, 1, key(1, 10)).await, Outcome::WrongRange(r1.clone()));
+    assert_eq!(read(1, 2, key(1, 10)).await, Outcome::Done(b"v10".to_vec()));
+    // A split outside the range, or at its start, changes nothing.
+    let bad = admin(&three, 1, 2, Admin::Split { key: key(1, 70).into_bytes(), child: 101 }).await;
+    assert_eq!(bad, Outcome::WrongRange(r1.clone()));
+    // Both take writes; range 100's log passes a snapshot (snapshot_count is 50), so the
+    // replica moved to node 4 below is caught up by snapshot.
+    let at2 = |k: String, v: String| RangeOp { epoch: 2, ..put(&k, &v) };
+    for i in 0..120 {
+        let prev = write_op(&three, 100, at2(key(1, 50 + i % 50), format!("w{i}"))).await;
+        let want = if i < 50 { format!("v{}", 50 + i) } else { format!("w{}", i - 50) };
+        assert_eq!(prev, RangeReply::Done(want.into_bytes()));
+    }
+    assert_eq!(write_op(&three, 1, at2(key(1, 0), "w".into())).await, RangeReply::Done(b"v0".to_vec()));
+    // Move range 100 off its leader's node onto node 4: leadership moves first, then node 4
+    // joins as a learner, catches up and is swapped in.
+    let from = three[leader(&three, 100).await].id;
+    nodes[3].host.create(child.clone(), None).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let moved = admin(&all, 100, 0, Admin::Move { from, to: 4, to_peer: nodes[3].peer() }).await;
+    assert_eq!(moved, Outcome::Done(vec![]));
+    let r100 = |n: &Node| n.host.get(100).map(|r| r.members().0);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let want: Vec<u64> = (1..=4).filter(|n| *n != from).collect();
+        if all.iter().filter(|n| n.id != from).all(|n| r100(n).as_deref() == Some(want.as_slice())) {
+            break;
+        }
+        assert!(Instant::now() < end, "range 100's voters never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    converged(&nodes[3], 100, &key(1, 99), "w99").await;
+    converged(&nodes[3], 100, &key(1, 50), "w100").await;
+    // The node it left removes its replica: the keys, the state and the log.
+    let gone = &nodes[(from - 1) as usize];
+    gone.host.destroy(100).await.unwrap();
+    assert!(gone.host.get(100).is_none());
+    assert_eq!(keys_in_engine(gone, &at, &[2]), 0, "the moved range's keys stayed behind");
+    assert_eq!(keys_in_engine(gone, &range(1).start, &at), 50, "range 1's keys went too");
+    // Leadership moves on request.
+    let stay: Vec<&Node> = all.iter().copied().filter(|n| n.id != from).collect();
+    let now = stay[leader(&stay, 100).await].id;
+    let to = stay.iter().map(|n| n.id).find(|id| *id != now).unwrap();
+    assert_eq!(admin(&stay, 100, 0, Admin::TransferLeader { to }).await, Outcome::Done(vec![]));
+    assert_eq!(stay[leader(&stay, 100).await].id, to);
+    // A restarted node reopens the split range from its data engine.
+    let i4 = nodes.len() - 1;
+    let (id, dir, addr) = nodes.remove(i4).stop().await;
+    let back = start(id, &dir, Some(addr)).await;
+    assert!(back.host.get(100).is_some(), "range 100 was not reopened");
+    converged(&back, 100, &key(1, 99), "w99").await;
     nodes.push(back);
     for n in nodes {
         n.stop().await;

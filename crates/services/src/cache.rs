@@ -16,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 
 use cairn_cluster::directory::{slots_of, Descriptor};
-use cairn_raft::range::{Applier, DataView, DataWrite, RangeDesc, RangeOp, RangeReply};
+use cairn_raft::range::{Applier, DataView, DataWrite, RangeDesc, RangeReply};
 use cairn_range::cmd::{DataCmd, ReadCmd, WriteReq};
 use cairn_range::exec::{Entries, ExecError, KvAccess, KvRead};
 use cairn_range::{keys, KeySpan, Reply};
@@ -109,13 +109,13 @@ fn desc_holds(desc: &RangeDesc, span: Option<&KeySpan>, user_keys: &[&[u8]]) -> 
 pub struct RedisApplier;
 
 impl Applier for RedisApplier {
-    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> io::Result<RangeReply> {
-        let req: WriteReq = match postcard::from_bytes(&op.cmd) {
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, stamp_ms: u64, cmd: &[u8]) -> io::Result<RangeReply> {
+        let req: WriteReq = match postcard::from_bytes(cmd) {
             Ok(r) => r,
             // Only this build's router writes these; an undecodable one changes nothing.
             Err(e) => return Ok(RangeReply::Done(encode(&Reply::err(format!("ERR undecodable write: {e}"))))),
         };
-        let now = op.stamp_ms as i64;
+        let now = stamp_ms as i64;
         let cmd = match req.resolve(now) {
             Ok(c) => c,
             Err(reply) => return Ok(RangeReply::Done(encode(&reply))),
@@ -155,6 +155,7 @@ fn tier_error(e: TierError) -> Reply {
         TierError::Unknown(m) => {
             Reply::err(format!("ERR timeout: the command may or may not have been executed ({m})"))
         }
+        TierError::Invalid(m) => Reply::err(format!("ERR {m}")),
     }
 }
 

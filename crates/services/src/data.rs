@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_cluster::directory::{slot_start, Descriptor, Directory, DirectoryOp, NodeRecord, PREFIX_REDIS, SLOTS};
-use cairn_raft::range::{Outcome, RangeDesc, RangeHost, RangeRequest};
+use cairn_raft::range::{Admin, Outcome, RangeDesc, RangeHost, RangeReplica, RangeRequest};
 use cairn_raft::PeerNode;
 use cairn_state::{Op, Response};
 use parking_lot::{Mutex, RwLock};
@@ -85,6 +85,9 @@ pub enum TierError {
     /// A write may or may not have been applied.
     #[error("the outcome is unknown: {0}")]
     Unknown(String),
+    /// An operator's request that cannot be carried out as asked.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How often the directory is re-read and replicas reconciled.
@@ -119,6 +122,7 @@ pub fn initial_directory(voters: &[u64], opts: &TierOptions) -> Vec<Descriptor> 
             epoch: 1,
             replicas: (0..rf).map(|k| voters[(i + k) % voters.len()]).collect(),
             learners: vec![],
+            conf: 0,
         })
         .collect()
 }
@@ -222,6 +226,7 @@ impl DataTier {
         self.refresh();
         if let Some(dir) = self.directory() {
             self.reconcile(&dir).await;
+            self.publish_ranges(&dir).await;
         } else if self.c.is_leader() {
             self.bootstrap().await;
         }
@@ -280,17 +285,116 @@ impl DataTier {
                 continue;
             }
             // The first replica of a range's first epoch starts its group; the others wait to
-            // hear from it.
-            let voters: Option<BTreeMap<u64, PeerNode>> = (d.epoch == 1 && d.replicas.first() == Some(&me))
-                .then(|| d.replicas.iter().filter_map(|id| peers.get(id).map(|p| (*id, p.clone()))).collect());
+            // hear from it. (Ranges made by splits start from their parent's log instead.)
+            let voters: Option<BTreeMap<u64, PeerNode>> =
+                (d.epoch == 1 && d.conf == 0 && d.replicas.first() == Some(&me))
+                    .then(|| d.replicas.iter().filter_map(|id| peers.get(id).map(|p| (*id, p.clone()))).collect());
             if voters.as_ref().is_some_and(|v| v.len() != d.replicas.len()) {
                 continue;
             }
             let desc = RangeDesc { id: d.id, start: d.start.clone(), end: d.end.clone(), epoch: d.epoch };
             if let Err(e) = self.host.create(desc, voters).await {
-                tracing::warn!(range = d.id, error = %e, "cannot create a range replica");
+                tracing::debug!(range = d.id, error = %e, "cannot create a range replica yet");
             }
         }
+        // Replicas moved off this node go: the directory no longer lists this node, and either
+        // it reports a newer membership than the replica holds, or the replica's own applied
+        // membership has left this node out too.
+        for r in self.host.replicas() {
+            let Some(d) = dir.get(r.id) else { continue };
+            if d.replicas.contains(&me) || d.learners.contains(&me) {
+                continue;
+            }
+            let (voters, learners, conf) = r.members();
+            let left_out = !voters.contains(&me) && !learners.contains(&me);
+            if d.conf > conf || (left_out && d.conf >= conf) {
+                if let Err(e) = self.host.destroy(r.id).await {
+                    tracing::warn!(range = r.id, error = %e, "cannot remove a range replica");
+                }
+            }
+        }
+    }
+
+    /// A range replica here as the directory describes it: its span and epoch, and its
+    /// applied membership (for a range just made by a split, the voters it starts with).
+    fn describe(r: &RangeReplica) -> Option<Descriptor> {
+        let desc = r.sm.desc();
+        let (mut voters, learners, conf) = r.members();
+        if voters.is_empty() {
+            voters = r.sm.init_voters().ok().flatten()?.into_keys().collect();
+        }
+        Some(Descriptor {
+            id: desc.id,
+            start: desc.start,
+            end: desc.end,
+            epoch: desc.epoch,
+            replicas: voters,
+            learners,
+            conf,
+        })
+    }
+
+    /// Reports into the directory what the ranges this node leads have become: a replica
+    /// change, or a split (the range's new span and the ranges it made, which must tile the
+    /// span the directory knew).
+    async fn publish_ranges(&self, dir: &Directory) {
+        let me = self.c.id();
+        let local = self.host.replicas();
+        for r in local.iter().filter(|r| r.leader() == Some(me)) {
+            let Some(cur) = dir.get(r.id) else { continue };
+            let Some(mine) = Self::describe(r) else { continue };
+            if mine.version() <= cur.version() {
+                continue;
+            }
+            let mut put = vec![mine.clone()];
+            if (mine.start.as_slice(), mine.end.as_slice()) != (cur.start.as_slice(), cur.end.as_slice()) {
+                for o in local.iter().filter(|o| o.id != r.id && dir.get(o.id).is_none()) {
+                    if let Some(od) = Self::describe(o).filter(|od| within(od, cur)) {
+                        put.push(od);
+                    }
+                }
+                put.sort_by(|a, b| a.start.cmp(&b.start));
+                let tiles = put.first().is_some_and(|f| f.start == cur.start)
+                    && put.last().is_some_and(|l| l.end == cur.end)
+                    && put.windows(2).all(|w| w[0].end == w[1].start);
+                if !tiles {
+                    continue;
+                }
+            }
+            let op = DirectoryOp::Update { expect: vec![(cur.id, cur.epoch)], put, remove: vec![] };
+            match self.propose_directory(op).await {
+                Ok(Response::Directory { applied: true, .. }) => {
+                    tracing::info!(
+                        range = r.id,
+                        epoch = mine.epoch,
+                        conf = mine.conf,
+                        "range reported to the directory"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(range = r.id, error = %e, "range not reported yet"),
+            }
+        }
+        self.refresh();
+    }
+
+    /// Proposes a directory change to the meta group, through its leader.
+    async fn propose_directory(&self, op: DirectoryOp) -> Result<Response, cairn_types::Error> {
+        let op = Op::Directory(op);
+        let bytes = postcard::to_allocvec(&op).expect("serializable");
+        self.c
+            .on_leader(
+                || cairn_proto::peer::forward_request::Request::Propose(bytes.clone().into()),
+                |d| {
+                    let op = op.clone();
+                    async move { self.c.propose(op, d).await }
+                },
+                |x| match x {
+                    cairn_proto::peer::forward_reply::Response::Proposed(b) => postcard::from_bytes(&b).ok(),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     /// Publishes this node's record (its Redis URLs) until the meta group has it.
@@ -306,22 +410,8 @@ impl DataTier {
         if self.c.store().nodes().get(&me).is_some_and(|n| *n == NodeRecord { draining: n.draining, ..want.clone() }) {
             return;
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let op = Op::Directory(DirectoryOp::Node(want));
-        let bytes = postcard::to_allocvec(&op).expect("serializable");
-        let r = self
-            .c
-            .on_leader(
-                || cairn_proto::peer::forward_request::Request::Propose(bytes.clone().into()),
-                |d| {
-                    let op = op.clone();
-                    async move { self.c.propose(op, d).await.map(|_| ()) }
-                },
-                |x| matches!(x, cairn_proto::peer::forward_reply::Response::Proposed(_)).then_some(()),
-            )
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, deadline = ?deadline, "node record not published yet");
+        if let Err(e) = self.propose_directory(DirectoryOp::Node(want)).await {
+            tracing::debug!(error = %e, "node record not published yet");
         }
     }
 
@@ -354,6 +444,10 @@ impl DataTier {
         cmd: Vec<u8>,
         deadline: Instant,
     ) -> Result<Option<Vec<u8>>, TierError> {
+        self.run(d, RangeRequest::data(d.id, d.epoch, read, cmd), deadline).await
+    }
+
+    async fn run(&self, d: &Descriptor, req: RangeRequest, deadline: Instant) -> Result<Option<Vec<u8>>, TierError> {
         let peers = self.peers();
         let mut attempt = 0usize;
         loop {
@@ -364,9 +458,8 @@ impl DataTier {
             if left.is_zero() {
                 return Err(TierError::Unavailable(d.id));
             }
-            let req = RangeRequest { group: d.id, epoch: d.epoch, read, cmd: cmd.clone() };
             let peer = peers.get(&target).cloned().unwrap_or_default();
-            let outcome = self.host.execute_on(target, &peer, req, left).await;
+            let outcome = self.host.execute_on(target, &peer, req.clone(), left).await;
             match outcome {
                 Outcome::Done(b) => {
                     self.hints.lock().insert(d.id, target);
@@ -378,6 +471,15 @@ impl DataTier {
                     continue;
                 }
                 Outcome::NotLeader { .. } | Outcome::NotHere | Outcome::Unavailable(_) => {
+                    if req.admin.is_some() {
+                        if let Outcome::Unavailable(why) = &outcome {
+                            // An operator's change refused for a reason of its own (a node
+                            // not a voter, a replica already there) is not retried.
+                            if !why.contains("timed out") && !why.contains("connect") {
+                                return Err(TierError::Invalid(why.clone()));
+                            }
+                        }
+                    }
                     self.hints.lock().remove(&d.id);
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis((10 * attempt as u64).min(200))).await;
@@ -386,6 +488,112 @@ impl DataTier {
             }
         }
     }
+
+    /// The range holding `key`, as the directory has it.
+    fn range_of(&self, key: &[u8]) -> Result<Descriptor, TierError> {
+        Ok(self.directory().ok_or(TierError::NotReady)?.lookup(key).clone())
+    }
+
+    fn range_by_id(&self, id: u64) -> Result<Descriptor, TierError> {
+        let dir = self.directory().ok_or(TierError::NotReady)?;
+        dir.get(id).cloned().ok_or_else(|| TierError::Invalid(format!("range {id} not found")))
+    }
+
+    /// A node id by name or hex id.
+    pub fn node_named(&self, name: &str) -> Result<u64, TierError> {
+        let nodes = self.nodes();
+        nodes
+            .values()
+            .find(|n| n.name == name)
+            .map(|n| n.id)
+            .or_else(|| u64::from_str_radix(name, 16).ok().filter(|id| nodes.contains_key(id)))
+            .ok_or_else(|| TierError::Invalid(format!("node {name:?} not found")))
+    }
+
+    /// Waits until this node's directory holds range `id` at `(epoch, conf)` or newer.
+    async fn await_directory(&self, id: u64, version: (u64, u64), deadline: Instant) -> Result<(), TierError> {
+        loop {
+            self.refresh();
+            if self.directory().and_then(|d| d.get(id).map(|d| d.version() >= version)).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TierError::Unavailable(id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Splits the range holding `key` at `key` (under the Redis prefix: at the start of its
+    /// slot, or the next slot's when that is the range's start). Answers the two ranges.
+    pub async fn split_at(&self, key: &[u8]) -> Result<(u64, u64), TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let d = self.range_of(key)?;
+        let at = cairn_cluster::directory::split_boundary(&d.start, &d.end, key).ok_or_else(|| {
+            TierError::Invalid(format!("range {} cannot split at {}: no boundary inside it", d.id, key_text(key)))
+        })?;
+        let child = match self.propose_directory(DirectoryOp::Reserve).await {
+            Ok(Response::Directory { reserved, .. }) if reserved > 0 => reserved,
+            Ok(other) => return Err(TierError::Unknown(format!("unexpected answer to a reservation: {other:?}"))),
+            Err(e) => return Err(TierError::Unknown(e.to_string())),
+        };
+        let req = RangeRequest::admin(d.id, d.epoch, Admin::Split { key: at, child });
+        match self.run(&d, req, deadline).await? {
+            Some(_) => {
+                self.await_directory(child, (0, 0), deadline).await?;
+                Ok((d.id, child))
+            }
+            None => Err(TierError::Invalid(format!(
+                "range {} changed while the split was asked for (split or merged): try again",
+                d.id
+            ))),
+        }
+    }
+
+    /// Hands range `id`'s leadership to node `to`.
+    pub async fn transfer_leader(&self, id: u64, to: u64) -> Result<(), TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        let req = RangeRequest::admin(d.id, 0, Admin::TransferLeader { to });
+        self.run(&d, req, deadline).await?;
+        self.hints.lock().insert(id, to);
+        Ok(())
+    }
+
+    /// Moves range `id`'s replica from node `from` to node `to`, and waits until the
+    /// directory says so.
+    pub async fn move_replica(&self, id: u64, from: u64, to: u64) -> Result<(), TierError> {
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        let to_peer = self
+            .peers()
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| TierError::Invalid(format!("node {to:x} is not a member of the cluster")))?;
+        let req = RangeRequest::admin(d.id, 0, Admin::Move { from, to, to_peer });
+        self.run(&d, req, deadline).await?;
+        loop {
+            self.refresh();
+            let now = self.range_by_id(id)?;
+            if now.replicas.contains(&to) && !now.replicas.contains(&from) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TierError::Unavailable(id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How long an operator's split or leader transfer may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a move may take (the new replica is caught up by snapshot).
+const MOVE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Whether `a`'s span lies inside `b`'s.
+fn within(a: &Descriptor, b: &Descriptor) -> bool {
+    a.start >= b.start && (b.end.is_empty() || (!a.end.is_empty() && a.end <= b.end))
 }
 
 #[cfg(test)]

@@ -86,12 +86,13 @@ impl Forwarded {
             Fq::Propose(b) => {
                 let op: Op =
                     postcard::from_bytes(&b).map_err(|e| Error::Internal(format!("forwarded proposal: {e}")))?;
-                // Auth changes (checked by the guard like any client request), and data tier
-                // node records, which members publish on their own behalf as they publish
-                // their attributes.
-                if !matches!(op, Op::Auth(_) | Op::Directory(cairn_cluster::directory::DirectoryOp::Node(_))) {
+                // Auth changes (checked by the guard like any client request), and the data
+                // tier's directory changes, which members make on their own behalf (node
+                // records, what the ranges they lead have become, range id reservations) and
+                // which the meta group checks itself (compare-and-swap on epochs, tiling).
+                if !matches!(op, Op::Auth(_) | Op::Directory(_)) {
                     return Err(Error::Internal(
-                        "only auth changes and node records are forwarded as proposals".into(),
+                        "only auth changes and directory changes are forwarded as proposals".into(),
                     ));
                 }
                 let r = self.c.propose(op, d).await?;

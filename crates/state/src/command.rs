@@ -215,6 +215,8 @@ pub enum Response {
     Directory {
         applied: bool,
         ranges: Vec<cairn_cluster::directory::Descriptor>,
+        /// The id a `Reserve` handed out (0 for the other ops).
+        reserved: u64,
     },
 }
 

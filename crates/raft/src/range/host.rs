@@ -22,9 +22,10 @@ use parking_lot::RwLock;
 use crate::node::RaftTimers;
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
-use crate::range::sm::{self, Applier, RangeStateMachine, SnapshotBytes};
+use crate::range::sm::{self, Applier, RangeEvent, RangeStateMachine, SnapshotBytes};
 use crate::range::types::{
-    Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest, SnapshotMeta, Vote,
+    Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
+    SnapshotMeta, Vote,
 };
 use crate::types::PeerNode;
 
@@ -91,6 +92,16 @@ impl RangeReplica {
     pub fn leader(&self) -> Option<u64> {
         self.raft.server_metrics().borrow_watched().current_leader
     }
+
+    /// The range's voters and learners as this replica has applied them, and the log index
+    /// of that membership (the directory's `conf`).
+    pub fn members(&self) -> (Vec<u64>, Vec<u64>, u64) {
+        let m = self.sm.membership();
+        let conf = m.log_id().map_or(0, |l| l.index);
+        let voters: Vec<u64> = m.voter_ids().collect();
+        let learners: Vec<u64> = m.membership().learner_ids().collect();
+        (voters, learners, conf)
+    }
 }
 
 /// Every range replica on this node.
@@ -102,6 +113,9 @@ pub struct RangeHost {
     mux: Mux,
     config: Arc<Config>,
     replicas: RwLock<HashMap<RangeId, Arc<RangeReplica>>>,
+    events: tokio::sync::mpsc::UnboundedSender<RangeEvent>,
+    /// Serializes creating and destroying replicas (the overlap check and the start).
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -135,6 +149,7 @@ impl RangeHost {
         }
         .validate()
         .map_err(io_err)?;
+        let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
         let host = Arc::new(RangeHost {
             opts,
             log,
@@ -143,10 +158,24 @@ impl RangeHost {
             mux: Mux::default(),
             config: Arc::new(config),
             replicas: RwLock::new(HashMap::new()),
+            events,
+            lifecycle: tokio::sync::Mutex::new(()),
         });
         for id in host.stored_ranges()? {
             host.start(id, None).await?;
         }
+        // A split applied here starts the new range's group at once.
+        let weak = Arc::downgrade(&host);
+        tokio::spawn(async move {
+            while let Some(RangeEvent::Split { parent, child }) = event_rx.recv().await {
+                let Some(h) = weak.upgrade() else { return };
+                let id = child.id;
+                match h.create(child, None).await {
+                    Ok(_) => tracing::info!(parent, range = id, "range split"),
+                    Err(e) => tracing::warn!(parent, range = id, error = %e, "cannot start a range made by a split"),
+                }
+            }
+        });
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
             loop {
@@ -180,7 +209,8 @@ impl RangeHost {
     }
 
     async fn start(&self, id: RangeId, desc: Option<RangeDesc>) -> io::Result<Arc<RangeReplica>> {
-        let sm = RangeStateMachine::open(self.engine.clone(), self.applier.clone(), id, desc)?;
+        let sm =
+            RangeStateMachine::open(self.engine.clone(), self.applier.clone(), id, desc, Some(self.events.clone()))?;
         let net = RangeNetwork { group: id, mux: self.mux.clone() };
         let raft = RangeRaft::new(
             self.opts.node_id,
@@ -191,6 +221,15 @@ impl RangeHost {
         )
         .await
         .map_err(io_err)?;
+        // A range made by a split starts its group with the parent's voters, on every replica
+        // alike (safe: the same membership everywhere); a group already going ignores it.
+        if let Some(voters) = sm.init_voters()? {
+            if !raft.is_initialized().await.map_err(io_err)? {
+                if let Err(e) = raft.initialize(voters).await {
+                    tracing::debug!(range = id, error = %e, "range already initialized");
+                }
+            }
+        }
         let r = Arc::new(RangeReplica { id, raft, sm });
         self.replicas.write().insert(id, r.clone());
         Ok(r)
@@ -198,20 +237,81 @@ impl RangeHost {
 
     /// Creates a replica of a range new to this node. With `voters`, this replica bootstraps
     /// the range's group with them (call it on one node only); without, it waits to be
-    /// added by the range's leader.
+    /// added by the range's leader (or starts as its split made it).
+    ///
+    /// Refused while another replica here still holds some of its keys: a range split off
+    /// elsewhere waits until this node's replica of its parent has applied the split, so the
+    /// two never write the same keys.
     pub async fn create(
         &self,
         desc: RangeDesc,
         voters: Option<BTreeMap<u64, PeerNode>>,
     ) -> io::Result<Arc<RangeReplica>> {
+        let _g = self.lifecycle.lock().await;
         if let Some(r) = self.get(desc.id) {
             return Ok(r);
+        }
+        let stored = self.stored_desc(desc.id)?;
+        let span = stored.as_ref().unwrap_or(&desc);
+        if let Some(o) = self.replicas().into_iter().find(|r| overlaps(&r.sm.desc(), span)) {
+            return Err(io_err(format!(
+                "range {} overlaps range {} here (a split not yet applied on this node)",
+                desc.id, o.id
+            )));
         }
         let r = self.start(desc.id, Some(desc)).await?;
         if let Some(v) = voters {
             r.raft.initialize(v).await.map_err(io_err)?;
         }
         Ok(r)
+    }
+
+    fn stored_desc(&self, id: RangeId) -> io::Result<Option<RangeDesc>> {
+        let reader = self.engine.reader().map_err(io_err)?;
+        reader
+            .get(Table::Meta, &sm::meta_key(id, sm::DESC))
+            .map_err(io_err)?
+            .map(|b| postcard::from_bytes(&b).map_err(io_err))
+            .transpose()
+    }
+
+    /// Removes this node's replica of range `id` (moved elsewhere): stops its group, and
+    /// deletes its keys, its state and its log here.
+    pub async fn destroy(&self, id: RangeId) -> io::Result<()> {
+        let _g = self.lifecycle.lock().await;
+        let Some(r) = self.replicas.write().remove(&id) else { return Ok(()) };
+        let _ = r.raft.shutdown().await;
+        let desc = r.sm.desc();
+        let mut wb = cairn_storage::WriteBatch::new();
+        {
+            let reader = self.engine.reader().map_err(io_err)?;
+            let end = if desc.end.is_empty() { Bound::Unbounded } else { Bound::Excluded(desc.end.as_slice()) };
+            reader
+                .scan(Table::Kv, Bound::Included(desc.start.as_slice()), end, &mut |k, _| {
+                    wb.delete(Table::Kv, k.to_vec());
+                    true
+                })
+                .map_err(io_err)?;
+            let prefix = sm::meta_key(id, "");
+            let mut upper = prefix.clone();
+            *upper.last_mut().expect("non-empty") += 1;
+            reader
+                .scan(
+                    Table::Meta,
+                    Bound::Included(prefix.as_slice()),
+                    Bound::Excluded(upper.as_slice()),
+                    &mut |k, _| {
+                        wb.delete(Table::Meta, k.to_vec());
+                        true
+                    },
+                )
+                .map_err(io_err)?;
+        }
+        self.engine.write(wb).map_err(io_err)?;
+        self.engine.sync().map_err(io_err)?;
+        self.log.clean(id).await?;
+        tracing::info!(range = id, "range replica removed from this node");
+        Ok(())
     }
 
     pub fn get(&self, id: RangeId) -> Option<Arc<RangeReplica>> {
@@ -248,8 +348,11 @@ impl RangeHost {
     /// stamped with this node's clock and proposed; a read waits for a read barrier, then
     /// answers from the applied state.
     pub async fn execute(&self, req: RangeRequest) -> Outcome {
-        let RangeRequest { group, epoch, read, cmd } = req;
+        let RangeRequest { group, epoch, read, cmd, admin } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
+        if let Some(a) = admin {
+            return self.admin(&r, epoch, a).await;
+        }
         if read {
             match r.read_barrier().await {
                 Ok(()) => {}
@@ -267,12 +370,123 @@ impl RangeHost {
                 Err(e) => Outcome::Unavailable(e.to_string()),
             };
         }
-        let op = RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd };
+        let op = RangeOp::data(cairn_types::clock::wall_ms(), epoch, cmd);
         match r.write(op).await {
             Ok(RangeReply::Done(b)) => Outcome::Done(b),
             Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
             Err(e) => Outcome::Unknown(e.to_string()),
+        }
+    }
+
+    /// Runs an operator's change on range `r`, whose leader this node must be.
+    async fn admin(&self, r: &Arc<RangeReplica>, epoch: u64, a: Admin) -> Outcome {
+        let me = self.opts.node_id;
+        let leader = r.leader();
+        if leader != Some(me) {
+            return Outcome::NotLeader { leader };
+        }
+        let desc = r.sm.desc();
+        if epoch != 0 && epoch != desc.epoch {
+            return Outcome::WrongRange(desc);
+        }
+        let (voters, learners, _) = r.members();
+        match a {
+            Admin::Split { key, child } => {
+                let op =
+                    RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd: RangeCmd::Split { key, child } };
+                match r.write(op).await {
+                    Ok(RangeReply::Done(b)) => Outcome::Done(b),
+                    Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+                    Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+                    Err(e) => Outcome::Unknown(e.to_string()),
+                }
+            }
+            Admin::TransferLeader { to } => {
+                if to == me {
+                    return Outcome::Done(vec![]);
+                }
+                if !voters.contains(&to) {
+                    return Outcome::Unavailable(format!("node {to:x} is not a voter of range {}", r.id));
+                }
+                self.hand_over(r, to).await
+            }
+            Admin::Move { from, to, to_peer } => {
+                if !voters.contains(&from) {
+                    return if voters.contains(&to) {
+                        Outcome::Done(vec![])
+                    } else {
+                        Outcome::Unavailable(format!("node {from:x} holds no replica of range {}", r.id))
+                    };
+                }
+                if voters.contains(&to) {
+                    return Outcome::Unavailable(format!("node {to:x} already holds a replica of range {}", r.id));
+                }
+                if from == me {
+                    // Leadership goes first, to a voter that stays; the caller follows it.
+                    let Some(next) = voters.iter().copied().find(|v| *v != me) else {
+                        return Outcome::Unavailable(format!("range {} has no other voter to lead it", r.id));
+                    };
+                    return match self.hand_over(r, next).await {
+                        Outcome::Done(_) => Outcome::NotLeader { leader: Some(next) },
+                        other => other,
+                    };
+                }
+                if !learners.contains(&to) {
+                    if let Err(e) = r.raft.add_learner(to, to_peer, false).await {
+                        return Outcome::Unavailable(format!("range {}: cannot add a learner: {e}", r.id));
+                    }
+                }
+                // Caught up: the learner holds what the leader had when it was added.
+                let target = r.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+                let give_up = tokio::time::Instant::now() + MOVE_CATCH_UP_MAX;
+                loop {
+                    if tokio::time::Instant::now() >= give_up {
+                        return Outcome::Unavailable(format!(
+                            "range {}: node {to:x} did not catch up within {MOVE_CATCH_UP_MAX:?}",
+                            r.id
+                        ));
+                    }
+                    let m = r.raft.metrics().borrow_watched().clone();
+                    if m.current_leader != Some(me) {
+                        return Outcome::NotLeader { leader: m.current_leader };
+                    }
+                    let matched =
+                        m.replication.as_ref().and_then(|rep| rep.get(&to).cloned().flatten()).map_or(0, |l| l.index);
+                    if matched >= target {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let mut next: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+                next.remove(&from);
+                next.insert(to);
+                match r.raft.change_membership(next, false).await {
+                    Ok(_) => Outcome::Done(vec![]),
+                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(
+                        f,
+                    ))) => Outcome::NotLeader { leader: f.leader_id },
+                    Err(e) => Outcome::Unknown(format!("range {}: membership change: {e}", r.id)),
+                }
+            }
+        }
+    }
+
+    /// Hands leadership of `r` to voter `to` and waits until `to` leads.
+    async fn hand_over(&self, r: &Arc<RangeReplica>, to: u64) -> Outcome {
+        if let Err(e) = r.raft.trigger().transfer_leader(to).await {
+            return Outcome::Unavailable(format!("range {}: {e}", r.id));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.opts.timers.election_timeout_ms * 4);
+        loop {
+            let leader = r.leader();
+            if leader == Some(to) {
+                return Outcome::Done(vec![]);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Outcome::Unavailable(format!("range {}: leadership did not move to node {to:x}", r.id));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -298,6 +512,13 @@ impl RangeHost {
         self.log.close();
         let _ = self.engine.sync();
     }
+}
+
+/// How long a move waits for its new replica to catch up.
+const MOVE_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+
+fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
+    a.id != b.id && (b.end.is_empty() || a.start < b.end) && (a.end.is_empty() || b.start < a.end)
 }
 
 fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {

@@ -162,6 +162,13 @@ impl SharedLog {
     }
 
     /// Removes log files every group has purged past. Call now and then.
+    /// Removes everything group `group` holds in the log (its replica left this node).
+    pub async fn clean(&self, group: RangeId) -> io::Result<()> {
+        let mut b = LogBatch::default();
+        b.add_command(group, raft_engine::Command::Clean);
+        self.write(b).await
+    }
+
     pub fn purge_files(&self) -> io::Result<Vec<RangeId>> {
         self.engine.purge_expired_files().map_err(io_err)
     }
@@ -464,7 +471,7 @@ mod tests {
 
     fn entry(index: u64, payload: usize) -> Entry {
         let lid = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index);
-        Entry::new_normal(lid, crate::range::RangeOp { stamp_ms: 0, epoch: 0, cmd: vec![index as u8; payload] })
+        Entry::new_normal(lid, crate::range::RangeOp::data(0, 0, vec![index as u8; payload]))
     }
 
     /// Appends queued faster than the writer writes them (openraft appends again before the

@@ -24,5 +24,7 @@ pub mod types;
 pub use host::RangeError;
 pub use host::{RangeHost, RangeHostOptions, RangeReplica};
 pub use log::{RangeLog, SharedLog};
-pub use sm::{Applier, DataView, DataWrite, RangeStateMachine};
-pub use types::{Outcome, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest};
+pub use sm::{Applier, DataView, DataWrite, RangeEvent, RangeStateMachine};
+pub use types::{
+    Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
+};

@@ -137,7 +137,7 @@ impl Mux {
     /// Sends a client request to `target`, which runs it if it leads `group`. Whether a
     /// failed call may have run is told apart: a connection never made did not run it.
     pub async fn execute(&self, target: u64, node: &PeerNode, req: RangeRequest, timeout: Duration) -> Outcome {
-        let RangeRequest { group, epoch, read, cmd } = req;
+        let RangeRequest { group, epoch, read, cmd, admin } = req;
         if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
             return Outcome::Unavailable("link cut by fault injection".into());
         }
@@ -145,7 +145,9 @@ impl Mux {
             return Outcome::Unavailable(format!("node {target:x} has no usable peer URL"));
         };
         let mut client = q.client.clone();
-        let mut req = tonic::Request::new(RangeExecuteRequest { group, epoch, read, cmd: cmd.into() });
+        let admin = admin.map(|a| encode(&a)).unwrap_or_default();
+        let mut req =
+            tonic::Request::new(RangeExecuteRequest { group, epoch, read, cmd: cmd.into(), admin: admin.into() });
         req.set_timeout(timeout);
         crate::network::stamp(&mut req);
         match client.execute(req).await {
@@ -388,7 +390,15 @@ impl Ranges for RangesService {
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let r = req.into_inner();
-        let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec() };
+        let admin = if r.admin.is_empty() {
+            None
+        } else {
+            Some(
+                postcard::from_bytes(&r.admin)
+                    .map_err(|e| tonic::Status::invalid_argument(format!("undecodable range change: {e}")))?,
+            )
+        };
+        let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec(), admin };
         let outcome = self.handler.execute(req).await;
         Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }))
     }

@@ -23,8 +23,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::range::types::{
-    LogId, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta, StoredMembership,
+    LogId, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta, StoredMembership,
 };
+use crate::types::PeerNode;
 
 /// A snapshot's data: its encoded bytes.
 pub type SnapshotBytes = Cursor<Vec<u8>>;
@@ -46,13 +47,13 @@ pub trait DataWrite: DataView {
     fn delete(&mut self, key: &[u8]);
 }
 
-/// What a range's commands mean: the layer above (the data tier's services) decides.
-/// Must be deterministic: the same op on the same data gives the same changes and answer on
-/// every replica (time comes from `op.stamp_ms`). An op naming keys outside `desc` answers
-/// [`RangeReply::WrongRange`] and changes nothing.
+/// What a range's data commands mean: the layer above (the data tier's services) decides.
+/// Must be deterministic: the same command on the same data gives the same changes and answer
+/// on every replica (time comes from `stamp_ms`, the proposer's clock, carried in the log). A
+/// command naming keys outside `desc` answers [`RangeReply::WrongRange`] and changes nothing.
 /// An `Err` from `apply` is a storage failure: the group stops (openraft treats it as fatal).
 pub trait Applier: Send + Sync + 'static {
-    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, op: &RangeOp) -> io::Result<RangeReply>;
+    fn apply(&self, desc: &RangeDesc, data: &mut dyn DataWrite, stamp_ms: u64, cmd: &[u8]) -> io::Result<RangeReply>;
 
     /// Answers a read over the range's applied state; `now_ms` is the serving node's clock.
     fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> io::Result<RangeReply>;
@@ -83,6 +84,16 @@ pub fn meta_key(id: RangeId, field: &str) -> Vec<u8> {
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 pub(crate) const DESC: &str = "desc";
+/// The voters a range created by a split starts its group with (every replica of the parent
+/// initializes the child with the same ones, which openraft allows).
+pub(crate) const INIT: &str = "init";
+
+/// What apply tells the node hosting the range.
+#[derive(Debug, Clone)]
+pub enum RangeEvent {
+    /// A split created range `child` here: its group must be started.
+    Split { parent: RangeId, child: RangeDesc },
+}
 
 fn upper(to: &[u8]) -> Bound<&[u8]> {
     if to.is_empty() {
@@ -95,7 +106,7 @@ fn upper(to: &[u8]) -> Bound<&[u8]> {
 /// The engine as of a reader, plus the changes made so far in this apply batch.
 struct Overlay<'a> {
     reader: &'a dyn Reader,
-    desc: &'a RangeDesc,
+    desc: RangeDesc,
     changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// A key outside the range was written: a bug in the applier, refused at commit.
     outside: Option<Vec<u8>>,
@@ -183,6 +194,7 @@ struct Inner {
     engine: Arc<dyn Engine>,
     applier: Arc<dyn Applier>,
     state: Mutex<SmState>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<RangeEvent>>,
 }
 
 /// A range's state machine; clones share state.
@@ -193,12 +205,14 @@ pub struct RangeStateMachine {
 
 impl RangeStateMachine {
     /// Opens range `id`'s state machine on `engine`. A range new to this node starts empty with
-    /// `desc`; one it already holds keeps its stored descriptor.
+    /// `desc`; one it already holds keeps its stored descriptor. `events` hears of the ranges
+    /// its splits create.
     pub fn open(
         engine: Arc<dyn Engine>,
         applier: Arc<dyn Applier>,
         id: RangeId,
         desc: Option<RangeDesc>,
+        events: Option<tokio::sync::mpsc::UnboundedSender<RangeEvent>>,
     ) -> io::Result<RangeStateMachine> {
         let r = engine.reader().map_err(io_err)?;
         let get = |f: &str| r.get(Table::Meta, &meta_key(id, f)).map_err(io_err);
@@ -223,6 +237,7 @@ impl RangeStateMachine {
                 engine,
                 applier,
                 state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some() }),
+                events,
             }),
         })
     }
@@ -235,11 +250,25 @@ impl RangeStateMachine {
         self.inner.state.lock().applied
     }
 
+    /// The range's applied (committed) membership.
+    pub fn membership(&self) -> StoredMembership {
+        self.inner.state.lock().membership.clone()
+    }
+
+    /// The voters a split-created range starts with, until its group is initialized.
+    pub fn init_voters(&self) -> io::Result<Option<BTreeMap<u64, PeerNode>>> {
+        let r = self.inner.engine.reader().map_err(io_err)?;
+        r.get(Table::Meta, &meta_key(self.inner.id, INIT))
+            .map_err(io_err)?
+            .map(|b| decode(&b, "a range's initial voters"))
+            .transpose()
+    }
+
     /// Reads the range's keys as of now (what apply has made visible).
     pub fn read<T>(&self, f: impl FnOnce(&dyn DataView) -> T) -> io::Result<T> {
         let reader = self.inner.engine.reader().map_err(io_err)?;
         let desc = self.desc();
-        let view = Overlay { reader: &*reader, desc: &desc, changes: BTreeMap::new(), outside: None };
+        let view = Overlay { reader: &*reader, desc, changes: BTreeMap::new(), outside: None };
         Ok(f(&view))
     }
 
@@ -386,8 +415,9 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         let reader = engine.reader().map_err(io_err)?;
         let mut replies = Vec::with_capacity(items.len());
         let mut st = self.inner.state.lock();
-        let desc = st.desc.clone();
-        let mut view = Overlay { reader: &*reader, desc: &desc, changes: BTreeMap::new(), outside: None };
+        let mut view = Overlay { reader: &*reader, desc: st.desc.clone(), changes: BTreeMap::new(), outside: None };
+        let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut events = Vec::new();
         for (entry, responder) in items {
             if let Some(applied) = &st.applied {
                 if entry.log_id.index <= applied.index {
@@ -396,10 +426,37 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             }
             let reply = match &entry.payload {
                 EntryPayload::Blank => RangeReply::default(),
-                EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != desc.epoch => {
-                    RangeReply::WrongRange(desc.clone())
+                EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != view.desc.epoch => {
+                    RangeReply::WrongRange(view.desc.clone())
                 }
-                EntryPayload::Normal(op) => self.inner.applier.apply(&desc, &mut view, op)?,
+                EntryPayload::Normal(RangeOp { stamp_ms, cmd: RangeCmd::Data(cmd), .. }) => {
+                    let desc = view.desc.clone();
+                    self.inner.applier.apply(&desc, &mut view, *stamp_ms, cmd)?
+                }
+                EntryPayload::Normal(RangeOp { cmd: RangeCmd::Split { key, child }, .. }) => {
+                    let d = &view.desc;
+                    let inside = key.as_slice() > d.start.as_slice() && (d.end.is_empty() || key < &d.end);
+                    if !inside || *child == id {
+                        RangeReply::WrongRange(d.clone())
+                    } else {
+                        let epoch = d.epoch + 1;
+                        let child_desc = RangeDesc { id: *child, start: key.clone(), end: d.end.clone(), epoch };
+                        let parent = RangeDesc { id, start: d.start.clone(), end: key.clone(), epoch };
+                        let m = st.membership.membership();
+                        let voters: BTreeMap<u64, PeerNode> = m
+                            .nodes()
+                            .filter(|(n, _)| m.voter_ids().any(|v| v == **n))
+                            .map(|(n, p)| (*n, p.clone()))
+                            .collect();
+                        meta.push((meta_key(*child, DESC), encode(&child_desc)));
+                        meta.push((meta_key(*child, INIT), encode(&voters)));
+                        meta.push((meta_key(id, DESC), encode(&parent)));
+                        view.desc = parent.clone();
+                        st.desc = parent;
+                        events.push(RangeEvent::Split { parent: id, child: child_desc.clone() });
+                        RangeReply::Done(encode(&child_desc))
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     RangeReply::default()
@@ -411,18 +468,27 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         if let Some(k) = view.outside {
             return Err(io_err(format!("range {id}: apply wrote key {k:?} outside the range")));
         }
-        let mut wb = WriteBatch::with_capacity(view.changes.len() + 2);
+        let mut wb = WriteBatch::with_capacity(view.changes.len() + 2 + meta.len());
         for (k, v) in view.changes {
             match v {
                 Some(v) => wb.put(Table::Kv, k, v),
                 None => wb.delete(Table::Kv, k),
             }
         }
+        for (k, v) in meta {
+            wb.put(Table::Meta, k, v);
+        }
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&st.applied));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&st.membership));
         // A failed engine write is fatal: openraft stops the group on this error.
         engine.write(wb).map_err(io_err)?;
         drop(st);
+        if let Some(tx) = &self.inner.events {
+            for e in events {
+                // The host may be shutting down; a range created here is found again at start.
+                let _ = tx.send(e);
+            }
+        }
         for (responder, reply) in replies {
             if let Some(r) = responder {
                 r.send(reply);

@@ -7,9 +7,8 @@ use crate::types::PeerNode;
 /// A range's id: also its Raft group id in the shared log and on the wire.
 pub type RangeId = u64;
 
-/// One command in a range's log: opaque to Raft, decoded by the [`crate::range::Applier`].
-/// `stamp_ms` is the proposing leader's wall clock: time enters apply through the log
-/// (expiry decisions are deterministic on every replica).
+/// One command in a range's log. `stamp_ms` is the proposing leader's wall clock: time enters
+/// apply through the log (expiry decisions are deterministic on every replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOp {
     pub stamp_ms: u64,
@@ -17,13 +16,37 @@ pub struct RangeOp {
     /// has moved on (split, merged), so a stale route is retried, never applied to the wrong
     /// keys. 0 skips the check (internal ops).
     pub epoch: u64,
-    #[serde(with = "serde_bytes")]
-    pub cmd: Vec<u8>,
+    pub cmd: RangeCmd,
+}
+
+/// What a [`RangeOp`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeCmd {
+    /// A command for the [`crate::range::Applier`], opaque to Raft.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Splits the range at `key`: it keeps `[start, key)`, and range `child` is created on
+    /// every replica with `[key, end)`, the same voters, and the keys already in place (no data
+    /// is copied). Both descriptors take the next epoch.
+    Split {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        child: RangeId,
+    },
+}
+
+impl RangeOp {
+    /// A data command.
+    pub fn data(stamp_ms: u64, epoch: u64, cmd: Vec<u8>) -> RangeOp {
+        RangeOp { stamp_ms, epoch, cmd: RangeCmd::Data(cmd) }
+    }
 }
 
 impl std::fmt::Display for RangeOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RangeOp({} bytes @{})", self.cmd.len(), self.stamp_ms)
+        match &self.cmd {
+            RangeCmd::Data(c) => write!(f, "RangeOp({} bytes @{})", c.len(), self.stamp_ms),
+            RangeCmd::Split { child, .. } => write!(f, "RangeOp(split off {child} @{})", self.stamp_ms),
+        }
     }
 }
 
@@ -43,14 +66,44 @@ impl Default for RangeReply {
     }
 }
 
-/// A client request for a range: a read or a write command for the applier, routed with the
-/// descriptor epoch `epoch`.
+/// A client request for a range: a read or a write command for the applier, or an operator's
+/// change, routed with the descriptor epoch `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeRequest {
     pub group: RangeId,
     pub epoch: u64,
     pub read: bool,
     pub cmd: Vec<u8>,
+    /// An operator's change instead of `cmd`.
+    pub admin: Option<Admin>,
+}
+
+impl RangeRequest {
+    pub fn data(group: RangeId, epoch: u64, read: bool, cmd: Vec<u8>) -> RangeRequest {
+        RangeRequest { group, epoch, read, cmd, admin: None }
+    }
+
+    pub fn admin(group: RangeId, epoch: u64, admin: Admin) -> RangeRequest {
+        RangeRequest { group, epoch, read: false, cmd: vec![], admin: Some(admin) }
+    }
+}
+
+/// Changes to a range, run by its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Admin {
+    /// Split at `key` (see [`RangeCmd::Split`]); answers the two new descriptors.
+    Split {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        child: RangeId,
+    },
+    /// Hand leadership to node `to`, a voter; answers once `to` leads.
+    TransferLeader { to: u64 },
+    /// Move the replica on node `from` to node `to`: `to` joins as a learner, is caught up
+    /// (by snapshot when the log has moved on), and is swapped in for `from` in one joint
+    /// membership change. A leader asked to move itself hands leadership to another voter
+    /// first (the answer is then `NotLeader`, and the request goes to the new leader).
+    Move { from: u64, to: u64, to_peer: PeerNode },
 }
 
 /// How a request for a range ended, on the node that got it.

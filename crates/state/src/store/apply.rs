@@ -191,23 +191,36 @@ impl ApplyBatch<'_> {
     fn directory(&mut self, op: &cairn_cluster::directory::DirectoryOp) -> Response {
         use cairn_cluster::directory::{Directory, DirectoryOp};
         let state = &mut *self.state;
-        let answer =
-            |applied: bool, st: &State| Response::Directory { applied, ranges: st.ranges.values().cloned().collect() };
+        let answer = |applied: bool, reserved: u64, st: &State| Response::Directory {
+            applied,
+            ranges: st.ranges.values().cloned().collect(),
+            reserved,
+        };
         let (put, remove) = match op {
             DirectoryOp::Node(n) => {
                 self.batch.put(Table::Meta, node_key(n.id), postcard::to_allocvec(n).expect("serializable"));
                 state.nodes.insert(n.id, n.clone());
-                return answer(true, state);
+                return answer(true, 0, state);
+            }
+            DirectoryOp::Reserve => {
+                let id = state.next_range_id.max(1);
+                state.next_range_id = id + 1;
+                self.batch.put(Table::Meta, META_NEXT_RANGE_ID.to_vec(), state.next_range_id.to_be_bytes().to_vec());
+                return answer(true, id, state);
             }
             DirectoryOp::Bootstrap { put } => {
                 if !state.ranges.is_empty() {
-                    return answer(false, state);
+                    return answer(false, 0, state);
                 }
                 (put, &Vec::new())
             }
             DirectoryOp::Update { expect, put, remove } => {
                 if expect.iter().any(|(id, epoch)| state.ranges.get(id).map(|d| d.epoch) != Some(*epoch)) {
-                    return answer(false, state);
+                    return answer(false, 0, state);
+                }
+                // A report older than what is stored (a deposed leader's) changes nothing.
+                if put.iter().any(|d| state.ranges.get(&d.id).is_some_and(|s| d.version() < s.version())) {
+                    return answer(false, 0, state);
                 }
                 (put, remove)
             }
@@ -220,7 +233,7 @@ impl ApplyBatch<'_> {
             next.insert(d.id, d.clone());
         }
         if Directory::new(next.values().cloned()).is_err() {
-            return answer(false, state);
+            return answer(false, 0, state);
         }
         for id in remove {
             self.batch.delete(Table::Meta, range_key(*id));
@@ -228,8 +241,14 @@ impl ApplyBatch<'_> {
         for d in put {
             self.batch.put(Table::Meta, range_key(d.id), postcard::to_allocvec(d).expect("serializable"));
         }
+        // Every id ever stored stays used, even once merged away.
+        let top = put.iter().map(|d| d.id + 1).max().unwrap_or(0);
+        if top > state.next_range_id {
+            state.next_range_id = top;
+            self.batch.put(Table::Meta, META_NEXT_RANGE_ID.to_vec(), top.to_be_bytes().to_vec());
+        }
         state.ranges = next;
-        answer(true, state)
+        answer(true, 0, state)
     }
 
     /// The checks of a guarded op that belong to apply (see `Op::Guarded`); etcd's order.

@@ -83,6 +83,16 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         }
         true
     })?;
+    let next_range_id = match reader.get(Table::Meta, META_NEXT_RANGE_ID)? {
+        None => 0,
+        Some(b) => match <[u8; 8]>::try_from(b.as_slice()) {
+            Ok(a) => u64::from_be_bytes(a),
+            Err(_) => {
+                bad = Some("bad next range id record".into());
+                0
+            }
+        },
+    };
     let mut nodes = BTreeMap::new();
     reader.scan(Table::Meta, Bound::Included(META_NODE_PREFIX), Bound::Unbounded, &mut |k, v| {
         if !k.starts_with(META_NODE_PREFIX) {
@@ -187,6 +197,7 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         members,
         ranges,
         nodes,
+        next_range_id,
         alarms,
         leases,
         key_lease,

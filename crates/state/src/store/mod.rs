@@ -67,6 +67,8 @@ struct State {
     /// The data tier's range directory and node records (`Op::Directory`).
     ranges: BTreeMap<u64, cairn_cluster::directory::Descriptor>,
     nodes: BTreeMap<u64, cairn_cluster::directory::NodeRecord>,
+    /// The next range id to reserve (never handed out twice, even after a merge).
+    next_range_id: u64,
     /// (member id, alarm type) pairs that are active.
     alarms: BTreeSet<(u64, i32)>,
     /// Granted leases and the keys attached to each (etcd's lessor state, minus expiry times:

@@ -14,6 +14,8 @@ pub(super) const META_ALARM_PREFIX: &[u8] = b"alarm/";
 /// The data tier's range descriptors (by id) and node records (by id).
 pub(super) const META_RANGE_PREFIX: &[u8] = b"dir/range/";
 pub(super) const META_NODE_PREFIX: &[u8] = b"dir/node/";
+/// The next range id [`cairn_cluster::directory::DirectoryOp::Reserve`] hands out.
+pub(super) const META_NEXT_RANGE_ID: &[u8] = b"dir/next-range-id";
 pub(crate) const META_LEASE_PREFIX: &[u8] = b"lease/";
 pub(crate) const META_AUTH: &[u8] = b"auth";
 

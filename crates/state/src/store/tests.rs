@@ -505,6 +505,7 @@ fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
         epoch,
         replicas: vec![1, 2, 3],
         learners: vec![],
+        conf: 0,
     };
     let applied = |r: Response| match r {
         Response::Directory { applied, .. } => applied,
@@ -528,6 +529,25 @@ fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
     // A merge back.
     let merge = DirectoryOp::Update { expect: vec![(1, 2), (2, 2)], put: vec![d(1, b"", b"", 3)], remove: vec![2] };
     assert!(applied(apply(&s, Op::Directory(merge))));
+    // A replica change reported by the range's leader lands; an older report after it does not.
+    let moved = Descriptor { replicas: vec![1, 2, 4], conf: 9, ..d(1, b"", b"", 3) };
+    assert!(applied(apply(
+        &s,
+        Op::Directory(DirectoryOp::Update { expect: vec![(1, 3)], put: vec![moved.clone()], remove: vec![] })
+    )));
+    let stale = Descriptor { conf: 5, ..d(1, b"", b"", 3) };
+    assert!(!applied(apply(
+        &s,
+        Op::Directory(DirectoryOp::Update { expect: vec![(1, 3)], put: vec![stale], remove: vec![] })
+    )));
+    // Reserved ids are never handed out twice, and never collide with a range's (2 was merged
+    // away, and is not reused).
+    let reserve = |s: &Store| match apply(s, Op::Directory(DirectoryOp::Reserve)) {
+        Response::Directory { applied: true, reserved, .. } => reserved,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reserve(&s), 3);
+    assert_eq!(reserve(&s), 4);
     let node = NodeRecord {
         id: 5,
         name: "n5".into(),
@@ -535,7 +555,7 @@ fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
         ..Default::default()
     };
     assert!(applied(apply(&s, Op::Directory(DirectoryOp::Node(node.clone())))));
-    assert_eq!(s.ranges().into_values().collect::<Vec<_>>(), vec![d(1, b"", b"", 3)]);
+    assert_eq!(s.ranges().into_values().collect::<Vec<_>>(), vec![moved]);
     // Neither the etcd keyspace nor its revision saw any of it.
     assert_eq!(s.current_revision(), 1);
     assert!(s.range(&rng("\0", "\0")).unwrap().kvs.is_empty());
@@ -543,6 +563,7 @@ fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
     let again = Store::open(engine).unwrap();
     assert_eq!(again.ranges(), s.ranges());
     assert_eq!(again.nodes().get(&5), Some(&node));
+    assert_eq!(reserve(&again), 5);
 }
 
 #[test]
