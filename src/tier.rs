@@ -1,5 +1,6 @@
-//! `cairn range list` and `cairn node list`: the data tier's ranges and nodes, from a node's
-//! `/v1/ranges` and `/v1/nodes` (served on every client URL), as a table or JSON.
+//! `cairn range list|split|move|transfer-leader` and `cairn node list`: the data tier's ranges
+//! and nodes, from a node's `/v1/ranges` and `/v1/nodes` (served on every client URL), as a
+//! table or JSON, and the changes operators ask for (`POST /v1/ranges/...`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,37 @@ pub struct ListArgs {
 pub enum RangeCmd {
     /// Every range: its keys, hash slots, leader, replicas and size.
     List(ListArgs),
+    /// Split the range holding KEY at KEY (Redis keys: at a hash slot's start). The split is
+    /// one command in the range's log: no data is copied.
+    Split {
+        /// A key as `range list` prints keys (`\xNN` escapes), e.g. `r\x20\x00`.
+        #[arg(required_unless_present = "slot", conflicts_with = "slot")]
+        key: Option<String>,
+        /// Split at the start of this Redis hash slot instead.
+        #[arg(long)]
+        slot: Option<u16>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Move a range's replica from one node to another (nodes by name or id): the new replica
+    /// is caught up, then swapped in.
+    Move {
+        id: u64,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Hand a range's leadership to another of its replicas.
+    TransferLeader {
+        id: u64,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,23 +74,38 @@ pub enum NodeCmd {
 
 /// GET `path` from `ep` (`http://host:port`): plain HTTP/1.1, one request per connection.
 async fn get(ep: &str, path: &str) -> anyhow::Result<Value> {
+    request(ep, "GET", path, None, Duration::from_secs(5)).await
+}
+
+/// One HTTP/1.1 request with an optional JSON body; a non-200 answer is an error carrying the
+/// server's `error` message.
+async fn request(ep: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
     let Some(host_port) = ep.strip_prefix("http://") else {
         bail!("{ep}: only http:// endpoints are supported by this command yet");
     };
     let host_port = host_port.trim_end_matches('/');
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(host_port).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    let buf = tokio::time::timeout(Duration::from_secs(5), fut).await.context("timed out")??;
+    let buf = tokio::time::timeout(timeout, fut).await.context("timed out")??;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("{ep}{path}: {}", head.lines().next().unwrap_or(""));
+        let status = head.lines().next().unwrap_or("");
+        match serde_json::from_str::<Value>(body).ok().and_then(|v| v["error"].as_str().map(String::from)) {
+            Some(e) => bail!("{e} ({status})"),
+            None => bail!("{ep}{path}: {status}"),
+        }
     }
     serde_json::from_str(body).with_context(|| format!("{ep}{path}: not JSON"))
 }
@@ -104,8 +151,51 @@ fn print(v: &Value, format: Format, cols: &[(&str, &str)]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// POSTs a change to the first endpoint that can be reached (a refusal is final: the change
+/// ran nowhere, or its outcome is told).
+async fn change(endpoints: &str, path: &str, body: Value, timeout: Duration) -> anyhow::Result<Value> {
+    let mut last = None;
+    for ep in parse_endpoints(endpoints) {
+        match request(&ep, "POST", path, Some(&body), timeout).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no endpoints given")))
+}
+
+fn done(v: &Value, format: Format, line: String) -> anyhow::Result<ExitCode> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Format::Table => println!("{line}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn range(cmd: RangeCmd) -> anyhow::Result<ExitCode> {
-    let RangeCmd::List(a) = cmd;
+    let a = match cmd {
+        RangeCmd::List(a) => a,
+        RangeCmd::Split { key, slot, list } => {
+            let body = match (key, slot) {
+                (Some(k), _) => serde_json::json!({ "key": k }),
+                (None, s) => serde_json::json!({ "slot": s }),
+            };
+            let v = change(&list.endpoints, "/v1/ranges/split", body, Duration::from_secs(15)).await?;
+            return done(&v, list.write_out, format!("range {} split: the new range is {}", v["range"], v["new"]));
+        }
+        RangeCmd::Move { id, from, to, list } => {
+            let body = serde_json::json!({ "from": from, "to": to });
+            let v = change(&list.endpoints, &format!("/v1/ranges/{id}/move"), body, Duration::from_secs(160)).await?;
+            return done(&v, list.write_out, format!("range {id} moved from {from} to {to}"));
+        }
+        RangeCmd::TransferLeader { id, to, list } => {
+            let body = serde_json::json!({ "to": to });
+            let path = format!("/v1/ranges/{id}/transfer-leader");
+            let v = change(&list.endpoints, &path, body, Duration::from_secs(15)).await?;
+            return done(&v, list.write_out, format!("range {id} is led by {to}"));
+        }
+    };
     let v = fetch(&a.endpoints, "/v1/ranges").await?;
     let cols = [
         ("ID", "id"),

@@ -276,52 +276,83 @@ async fn acknowledged_redis_writes_survive_a_killed_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Writers on every node; member 0 is SIGKILLed while they run, then restarted.
-    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (w, addr) in nodes.iter().enumerate() {
-        let (acked, stop, addr) = (acked.clone(), stop.clone(), addr.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0;
-            let mut conn: Option<Conn> = None;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if conn.is_none() {
-                    conn = Conn::open(&addr).await.ok();
-                    if conn.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-                let k = format!("w{w}:{i}");
-                match conn.as_mut().unwrap().call(&[b"SET", k.as_bytes(), k.as_bytes()]).await {
-                    Ok(R::Ok(_)) => {
-                        acked.lock().push(k);
-                        i += 1;
-                    }
-                    // Refused or unknown: the next key is a new one; only acknowledged keys count.
-                    Ok(_) => i += 1,
-                    Err(_) => {
-                        conn = None;
-                        i += 1;
-                    }
-                }
-            }
-        }));
-    }
+    let w = Writers::start(&nodes);
     tokio::time::sleep(Duration::from_secs(2)).await;
     t.kill(0);
     tokio::time::sleep(Duration::from_secs(3)).await;
     t.restart(0).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked = acked.lock().clone();
+    let (acked, _) = w.stop().await;
     let survivors = acked.iter().filter(|k| !k.starts_with("w0:")).count();
     assert!(survivors > 50, "too few writes were acknowledged while a node was down: {survivors}");
     // Every acknowledged write is there, read through every node (the restarted one too).
-    for addr in &nodes {
+    all_there(&nodes, &acked).await;
+}
+
+/// SET writers, one per address, each writing keys of its own until stopped.
+struct Writers {
+    acked: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    /// Replies other than OK, and broken connections.
+    errors: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(addrs: &[String]) -> Writers {
+        let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let errors = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (w, addr) in addrs.iter().enumerate() {
+            let (acked, errors, stop, addr) = (acked.clone(), errors.clone(), stop.clone(), addr.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0;
+                let mut conn: Option<Conn> = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if conn.is_none() {
+                        conn = Conn::open(&addr).await.ok();
+                        if conn.is_none() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    let k = format!("w{w}:{i}");
+                    // Refused or unknown: the next key is a new one; only acknowledged keys count.
+                    i += 1;
+                    match conn.as_mut().unwrap().call(&[b"SET", k.as_bytes(), k.as_bytes()]).await {
+                        Ok(R::Ok(_)) => acked.lock().push(k),
+                        Ok(other) => errors.lock().push(format!("{k}: {other:?}")),
+                        Err(e) => {
+                            errors.lock().push(format!("{k}: {e}"));
+                            conn = None;
+                        }
+                    }
+                }
+            }));
+        }
+        Writers { acked, errors, stop, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Stops the writers: what was acknowledged, and the errors they saw.
+    async fn stop(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self.acked.lock().clone();
+        let errors = self.errors.lock().clone();
+        (acked, errors)
+    }
+}
+
+/// Every key in `acked` reads back as its own value through every node.
+async fn all_there(nodes: &[String], acked: &[String]) {
+    for addr in nodes {
         let end = Instant::now() + Duration::from_secs(20);
         let mut c = loop {
             match Conn::open(addr).await {
@@ -332,17 +363,112 @@ async fn acknowledged_redis_writes_survive_a_killed_node() {
                 }
             }
         };
-        for k in &acked {
+        for k in acked {
             let got = loop {
                 match c.call(&[b"GET", k.as_bytes()]).await.unwrap() {
-                    R::Err(e) if Instant::now() < end => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    R::Err(_) if Instant::now() < end => tokio::time::sleep(Duration::from_millis(100)).await,
                     r => break r,
                 }
             };
             assert_eq!(got, R::Bulk(Some(k.clone().into_bytes())), "{addr}: acknowledged key {k} lost");
         }
+    }
+}
+
+/// `cairn ARGS --endpoints EP -w json`: its JSON, or its error text.
+fn cairn_json(ep: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new(common::binary()).args(args).args(["--endpoints", ep, "-w", "json"]).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{args:?}: {e}"))
+}
+
+/// Operators split a range, move a replica off a node and hand leadership around while Redis
+/// clients write through every node: no client sees an error, and every acknowledged write is
+/// there afterwards. The moved-off node keeps nothing of the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_split_move_and_change_leaders_under_writes() {
+    let t = common::start(4, &[]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let ep = t.endpoints()[0].clone();
+    let w = Writers::start(&nodes);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A split at slot 2048 of the first Redis range (slots 0-4095).
+    let split = cairn_json(&ep, &["range", "split", "--slot", "2048"]).unwrap();
+    let (parent, new) = (split["range"].as_u64().unwrap(), split["new"].as_u64().unwrap());
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+    let slots =
+        |id: u64| ranges.as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["slots"].clone()).unwrap();
+    assert_eq!(slots(parent), "0-2047", "{ranges:#}");
+    assert_eq!(slots(new), "2048-4095", "{ranges:#}");
+    assert_eq!(ranges.as_array().unwrap().len(), 7);
+    // Redis clients see it on every node, once each has read the directory again (it does
+    // every 100 ms).
+    for n in &nodes {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !cli_raw(n, &["CLUSTER", "SLOTS"]).lines().any(|l| l == "2048") {
+            assert!(Instant::now() < end, "{n} never showed the split in CLUSTER SLOTS");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Splitting where a range starts already is refused with a clear message.
+    let again = cairn_json(&ep, &["range", "split", "--slot", "2048"]).unwrap_err();
+    assert!(again.contains("already starts at"), "{again}");
+    // Move the new range's replica off one of its nodes onto the node that lacks it.
+    let r = ranges.as_array().unwrap().iter().find(|r| r["id"] == new).unwrap().clone();
+    let holders: Vec<String> = r["replicas"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().into()).collect();
+    let names: Vec<String> = cairn_json(&ep, &["node", "list"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    let to = names.iter().find(|n| !holders.contains(n)).unwrap().clone();
+    // The leader's own replica moves: leadership goes first.
+    let from = r["leader"].as_str().unwrap().to_string();
+    let id = new.to_string();
+    cairn_json(&ep, &["range", "move", &id, "--from", &from, "--to", &to]).unwrap();
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+    let r = ranges.as_array().unwrap().iter().find(|r| r["id"] == new).unwrap().clone();
+    let now: Vec<&str> = r["replicas"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(now.contains(&to.as_str()) && !now.contains(&from.as_str()) && now.len() == 3, "{r}");
+    // Leadership moves on request, to each replica in turn.
+    for n in &now {
+        cairn_json(&ep, &["range", "transfer-leader", &id, "--to", n]).unwrap();
+        let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+        let r = ranges.as_array().unwrap().iter().find(|r| r["id"] == new).unwrap().clone();
+        assert_eq!(r["leader"], *n, "{r}");
+    }
+    let bad = cairn_json(&ep, &["range", "transfer-leader", &id, "--to", &from]).unwrap_err();
+    assert!(bad.contains("not a voter"), "{bad}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = w.acked();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(w.acked() > before, "writes stopped after the changes");
+    let (acked, errors) = w.stop().await;
+    assert!(errors.is_empty(), "clients saw errors during the changes: {:?}", &errors[..errors.len().min(10)]);
+    assert!(acked.len() > 100, "too few writes: {}", acked.len());
+    all_there(&nodes, &acked).await;
+    // The node the replica left holds none of it: `node list` counts its replicas.
+    let list = cairn_json(&ep, &["node", "list"]).unwrap();
+    let total: u64 = list.as_array().unwrap().iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
+    assert_eq!(total, 7 * 3, "{list:#}");
+    let want = list.as_array().unwrap().iter().find(|n| n["name"] == from.as_str()).unwrap()["replicas"].as_i64();
+    // ...and so does the node itself: the replicas it runs, in its /metrics.
+    let m = t.members.iter().find(|m| m.name == from).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = cairn_testkit::http::request(m.client_url.trim_start_matches("http://"), "GET", "/metrics", "")
+            .await
+            .unwrap();
+        let held = body.lines().find_map(|l| l.strip_prefix("cairn_ranges ")).map(|v| v.trim().parse::<i64>().unwrap());
+        if held == want {
+            break;
+        }
+        assert!(Instant::now() < end, "{from} still runs {held:?} range replicas, the directory gives it {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -13,12 +13,88 @@ use cairn_services::Router;
 use serde_json::json;
 
 /// The data tier's views for operators: `/v1/ranges` and `/v1/nodes` (JSON), what
-/// `cairn range list` and `cairn node list` print.
+/// `cairn range list` and `cairn node list` print; and its changes: `POST /v1/ranges/split`
+/// (`{"key": K}` or `{"slot": N}`), `/v1/ranges/{id}/move` (`{"from": NODE, "to": NODE}`) and
+/// `/v1/ranges/{id}/transfer-leader` (`{"to": NODE}`), nodes by name or hex id.
 pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
-    let t2 = tier.clone();
+    use axum::extract::Path;
+    use axum::routing::post;
     axum::Router::new()
-        .route("/v1/ranges", get(move || async move { axum::Json(tier.ranges_report()) }))
-        .route("/v1/nodes", get(move || async move { axum::Json(t2.nodes_report()) }))
+        .route("/v1/ranges", get(|State(t): State<Tier>| async move { Json(t.ranges_report()) }))
+        .route("/v1/nodes", get(|State(t): State<Tier>| async move { Json(t.nodes_report()) }))
+        .route("/v1/ranges/split", post(split))
+        .route(
+            "/v1/ranges/{id}/move",
+            post(|State(t): State<Tier>, Path(id): Path<u64>, Json(b): Json<MoveBody>| async move {
+                let r = async {
+                    let (from, to) = (t.node_named(&b.from)?, t.node_named(&b.to)?);
+                    t.move_replica(id, from, to).await
+                };
+                tier_answer(r.await.map(|()| json!({"range": id, "from": b.from, "to": b.to})))
+            }),
+        )
+        .route(
+            "/v1/ranges/{id}/transfer-leader",
+            post(|State(t): State<Tier>, Path(id): Path<u64>, Json(b): Json<ToBody>| async move {
+                let r = async { t.transfer_leader(id, t.node_named(&b.to)?).await };
+                tier_answer(r.await.map(|()| json!({"range": id, "leader": b.to})))
+            }),
+        )
+        .with_state(tier)
+}
+
+type Tier = Arc<cairn_services::data::DataTier>;
+
+#[derive(serde::Deserialize)]
+struct SplitBody {
+    /// A key as `cairn range list` prints keys (`\xNN` escapes).
+    key: Option<String>,
+    /// A Redis hash slot: split at its start.
+    slot: Option<u16>,
+}
+
+#[derive(serde::Deserialize)]
+struct MoveBody {
+    from: String,
+    to: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ToBody {
+    to: String,
+}
+
+async fn split(State(t): State<Tier>, Json(b): Json<SplitBody>) -> axum::response::Response {
+    use cairn_services::data::{parse_key_text, TierError};
+    let key = match (b.key, b.slot) {
+        (Some(k), None) => parse_key_text(&k),
+        (None, Some(s)) if s < cairn_cluster::directory::SLOTS => Ok(cairn_cluster::directory::slot_start(s)),
+        (None, Some(s)) => Err(format!("slot {s} is out of range (0-16383)")),
+        _ => Err("give exactly one of \"key\" and \"slot\"".into()),
+    };
+    let r = match key {
+        Ok(k) => t.split_at(&k).await,
+        Err(e) => Err(TierError::Invalid(e)),
+    };
+    tier_answer(r.map(|(range, new)| json!({"range": range, "new": new})))
+}
+
+/// A data tier change's answer: 200 with `ok`, or the error with its status (400 for a request
+/// that cannot be carried out as asked, 503 when nothing ran and it may be retried, 500 when
+/// its outcome is unknown).
+fn tier_answer(r: Result<serde_json::Value, cairn_services::data::TierError>) -> axum::response::Response {
+    use cairn_services::data::TierError;
+    match r {
+        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+        Err(e) => {
+            let code = match e {
+                TierError::Invalid(_) => StatusCode::BAD_REQUEST,
+                TierError::NotReady | TierError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                TierError::Unknown(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(json!({"error": e.to_string()}))).into_response()
+        }
+    }
 }
 
 pub fn router(c: Arc<Router>) -> axum::Router {

@@ -63,6 +63,27 @@ pub fn key_text(k: &[u8]) -> String {
         .collect()
 }
 
+/// A key written as [`key_text`] writes it back to bytes (`\xNN` escapes).
+pub fn parse_key_text(s: &str) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let hex = s.get(i + 2..i + 4).filter(|_| b.get(i + 1) == Some(&b'x'));
+            let v = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
+                format!("bad escape at byte {i} of {s:?}: write a backslash as \\x5c, other bytes as \\xNN")
+            })?;
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 pub struct TierOptions {
     /// Replicas per range (`--replication-factor`), fixed at bootstrap.
@@ -239,7 +260,7 @@ impl DataTier {
             return;
         }
         let same = self.dir.read().as_ref().is_some_and(|d| {
-            d.len() == ranges.len() && d.iter().all(|x| ranges.get(&x.id).is_some_and(|y| y.epoch == x.epoch))
+            d.len() == ranges.len() && d.iter().all(|x| ranges.get(&x.id).is_some_and(|y| y.version() == x.version()))
         });
         if same {
             return;
@@ -529,6 +550,9 @@ impl DataTier {
     pub async fn split_at(&self, key: &[u8]) -> Result<(u64, u64), TierError> {
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         let d = self.range_of(key)?;
+        if key == d.start.as_slice() {
+            return Err(TierError::Invalid(format!("range {} already starts at {}", d.id, key_text(key))));
+        }
         let at = cairn_cluster::directory::split_boundary(&d.start, &d.end, key).ok_or_else(|| {
             TierError::Invalid(format!("range {} cannot split at {}: no boundary inside it", d.id, key_text(key)))
         })?;
@@ -605,6 +629,12 @@ mod tests {
         assert_eq!(key_text(b"abc"), "abc");
         assert_eq!(key_text(&[b'r', 0x10, 0x00]), "r\\x10\\x00");
         assert_eq!(key_text(b"a\\b"), "a\\x5cb");
+        for k in [&b"abc"[..], &[b'r', 0x10, 0x00], b"a\\b", &[0xff, b' ', 0x7f]] {
+            assert_eq!(parse_key_text(&key_text(k)).unwrap(), k);
+        }
+        assert!(parse_key_text("a\\").is_err());
+        assert!(parse_key_text("a\\xZZ").is_err());
+        assert!(parse_key_text("a\\y00").is_err());
     }
 
     #[test]
