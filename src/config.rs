@@ -78,6 +78,24 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_INITIAL_RANGES", default_value_t = 4)]
     pub initial_ranges: usize,
 
+    /// A range larger than this (keys and values) is split in two.
+    #[arg(long, env = "CAIRN_RANGE_SPLIT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub range_split_bytes: u64,
+
+    /// A range serving more client requests per second than this is split in two (by load).
+    #[arg(long, env = "CAIRN_RANGE_SPLIT_QPS", default_value_t = 2500.0)]
+    pub range_split_qps: f64,
+
+    /// A node silent this long is dead: its range replicas are re-created on other nodes.
+    #[arg(long, env = "CAIRN_DEAD_NODE_TIMEOUT", default_value = "5m", value_parser = parse_dead_node_timeout)]
+    pub dead_node_timeout: std::time::Duration,
+
+    /// How often the placement driver (on the meta leader) looks at the ranges and carries out
+    /// splits, moves and leader transfers; 0 turns it off (ranges then change only by
+    /// `cairn range` commands).
+    #[arg(long, env = "CAIRN_PLACEMENT_INTERVAL", default_value = "2s", value_parser = parse_placement_interval)]
+    pub placement_interval: std::time::Duration,
+
     /// Extra URLs to serve /metrics, /health, /ready and /v1/status on (plain HTTP).
     #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
@@ -209,6 +227,25 @@ fn parse_progress_interval(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 10m, 30s, 500ms): {e}"))?;
     if d < std::time::Duration::from_millis(100) {
         return Err(format!("{s} is below the minimum of 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_dead_node_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 5m, 30s): {e}"))?;
+    if d < std::time::Duration::from_secs(10) {
+        return Err(format!("{s} is below the minimum of 10s (a node restarting is not dead)"));
+    }
+    Ok(d)
+}
+
+fn parse_placement_interval(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 2s, 500ms): {e}"))?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err(format!("{s} is below the minimum of 100ms (0 turns placement off)"));
     }
     Ok(d)
 }

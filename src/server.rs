@@ -375,6 +375,17 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             redis_urls: redis_advertise,
         },
     );
+    if !a.placement_interval.is_zero() {
+        let cfg = cairn_services::placer::Config {
+            replication_factor: a.replication_factor,
+            split_bytes: a.range_split_bytes,
+            split_qps: a.range_split_qps,
+            merge_bytes: a.range_split_bytes / 4,
+            dead_node_timeout_ms: a.dead_node_timeout.as_millis() as u64,
+            ..Default::default()
+        };
+        cairn_services::placer::Placer::start(tier.clone(), cfg, a.placement_interval);
+    }
 
     for (l, tls) in client_listeners {
         // gRPC, and on the same port (as etcd) the HTTP endpoints and the JSON gateway.

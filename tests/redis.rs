@@ -352,27 +352,36 @@ impl Writers {
 
 /// Every key in `acked` reads back as its own value through every node.
 async fn all_there(nodes: &[String], acked: &[String]) {
-    for addr in nodes {
-        let end = Instant::now() + Duration::from_secs(20);
-        let mut c = loop {
-            match Conn::open(addr).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < end, "{addr}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        for k in acked {
-            let got = loop {
-                match c.call(&[b"GET", k.as_bytes()]).await.unwrap() {
-                    R::Err(_) if Instant::now() < end => tokio::time::sleep(Duration::from_millis(100)).await,
-                    r => break r,
+    all_hold(nodes, acked, |k| k.as_bytes().to_vec()).await
+}
+
+/// Every key in `acked` reads back as `value(key)` through every node (the nodes at once).
+async fn all_hold(nodes: &[String], acked: &[String], value: impl Fn(&str) -> Vec<u8>) {
+    let checks = nodes.iter().map(|addr| {
+        let value = &value;
+        async move {
+            let end = Instant::now() + Duration::from_secs(20);
+            let mut c = loop {
+                match Conn::open(addr).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < end, "{addr}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             };
-            assert_eq!(got, R::Bulk(Some(k.clone().into_bytes())), "{addr}: acknowledged key {k} lost");
+            for k in acked {
+                let got = loop {
+                    match c.call(&[b"GET", k.as_bytes()]).await.unwrap() {
+                        R::Err(_) if Instant::now() < end => tokio::time::sleep(Duration::from_millis(100)).await,
+                        r => break r,
+                    }
+                };
+                assert!(got == R::Bulk(Some(value(k))), "{addr}: acknowledged key {k} lost: {got:?}");
+            }
         }
-    }
+    });
+    futures::future::join_all(checks).await;
 }
 
 /// `cairn ARGS --endpoints EP -w json`: its JSON, or its error text.
@@ -389,7 +398,8 @@ fn cairn_json(ep: &str, args: &[&str]) -> Result<serde_json::Value, String> {
 /// there afterwards. The moved-off node keeps nothing of the range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_split_move_and_change_leaders_under_writes() {
-    let t = common::start(4, &[]).await;
+    // The placement driver is off: only the operator's changes happen.
+    let t = common::start(4, &["--placement-interval", "0"]).await;
     let nodes = t.redis_addrs();
     wait_tier(&nodes[0]).await;
     let ep = t.endpoints()[0].clone();
@@ -471,4 +481,46 @@ async fn ranges_split_move_and_change_leaders_under_writes() {
         assert!(Instant::now() < end, "{from} still runs {held:?} range replicas, the directory gives it {want:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The placement driver splits ranges that grow past `--range-split-bytes` and keeps replicas
+/// spread over the nodes, while clients write with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_driver_splits_growing_ranges_and_spreads_them() {
+    let t = common::start(4, &["--range-split-bytes", "65536", "--placement-interval", "300ms"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let ep = t.endpoints()[1].clone();
+    // About 1.5 MB of values through every node.
+    let value = vec![b'v'; 512];
+    let mut acked = Vec::new();
+    let mut conns = Vec::new();
+    for n in &nodes {
+        conns.push(Conn::open(n).await.unwrap());
+    }
+    for i in 0..3000 {
+        let k = format!("big:{i}");
+        let c = &mut conns[i % nodes.len()];
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), &value]).await.unwrap(), R::Ok("OK".into()), "{k}");
+        acked.push(k);
+    }
+    // Ranges split until none is past the limit by much, and replicas stay even.
+    let end = Instant::now() + Duration::from_secs(60);
+    let (ranges, counts) = loop {
+        let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+        let list = cairn_json(&ep, &["node", "list"]).unwrap();
+        let counts: Vec<u64> = list.as_array().unwrap().iter().map(|n| n["replicas"].as_u64().unwrap()).collect();
+        let biggest = ranges.as_array().unwrap().iter().filter_map(|r| r["bytes"].as_u64()).max().unwrap_or(0);
+        let even = counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1;
+        if ranges.as_array().unwrap().len() >= 16 && biggest <= 2 * 65536 && even {
+            break (ranges, counts);
+        }
+        assert!(
+            Instant::now() < end,
+            "placement did not settle: biggest range {biggest} bytes, replicas per node {counts:?}, ranges {ranges:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("{} ranges; replicas per node {counts:?}", ranges.as_array().unwrap().len());
+    all_hold(&nodes, &acked, |_| value.clone()).await;
 }

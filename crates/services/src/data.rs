@@ -238,6 +238,16 @@ impl DataTier {
         self.c.store().nodes()
     }
 
+    /// Whether this node leads the meta group (and so drives placement).
+    pub fn is_meta_leader(&self) -> bool {
+        self.c.is_leader()
+    }
+
+    /// Peer addresses of the data nodes.
+    pub fn peer_nodes(&self) -> BTreeMap<u64, PeerNode> {
+        self.peers()
+    }
+
     /// Peer addresses of the meta group's members, which are the data nodes.
     fn peers(&self) -> BTreeMap<u64, PeerNode> {
         self.c.node.membership().nodes
@@ -572,6 +582,22 @@ impl DataTier {
                 d.id
             ))),
         }
+    }
+
+    /// Splits range `id` (at `epoch`) at the middle of its bytes, as its leader measures them,
+    /// moved to a legal boundary. Answers the new range.
+    pub async fn split_range(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        if d.epoch != epoch {
+            return Err(TierError::Invalid(format!("range {id} changed since it was looked at")));
+        }
+        let req = RangeRequest::admin(d.id, d.epoch, Admin::MiddleKey);
+        let mid = self.run(&d, req, deadline).await?.ok_or(TierError::Unavailable(id))?;
+        if mid.is_empty() {
+            return Err(TierError::Invalid(format!("range {id} is empty")));
+        }
+        self.split_at(&mid).await.map(|(_, new)| new)
     }
 
     /// Hands range `id`'s leadership to node `to`.

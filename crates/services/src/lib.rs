@@ -33,6 +33,7 @@ pub mod maintenance;
 pub mod members;
 pub mod metrics;
 pub mod peer;
+pub mod placer;
 pub mod router;
 pub mod watch;
 

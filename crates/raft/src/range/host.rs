@@ -17,7 +17,7 @@ use std::time::Duration;
 use cairn_storage::{Engine, RedbEngine, Table};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::node::RaftTimers;
 use crate::range::log::{RangeLog, SharedLog};
@@ -48,7 +48,23 @@ pub struct RangeReplica {
     pub id: RangeId,
     pub raft: RangeRaft,
     pub sm: RangeStateMachine,
+    load: Mutex<Load>,
 }
+
+/// A replica's client requests and size, as last measured.
+#[derive(Default)]
+struct Load {
+    /// Requests since the last report, and when that was.
+    requests: u64,
+    since: Option<std::time::Instant>,
+    last_request: Option<std::time::Instant>,
+    /// Bytes, and when they were measured (a scan: not more often than [`SIZE_EVERY`]).
+    bytes: u64,
+    measured: Option<(std::time::Instant, u64)>,
+}
+
+/// How often a replica's size is measured again (its epoch changing forces it).
+const SIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a write or read on a range replica did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +91,13 @@ impl RangeReplica {
         }
     }
 
-    /// Waits until this replica may serve a linearizable read (it leads, and has applied
-    /// everything committed when the read arrived).
-    pub async fn read_barrier(&self) -> Result<(), RangeError> {
+    /// Waits until this replica may serve a linearizable read: it leads, a quorum acknowledged
+    /// a message it sent less than `lease` before the read arrived (else it sends heartbeats and
+    /// waits for a quorum to answer them, as ReadIndex does), and it has applied everything
+    /// committed when the read arrived. See [`read_lease`] for why `lease` is safe.
+    pub async fn read_barrier(&self, lease: Duration) -> Result<(), RangeError> {
         use openraft::error::{LinearizableReadError, RaftError};
-        match self.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await {
+        match self.raft.ensure_linearizable(openraft::LinearizerOption::new(Some(lease), true)).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(RangeError::NotLeader { range: self.id, leader: f.leader_id })
@@ -91,6 +109,40 @@ impl RangeReplica {
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<u64> {
         self.raft.server_metrics().borrow_watched().current_leader
+    }
+
+    fn count_request(&self) {
+        let mut l = self.load.lock();
+        l.requests += 1;
+        l.last_request = Some(std::time::Instant::now());
+    }
+
+    /// The replica's figures; resets the request count.
+    pub fn stats(&self) -> crate::range::ReplicaStats {
+        let now = std::time::Instant::now();
+        let epoch = self.sm.desc().epoch;
+        let stale = {
+            let l = self.load.lock();
+            l.measured.is_none_or(|(at, e)| e != epoch || now.duration_since(at) >= SIZE_EVERY)
+        };
+        let fresh = if stale { self.sm.bytes().ok() } else { None };
+        let mut l = self.load.lock();
+        if let Some(b) = fresh {
+            l.bytes = b;
+            l.measured = Some((now, epoch));
+        }
+        let secs = l.since.map_or(0.0, |s| now.duration_since(s).as_secs_f64());
+        let qps = if secs > 0.0 { l.requests as f64 / secs } else { 0.0 };
+        l.requests = 0;
+        l.since = Some(now);
+        crate::range::ReplicaStats {
+            id: self.id,
+            epoch,
+            leader: self.leader(),
+            bytes: l.bytes,
+            qps,
+            idle_ms: l.last_request.map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64),
+        }
     }
 
     /// The range's voters and learners as this replica has applied them, and the log index
@@ -112,6 +164,8 @@ pub struct RangeHost {
     applier: Arc<dyn Applier>,
     mux: Mux,
     config: Arc<Config>,
+    /// See [`read_lease`].
+    read_lease: Duration,
     replicas: RwLock<HashMap<RangeId, Arc<RangeReplica>>>,
     events: tokio::sync::mpsc::UnboundedSender<RangeEvent>,
     /// Serializes creating and destroying replicas (the overlap check and the start).
@@ -156,6 +210,7 @@ impl RangeHost {
             engine,
             applier,
             mux: Mux::default(),
+            read_lease: read_lease(&config),
             config: Arc::new(config),
             replicas: RwLock::new(HashMap::new()),
             events,
@@ -230,7 +285,7 @@ impl RangeHost {
                 }
             }
         }
-        let r = Arc::new(RangeReplica { id, raft, sm });
+        let r = Arc::new(RangeReplica { id, raft, sm, load: Mutex::new(Load::default()) });
         self.replicas.write().insert(id, r.clone());
         Ok(r)
     }
@@ -350,11 +405,12 @@ impl RangeHost {
     pub async fn execute(&self, req: RangeRequest) -> Outcome {
         let RangeRequest { group, epoch, read, cmd, admin } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
+        r.count_request();
         if let Some(a) = admin {
             return self.admin(&r, epoch, a).await;
         }
         if read {
-            match r.read_barrier().await {
+            match r.read_barrier(self.read_lease).await {
                 Ok(()) => {}
                 Err(RangeError::NotLeader { leader, .. }) => return Outcome::NotLeader { leader },
                 Err(e) => return Outcome::Unavailable(e.to_string()),
@@ -392,6 +448,14 @@ impl RangeHost {
         }
         let (voters, learners, _) = r.members();
         match a {
+            Admin::MiddleKey => {
+                let r = r.clone();
+                match tokio::task::spawn_blocking(move || r.sm.middle_key()).await {
+                    Ok(Ok(k)) => Outcome::Done(k.unwrap_or_default()),
+                    Ok(Err(e)) => Outcome::Unavailable(e.to_string()),
+                    Err(e) => Outcome::Unavailable(e.to_string()),
+                }
+            }
             Admin::Split { key, child } => {
                 let op =
                     RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd: RangeCmd::Split { key, child } };
@@ -503,6 +567,25 @@ impl RangeHost {
         self.mux.execute(node, peer, req, timeout).await
     }
 
+    /// Every replica's figures (the stats call's answer).
+    pub async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+        let all = self.replicas();
+        tokio::task::spawn_blocking(move || all.iter().map(|r| r.stats()).collect()).await.unwrap_or_default()
+    }
+
+    /// Asks node `node` (this one, or a peer) for its replicas' figures.
+    pub async fn stats_of(
+        &self,
+        node: u64,
+        peer: &PeerNode,
+        timeout: Duration,
+    ) -> Result<Vec<crate::range::ReplicaStats>, String> {
+        if node == self.opts.node_id {
+            return Ok(self.stats().await);
+        }
+        self.mux.replica_stats(node, peer, timeout).await
+    }
+
     /// Stops every range and syncs the data engine.
     pub async fn shutdown(&self) {
         let all: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
@@ -512,6 +595,21 @@ impl RangeHost {
         self.log.close();
         let _ = self.engine.sync();
     }
+}
+
+/// How long a range leader serves linearizable reads on the strength of a quorum's last
+/// acknowledgement, without a new round of heartbeats: half the election timeout's maximum.
+///
+/// Why that is safe: a replica that acknowledged the leader refuses to vote for anyone else for
+/// `election_timeout_max` after it heard from it (openraft's leader lease), measured on its own
+/// clock from when the message arrived; the leader counts its read lease from when it sent the
+/// message, on its clock. A new leader needs a vote from a replica of that quorum, so reads
+/// stay linearizable while `lease / leader's clock rate <= election_timeout_max / replica's
+/// clock rate`, that is while no two nodes' clocks run at rates more than 2x apart (say one at
+/// 0.7x and one at 1.4x real time). Clock jumps do not matter (openraft measures with the
+/// monotonic clock); rate skew beyond 2x does, and is what the clock nemesis checks.
+pub fn read_lease(config: &Config) -> Duration {
+    Duration::from_millis(config.election_timeout_max / 2)
 }
 
 /// How long a move waits for its new replica to catch up.
@@ -533,6 +631,10 @@ fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
 impl RangeHandler for RangeHost {
     async fn execute(&self, req: RangeRequest) -> Outcome {
         RangeHost::execute(self, req).await
+    }
+
+    async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+        RangeHost::stats(self).await
     }
 
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {

@@ -27,4 +27,5 @@ pub use log::{RangeLog, SharedLog};
 pub use sm::{Applier, DataView, DataWrite, RangeEvent, RangeStateMachine};
 pub use types::{
     Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
+    ReplicaStats,
 };

@@ -18,6 +18,7 @@ use cairn_proto::peer::ranges_client::RangesClient;
 use cairn_proto::peer::ranges_server::Ranges;
 use cairn_proto::peer::{
     RangeBatchReply, RangeBatchRequest, RangeExecuteReply, RangeExecuteRequest, RangeMessage, RangeResult,
+    RangeStatsReply, RangeStatsRequest,
 };
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -156,6 +157,25 @@ impl Mux {
             Err(s) if read || crate::tcp::never_connected(&s) => Outcome::Unavailable(s.message().to_string()),
             Err(s) => Outcome::Unknown(format!("node {target:x}: {}", s.message())),
         }
+    }
+
+    /// Asks `target` for its replicas' figures.
+    pub async fn replica_stats(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        timeout: Duration,
+    ) -> Result<Vec<crate::range::ReplicaStats>, String> {
+        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
+            return Err("link cut by fault injection".into());
+        }
+        let q = self.queue(target, node).ok_or_else(|| format!("node {target:x} has no usable peer URL"))?;
+        let mut client = q.client.clone();
+        let mut req = tonic::Request::new(RangeStatsRequest {});
+        req.set_timeout(timeout);
+        crate::network::stamp(&mut req);
+        let r = client.stats(req).await.map_err(|s| s.message().to_string())?;
+        postcard::from_bytes(&r.into_inner().stats).map_err(|e| format!("undecodable stats from node {target:x}: {e}"))
     }
 
     /// Sends one message of `group` to `target` and waits for its answer.
@@ -335,6 +355,8 @@ pub trait RangeHandler: Send + Sync + 'static {
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String>;
     /// A client request forwarded by another node.
     async fn execute(&self, req: RangeRequest) -> Outcome;
+    /// The node's replicas' figures.
+    async fn stats(&self) -> Vec<crate::range::ReplicaStats>;
 }
 
 /// Answers a whole batch, each message concurrently, results in order.
@@ -401,5 +423,14 @@ impl Ranges for RangesService {
         let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec(), admin };
         let outcome = self.handler.execute(req).await;
         Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }))
+    }
+
+    async fn stats(
+        &self,
+        req: tonic::Request<RangeStatsRequest>,
+    ) -> Result<tonic::Response<RangeStatsReply>, tonic::Status> {
+        crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
+        let stats = self.handler.stats().await;
+        Ok(tonic::Response::new(RangeStatsReply { stats: encode(&stats).into() }))
     }
 }

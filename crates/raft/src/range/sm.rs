@@ -286,6 +286,25 @@ impl RangeStateMachine {
         Ok(n)
     }
 
+    /// The first key at or past the middle of the range's bytes (`None`: empty).
+    pub fn middle_key(&self) -> io::Result<Option<Vec<u8>>> {
+        let total = self.bytes()?;
+        let desc = self.desc();
+        let reader = self.inner.engine.reader().map_err(io_err)?;
+        let (mut n, mut at) = (0u64, None);
+        reader
+            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
+                n += (k.len() + v.len()) as u64;
+                if n * 2 >= total {
+                    at = Some(k.to_vec());
+                    return false;
+                }
+                true
+            })
+            .map_err(io_err)?;
+        Ok(at)
+    }
+
     fn build(&self) -> io::Result<Snapshot> {
         let engine = &self.inner.engine;
         // Everything applied so far becomes durable, so openraft may purge the log up to it.

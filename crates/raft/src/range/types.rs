@@ -88,6 +88,21 @@ impl RangeRequest {
     }
 }
 
+/// One range replica's figures, for the placement driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStats {
+    pub id: RangeId,
+    pub epoch: u64,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    /// Bytes of keys and values (measured at most every few seconds).
+    pub bytes: u64,
+    /// Client requests this replica ran per second, since the previous report.
+    pub qps: f64,
+    /// Milliseconds since it last ran a client request.
+    pub idle_ms: u64,
+}
+
 /// Changes to a range, run by its leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Admin {
@@ -104,6 +119,9 @@ pub enum Admin {
     /// membership change. A leader asked to move itself hands leadership to another voter
     /// first (the answer is then `NotLeader`, and the request goes to the new leader).
     Move { from: u64, to: u64, to_peer: PeerNode },
+    /// No change: answers the key at the middle of the range's bytes (empty: the range is
+    /// empty), where a split by size should cut.
+    MiddleKey,
 }
 
 /// How a request for a range ended, on the node that got it.

@@ -1,0 +1,149 @@
+//! The placement driver: on the meta leader, every interval, it asks every node for its range
+//! replicas' figures (the answer is also the node's liveness heartbeat: one per node, however
+//! many ranges it holds), builds a [`View`], calls the pure [`plan`] and carries out its moves
+//! one after the other through the data tier's operator changes (the same as `cairn range
+//! split|move|transfer-leader`).
+//!
+//! Carried out: splits (by size or load, at the middle key the range's leader reports, moved
+//! to a legal boundary), relocations (rebalance, and repair of a dead or draining node's
+//! replicas) and leader transfers. Not yet: merges, adding a replica to an under-replicated
+//! range, hibernation; such moves are logged and skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use cairn_cluster::placement::Config;
+use cairn_cluster::placement::{plan, Move, NodeView, RangeView, View};
+use cairn_raft::range::ReplicaStats;
+use parking_lot::Mutex;
+
+use crate::data::DataTier;
+
+/// How long a node's stats call may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Placer {
+    tier: Arc<DataTier>,
+    cfg: Config,
+    /// When each node last answered (since this node began driving placement).
+    heard: Mutex<HashMap<u64, Instant>>,
+    /// When this node began driving placement (a node not heard since counts as silent from
+    /// then: a new meta leader does not declare nodes dead at once).
+    driving_since: Mutex<Option<Instant>>,
+}
+
+impl Placer {
+    /// Starts driving placement whenever this node leads the meta group, for as long as the
+    /// process runs.
+    pub fn start(tier: Arc<DataTier>, cfg: Config, every: Duration) {
+        let p = Placer { tier, cfg, heard: Mutex::new(HashMap::new()), driving_since: Mutex::new(None) };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                p.tick().await;
+            }
+        });
+    }
+
+    async fn tick(&self) {
+        if !self.tier.is_meta_leader() {
+            *self.driving_since.lock() = None;
+            return;
+        }
+        let since = *self.driving_since.lock().get_or_insert_with(Instant::now);
+        let Some(view) = self.view(since).await else { return };
+        let moves = plan(&view, &self.cfg);
+        for m in moves {
+            if !self.tier.is_meta_leader() {
+                return;
+            }
+            self.carry_out(&view, m).await;
+        }
+    }
+
+    /// Every node's figures, and the view they make with the directory.
+    async fn view(&self, since: Instant) -> Option<View> {
+        let dir = self.tier.directory()?;
+        let nodes = self.tier.nodes();
+        let peers = self.tier.peer_nodes();
+        let asks = nodes.keys().map(|id| {
+            let peer = peers.get(id).cloned().unwrap_or_default();
+            async move { (*id, self.tier.host().stats_of(*id, &peer, STATS_TIMEOUT).await) }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let now = Instant::now();
+        let mut by_range: HashMap<u64, ReplicaStats> = HashMap::new();
+        {
+            let mut heard = self.heard.lock();
+            for (id, a) in answers {
+                let Ok(stats) = a else { continue };
+                heard.insert(id, now);
+                for s in stats {
+                    // The leader's own figures count (it serves the range's requests).
+                    if s.leader == Some(id) {
+                        by_range.insert(s.id, s);
+                    } else {
+                        by_range.entry(s.id).or_insert(s);
+                    }
+                }
+            }
+        }
+        let heard = self.heard.lock().clone();
+        let nodes = nodes
+            .values()
+            .map(|n| NodeView {
+                id: n.id,
+                silent_ms: now.duration_since(heard.get(&n.id).copied().unwrap_or(since)).as_millis() as u64,
+                draining: n.draining,
+            })
+            .collect();
+        let ranges = dir
+            .iter()
+            .map(|d| {
+                let s = by_range.get(&d.id);
+                RangeView {
+                    id: d.id,
+                    epoch: d.epoch,
+                    start: d.start.clone(),
+                    end: d.end.clone(),
+                    replicas: d.replicas.clone(),
+                    leader: s.and_then(|s| s.leader),
+                    bytes: s.map_or(0, |s| s.bytes),
+                    qps: s.map_or(0.0, |s| s.qps),
+                    idle_ms: s.map_or(0, |s| s.idle_ms),
+                    hibernating: false,
+                }
+            })
+            .collect();
+        Some(View { nodes, ranges })
+    }
+
+    async fn carry_out(&self, view: &View, m: Move) {
+        let r = match &m {
+            Move::Split { range, epoch, reason } => {
+                tracing::info!(range, epoch, ?reason, "placement: splitting a range");
+                self.tier.split_range(*range, *epoch).await.map(|_| ())
+            }
+            Move::Relocate { range, from, to, .. } => {
+                tracing::info!(range, from = %format!("{from:x}"), to = %format!("{to:x}"), "placement: moving a replica");
+                self.tier.move_replica(*range, *from, *to).await
+            }
+            Move::TransferLeader { range, to, .. } => {
+                // A leader known to the view only: the range's replicas must still hold it.
+                if !view.ranges.iter().any(|r| r.id == *range && r.replicas.contains(to)) {
+                    return;
+                }
+                tracing::debug!(range, to = %format!("{to:x}"), "placement: moving leadership");
+                self.tier.transfer_leader(*range, *to).await
+            }
+            other => {
+                tracing::debug!(?other, "placement: move not carried out yet");
+                return;
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(?m, error = %e, "placement: move failed");
+        }
+    }
+}
