@@ -74,6 +74,12 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_REPLICATION_FACTOR", default_value_t = 3)]
     pub replication_factor: usize,
 
+    /// Join a running cluster as a data node: its client URLs (comma list). The node is added
+    /// to the meta group as a learner (it holds range replicas; the meta group keeps its
+    /// voters) and `--initial-cluster` is not needed. Ignored once the node has an identity.
+    #[arg(long, env = "CAIRN_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+
     /// Ranges the Redis keyspace starts out split into.
     #[arg(long, env = "CAIRN_INITIAL_RANGES", default_value_t = 4)]
     pub initial_ranges: usize,

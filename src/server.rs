@@ -253,10 +253,15 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             id
         }
         None => {
+            let (initial_cluster, state) = if a.join.is_empty() {
+                (a.initial_cluster()?, state)
+            } else {
+                (join(&a.join, &a.name, &a.initial_advertise_peer_urls).await?, ClusterState::Existing)
+            };
             let opts = BootOptions {
                 name: a.name.clone(),
                 data_dir: data_dir.clone(),
-                initial_cluster: a.initial_cluster()?,
+                initial_cluster,
                 state,
                 token: a.initial_cluster_token.clone(),
                 advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
@@ -373,6 +378,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             replication_factor: a.replication_factor,
             initial_ranges: a.initial_ranges,
             redis_urls: redis_advertise,
+            data_only: !a.join.is_empty(),
         },
     );
     if !a.placement_interval.is_zero() {
@@ -543,4 +549,54 @@ async fn watch_removal(cluster: Arc<Router>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `--join`: asks a member at one of `urls` to add this node to the meta group as a learner
+/// (etcd's MemberAdd), and answers the cluster's members, this node among them by `name`, to
+/// start from as an existing member. A node added before (it stopped before saving its
+/// identity) is found in the member list instead.
+async fn join(urls: &[String], name: &str, peer_urls: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    use cairn_proto::etcdserverpb as pb;
+    use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        for url in urls {
+            let mut c = ClusterClient::new(crate::client::channel(&crate::client::normalize(url))?);
+            let add = pb::MemberAddRequest { peer_ur_ls: peer_urls.to_vec(), is_learner: true };
+            let members = match c.member_add(add).await {
+                Ok(r) => r.into_inner().members,
+                Err(s) if s.message().contains("Peer URLs already exists") => {
+                    match c.member_list(pb::MemberListRequest { linearizable: true }).await {
+                        Ok(r) => r.into_inner().members,
+                        Err(s) => {
+                            last = format!("{url}: {}", s.message());
+                            continue;
+                        }
+                    }
+                }
+                Err(s) => {
+                    last = format!("{url}: {}", s.message());
+                    continue;
+                }
+            };
+            tracing::info!(via = %url, "joined the cluster as a data node");
+            return Ok(members
+                .into_iter()
+                .map(|m| {
+                    let me = m.peer_ur_ls.iter().any(|u| peer_urls.contains(u));
+                    let n = if me {
+                        name.to_string()
+                    } else if m.name.is_empty() {
+                        format!("{:x}", m.id)
+                    } else {
+                        m.name
+                    };
+                    (n, m.peer_ur_ls)
+                })
+                .collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("cannot join the cluster at {}: {last}", urls.join(","))
 }

@@ -70,6 +70,17 @@ pub enum RangeCmd {
 pub enum NodeCmd {
     /// Every data node: its state, replicas, leaders and bytes.
     List(ListArgs),
+    /// Remove a node: its range replicas move to the other nodes (progress is shown), then a
+    /// data node (joined with --join) leaves the cluster. A voter of the meta group is drained
+    /// of ranges; `etcdctl member remove` then takes it out of the meta group.
+    Remove {
+        name: String,
+        /// How long to wait for its replicas to move.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        list: ListArgs,
+    },
 }
 
 /// GET `path` from `ep` (`http://host:port`): plain HTTP/1.1, one request per connection.
@@ -211,13 +222,52 @@ pub async fn range(cmd: RangeCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cairn node remove`: drain, then wait with a progress bar until the node holds no replica
+/// and (a data node) has left.
+async fn remove_node(name: &str, timeout: Duration, list: &ListArgs) -> anyhow::Result<ExitCode> {
+    let ep = &list.endpoints;
+    change(ep, &format!("/v1/nodes/{name}/drain"), Value::Null, Duration::from_secs(15)).await?;
+    let find = |v: &Value| v.as_array().and_then(|a| a.iter().find(|n| n["name"] == name).cloned());
+    let start = find(&fetch(ep, "/v1/nodes").await?).and_then(|n| n["replicas"].as_u64()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(start);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} replicas moved, {elapsed}")
+            .expect("a valid template"),
+    );
+    bar.set_message(format!("draining {name}"));
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let Some(n) = find(&fetch(ep, "/v1/nodes").await?) else { break };
+        let left = n["replicas"].as_u64().unwrap_or(0);
+        bar.set_position(start.saturating_sub(left));
+        if left == 0 && n["role"] == "voter" {
+            bar.abandon();
+            bail!(
+                "{name} holds no range replica now, but it is a voter of the meta group: remove it with `etcdctl member remove {}`",
+                n["id"].as_str().unwrap_or("ID")
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            bar.abandon();
+            bail!("{name} still holds {left} range replicas after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish();
+    done(&serde_json::json!({ "node": name, "state": "removed" }), list.write_out, format!("{name} removed"))
+}
+
 pub async fn node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
-    let NodeCmd::List(a) = cmd;
+    let a = match cmd {
+        NodeCmd::List(a) => a,
+        NodeCmd::Remove { name, timeout, list } => return remove_node(&name, timeout, &list).await,
+    };
     let v = fetch(&a.endpoints, "/v1/nodes").await?;
     let cols = [
         ("ID", "id"),
         ("NAME", "name"),
         ("STATE", "state"),
+        ("ROLE", "role"),
         ("REDIS", "redis_urls"),
         ("REPLICAS", "replicas"),
         ("LEADERS", "leaders"),

@@ -524,3 +524,83 @@ async fn the_placement_driver_splits_growing_ranges_and_spreads_them() {
     eprintln!("{} ranges; replicas per node {counts:?}", ranges.as_array().unwrap().len());
     all_hold(&nodes, &acked, |_| value.clone()).await;
 }
+
+/// Two data nodes join a loaded 3-node cluster with `--join`; the placement driver moves
+/// replicas onto them until counts are even, while clients write with no error; then
+/// `cairn node remove` moves one node's replicas off again and takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_nodes_join_and_leave_while_clients_write() {
+    let mut t = common::start(3, &["--range-split-bytes", "65536", "--placement-interval", "300ms"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let ep = t.endpoints()[0].clone();
+    let value = vec![b'v'; 512];
+    let mut c = Conn::open(&nodes[0]).await.unwrap();
+    let mut loaded = Vec::new();
+    for i in 0..1500 {
+        let k = format!("load:{i}");
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), &value]).await.unwrap(), R::Ok("OK".into()), "{k}");
+        loaded.push(k);
+    }
+    let w = Writers::start(&nodes);
+    let started = Instant::now();
+    let joined: Vec<usize> = (0..2).map(|_| t.join_member()).collect();
+    for &i in &joined {
+        t.start_member(i).unwrap();
+    }
+    // Replicas even out over the five nodes.
+    let end = Instant::now() + Duration::from_secs(120);
+    let counts = loop {
+        let list = cairn_json(&ep, &["node", "list"]).unwrap();
+        let list = list.as_array().unwrap().clone();
+        let counts: Vec<u64> = list.iter().map(|n| n["replicas"].as_u64().unwrap()).collect();
+        let even = counts.len() == 5 && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1;
+        if even {
+            for n in &list {
+                assert_eq!(n["state"], "up", "{n}");
+            }
+            let roles: Vec<&str> = list.iter().map(|n| n["role"].as_str().unwrap()).collect();
+            assert_eq!(roles.iter().filter(|r| **r == "data").count(), 2, "{roles:?}");
+            break counts;
+        }
+        assert!(Instant::now() < end, "replicas never evened out: {counts:?}\n{}", t.logs_tail(20));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("two nodes joined; replicas per node {counts:?} after {:?}", started.elapsed());
+    // The new nodes serve Redis like the others.
+    let new_addrs: Vec<String> =
+        joined.iter().map(|&i| t.members[i].redis_url.trim_start_matches("redis://").to_string()).collect();
+    assert_eq!(cli(&new_addrs[0], &["GET", "load:7"]), String::from_utf8(value.clone()).unwrap());
+    // One of them leaves again: its replicas move to the other four first.
+    let gone = t.members[joined[1]].name.clone();
+    let out = Command::new(common::binary()).args(["node", "remove", &gone, "--endpoints", &ep]).output().unwrap();
+    assert!(out.status.success(), "node remove: {}", String::from_utf8_lossy(&out.stderr));
+    let list = cairn_json(&ep, &["node", "list"]).unwrap();
+    assert!(list.as_array().unwrap().iter().all(|n| n["name"] != gone.as_str()), "{list:#}");
+    let total: u64 = list.as_array().unwrap().iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap().as_array().unwrap().len() as u64;
+    assert_eq!(total, ranges * 3, "{list:#}");
+    // A voter of the meta group is drained, not removed: etcdctl member remove does that.
+    let voter = t.members[2].name.clone();
+    let bad = Command::new(common::binary())
+        .args(["node", "remove", &voter, "--endpoints", &ep, "--timeout", "2m"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("etcdctl member remove"), "{err}");
+    let (acked, errors) = w.stop().await;
+    assert!(errors.is_empty(), "clients saw errors: {:?}", &errors[..errors.len().min(10)]);
+    let mut c = Conn::open(&nodes[0]).await.unwrap();
+    for k in &loaded {
+        if c.call(&[b"GET", k.as_bytes()]).await.unwrap() == R::Bulk(None) {
+            let slot = cli(&nodes[0], &["CLUSTER", "KEYSLOT", k]);
+            let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+            for m in &t.members {
+                let _ = std::fs::copy(&m.log, format!("/tmp/lost-{}.log", m.name));
+            }
+            panic!("{k} (slot {slot}) lost; ranges {ranges:#}");
+        }
+    }
+    all_there(&nodes, &acked).await;
+    all_hold(&nodes, &loaded, |_| value.clone()).await;
+}

@@ -15,7 +15,8 @@ use serde_json::json;
 /// The data tier's views for operators: `/v1/ranges` and `/v1/nodes` (JSON), what
 /// `cairn range list` and `cairn node list` print; and its changes: `POST /v1/ranges/split`
 /// (`{"key": K}` or `{"slot": N}`), `/v1/ranges/{id}/move` (`{"from": NODE, "to": NODE}`) and
-/// `/v1/ranges/{id}/transfer-leader` (`{"to": NODE}`), nodes by name or hex id.
+/// `/v1/ranges/{id}/transfer-leader` (`{"to": NODE}`) and `/v1/nodes/{name}/drain` (its
+/// replicas move off; a data node then leaves), nodes by name or hex id.
 pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
     use axum::extract::Path;
     use axum::routing::post;
@@ -38,6 +39,13 @@ pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
             post(|State(t): State<Tier>, Path(id): Path<u64>, Json(b): Json<ToBody>| async move {
                 let r = async { t.transfer_leader(id, t.node_named(&b.to)?).await };
                 tier_answer(r.await.map(|()| json!({"range": id, "leader": b.to})))
+            }),
+        )
+        .route(
+            "/v1/nodes/{name}/drain",
+            post(|State(t): State<Tier>, Path(name): Path<String>| async move {
+                let r = async { t.drain(t.node_named(&name)?).await };
+                tier_answer(r.await.map(|()| json!({"node": name, "state": "draining"})))
             }),
         )
         .with_state(tier)

@@ -58,6 +58,9 @@ pub struct NodeRecord {
     pub redis_urls: Vec<String>,
     /// Being removed: its replicas move off first.
     pub draining: bool,
+    /// Joined with `--join`: a data node, a learner of the meta group (not counted against
+    /// etcd's one-learner limit).
+    pub data_only: bool,
 }
 
 /// A change to the directory, applied atomically by the meta group if every range in
@@ -75,6 +78,8 @@ pub enum DirectoryOp {
         put: Vec<Descriptor>,
     },
     Node(NodeRecord),
+    /// Forgets a node's record (it left the cluster).
+    ForgetNode(u64),
     /// Reserves a range id never used before (for a split's new range); the answer carries it.
     Reserve,
 }

@@ -428,6 +428,19 @@ async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
     }
     converged(&nodes[3], 100, &key(1, 99), "w99").await;
     converged(&nodes[3], 100, &key(1, 50), "w100").await;
+    // A range fresh from a split, whose log holds none of the keys it inherited, moves to node
+    // 4 at once: node 4 must get them by snapshot, not by replaying that log.
+    let at25 = key(1, 25).into_bytes();
+    let fresh = match admin(&three, 1, 2, Admin::Split { key: at25.clone(), child: 101 }).await {
+        Outcome::Done(b) => postcard::from_bytes::<RangeDesc>(&b).unwrap(),
+        other => panic!("split: {other:?}"),
+    };
+    nodes[3].host.create(fresh.clone(), None).await.unwrap();
+    let from101 = three[leader(&three, 101).await].id;
+    let moved = admin(&all, 101, 0, Admin::Move { from: from101, to: 4, to_peer: nodes[3].peer() }).await;
+    assert_eq!(moved, Outcome::Done(vec![]));
+    converged(&nodes[3], 101, &key(1, 25), "v25").await;
+    converged(&nodes[3], 101, &key(1, 49), "v49").await;
     // The node it left removes its replica: the keys, the state and the log.
     let gone = &nodes[(from - 1) as usize];
     gone.host.destroy(100).await.unwrap();

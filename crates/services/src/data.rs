@@ -47,8 +47,12 @@ pub struct RangeInfo {
 pub struct NodeInfo {
     pub id: String,
     pub name: String,
-    /// `up` (a voter of the meta group), `draining` or `unknown`.
+    /// `up` (a member of the meta group), `draining` (its replicas are moving off) or
+    /// `unknown` (not a member).
     pub state: String,
+    /// `voter` (of the meta group, and a data node) or `data` (joined with `--join`: a data
+    /// node, a learner of the meta group).
+    pub role: String,
     pub redis_urls: Vec<String>,
     pub replicas: usize,
     pub leaders: usize,
@@ -92,6 +96,8 @@ pub struct TierOptions {
     pub initial_ranges: usize,
     /// This node's advertised Redis URLs (`--advertise-redis-urls`).
     pub redis_urls: Vec<String>,
+    /// Joined with `--join`: a data node only (a learner of the meta group).
+    pub data_only: bool,
 }
 
 /// Why a request for the data tier got no answer.
@@ -208,22 +214,26 @@ impl DataTier {
     /// Every data node, for operators.
     pub fn nodes_report(&self) -> Vec<NodeInfo> {
         let ranges = self.ranges_report();
-        let voters = self.c.node.membership().voters;
+        let m = self.c.node.membership();
+        let voters = m.voters;
+        let members = m.nodes;
         self.nodes()
             .into_values()
             .map(|n| {
                 let held: Vec<&RangeInfo> = ranges.iter().filter(|r| r.replicas.contains(&n.name)).collect();
                 let state = if n.draining {
                     "draining"
-                } else if voters.contains(&n.id) {
+                } else if members.contains_key(&n.id) {
                     "up"
                 } else {
                     "unknown"
                 };
+                let role = if voters.contains(&n.id) { "voter" } else { "data" };
                 NodeInfo {
                     id: format!("{:x}", n.id),
                     name: n.name.clone(),
                     state: state.into(),
+                    role: role.into(),
                     redis_urls: n.redis_urls.clone(),
                     replicas: held.len(),
                     leaders: held.iter().filter(|r| r.leader.as_deref() == Some(n.name.as_str())).count(),
@@ -315,11 +325,11 @@ impl DataTier {
             if !(d.replicas.contains(&me) || d.learners.contains(&me)) || self.host.get(d.id).is_some() {
                 continue;
             }
-            // The first replica of a range's first epoch starts its group; the others wait to
-            // hear from it. (Ranges made by splits start from their parent's log instead.)
-            let voters: Option<BTreeMap<u64, PeerNode>> =
-                (d.epoch == 1 && d.conf == 0 && d.replicas.first() == Some(&me))
-                    .then(|| d.replicas.iter().filter_map(|id| peers.get(id).map(|p| (*id, p.clone()))).collect());
+            // The first replicas of a range's first epoch start its group with its first
+            // membership; any other replica waits to be caught up by a snapshot. (Ranges made
+            // by splits start from their parent's log instead.)
+            let voters: Option<BTreeMap<u64, PeerNode>> = (d.epoch == 1 && d.conf == 0)
+                .then(|| d.replicas.iter().filter_map(|id| peers.get(id).map(|p| (*id, p.clone()))).collect());
             if voters.as_ref().is_some_and(|v| v.len() != d.replicas.len()) {
                 continue;
             }
@@ -347,12 +357,12 @@ impl DataTier {
     }
 
     /// A range replica here as the directory describes it: its span and epoch, and its
-    /// applied membership (for a range just made by a split, the voters it starts with).
+    /// applied membership (a range made by a split starts with its parent's).
     fn describe(r: &RangeReplica) -> Option<Descriptor> {
         let desc = r.sm.desc();
-        let (mut voters, learners, conf) = r.members();
+        let (voters, learners, conf) = r.members();
         if voters.is_empty() {
-            voters = r.sm.init_voters().ok().flatten()?.into_keys().collect();
+            return None;
         }
         Some(Descriptor {
             id: desc.id,
@@ -431,14 +441,17 @@ impl DataTier {
     /// Publishes this node's record (its Redis URLs) until the meta group has it.
     async fn publish_self(&self) {
         let me = self.c.id();
+        let have = self.c.store().nodes().get(&me).cloned();
         let want = NodeRecord {
             id: me,
             name: self.c.cfg.name.clone(),
             peer_urls: self.c.cfg.peer_urls.clone(),
             redis_urls: self.opts.redis_urls.clone(),
-            draining: false,
+            // Set by operators (`cairn node remove`), kept.
+            draining: have.as_ref().is_some_and(|n| n.draining),
+            data_only: self.opts.data_only || have.as_ref().is_some_and(|n| n.data_only),
         };
-        if self.c.store().nodes().get(&me).is_some_and(|n| *n == NodeRecord { draining: n.draining, ..want.clone() }) {
+        if have.as_ref() == Some(&want) {
             return;
         }
         if let Err(e) = self.propose_directory(DirectoryOp::Node(want)).await {
@@ -584,6 +597,54 @@ impl DataTier {
         }
     }
 
+    /// Starts removing node `id`: marks it draining, so the placement driver moves its
+    /// replicas to other nodes.
+    pub async fn drain(&self, id: u64) -> Result<(), TierError> {
+        let mut rec =
+            self.nodes().get(&id).cloned().ok_or_else(|| TierError::Invalid(format!("node {id:x} not found")))?;
+        if rec.draining {
+            return Ok(());
+        }
+        rec.draining = true;
+        match self.propose_directory(DirectoryOp::Node(rec)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(TierError::Unknown(e.to_string())),
+        }
+    }
+
+    /// Replicas the directory still places on node `id`.
+    pub fn replicas_on(&self, id: u64) -> usize {
+        self.directory()
+            .map_or(0, |d| d.iter().filter(|r| r.replicas.contains(&id) || r.learners.contains(&id)).count())
+    }
+
+    /// On the meta leader: data nodes being removed that hold no replica any more leave the
+    /// meta group, and their records are forgotten. (A voter of the meta group stays: `etcdctl
+    /// member remove` changes the meta group's voters.)
+    pub async fn finish_removals(&self) {
+        if !self.c.is_leader() {
+            return;
+        }
+        let m = self.c.node.membership();
+        for n in self.nodes().into_values().filter(|n| n.draining && !m.voters.contains(&n.id)) {
+            if self.replicas_on(n.id) > 0 {
+                continue;
+            }
+            if m.nodes.contains_key(&n.id) {
+                let members = crate::members::Members::new(self.c.clone());
+                let r = cairn_proto::etcdserverpb::MemberRemoveRequest { id: n.id };
+                if let Err(e) = members.remove_on_leader(r).await {
+                    tracing::warn!(node = %n.name, error = %e, "cannot take a drained node out of the meta group");
+                    continue;
+                }
+            }
+            match self.propose_directory(DirectoryOp::ForgetNode(n.id)).await {
+                Ok(_) => tracing::info!(node = %n.name, "node removed: its replicas moved to other nodes"),
+                Err(e) => tracing::warn!(node = %n.name, error = %e, "cannot forget a removed node"),
+            }
+        }
+    }
+
     /// Splits range `id` (at `epoch`) at the middle of its bytes, as its leader measures them,
     /// moved to a legal boundary. Answers the new range.
     pub async fn split_range(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
@@ -665,7 +726,7 @@ mod tests {
 
     #[test]
     fn the_first_directory_tiles_the_keyspace_and_spreads_replicas() {
-        let opts = TierOptions { replication_factor: 3, initial_ranges: 4, redis_urls: vec![] };
+        let opts = TierOptions { replication_factor: 3, initial_ranges: 4, redis_urls: vec![], data_only: false };
         let descs = initial_directory(&[11, 22, 33], &opts);
         assert_eq!(descs.len(), 6);
         let dir = Directory::new(descs.clone()).unwrap();

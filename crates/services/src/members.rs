@@ -109,8 +109,9 @@ impl Members {
         }
         let node = PeerNode { peer_urls: r.peer_ur_ls.clone() };
         if r.is_learner {
-            // etcd's limit: one learner at a time.
-            if nodes.keys().any(|n| !voters.contains(n)) {
+            // etcd's limit: one learner at a time (data nodes, learners for good, aside).
+            let records = self.c.store().nodes();
+            if nodes.keys().any(|n| !voters.contains(n) && !records.get(n).is_some_and(|r| r.data_only)) {
                 return Err(Error::TooManyLearners);
             }
             self.c.node.add_learner(id, node).await?;

@@ -6,7 +6,8 @@
 //!
 //! Carried out: splits (by size or load, at the middle key the range's leader reports, moved
 //! to a legal boundary), relocations (rebalance, and repair of a dead or draining node's
-//! replicas) and leader transfers. Not yet: merges, adding a replica to an under-replicated
+//! replicas) and leader transfers; a draining data node left with no replica leaves the meta
+//! group. Not yet: merges, adding a replica to an under-replicated
 //! range, hibernation; such moves are logged and skipped.
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ impl Placer {
             }
             self.carry_out(&view, m).await;
         }
+        self.tier.finish_removals().await;
     }
 
     /// Every node's figures, and the view they make with the directory.

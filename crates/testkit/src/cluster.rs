@@ -97,6 +97,8 @@ pub struct Member {
     /// `--initial-cluster` and state this member starts with.
     initial_cluster: String,
     state: &'static str,
+    /// `--join` URLs instead (a data node joining a running cluster).
+    join: Option<String>,
 }
 
 impl Member {
@@ -219,6 +221,7 @@ impl ProcessCluster {
             removed: false,
             initial_cluster: String::new(),
             state,
+            join: None,
         }
     }
 
@@ -231,10 +234,15 @@ impl ProcessCluster {
             format!("--advertise-client-urls={}", m.client_url),
             format!("--listen-peer-urls={}", m.peer_url),
             format!("--initial-advertise-peer-urls={}", m.peer_url),
-            format!("--initial-cluster={}", m.initial_cluster),
-            format!("--initial-cluster-state={}", m.state),
             format!("--listen-redis-urls={}", m.redis_url),
         ];
+        match &m.join {
+            Some(urls) => args.push(format!("--join={urls}")),
+            None => {
+                args.push(format!("--initial-cluster={}", m.initial_cluster));
+                args.push(format!("--initial-cluster-state={}", m.state));
+            }
+        }
         args.extend(self.spec.extra_args.iter().cloned());
         args
     }
@@ -384,6 +392,16 @@ impl ProcessCluster {
             self.members.iter().filter(|m| !m.removed).map(|m| format!("{}={}", m.name, m.peer_url)).collect();
         ic.push(format!("{}={}", m.name, m.peer_url));
         m.initial_cluster = ic.join(",");
+        self.members.push(m);
+        self.members.len() - 1
+    }
+
+    /// Prepares a data node that joins with `--join` (through every running member's client
+    /// URL); start it with [`ProcessCluster::start_member`].
+    pub fn join_member(&mut self) -> usize {
+        let mut m = self.new_member_record(&format!("m{}", self.members.len() + 1), "existing");
+        let urls: Vec<String> = self.members.iter().filter(|m| !m.removed).map(|m| m.client_url.clone()).collect();
+        m.join = Some(urls.join(","));
         self.members.push(m);
         self.members.len() - 1
     }

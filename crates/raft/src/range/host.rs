@@ -267,32 +267,23 @@ impl RangeHost {
         let sm =
             RangeStateMachine::open(self.engine.clone(), self.applier.clone(), id, desc, Some(self.events.clone()))?;
         let net = RangeNetwork { group: id, mux: self.mux.clone() };
-        let raft = RangeRaft::new(
-            self.opts.node_id,
-            self.config.clone(),
-            net,
-            RangeLog::new(self.log.clone(), id),
-            sm.clone(),
-        )
-        .await
-        .map_err(io_err)?;
-        // A range made by a split starts its group with the parent's voters, on every replica
-        // alike (safe: the same membership everywhere); a group already going ignores it.
-        if let Some(voters) = sm.init_voters()? {
-            if !raft.is_initialized().await.map_err(io_err)? {
-                if let Err(e) = raft.initialize(voters).await {
-                    tracing::debug!(range = id, error = %e, "range already initialized");
-                }
-            }
+        let log = RangeLog::new(self.log.clone(), id);
+        // State with an applied position over an empty log (a range made by a split, or a
+        // crash before its starting point reached the log): the log starts after it.
+        if let Some(applied) = sm.applied() {
+            log.seed(applied).await?;
         }
+        let raft =
+            RangeRaft::new(self.opts.node_id, self.config.clone(), net, log, sm.clone()).await.map_err(io_err)?;
         let r = Arc::new(RangeReplica { id, raft, sm, load: Mutex::new(Load::default()) });
         self.replicas.write().insert(id, r.clone());
         Ok(r)
     }
 
-    /// Creates a replica of a range new to this node. With `voters`, this replica bootstraps
-    /// the range's group with them (call it on one node only); without, it waits to be
-    /// added by the range's leader (or starts as its split made it).
+    /// Creates a replica of a range new to this node. With `voters`, it is one of the range's
+    /// first replicas: it starts with that membership at [`sm::split_start`] (every first
+    /// replica alike, then they elect a leader). Without, it waits to be added by the range's
+    /// leader, which sends it a snapshot (or it starts as a split made it).
     ///
     /// Refused while another replica here still holds some of its keys: a range split off
     /// elsewhere waits until this node's replica of its parent has applied the split, so the
@@ -314,11 +305,12 @@ impl RangeHost {
                 desc.id, o.id
             )));
         }
-        let r = self.start(desc.id, Some(desc)).await?;
-        if let Some(v) = voters {
-            r.raft.initialize(v).await.map_err(io_err)?;
+        if let (Some(v), None) = (voters, &stored) {
+            let ids: std::collections::BTreeSet<u64> = v.keys().copied().collect();
+            let m = openraft::Membership::new(vec![ids], v).map_err(io_err)?;
+            RangeStateMachine::write_start(&*self.engine, &desc, m)?;
         }
-        Ok(r)
+        self.start(desc.id, Some(desc)).await
     }
 
     fn stored_desc(&self, id: RangeId) -> io::Result<Option<RangeDesc>> {

@@ -266,6 +266,22 @@ impl RangeLog {
         }
     }
 
+    /// Makes an empty log start after `applied` (as if purged up to it), so the state covering
+    /// it is never replayed from entries the log does not have: a replica that needs them gets
+    /// a snapshot. A log that holds entries or a purge point already is left alone.
+    pub async fn seed(&self, applied: LogId) -> io::Result<()> {
+        self.log.write(LogBatch::default()).await?;
+        let purged: Option<LogId> = self.get_key(KEY_PURGED, "the purge point")?;
+        if purged.is_some() || self.engine_span()?.is_some() {
+            return Ok(());
+        }
+        let mut b = LogBatch::default();
+        b.put(self.group, KEY_PURGED.to_vec(), encode(&applied)).map_err(io_err)?;
+        self.log.write(b).await?;
+        *self.next.lock() = Some(applied.index + 1);
+        Ok(())
+    }
+
     /// The index after the log's last entry, or after its purge point when it holds none.
     fn next_from_engine(&self) -> io::Result<u64> {
         if let Some((_, end)) = self.engine_span()? {

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use crate::range::types::{
     LogId, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta, StoredMembership,
 };
-use crate::types::PeerNode;
 
 /// A snapshot's data: its encoded bytes.
 pub type SnapshotBytes = Cursor<Vec<u8>>;
@@ -84,9 +83,17 @@ pub fn meta_key(id: RangeId, field: &str) -> Vec<u8> {
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 pub(crate) const DESC: &str = "desc";
-/// The voters a range created by a split starts its group with (every replica of the parent
-/// initializes the child with the same ones, which openraft allows).
-pub(crate) const INIT: &str = "init";
+
+/// Where every range's group starts: as if its log had been purged up to index 0, which its
+/// state covers (nothing for a new range, the keys it inherited for one made by a split).
+/// Every first replica writes the same starting point and membership, so a group needs no
+/// `initialize`; and a replica added later can never be caught up by replaying the log from
+/// the range's beginning (a log that cannot hold inherited keys, and whose old entries were
+/// routed with old epochs): the leader always sends it a snapshot, which carries the
+/// descriptor its state belongs to.
+pub fn split_start() -> LogId {
+    LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 0, node_id: 0 }, 0)
+}
 
 /// What apply tells the node hosting the range.
 #[derive(Debug, Clone)]
@@ -242,6 +249,22 @@ impl RangeStateMachine {
         })
     }
 
+    /// Writes the state a first replica of a new range starts from: its descriptor, and
+    /// `membership` at [`split_start`].
+    pub fn write_start(
+        engine: &dyn Engine,
+        desc: &RangeDesc,
+        membership: openraft::Membership<u64, crate::types::PeerNode>,
+    ) -> io::Result<()> {
+        let start = Some(split_start());
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Meta, meta_key(desc.id, DESC), encode(desc));
+        wb.put(Table::Meta, meta_key(desc.id, APPLIED), encode(&start));
+        wb.put(Table::Meta, meta_key(desc.id, MEMBERSHIP), encode(&StoredMembership::new(start, membership)));
+        engine.write(wb).map_err(io_err)?;
+        engine.sync().map_err(io_err)
+    }
+
     pub fn desc(&self) -> RangeDesc {
         self.inner.state.lock().desc.clone()
     }
@@ -253,15 +276,6 @@ impl RangeStateMachine {
     /// The range's applied (committed) membership.
     pub fn membership(&self) -> StoredMembership {
         self.inner.state.lock().membership.clone()
-    }
-
-    /// The voters a split-created range starts with, until its group is initialized.
-    pub fn init_voters(&self) -> io::Result<Option<BTreeMap<u64, PeerNode>>> {
-        let r = self.inner.engine.reader().map_err(io_err)?;
-        r.get(Table::Meta, &meta_key(self.inner.id, INIT))
-            .map_err(io_err)?
-            .map(|b| decode(&b, "a range's initial voters"))
-            .transpose()
     }
 
     /// Reads the range's keys as of now (what apply has made visible).
@@ -461,14 +475,12 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                         let epoch = d.epoch + 1;
                         let child_desc = RangeDesc { id: *child, start: key.clone(), end: d.end.clone(), epoch };
                         let parent = RangeDesc { id, start: d.start.clone(), end: key.clone(), epoch };
-                        let m = st.membership.membership();
-                        let voters: BTreeMap<u64, PeerNode> = m
-                            .nodes()
-                            .filter(|(n, _)| m.voter_ids().any(|v| v == **n))
-                            .map(|(n, p)| (*n, p.clone()))
-                            .collect();
+                        // The child starts with the parent's membership, at `split_start`.
+                        let start = Some(split_start());
+                        let m = StoredMembership::new(start, st.membership.membership().clone());
                         meta.push((meta_key(*child, DESC), encode(&child_desc)));
-                        meta.push((meta_key(*child, INIT), encode(&voters)));
+                        meta.push((meta_key(*child, APPLIED), encode(&start)));
+                        meta.push((meta_key(*child, MEMBERSHIP), encode(&m)));
                         meta.push((meta_key(id, DESC), encode(&parent)));
                         view.desc = parent.clone();
                         st.desc = parent;

@@ -202,6 +202,11 @@ impl ApplyBatch<'_> {
                 state.nodes.insert(n.id, n.clone());
                 return answer(true, 0, state);
             }
+            DirectoryOp::ForgetNode(id) => {
+                self.batch.delete(Table::Meta, node_key(*id));
+                let had = state.nodes.remove(id).is_some();
+                return answer(had, 0, state);
+            }
             DirectoryOp::Reserve => {
                 let id = state.next_range_id.max(1);
                 state.next_range_id = id + 1;
