@@ -388,6 +388,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             split_qps: a.range_split_qps,
             merge_bytes: a.range_split_bytes / 4,
             dead_node_timeout_ms: a.dead_node_timeout.as_millis() as u64,
+            keep: cairn_services::data::initial_boundaries(a.initial_ranges),
             ..Default::default()
         };
         cairn_services::placer::Placer::start(tier.clone(), cfg, a.placement_interval);

@@ -1,4 +1,4 @@
-//! `cairn range list|split|move|transfer-leader` and `cairn node list`: the data tier's ranges
+//! `cairn range list|split|merge|move|transfer-leader` and `cairn node list|remove`: the data tier's ranges
 //! and nodes, from a node's `/v1/ranges` and `/v1/nodes` (served on every client URL), as a
 //! table or JSON, and the changes operators ask for (`POST /v1/ranges/...`).
 
@@ -42,6 +42,13 @@ pub enum RangeCmd {
         /// Split at the start of this Redis hash slot instead.
         #[arg(long)]
         slot: Option<u16>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Merge a range with the range on its right (both must be on the same nodes): the right
+    /// one is frozen, and its keys join the left one through its log.
+    Merge {
+        id: u64,
         #[command(flatten)]
         list: ListArgs,
     },
@@ -194,6 +201,11 @@ pub async fn range(cmd: RangeCmd) -> anyhow::Result<ExitCode> {
             };
             let v = change(&list.endpoints, "/v1/ranges/split", body, Duration::from_secs(15)).await?;
             return done(&v, list.write_out, format!("range {} split: the new range is {}", v["range"], v["new"]));
+        }
+        RangeCmd::Merge { id, list } => {
+            let v = change(&list.endpoints, &format!("/v1/ranges/{id}/merge"), Value::Null, Duration::from_secs(15))
+                .await?;
+            return done(&v, list.write_out, format!("range {} merged into range {id}", v["merged"]));
         }
         RangeCmd::Move { id, from, to, list } => {
             let body = serde_json::json!({ "from": from, "to": to });

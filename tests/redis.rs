@@ -423,6 +423,20 @@ async fn ranges_split_move_and_change_leaders_under_writes() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Another split, and a merge back: the merged range holds slots 2048-4095 again.
+    let second = cairn_json(&ep, &["range", "split", "--slot", "3072"]).unwrap();
+    assert_eq!(second["range"], new);
+    let right = second["new"].as_u64().unwrap();
+    let merged = cairn_json(&ep, &["range", "merge", &new.to_string()]).unwrap();
+    assert_eq!(merged["merged"], right);
+    let after = cairn_json(&ep, &["range", "list"]).unwrap();
+    let slots_now = after.as_array().unwrap().iter().find(|r| r["id"] == new).map(|r| r["slots"].clone()).unwrap();
+    assert_eq!(slots_now, "2048-4095", "{after:#}");
+    assert_eq!(after.as_array().unwrap().len(), 7, "{after:#}");
+    assert!(after.as_array().unwrap().iter().all(|r| r["id"] != right), "{after:#}");
+    let last = after.as_array().unwrap().last().unwrap()["id"].as_u64().unwrap();
+    let nothing = cairn_json(&ep, &["range", "merge", &last.to_string()]).unwrap_err();
+    assert!(nothing.contains("nothing on its right"), "{nothing}");
     // Splitting where a range starts already is refused with a clear message.
     let again = cairn_json(&ep, &["range", "split", "--slot", "2048"]).unwrap_err();
     assert!(again.contains("already starts at"), "{again}");

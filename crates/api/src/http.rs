@@ -14,7 +14,8 @@ use serde_json::json;
 
 /// The data tier's views for operators: `/v1/ranges` and `/v1/nodes` (JSON), what
 /// `cairn range list` and `cairn node list` print; and its changes: `POST /v1/ranges/split`
-/// (`{"key": K}` or `{"slot": N}`), `/v1/ranges/{id}/move` (`{"from": NODE, "to": NODE}`) and
+/// (`{"key": K}` or `{"slot": N}`), `/v1/ranges/{id}/merge` (with the range on its right),
+/// `/v1/ranges/{id}/move` (`{"from": NODE, "to": NODE}`) and
 /// `/v1/ranges/{id}/transfer-leader` (`{"to": NODE}`) and `/v1/nodes/{name}/drain` (its
 /// replicas move off; a data node then leaves), nodes by name or hex id.
 pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
@@ -32,6 +33,12 @@ pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
                     t.move_replica(id, from, to).await
                 };
                 tier_answer(r.await.map(|()| json!({"range": id, "from": b.from, "to": b.to})))
+            }),
+        )
+        .route(
+            "/v1/ranges/{id}/merge",
+            post(|State(t): State<Tier>, Path(id): Path<u64>| async move {
+                tier_answer(t.merge_right(id).await.map(|right| json!({"range": id, "merged": right})))
             }),
         )
         .route(

@@ -11,7 +11,9 @@
 //! 2. **Split** a range past `split_bytes` (by size) or `split_qps` (by load). The range's
 //!    leader picks the key (its middle key, moved to a legal boundary).
 //! 3. **Merge** two adjacent ranges that are both small (under `merge_bytes`) and cold (under
-//!    `merge_qps`), and have the same replicas (a merge never copies data between nodes).
+//!    `merge_qps`), and have the same replicas (a merge never copies data between nodes), unless
+//!    the key between them is one of `keep` (the first layout's boundaries: subsystem prefixes
+//!    and the initial Redis ranges stay apart).
 //! 4. **Rebalance** replicas: from the node with the most replicas to the one with the fewest,
 //!    when they differ by more than one; then by bytes, when a node holds more than the mean by
 //!    more than `bytes_tolerance`.
@@ -73,6 +75,8 @@ pub struct Config {
     /// How far above the mean a node's bytes may be (0.2: 20 %).
     pub bytes_tolerance: f64,
     pub max_moves: usize,
+    /// Boundaries never merged across.
+    pub keep: Vec<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             hibernate_after_ms: 10_000,
             bytes_tolerance: 0.2,
             max_moves: 8,
+            keep: Vec::new(),
         }
     }
 }
@@ -248,6 +253,7 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             x == y
         };
         if a.end == b.start
+            && !cfg.keep.contains(&a.end)
             && small_cold(a)
             && small_cold(b)
             && a.bytes + b.bytes < cfg.split_bytes / 2
@@ -440,6 +446,9 @@ mod tests {
         let view = View { nodes: (1..=4).map(node).collect(), ranges: rs };
         let moves = plan(&view, &cfg());
         assert!(moves.contains(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
+        // Not across a boundary to keep.
+        let keep = Config { keep: vec![vec![2]], ..cfg() };
+        assert!(!plan(&view, &keep).iter().any(|m| matches!(m, Move::Merge { .. })), "{:?}", plan(&view, &keep));
         // 2 and 3 have different replicas; 3 and 4: 4 is hot.
         assert!(
             !moves.iter().any(|m| matches!(m, Move::Merge { left: 2, .. } | Move::Merge { left: 3, .. })),

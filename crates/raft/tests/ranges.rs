@@ -464,3 +464,80 @@ async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_range_merges_into_its_left_neighbour() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, d.path(), None).await);
+    }
+    let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
+    for n in &nodes {
+        n.host.create(range(1), Some(voters.clone())).await.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    for i in 0..100 {
+        write(&all, 1, &key(1, i), &format!("v{i}")).await;
+    }
+    let at = key(1, 50).into_bytes();
+    let right = match admin(&all, 1, 1, Admin::Split { key: at.clone(), child: 100 }).await {
+        Outcome::Done(b) => postcard::from_bytes::<RangeDesc>(&b).unwrap(),
+        other => panic!("split: {other:?}"),
+    };
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(100).is_none() {
+            assert!(Instant::now() < end, "node {} never started range 100", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let at2 = |k: String, v: &str, epoch: u64| RangeOp { epoch, ..put(&k, v) };
+    write_op(&all, 100, at2(key(1, 60), "after-split", 2)).await;
+    write_op(&all, 100, at2(key(1, 61), "", 2)).await;
+    // Freeze: the range's epoch moves on, and it refuses reads and writes from then on.
+    let frozen = match admin(&all, 100, 0, Admin::Freeze).await {
+        Outcome::Done(b) => postcard::from_bytes::<RangeDesc>(&b).unwrap(),
+        other => panic!("freeze: {other:?}"),
+    };
+    assert_eq!(frozen, RangeDesc { epoch: 3, ..right.clone() });
+    let l100 = leader(&all, 100).await;
+    let refused = all[l100].host.execute(req(100, 3, true, key(1, 60).into_bytes())).await;
+    assert_eq!(refused, Outcome::WrongRange(frozen.clone()));
+    assert_eq!(write_op(&all, 100, at2(key(1, 62), "late", 3)).await, RangeReply::WrongRange(frozen.clone()));
+    // Its keys, read from its leader, travel with the merge through range 1's log.
+    let (desc, pairs): (RangeDesc, cairn_raft::range::Pairs) = match admin(&all, 100, 0, Admin::ReadFrozen).await {
+        Outcome::Done(b) => postcard::from_bytes(&b).unwrap(),
+        other => panic!("read: {other:?}"),
+    };
+    assert_eq!(desc, frozen);
+    assert_eq!(pairs.len(), 50);
+    let merged = match admin(&all, 1, 2, Admin::Merge { right: desc, pairs }).await {
+        Outcome::Done(b) => postcard::from_bytes::<RangeDesc>(&b).unwrap(),
+        other => panic!("merge: {other:?}"),
+    };
+    assert_eq!(merged, RangeDesc { epoch: 4, ..range(1) });
+    // Every node: range 100 is gone, range 1 holds every key with its last value.
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(100).is_some() {
+            assert!(Instant::now() < end, "node {} kept range 100", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        converged(n, 1, &key(1, 60), "after-split").await;
+        converged(n, 1, &key(1, 99), "v99").await;
+        converged(n, 1, &key(1, 10), "v10").await;
+        assert_eq!(keys_in_engine(n, &range(1).start, &range(1).end), 100);
+        assert_eq!(n.host.get(1).unwrap().sm.desc(), merged);
+    }
+    assert_eq!(write_op(&all, 1, at2(key(1, 70), "merged", 4)).await, RangeReply::Done(b"v70".to_vec()));
+    // A restart keeps the merged range, and no trace of the other.
+    let (id, dir, addr) = nodes.remove(2).stop().await;
+    let back = start(id, &dir, Some(addr)).await;
+    assert!(back.host.get(100).is_none());
+    converged(&back, 1, &key(1, 70), "merged").await;
+    nodes.push(back);
+    for n in nodes {
+        n.stop().await;
+    }
+}

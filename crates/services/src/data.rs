@@ -129,15 +129,20 @@ pub struct DataTier {
     hints: Mutex<HashMap<u64, u64>>,
 }
 
+/// The keys the first directory splits the keyspace at (the placement driver never merges
+/// across them): the Redis prefix's start and end, and `initial_ranges` even slot boundaries.
+pub fn initial_boundaries(initial_ranges: usize) -> Vec<Vec<u8>> {
+    let n = initial_ranges.clamp(1, SLOTS as usize);
+    let mut bounds: Vec<Vec<u8>> = (0..n).map(|i| slot_start((i * SLOTS as usize / n) as u16)).collect();
+    bounds.push(vec![PREFIX_REDIS + 1]);
+    bounds
+}
+
 /// The first directory of a cluster whose voters are `voters`.
 pub fn initial_directory(voters: &[u64], opts: &TierOptions) -> Vec<Descriptor> {
     let rf = opts.replication_factor.clamp(1, voters.len().max(1));
-    let n = opts.initial_ranges.clamp(1, SLOTS as usize);
     let mut bounds: Vec<Vec<u8>> = vec![vec![]];
-    for i in 0..n {
-        bounds.push(slot_start((i * SLOTS as usize / n) as u16));
-    }
-    bounds.push(vec![PREFIX_REDIS + 1]);
+    bounds.extend(initial_boundaries(opts.initial_ranges));
     bounds.push(vec![]);
     bounds
         .windows(2)
@@ -388,7 +393,17 @@ impl DataTier {
                 continue;
             }
             let mut put = vec![mine.clone()];
-            if (mine.start.as_slice(), mine.end.as_slice()) != (cur.start.as_slice(), cur.end.as_slice()) {
+            let mut expect = vec![(cur.id, cur.epoch)];
+            let mut remove = Vec::new();
+            if within(cur, &mine)
+                && (mine.start.as_slice(), mine.end.as_slice()) != (cur.start.as_slice(), cur.end.as_slice())
+            {
+                // A merge: the ranges it took over leave the directory.
+                for o in dir.iter().filter(|o| o.id != mine.id && within(o, &mine)) {
+                    expect.push((o.id, o.epoch));
+                    remove.push(o.id);
+                }
+            } else if (mine.start.as_slice(), mine.end.as_slice()) != (cur.start.as_slice(), cur.end.as_slice()) {
                 for o in local.iter().filter(|o| o.id != r.id && dir.get(o.id).is_none()) {
                     if let Some(od) = Self::describe(o).filter(|od| within(od, cur)) {
                         put.push(od);
@@ -402,7 +417,7 @@ impl DataTier {
                     continue;
                 }
             }
-            let op = DirectoryOp::Update { expect: vec![(cur.id, cur.epoch)], put, remove: vec![] };
+            let op = DirectoryOp::Update { expect, put, remove };
             match self.propose_directory(op).await {
                 Ok(Response::Directory { applied: true, .. }) => {
                     tracing::info!(
@@ -515,6 +530,11 @@ impl DataTier {
                     continue;
                 }
                 Outcome::NotLeader { .. } | Outcome::NotHere | Outcome::Unavailable(_) => {
+                    // The range may be gone (merged) or changed: re-route with the directory.
+                    self.refresh();
+                    if self.directory().and_then(|dir| dir.get(d.id).map(|x| x.epoch)) != Some(d.epoch) {
+                        return Ok(None);
+                    }
                     if req.admin.is_some() {
                         if let Outcome::Unavailable(why) = &outcome {
                             // An operator's change refused for a reason of its own (a node
@@ -659,6 +679,55 @@ impl DataTier {
             return Err(TierError::Invalid(format!("range {id} is empty")));
         }
         self.split_at(&mid).await.map(|(_, new)| new)
+    }
+
+    /// Merges range `id` with the range on its right (see [`DataTier::merge`]); answers the
+    /// range merged away.
+    pub async fn merge_right(&self, id: u64) -> Result<u64, TierError> {
+        let l = self.range_by_id(id)?;
+        let dir = self.directory().ok_or(TierError::NotReady)?;
+        if l.end.is_empty() {
+            return Err(TierError::Invalid(format!("range {id} is the last range: nothing on its right")));
+        }
+        let right = dir.lookup(&l.end).id;
+        self.merge(id, right).await.map(|()| right)
+    }
+
+    /// Merges range `right` into its left neighbour `left`: both must have the same voters.
+    /// The right range is frozen (its keys are final), its keys are read from its leader and
+    /// proposed with the merge in the left range's log. Idempotent on a frozen right range, so
+    /// a merge cut short is finished by asking again.
+    pub async fn merge(&self, left: u64, right: u64) -> Result<(), TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let l = self.range_by_id(left)?;
+        let r = self.range_by_id(right)?;
+        if l.end != r.start || l.end.is_empty() {
+            return Err(TierError::Invalid(format!("range {right} is not the right neighbour of range {left}")));
+        }
+        let (mut a, mut b) = (l.replicas.clone(), r.replicas.clone());
+        a.sort_unstable();
+        b.sort_unstable();
+        if a != b || !l.learners.is_empty() || !r.learners.is_empty() {
+            return Err(TierError::Invalid(format!(
+                "ranges {left} and {right} are not on the same nodes: move a replica first"
+            )));
+        }
+        self.run(&r, RangeRequest::admin(right, 0, Admin::Freeze), deadline).await?;
+        let frozen = self
+            .run(&r, RangeRequest::admin(right, 0, Admin::ReadFrozen), deadline)
+            .await?
+            .ok_or(TierError::Unavailable(right))?;
+        let (rdesc, pairs): (RangeDesc, cairn_raft::range::Pairs) =
+            postcard::from_bytes(&frozen).map_err(|e| TierError::Unknown(format!("undecodable range keys: {e}")))?;
+        let req = RangeRequest::admin(left, l.epoch, Admin::Merge { right: rdesc, pairs });
+        match self.run(&l, req, deadline).await? {
+            Some(b) => {
+                let merged: RangeDesc =
+                    postcard::from_bytes(&b).map_err(|e| TierError::Unknown(format!("undecodable answer: {e}")))?;
+                self.await_directory(left, (merged.epoch, 0), deadline).await
+            }
+            None => Err(TierError::Invalid(format!("range {left} changed while the merge was asked for: try again"))),
+        }
     }
 
     /// Hands range `id`'s leadership to node `to`.

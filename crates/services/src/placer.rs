@@ -6,8 +6,8 @@
 //!
 //! Carried out: splits (by size or load, at the middle key the range's leader reports, moved
 //! to a legal boundary), relocations (rebalance, and repair of a dead or draining node's
-//! replicas) and leader transfers; a draining data node left with no replica leaves the meta
-//! group. Not yet: merges, adding a replica to an under-replicated
+//! replicas), merges of small cold neighbours and leader transfers; a draining data node left
+//! with no replica leaves the meta group. Not yet: adding a replica to an under-replicated
 //! range, hibernation; such moves are logged and skipped.
 
 use std::collections::HashMap;
@@ -130,6 +130,10 @@ impl Placer {
             Move::Relocate { range, from, to, .. } => {
                 tracing::info!(range, from = %format!("{from:x}"), to = %format!("{to:x}"), "placement: moving a replica");
                 self.tier.move_replica(*range, *from, *to).await
+            }
+            Move::Merge { left, right } => {
+                tracing::info!(left, right, "placement: merging two small, cold ranges");
+                self.tier.merge(*left, *right).await
             }
             Move::TransferLeader { range, to, .. } => {
                 // A leader known to the view only: the range's replicas must still hold it.

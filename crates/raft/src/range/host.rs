@@ -222,12 +222,22 @@ impl RangeHost {
         // A split applied here starts the new range's group at once.
         let weak = Arc::downgrade(&host);
         tokio::spawn(async move {
-            while let Some(RangeEvent::Split { parent, child }) = event_rx.recv().await {
+            while let Some(event) = event_rx.recv().await {
                 let Some(h) = weak.upgrade() else { return };
-                let id = child.id;
-                match h.create(child, None).await {
-                    Ok(_) => tracing::info!(parent, range = id, "range split"),
-                    Err(e) => tracing::warn!(parent, range = id, error = %e, "cannot start a range made by a split"),
+                match event {
+                    RangeEvent::Split { parent, child } => {
+                        let id = child.id;
+                        match h.create(child, None).await {
+                            Ok(_) => tracing::info!(parent, range = id, "range split"),
+                            Err(e) => {
+                                tracing::warn!(parent, range = id, error = %e, "cannot start a range made by a split")
+                            }
+                        }
+                    }
+                    RangeEvent::Absorbed { left, right } => match h.destroy(right).await {
+                        Ok(()) => tracing::info!(left, range = right, "range merged into the range on its left"),
+                        Err(e) => tracing::warn!(left, range = right, error = %e, "cannot remove a merged range"),
+                    },
                 }
             }
         });
@@ -329,13 +339,18 @@ impl RangeHost {
         let Some(r) = self.replicas.write().remove(&id) else { return Ok(()) };
         let _ = r.raft.shutdown().await;
         let desc = r.sm.desc();
+        // Keys another replica here holds stay (a merged range's keys are its left
+        // neighbour's now).
+        let others: Vec<RangeDesc> = self.replicas().iter().map(|o| o.sm.desc()).collect();
         let mut wb = cairn_storage::WriteBatch::new();
         {
             let reader = self.engine.reader().map_err(io_err)?;
             let end = if desc.end.is_empty() { Bound::Unbounded } else { Bound::Excluded(desc.end.as_slice()) };
             reader
                 .scan(Table::Kv, Bound::Included(desc.start.as_slice()), end, &mut |k, _| {
-                    wb.delete(Table::Kv, k.to_vec());
+                    if !others.iter().any(|o| o.contains(k)) {
+                        wb.delete(Table::Kv, k.to_vec());
+                    }
                     true
                 })
                 .map_err(io_err)?;
@@ -408,7 +423,7 @@ impl RangeHost {
                 Err(e) => return Outcome::Unavailable(e.to_string()),
             }
             let desc = r.sm.desc();
-            if epoch != 0 && epoch != desc.epoch {
+            if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
                 return Outcome::WrongRange(desc);
             }
             let now = cairn_types::clock::wall_ms();
@@ -423,6 +438,10 @@ impl RangeHost {
             Ok(RangeReply::Done(b)) => Outcome::Done(b),
             Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+            // A frozen range applies no write proposed after its freeze, and every write
+            // before it had its answer once the freeze applied: a write cut short now (its
+            // group stopped as the range merged away) never ran.
+            Err(_) if r.sm.frozen() => Outcome::WrongRange(r.sm.desc()),
             Err(e) => Outcome::Unknown(e.to_string()),
         }
     }
@@ -448,14 +467,22 @@ impl RangeHost {
                     Err(e) => Outcome::Unavailable(e.to_string()),
                 }
             }
-            Admin::Split { key, child } => {
-                let op =
-                    RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd: RangeCmd::Split { key, child } };
-                match r.write(op).await {
-                    Ok(RangeReply::Done(b)) => Outcome::Done(b),
-                    Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
-                    Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
-                    Err(e) => Outcome::Unknown(e.to_string()),
+            Admin::Split { key, child } => self.propose(r, epoch, RangeCmd::Split { key, child }).await,
+            Admin::Freeze => self.propose(r, epoch, RangeCmd::Freeze).await,
+            Admin::Merge { right, pairs } => self.propose(r, epoch, RangeCmd::Merge { right, pairs }).await,
+            Admin::ReadFrozen => {
+                if !r.sm.frozen() {
+                    return Outcome::Unavailable(format!("range {} is not frozen", r.id));
+                }
+                // Everything the range applied before it froze is here once the freeze is.
+                if let Err(e) = r.read_barrier(self.read_lease).await {
+                    return Outcome::Unavailable(e.to_string());
+                }
+                let r = r.clone();
+                match tokio::task::spawn_blocking(move || r.sm.pairs(crate::range::types::MERGE_BYTES_MAX)).await {
+                    Ok(Ok(pairs)) => Outcome::Done(postcard::to_allocvec(&(desc, pairs)).expect("serializable")),
+                    Ok(Err(e)) => Outcome::Unavailable(e.to_string()),
+                    Err(e) => Outcome::Unavailable(e.to_string()),
                 }
             }
             Admin::TransferLeader { to } => {
@@ -525,6 +552,16 @@ impl RangeHost {
                     Err(e) => Outcome::Unknown(format!("range {}: membership change: {e}", r.id)),
                 }
             }
+        }
+    }
+
+    /// Proposes an operator's command to `r`'s log and waits for its answer.
+    async fn propose(&self, r: &Arc<RangeReplica>, epoch: u64, cmd: RangeCmd) -> Outcome {
+        match r.write(RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd }).await {
+            Ok(RangeReply::Done(b)) => Outcome::Done(b),
+            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+            Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+            Err(e) => Outcome::Unknown(e.to_string()),
         }
     }
 

@@ -26,6 +26,6 @@ pub use host::{RangeHost, RangeHostOptions, RangeReplica};
 pub use log::{RangeLog, SharedLog};
 pub use sm::{Applier, DataView, DataWrite, RangeEvent, RangeStateMachine};
 pub use types::{
-    Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
+    Admin, Outcome, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
     ReplicaStats,
 };

@@ -83,6 +83,10 @@ pub fn meta_key(id: RangeId, field: &str) -> Vec<u8> {
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 pub(crate) const DESC: &str = "desc";
+/// Set when the range froze for a merge.
+const FROZEN: &str = "frozen";
+/// Set (on this node) when the range on the left took this one over: apply changes nothing more.
+const ABSORBED: &str = "absorbed";
 
 /// Where every range's group starts: as if its log had been purged up to index 0, which its
 /// state covers (nothing for a new range, the keys it inherited for one made by a split).
@@ -100,6 +104,9 @@ pub fn split_start() -> LogId {
 pub enum RangeEvent {
     /// A split created range `child` here: its group must be started.
     Split { parent: RangeId, child: RangeDesc },
+    /// The range on the left took range `right` over: its replica here must go (its keys stay:
+    /// they are the left range's now).
+    Absorbed { left: RangeId, right: RangeId },
 }
 
 fn upper(to: &[u8]) -> Bound<&[u8]> {
@@ -194,6 +201,8 @@ struct SmState {
     /// Whether a snapshot exists (one was built or installed): the data itself is not kept,
     /// a snapshot asked for is built afresh from the engine.
     has_snapshot: bool,
+    /// Frozen for a merge: no more requests.
+    frozen: bool,
 }
 
 struct Inner {
@@ -227,6 +236,7 @@ impl RangeStateMachine {
             get(APPLIED)?.map(|b| decode(&b, "a range's applied log id")).transpose()?.flatten();
         let membership: StoredMembership =
             get(MEMBERSHIP)?.map(|b| decode(&b, "a range's membership")).transpose()?.unwrap_or_default();
+        let frozen = get(FROZEN)?.is_some();
         let desc = match (get(DESC)?, desc) {
             (Some(b), _) => decode(&b, "a range descriptor")?,
             (None, Some(d)) => {
@@ -243,7 +253,7 @@ impl RangeStateMachine {
                 id,
                 engine,
                 applier,
-                state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some() }),
+                state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some(), frozen }),
                 events,
             }),
         })
@@ -267,6 +277,29 @@ impl RangeStateMachine {
 
     pub fn desc(&self) -> RangeDesc {
         self.inner.state.lock().desc.clone()
+    }
+
+    /// Whether the range froze for a merge (it serves nothing more).
+    pub fn frozen(&self) -> bool {
+        self.inner.state.lock().frozen
+    }
+
+    /// Every key and value of the range (a frozen one's, for a merge), refused past `max`.
+    pub fn pairs(&self, max: usize) -> io::Result<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>> {
+        let desc = self.desc();
+        let reader = self.inner.engine.reader().map_err(io_err)?;
+        let (mut pairs, mut bytes) = (Vec::new(), 0usize);
+        reader
+            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
+                bytes += k.len() + v.len();
+                pairs.push((serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)));
+                bytes <= max
+            })
+            .map_err(io_err)?;
+        if bytes > max {
+            return Err(io_err(format!("range {} holds more than {max} bytes", desc.id)));
+        }
+        Ok(pairs)
     }
 
     pub fn applied(&self) -> Option<LogId> {
@@ -451,6 +484,8 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         let mut view = Overlay { reader: &*reader, desc: st.desc.clone(), changes: BTreeMap::new(), outside: None };
         let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut events = Vec::new();
+        // Taken over by the range on the left (on this node): its keys are that range's now.
+        let absorbed = reader.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some();
         for (entry, responder) in items {
             if let Some(applied) = &st.applied {
                 if entry.log_id.index <= applied.index {
@@ -459,8 +494,52 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             }
             let reply = match &entry.payload {
                 EntryPayload::Blank => RangeReply::default(),
-                EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != view.desc.epoch => {
+                EntryPayload::Normal(op) if (op.epoch != 0 && op.epoch != view.desc.epoch) || absorbed => {
                     RangeReply::WrongRange(view.desc.clone())
+                }
+                EntryPayload::Normal(RangeOp { cmd: RangeCmd::Freeze, .. }) => {
+                    if !st.frozen {
+                        st.frozen = true;
+                        view.desc.epoch += 1;
+                        st.desc = view.desc.clone();
+                        meta.push((meta_key(id, FROZEN), vec![1]));
+                        meta.push((meta_key(id, DESC), encode(&view.desc)));
+                    }
+                    RangeReply::Done(encode(&view.desc))
+                }
+                EntryPayload::Normal(_) if st.frozen => RangeReply::WrongRange(view.desc.clone()),
+                EntryPayload::Normal(RangeOp { cmd: RangeCmd::Merge { right, pairs }, .. }) => {
+                    let d = view.desc.clone();
+                    let fits = !d.end.is_empty() && right.start == d.end && right.id != id;
+                    if !fits || pairs.iter().any(|(k, _)| !right.contains(k)) {
+                        RangeReply::WrongRange(d)
+                    } else {
+                        let merged = RangeDesc {
+                            id,
+                            start: d.start.clone(),
+                            end: right.end.clone(),
+                            epoch: d.epoch.max(right.epoch) + 1,
+                        };
+                        view.desc = merged.clone();
+                        // This node's copy of the right range may lag: its keys are replaced by
+                        // the final ones the command carries.
+                        let mut stale = Vec::new();
+                        view.scan(&right.start, &right.end, &mut |k, _| {
+                            stale.push(k.to_vec());
+                            true
+                        })?;
+                        for k in stale {
+                            view.delete(&k);
+                        }
+                        for (k, v) in pairs {
+                            view.put(k, v);
+                        }
+                        st.desc = merged.clone();
+                        meta.push((meta_key(id, DESC), encode(&merged)));
+                        meta.push((meta_key(right.id, ABSORBED), vec![1]));
+                        events.push(RangeEvent::Absorbed { left: id, right: right.id });
+                        RangeReply::Done(encode(&merged))
+                    }
                 }
                 EntryPayload::Normal(RangeOp { stamp_ms, cmd: RangeCmd::Data(cmd), .. }) => {
                     let desc = view.desc.clone();

@@ -32,6 +32,14 @@ pub enum RangeCmd {
         key: Vec<u8>,
         child: RangeId,
     },
+    /// The first half of a merge into the range on the left: the range takes no more writes
+    /// or reads (its epoch moves on; requests answer `WrongRange`), so its keys are final.
+    Freeze,
+    /// The second half, in the left range's log: it takes over `right` (frozen, adjacent),
+    /// whose keys travel in the command (a merge is of small ranges), so a replica whose copy
+    /// of `right` lags still ends up with the final keys. `right`'s replica on each node is
+    /// then absorbed: it applies nothing more and is removed.
+    Merge { right: RangeDesc, pairs: Pairs },
 }
 
 impl RangeOp {
@@ -46,6 +54,10 @@ impl std::fmt::Display for RangeOp {
         match &self.cmd {
             RangeCmd::Data(c) => write!(f, "RangeOp({} bytes @{})", c.len(), self.stamp_ms),
             RangeCmd::Split { child, .. } => write!(f, "RangeOp(split off {child} @{})", self.stamp_ms),
+            RangeCmd::Freeze => write!(f, "RangeOp(freeze @{})", self.stamp_ms),
+            RangeCmd::Merge { right, pairs } => {
+                write!(f, "RangeOp(merge {} with {} keys @{})", right.id, pairs.len(), self.stamp_ms)
+            }
         }
     }
 }
@@ -122,7 +134,20 @@ pub enum Admin {
     /// No change: answers the key at the middle of the range's bytes (empty: the range is
     /// empty), where a split by size should cut.
     MiddleKey,
+    /// Freeze the range for a merge (see [`RangeCmd::Freeze`]); answers its descriptor.
+    Freeze,
+    /// Of a frozen range: answers its descriptor and every key and value (at most
+    /// [`MERGE_BYTES_MAX`]).
+    ReadFrozen,
+    /// Take over the frozen range on the right (see [`RangeCmd::Merge`]).
+    Merge { right: RangeDesc, pairs: Pairs },
 }
+
+/// Keys and values, as a frozen range's are carried into a merge.
+pub type Pairs = Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>;
+
+/// The most bytes of keys and values a merge carries through the left range's log.
+pub const MERGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// How a request for a range ended, on the node that got it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
