@@ -23,7 +23,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::range::types::{
-    LogId, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta, StoredMembership,
+    LogId, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta,
+    StoredMembership,
 };
 
 /// A snapshot's data: its encoded bytes.
@@ -117,6 +118,19 @@ fn upper(to: &[u8]) -> Bound<&[u8]> {
     }
 }
 
+/// The keys and values of `desc`'s span as `reader` sees them; `None` past `max` bytes.
+fn scan_pairs(reader: &dyn Reader, desc: &RangeDesc, max: usize) -> io::Result<Option<Pairs>> {
+    let (mut pairs, mut bytes) = (Vec::new(), 0usize);
+    reader
+        .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
+            bytes += k.len() + v.len();
+            pairs.push((serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)));
+            bytes <= max
+        })
+        .map_err(io_err)?;
+    Ok((bytes <= max).then_some(pairs))
+}
+
 /// The engine as of a reader, plus the changes made so far in this apply batch.
 struct Overlay<'a> {
     reader: &'a dyn Reader,
@@ -191,7 +205,7 @@ impl DataWrite for Overlay<'_> {
 #[derive(Serialize, Deserialize)]
 struct RangeSnapshot {
     desc: RangeDesc,
-    pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    pairs: Pairs,
 }
 
 struct SmState {
@@ -285,21 +299,11 @@ impl RangeStateMachine {
     }
 
     /// Every key and value of the range (a frozen one's, for a merge), refused past `max`.
-    pub fn pairs(&self, max: usize) -> io::Result<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>> {
+    pub fn pairs(&self, max: usize) -> io::Result<Pairs> {
         let desc = self.desc();
         let reader = self.inner.engine.reader().map_err(io_err)?;
-        let (mut pairs, mut bytes) = (Vec::new(), 0usize);
-        reader
-            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
-                bytes += k.len() + v.len();
-                pairs.push((serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)));
-                bytes <= max
-            })
-            .map_err(io_err)?;
-        if bytes > max {
-            return Err(io_err(format!("range {} holds more than {max} bytes", desc.id)));
-        }
-        Ok(pairs)
+        scan_pairs(&*reader, &desc, max)?
+            .ok_or_else(|| io_err(format!("range {} holds more than {max} bytes", desc.id)))
     }
 
     pub fn applied(&self) -> Option<LogId> {
@@ -361,21 +365,9 @@ impl RangeStateMachine {
             let st = self.inner.state.lock();
             (st.applied, st.membership.clone(), st.desc.clone())
         };
-        let mut pairs = Vec::new();
-        let mut bytes = 0usize;
-        reader
-            .scan(Table::Kv, Bound::Included(&desc.start), upper(&desc.end), &mut |k, v| {
-                bytes += k.len() + v.len();
-                pairs.push((serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)));
-                bytes <= SNAPSHOT_BYTES_MAX
-            })
-            .map_err(io_err)?;
-        if bytes > SNAPSHOT_BYTES_MAX {
-            return Err(io_err(format!(
-                "range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)",
-                self.inner.id
-            )));
-        }
+        let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
+            io_err(format!("range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)", self.inner.id))
+        })?;
         // The reader may be newer than `applied` (apply runs meanwhile): the meta read with it
         // describes exactly what it holds.
         let r_applied: Option<LogId> = reader
