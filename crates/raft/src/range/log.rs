@@ -99,6 +99,9 @@ pub struct SharedLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
     stats: Arc<LogStats>,
+    /// The writer takes this before each write: a test holds it to keep operations queued.
+    #[cfg_attr(not(test), allow(dead_code))]
+    hold: Arc<Mutex<()>>,
 }
 
 /// What the writer has done: operations queued by groups, and the writes (each one fsync)
@@ -127,9 +130,17 @@ impl SharedLog {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE_MAX);
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LogStats::default());
-        let (e, f, st) = (engine.clone(), failed.clone(), stats.clone());
-        let w = std::thread::Builder::new().name("range-log".into()).spawn(move || writer(e, rx, f, st, sync))?;
-        Ok(Arc::new(SharedLog { engine, queue: Mutex::new(Some(queue)), writer: Mutex::new(Some(w)), failed, stats }))
+        let hold = Arc::new(Mutex::new(()));
+        let (e, f, st, h) = (engine.clone(), failed.clone(), stats.clone(), hold.clone());
+        let w = std::thread::Builder::new().name("range-log".into()).spawn(move || writer(e, rx, f, st, h, sync))?;
+        Ok(Arc::new(SharedLog {
+            engine,
+            queue: Mutex::new(Some(queue)),
+            writer: Mutex::new(Some(w)),
+            failed,
+            stats,
+            hold,
+        }))
     }
 
     /// Stops the writer once everything queued is written; later operations are refused.
@@ -206,9 +217,11 @@ fn writer(
     rx: std::sync::mpsc::Receiver<Job>,
     failed: Arc<AtomicBool>,
     stats: Arc<LogStats>,
+    hold: Arc<Mutex<()>>,
     sync: bool,
 ) {
     while let Ok(first) = rx.recv() {
+        let _held = hold.lock();
         let mut jobs = vec![first.done];
         let mut batch = first.batch;
         let mut merge_err = None;
@@ -316,37 +329,35 @@ impl RangeLog {
         if let Some(entries) = self.recent.lock().get(start, end, max_bytes) {
             return Ok(entries);
         }
-        // Entries queued but not yet written are in `recent`; anything older is in the engine,
-        // unless the writer is behind: wait for it once (an empty write is a barrier).
-        match self.read_engine(start, end, max_bytes)? {
-            Some(v) => Ok(v),
-            None => {
-                self.log.write(LogBatch::default()).await?;
-                Ok(self.read_engine(start, end, max_bytes)?.unwrap_or_default())
-            }
+        // Entries queued but not yet written are in `recent`, which may not reach back to
+        // `start` (after a restart it holds only what was appended since). When the engine does
+        // not yet hold every appended entry of [start, end), wait for the writer once (an empty
+        // write is a barrier) and read the engine alone: a read must never stop short of an
+        // appended entry, or openraft applies a shorter batch than it committed.
+        let appended = self.next.lock().unwrap_or(0);
+        let written = self.engine_span()?.map_or(0, |(_, e)| e);
+        if written < end.min(appended) {
+            self.log.write(LogBatch::default()).await?;
         }
+        self.read_engine(start, end, max_bytes)
     }
 
-    /// `None` when the engine does not reach `start` yet.
-    fn read_engine(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Option<Vec<Entry>>> {
+    /// The entries of [start, end) the engine holds (fewer when `max_bytes` is reached).
+    fn read_engine(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
         let Some((first, last_end)) = self.engine_span()? else {
-            return Ok(None);
+            return Ok(vec![]);
         };
         let start = start.max(first);
         let end = end.min(last_end);
         if start >= end {
-            return Ok(if start >= last_end { None } else { Some(vec![]) });
+            return Ok(vec![]);
         }
         let mut raw = Vec::new();
         self.log
             .engine
             .fetch_entries_to::<Entries>(self.group, start, end, Some(max_bytes), &mut raw)
             .map_err(io_err)?;
-        raw.iter()
-            .enumerate()
-            .map(|(i, v)| decode_entry(self.group, start + i as u64, v))
-            .collect::<io::Result<_>>()
-            .map(Some)
+        raw.iter().enumerate().map(|(i, v)| decode_entry(self.group, start + i as u64, v)).collect::<io::Result<_>>()
     }
 }
 
@@ -377,7 +388,7 @@ impl RaftLogStorage<RangeConfig> for RangeLog {
         let last_purged_log_id: Option<LogId> = self.get_key(KEY_PURGED, "the purge point")?;
         let last_log_id = match self.engine_span()? {
             Some((_, end)) => {
-                let last = self.read_engine(end - 1, end, usize::MAX)?.unwrap_or_default();
+                let last = self.read_engine(end - 1, end, usize::MAX)?;
                 Some(last.into_iter().next().ok_or_else(|| io_err("range log: the last entry is missing"))?.log_id)
             }
             None => last_purged_log_id,
@@ -516,6 +527,37 @@ mod tests {
         let mut l = RangeLog::new(log, 3);
         let all = l.try_get_log_entries(0..200).await.unwrap();
         assert_eq!(all.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+    }
+
+    /// A read of entries some of which are written and the rest still queued for the writer
+    /// (after a restart, the recent copy holds only the queued ones) returns them all. It once
+    /// returned only the written ones: openraft then applied a shorter batch than it had
+    /// committed (found by killing a node under Redis writes; a debug assertion caught it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock, reason = "the writer is held on purpose while the test appends")]
+    async fn a_read_spanning_written_and_queued_entries_returns_them_all() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SharedLog::open(dir.path(), true).unwrap();
+            let mut l = RangeLog::new(log.clone(), 5);
+            let (tx, rx) = RangeConfig::oneshot();
+            l.append((0..100).map(|i| entry(i, 10)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+            log.close();
+        }
+        let log = SharedLog::open(dir.path(), true).unwrap();
+        let mut l = RangeLog::new(log.clone(), 5);
+        let held = log.hold.lock();
+        let (tx, rx) = RangeConfig::oneshot();
+        l.append((100..103).map(|i| entry(i, 10)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+        let mut reader = l.clone();
+        let read = tokio::spawn(async move { reader.try_get_log_entries(90..103).await.unwrap() });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(held);
+        let got = read.await.unwrap();
+        assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (90..103).collect::<Vec<_>>());
+        rx.await.unwrap().unwrap();
     }
 
     /// Appends from many groups at once (merged by the writer into shared writes), then a
