@@ -4,8 +4,8 @@
 //!
 //! - [`directory`]: which range holds a key, by descriptor with epochs; where a range may
 //!   split (Redis keys only at hash-slot boundaries).
-//! - [`placement`]: `plan(view) -> moves`: split, merge, repair, rebalance, leader balance and
-//!   hibernation decisions over a snapshot of the cluster.
+//! - [`placement`]: `plan(view) -> moves`: split, merge, repair, rebalance and leader balance
+//!   decisions over a snapshot of the cluster.
 
 pub mod directory;
 pub mod placement;

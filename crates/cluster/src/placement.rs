@@ -19,8 +19,9 @@
 //!    more than `bytes_tolerance`.
 //! 5. **Leaders**: from the node leading the most ranges to a replica node leading fewer, when
 //!    they differ by more than one.
-//! 6. **Hibernate** a range idle for `hibernate_after_ms`; **wake** a hibernating range that
-//!    has load again.
+//!
+//! Hibernation is not the driver's: each node stops the timers of its idle ranges itself
+//! (`cairn_raft::range::hibernate`), as TiKV's stores do.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,7 +51,6 @@ pub struct RangeView {
     pub qps: f64,
     /// Milliseconds since the range last served a request.
     pub idle_ms: u64,
-    pub hibernating: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -71,7 +71,6 @@ pub struct Config {
     pub dead_node_timeout_ms: u64,
     /// A node silent this long is not live (no new replicas, no leaders go to it).
     pub live_timeout_ms: u64,
-    pub hibernate_after_ms: u64,
     /// How far above the mean a node's bytes may be (0.2: 20 %).
     pub bytes_tolerance: f64,
     pub max_moves: usize,
@@ -89,7 +88,6 @@ impl Default for Config {
             merge_qps: 100.0,
             dead_node_timeout_ms: 5 * 60 * 1000,
             live_timeout_ms: 9_000,
-            hibernate_after_ms: 10_000,
             bytes_tolerance: 0.2,
             max_moves: 8,
             keep: Vec::new(),
@@ -132,12 +130,6 @@ pub enum Move {
         epoch: u64,
         to: u64,
     },
-    Hibernate {
-        range: u64,
-    },
-    Wake {
-        range: u64,
-    },
 }
 
 impl Move {
@@ -148,9 +140,7 @@ impl Move {
             Move::Split { range, .. }
             | Move::Relocate { range, .. }
             | Move::AddReplica { range, .. }
-            | Move::TransferLeader { range, .. }
-            | Move::Hibernate { range }
-            | Move::Wake { range } => vec![range],
+            | Move::TransferLeader { range, .. } => vec![range],
         }
     }
 }
@@ -329,15 +319,6 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         load.get_mut(&max_id).expect("live").leaders -= 1;
         load.get_mut(&to).expect("live").leaders += 1;
     }
-
-    // 6. Hibernation.
-    for r in &view.ranges {
-        if !r.hibernating && r.idle_ms >= cfg.hibernate_after_ms {
-            p.push(Move::Hibernate { range: r.id });
-        } else if r.hibernating && r.idle_ms < cfg.hibernate_after_ms {
-            p.push(Move::Wake { range: r.id });
-        }
-    }
     p.moves
 }
 
@@ -373,7 +354,6 @@ mod tests {
             bytes,
             qps: 500.0,
             idle_ms: 0,
-            hibernating: false,
         }
     }
 
@@ -533,19 +513,6 @@ mod tests {
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![3, 3, 3], "{leaders:?}");
         assert!(plan(&view, &cfg()).is_empty());
-    }
-
-    #[test]
-    fn idle_ranges_hibernate_and_wake_with_load() {
-        let mut idle = range(1, &[1, 2, 3], MB);
-        idle.idle_ms = 60_000;
-        let mut woken = range(2, &[2, 3, 1], MB);
-        woken.hibernating = true;
-        let mut sleeping = range(3, &[3, 1, 2], MB);
-        sleeping.hibernating = true;
-        sleeping.idle_ms = 60_000;
-        let view = View { nodes: (1..=3).map(node).collect(), ranges: vec![idle, woken, sleeping] };
-        assert_eq!(plan(&view, &cfg()), vec![Move::Hibernate { range: 1 }, Move::Wake { range: 2 }]);
     }
 
     #[test]

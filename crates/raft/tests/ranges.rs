@@ -159,10 +159,13 @@ async fn write_op(nodes: &[&Node], range: u64, op: RangeOp) -> RangeReply {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let l = leader(nodes, range).await;
-        match nodes[l].host.get(range).unwrap().write(op.clone()).await {
-            Ok(r) => return r,
-            Err(e) => {
-                assert!(Instant::now() < end, "write to range {range} kept failing: {e}");
+        // As a client request: through the host, which wakes a sleeping leader.
+        let cairn_raft::range::RangeCmd::Data(cmd) = op.cmd.clone() else { panic!("a data write") };
+        match nodes[l].host.execute(req(range, op.epoch, false, cmd)).await {
+            Outcome::Done(b) => return RangeReply::Done(b),
+            Outcome::WrongRange(d) => return RangeReply::WrongRange(d),
+            other => {
+                assert!(Instant::now() < end, "write to range {range} kept failing: {other:?}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -537,6 +540,76 @@ async fn a_frozen_range_merges_into_its_left_neighbour() {
     assert!(back.host.get(100).is_none());
     converged(&back, 1, &key(1, 70), "merged").await;
     nodes.push(back);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Waits until every replica on every node in `nodes` has stopped its Raft timer.
+async fn all_asleep(nodes: &[&Node]) {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let awake: Vec<(u64, u64)> = nodes
+            .iter()
+            .flat_map(|n| {
+                n.host.replicas().into_iter().filter(|r| !r.asleep()).map(|r| (n.id, r.id)).collect::<Vec<_>>()
+            })
+            .collect();
+        if awake.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "(node, range) still ticking: {awake:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Idle ranges stop their timers and heartbeats: what crosses the transport then is one beat
+/// per node pair, however many ranges there are. A write wakes its range's leader; a stopped
+/// leader's node makes its ranges' followers elect; the node comes back and they settle again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ranges_hibernate_and_wake_when_needed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for id in 1..=RANGES {
+        write(&refs, id, &key(id, 0), "v").await;
+    }
+    all_asleep(&refs).await;
+    // Two seconds of quiet: beats every 50 ms to 2 peers is 80 messages a node. Heartbeats of
+    // 16 ranges would be about 430 (each leader sends 2 per 50 ms).
+    let sent = |n: &Node| n.host.transport().messages.load(Relaxed);
+    let before: Vec<u64> = nodes.iter().map(sent).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (n, b) in nodes.iter().zip(before) {
+        let d = sent(n) - b;
+        eprintln!("node {}: {d} messages in 2 s while idle", n.id);
+        assert!(d <= 130, "node {} sent {d} messages in 2 s with every range idle", n.id);
+    }
+    // A write to a sleeping range: its leader wakes and it commits on every replica.
+    write(&refs, 5, &key(5, 1), "woken").await;
+    for n in &nodes {
+        converged(n, 5, &key(5, 1), "woken").await;
+    }
+    // The leader of range 1 stops: its followers hear no more beats, wake and elect.
+    let l = leader(&refs, 1).await;
+    let t0 = Instant::now();
+    let stopped = nodes.remove(l).stop().await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    write(&refs, 1, &key(1, 1), "after").await;
+    eprintln!("range 1 took a write {:?} after its leader's node stopped", t0.elapsed());
+    for id in 1..=RANGES {
+        write(&refs, id, &key(id, 2), "after").await;
+    }
+    // It comes back: it learns who leads, and everything goes quiet again.
+    let back = start(stopped.0, &stopped.1, Some(stopped.2)).await;
+    nodes.push(back);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for id in 1..=RANGES {
+        for n in &nodes {
+            converged(n, id, &key(id, 2), "after").await;
+        }
+    }
+    all_asleep(&refs).await;
     for n in nodes {
         n.stop().await;
     }

@@ -78,6 +78,7 @@ pub struct Metrics {
     store_flush_max_seconds: Gauge<f64, AtomicU64>,
     ranges: Gauge,
     ranges_leading: Gauge,
+    ranges_hibernating: Gauge,
     range_log_bytes: Gauge,
     range_log_writes: Gauge,
     range_log_operations: Gauge,
@@ -133,6 +134,7 @@ impl Metrics {
             wal_syncs: Gauge::default(),
             ranges: Gauge::default(),
             ranges_leading: Gauge::default(),
+            ranges_hibernating: Gauge::default(),
             range_log_bytes: Gauge::default(),
             range_log_writes: Gauge::default(),
             range_log_operations: Gauge::default(),
@@ -240,6 +242,11 @@ impl Metrics {
         r.register("cairn_ranges", "Data tier range replicas on this node", m.ranges.clone());
         r.register("cairn_ranges_leading", "Data tier ranges this node leads", m.ranges_leading.clone());
         r.register(
+            "cairn_ranges_hibernating",
+            "Data tier range replicas on this node whose Raft timer is stopped (idle leaders, and followers of a leader whose node beats)",
+            m.ranges_hibernating.clone(),
+        );
+        r.register(
             "cairn_range_log_bytes",
             "Bytes of the data tier's shared Raft log files",
             m.range_log_bytes.clone(),
@@ -323,6 +330,7 @@ impl Metrics {
             let replicas = host.replicas();
             self.ranges.set(replicas.len() as i64);
             self.ranges_leading.set(replicas.iter().filter(|r| r.leader() == Some(c.id())).count() as i64);
+            self.ranges_hibernating.set(replicas.iter().filter(|r| r.asleep()).count() as i64);
             self.range_log_bytes.set(host.log_bytes() as i64);
             let ls = host.log().stats();
             self.range_log_writes.set(get(&ls.writes));

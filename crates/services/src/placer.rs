@@ -114,7 +114,6 @@ impl Placer {
                     bytes: s.map_or(0, |s| s.bytes),
                     qps: s.map_or(0.0, |s| s.qps),
                     idle_ms: s.map_or(0, |s| s.idle_ms),
-                    hibernating: false,
                 }
             })
             .collect();

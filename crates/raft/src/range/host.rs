@@ -20,6 +20,7 @@ use openraft::{Config, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 
 use crate::node::RaftTimers;
+use crate::range::hibernate::{self, Beat, Liveness, Role};
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
 use crate::range::sm::{self, Applier, RangeEvent, RangeStateMachine, SnapshotBytes};
@@ -49,6 +50,10 @@ pub struct RangeReplica {
     pub raft: RangeRaft,
     pub sm: RangeStateMachine,
     load: Mutex<Load>,
+    /// Its Raft timer is stopped (see [`hibernate`]).
+    asleep: std::sync::atomic::AtomicBool,
+    /// A leader stays awake until then, whatever its load (a peer came back).
+    awake_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// A replica's client requests and size, as last measured.
@@ -114,12 +119,63 @@ impl RangeReplica {
     fn count_request(&self) {
         let mut l = self.load.lock();
         l.requests += 1;
-        l.last_request = Some(std::time::Instant::now());
+        l.last_request = Some(cairn_types::clock::now());
+    }
+
+    /// Starts its Raft timer again for a client request. A leader that slept sent no
+    /// heartbeats, so its lease lapsed and openraft refuses writes until a quorum acknowledges
+    /// it again: one heartbeat round (a read barrier under `lease`) does that first.
+    async fn wake(&self, lease: Duration) {
+        if self.set_asleep(false) && self.raft.server_metrics().borrow_watched().state == openraft::ServerState::Leader
+        {
+            let _ = self.raft.ensure_linearizable(openraft::LinearizerOption::new(Some(lease), false)).await;
+        }
+    }
+
+    /// Whether its Raft timer is stopped: an idle leader, or a follower whose leader's node
+    /// beats (see [`hibernate`]).
+    pub fn asleep(&self) -> bool {
+        self.asleep.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops or starts its Raft timer; whether it was stopped.
+    fn set_asleep(&self, asleep: bool) -> bool {
+        let was = self.asleep.swap(asleep, std::sync::atomic::Ordering::Relaxed);
+        if was != asleep {
+            self.raft.runtime_config().tick(!asleep);
+        }
+        was
+    }
+
+    /// How the hibernation pass sees this replica at `now`.
+    fn role(&self, me: u64, now: std::time::Instant, liveness: &Liveness, silent: Duration) -> Role {
+        let (leader, leads) = {
+            let m = self.raft.server_metrics();
+            let m = m.borrow_watched();
+            (m.current_leader, m.state == openraft::ServerState::Leader)
+        };
+        match leader {
+            Some(l) if l == me && leads => {
+                let busy = self.load.lock().last_request.is_some_and(|t| now.duration_since(t) < hibernate::IDLE_AFTER);
+                let held = self.awake_until.lock().is_some_and(|t| now < t);
+                let m = self.raft.metrics();
+                let m = m.borrow_watched();
+                let last = m.last_log_index;
+                let caught_up = m
+                    .replication
+                    .as_ref()
+                    .is_some_and(|rep| rep.values().all(|matched| matched.as_ref().map(|l| l.index) == last));
+                let stable = m.membership_config.membership().get_joint_config().len() == 1;
+                Role::Leader { idle: !busy && !held, settled: caught_up && stable }
+            }
+            Some(l) if l != me => Role::Follower { vouched: liveness.vouches(l, self.id, now, silent) },
+            _ => Role::Other,
+        }
     }
 
     /// The replica's figures; resets the request count.
     pub fn stats(&self) -> crate::range::ReplicaStats {
-        let now = std::time::Instant::now();
+        let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;
         let stale = {
             let l = self.load.lock();
@@ -168,6 +224,10 @@ pub struct RangeHost {
     read_lease: Duration,
     replicas: RwLock<HashMap<RangeId, Arc<RangeReplica>>>,
     events: tokio::sync::mpsc::UnboundedSender<RangeEvent>,
+    /// The beats heard from peers (see [`hibernate`]).
+    liveness: Liveness,
+    /// How long a peer may go unheard before the ranges it leads elect again.
+    silent: Duration,
     /// Serializes creating and destroying replicas (the overlap check and the start).
     lifecycle: tokio::sync::Mutex<()>,
 }
@@ -211,6 +271,8 @@ impl RangeHost {
             applier,
             mux: Mux::default(),
             read_lease: read_lease(&config),
+            liveness: Liveness::default(),
+            silent: hibernate::silent_after(config.election_timeout_max),
             config: Arc::new(config),
             replicas: RwLock::new(HashMap::new()),
             events,
@@ -239,6 +301,19 @@ impl RangeHost {
                         Err(e) => tracing::warn!(left, range = right, error = %e, "cannot remove a merged range"),
                     },
                 }
+            }
+        });
+        // Beats to peers, and the hibernation pass.
+        let weak = Arc::downgrade(&host);
+        let every = hibernate::beat_every(host.opts.timers.heartbeat_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(h) = weak.upgrade() else { return };
+                h.beat();
+                h.hibernate_pass();
             }
         });
         let weak = Arc::downgrade(&host);
@@ -285,7 +360,14 @@ impl RangeHost {
         }
         let raft =
             RangeRaft::new(self.opts.node_id, self.config.clone(), net, log, sm.clone()).await.map_err(io_err)?;
-        let r = Arc::new(RangeReplica { id, raft, sm, load: Mutex::new(Load::default()) });
+        let r = Arc::new(RangeReplica {
+            id,
+            raft,
+            sm,
+            load: Mutex::new(Load::default()),
+            asleep: std::sync::atomic::AtomicBool::new(false),
+            awake_until: Mutex::new(None),
+        });
         self.replicas.write().insert(id, r.clone());
         Ok(r)
     }
@@ -396,6 +478,62 @@ impl RangeHost {
         self.mux.stats()
     }
 
+    /// Sends every node this one shares a range with its beat: the ranges led here that it
+    /// holds a replica of (see [`hibernate`]).
+    fn beat(&self) {
+        let me = self.opts.node_id;
+        let mut peers: HashMap<u64, (PeerNode, Vec<RangeId>)> = HashMap::new();
+        for r in self.replicas() {
+            let m = r.raft.server_metrics();
+            let m = m.borrow_watched();
+            let leads = m.current_leader == Some(me) && m.state == openraft::ServerState::Leader;
+            for (id, node) in m.membership_config.nodes() {
+                if *id == me {
+                    continue;
+                }
+                let e = peers.entry(*id).or_insert_with(|| (node.clone(), Vec::new()));
+                if leads {
+                    e.1.push(r.id);
+                }
+            }
+        }
+        let ttl = self.silent;
+        for (id, (node, leading)) in peers {
+            let mux = self.mux.clone();
+            let beat = postcard::to_allocvec(&Beat { from: me, leading }).expect("serializable");
+            tokio::spawn(async move {
+                let _ = mux.call(id, &node, 0, Kind::Beat, beat, ttl).await;
+            });
+        }
+    }
+
+    /// A beat from a peer: who it is alive for, and whether it just came back.
+    fn heard(&self, beat: Beat) {
+        let from = beat.from;
+        if !self.liveness.record(beat, cairn_types::clock::now(), self.silent) {
+            return;
+        }
+        // Back (or new): the ranges led here that it holds heartbeat to it now.
+        let until = cairn_types::clock::now() + self.silent * 2;
+        for r in self.replicas() {
+            let holds = r.raft.server_metrics().borrow_watched().membership_config.nodes().any(|(id, _)| *id == from);
+            if holds && r.leader() == Some(self.opts.node_id) {
+                *r.awake_until.lock() = Some(until);
+                let _ = r.set_asleep(false);
+            }
+        }
+    }
+
+    /// Stops or restarts each replica's Raft timer (see [`hibernate`]).
+    fn hibernate_pass(&self) {
+        let me = self.opts.node_id;
+        let now = cairn_types::clock::now();
+        for r in self.replicas() {
+            let role = r.role(me, now, &self.liveness, self.silent);
+            let _ = r.set_asleep(hibernate::may_sleep(role));
+        }
+    }
+
     /// Bytes of the shared log's files.
     pub fn log_bytes(&self) -> u64 {
         self.log.size_bytes()
@@ -413,6 +551,7 @@ impl RangeHost {
         let RangeRequest { group, epoch, read, cmd, admin } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
         r.count_request();
+        r.wake(self.read_lease).await;
         if let Some(a) = admin {
             return self.admin(&r, epoch, a).await;
         }
@@ -443,6 +582,24 @@ impl RangeHost {
             // group stopped as the range merged away) never ran.
             Err(_) if r.sm.frozen() => Outcome::WrongRange(r.sm.desc()),
             Err(e) => Outcome::Unknown(e.to_string()),
+        }
+    }
+
+    /// Reads from this node's replica of `group` as it stands, leader or not: no read barrier,
+    /// so the answer may miss recent writes (Redis Cluster's READONLY replica reads). The
+    /// replica's descriptor must still be `epoch`.
+    pub fn read_local(&self, group: RangeId, epoch: u64, cmd: &[u8]) -> Outcome {
+        let Some(r) = self.get(group) else { return Outcome::NotHere };
+        r.count_request();
+        let desc = r.sm.desc();
+        if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
+            return Outcome::WrongRange(desc);
+        }
+        let now = cairn_types::clock::wall_ms();
+        match r.sm.read(|view| self.applier.read(&desc, view, cmd, now)).and_then(|r| r) {
+            Ok(RangeReply::Done(b)) => Outcome::Done(b),
+            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+            Err(e) => Outcome::Unavailable(e.to_string()),
         }
     }
 
@@ -667,12 +824,17 @@ impl RangeHandler for RangeHost {
     }
 
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {
+        if kind == Kind::Beat {
+            self.heard(decode(data)?);
+            return Ok(vec![]);
+        }
         let r = self.get(group).ok_or_else(|| format!("range {group} is not on node {:x}", self.opts.node_id))?;
         match kind {
             Kind::Append => reply(r.raft.append_entries(decode(data)?).await),
             Kind::Vote => reply(r.raft.vote(decode(data)?).await),
             Kind::PreVote => reply(r.raft.pre_vote(decode(data)?).await),
             Kind::TransferLeader => reply(r.raft.handle_transfer_leader(decode(data)?).await),
+            Kind::Beat => Ok(vec![]),
             Kind::Snapshot => {
                 let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;
                 let snapshot = openraft::alias::SnapshotOf::<RangeConfig, SnapshotBytes> {

@@ -11,10 +11,13 @@
 //!   queued together and sent as one `RangeBatch` call over one HTTP/2 connection.
 //! - [`RangeHost`]: the node's set of range replicas: creates, opens and finds them, and
 //!   answers the transport's incoming messages.
+//! - [`hibernate`]: idle ranges stop their Raft timers; one beat per node pair stands in for
+//!   every range's heartbeats.
 //!
 //! openraft 0.10.0-alpha.37, the newest release, has no multi-raft feature (its group network
 //! adapter is on upstream's main branch, not released); this module is the adapter.
 
+pub mod hibernate;
 pub mod host;
 pub mod log;
 pub mod mux;

@@ -56,6 +56,9 @@ pub enum Kind {
     TransferLeader = 4,
     /// A whole snapshot: `(vote, meta, data)`.
     Snapshot = 5,
+    /// A node's liveness beat, for all its ranges at once (group 0; see
+    /// [`crate::range::hibernate`]).
+    Beat = 6,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             3 => Kind::PreVote,
             4 => Kind::TransferLeader,
             5 => Kind::Snapshot,
+            6 => Kind::Beat,
             _ => return None,
         })
     }
@@ -179,7 +183,7 @@ impl Mux {
     }
 
     /// Sends one message of `group` to `target` and waits for its answer.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         target: u64,
         node: &PeerNode,
