@@ -427,7 +427,10 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     cluster.metrics.set_tier(&tier);
     let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
     for l in redis_listeners {
-        let backend = Arc::new(cairn_api::redis::TierBackend::new(cache.clone()));
+        let backend = Arc::new(
+            cairn_api::redis::TierBackend::new(cache.clone())
+                .with_auth(cairn_services::auth::Auth::new(cluster.clone())),
+        );
         tokio::spawn(async move {
             loop {
                 let (s, _) = match l.accept().await {

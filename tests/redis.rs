@@ -618,3 +618,105 @@ async fn data_nodes_join_and_leave_while_clients_write() {
     all_there(&nodes, &acked).await;
     all_hold(&nodes, &loaded, |_| value.clone()).await;
 }
+
+/// The index in `nodes` of the node leading the range that holds `key` (CLUSTER SLOTS lists
+/// each slot interval's leader first).
+fn leader_of(nodes: &[String], key: &str) -> usize {
+    let slot: u32 = cli(&nodes[0], &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+    let slots = cli_raw(&nodes[0], &["CLUSTER", "SLOTS"]);
+    let lines: Vec<&str> = slots.lines().collect();
+    let mut at = 0;
+    while at + 3 < lines.len() {
+        let (first, last): (u32, u32) = (lines[at].parse().unwrap(), lines[at + 1].parse().unwrap());
+        if (first..=last).contains(&slot) {
+            let addr = format!("{}:{}", lines[at + 2], lines[at + 3]);
+            return nodes.iter().position(|n| *n == addr).expect("a known node");
+        }
+        at += 14;
+    }
+    panic!("no range holds slot {slot}: {slots}");
+}
+
+/// READONLY (Redis Cluster's replica reads): a connection's reads are answered by its node's
+/// own replica, leader or not, so they go on even when the range has no quorum; writes still
+/// go to the leader; READWRITE goes back to leader reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_connections_read_from_their_nodes_replica() {
+    let mut t = common::start(3, &["--placement-interval", "0"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    assert_eq!(cli(&nodes[0], &["SET", "ro-key", "v1"]), "OK");
+    let leader = leader_of(&nodes, "ro-key");
+    let reader = (leader + 1) % nodes.len();
+    let mut c = Conn::open(&nodes[reader]).await.unwrap();
+    assert_eq!(c.call(&[b"READONLY"]).await.unwrap(), R::Ok("OK".into()));
+    // The follower applies what the leader committed soon after.
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.call(&[b"GET", b"ro-key"]).await.unwrap() != R::Bulk(Some(b"v1".to_vec())) {
+        assert!(Instant::now() < end, "node {reader}'s replica never applied ro-key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The leader and the third node stop: no quorum, so no leader can answer a read. The
+    // READONLY connection's reads still do, from its node's replica.
+    let third = 3 - leader - reader;
+    t.pause(leader);
+    t.pause(third);
+    for _ in 0..3 {
+        let got = tokio::time::timeout(Duration::from_secs(10), c.call(&[b"GET", b"ro-key"])).await;
+        assert_eq!(got.expect("a READONLY read waited for a leader").unwrap(), R::Bulk(Some(b"v1".to_vec())));
+        let missing = tokio::time::timeout(Duration::from_secs(10), c.call(&[b"EXISTS", b"ro-key", b"ro-none"])).await;
+        assert_eq!(missing.expect("a READONLY read waited for a leader").unwrap(), R::Int(1));
+    }
+    t.resume(leader);
+    t.resume(third);
+    // Writes go to the leader; READWRITE reads from it again and sees them at once.
+    assert_eq!(c.call(&[b"SET", b"ro-key", b"v2"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"READWRITE"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"GET", b"ro-key"]).await.unwrap(), R::Bulk(Some(b"v2".to_vec())));
+}
+
+/// With cairn's auth enabled (etcdctl), Redis connections must AUTH as a cairn user: AUTH
+/// user pass, HELLO 3 AUTH, redis-cli --user/--pass; a wrong password is Redis's WRONGPASS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_auth_checks_cairns_users() {
+    let t = common::start(3, &[]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let eps = t.endpoints();
+    for args in [&["user", "add", "root:rootpw"][..], &["user", "add", "app:apppw"], &["auth", "enable"]] {
+        let o = common::etcdctl(&eps, args);
+        assert!(o.status.success(), "etcdctl {args:?}: {}", common::stderr(&o));
+    }
+    // Every node sees auth on once it has applied the change.
+    for n in &nodes {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Conn::open(n).await.unwrap();
+            match c.call(&[b"GET", b"k"]).await.unwrap() {
+                R::Err(e) if e.starts_with("NOAUTH") => break,
+                other => assert!(Instant::now() < end, "{n}: auth never required: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut c = Conn::open(&nodes[1]).await.unwrap();
+    assert_eq!(
+        c.call(&[b"AUTH", b"app", b"nope"]).await.unwrap(),
+        R::Err("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert!(matches!(c.call(&[b"SET", b"k", b"v"]).await.unwrap(), R::Err(e) if e.starts_with("NOAUTH")));
+    assert_eq!(c.call(&[b"AUTH", b"app", b"apppw"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"SET", b"k", b"v"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"GET", b"k"]).await.unwrap(), R::Bulk(Some(b"v".to_vec())));
+    // RESET forgets who the connection was.
+    assert_eq!(c.call(&[b"RESET"]).await.unwrap(), R::Ok("RESET".into()));
+    assert!(matches!(c.call(&[b"GET", b"k"]).await.unwrap(), R::Err(e) if e.starts_with("NOAUTH")));
+    // redis-cli, as a user with a password; and without, refused.
+    let (host, port) = nodes[2].rsplit_once(':').unwrap();
+    let out = Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "--user", "root", "--pass", "rootpw", "--no-auth-warning", "GET", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+    assert!(cli(&nodes[2], &["GET", "k"]).starts_with("NOAUTH"), "a connection without AUTH read a key");
+}

@@ -218,6 +218,11 @@ impl Auth {
             .map_err(|e| Error::Internal(format!("bcrypt: {e}")))
     }
 
+    /// Whether auth is on, as this member has applied it (no read barrier).
+    pub fn enabled(&self) -> bool {
+        self.c.store().auth().enabled
+    }
+
     pub async fn enable(&self) -> Result<pb::AuthEnableResponse, Error> {
         self.change(AuthOp::Enable { secret: rand::random::<[u8; 32]>().to_vec() }).await?;
         Ok(pb::AuthEnableResponse { header: self.header() })

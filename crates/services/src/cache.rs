@@ -253,6 +253,25 @@ impl Cache {
         }
     }
 
+    /// A read for a READONLY connection: a read of keys in one range is answered by this
+    /// node's replica of it, leader or follower, as it stands (it may miss the latest writes,
+    /// as a Redis Cluster replica may). Anything else, or a range with no replica here, is
+    /// read as usual.
+    pub async fn read_replica(&self, cmd: ReadCmd) -> Reply {
+        if !matches!(cmd, ReadCmd::Keys { .. } | ReadCmd::DbSize { .. }) {
+            let user_keys: Vec<&[u8]> = cmd.keys();
+            if let (Some(first), Some(ranges)) = (user_keys.first(), self.ranges_of(&user_keys)) {
+                if ranges.windows(2).all(|w| w[0] == w[1]) {
+                    let bytes = postcard::to_allocvec(&cmd).expect("serializable");
+                    if let Some(b) = self.tier.read_local(&keys::encode(first), &bytes) {
+                        return decode(&b);
+                    }
+                }
+            }
+        }
+        self.read(cmd).await
+    }
+
     /// MGET, EXISTS and TOUCH over keys in several ranges: one request per range, answers
     /// put back in the keys' order.
     async fn read_spread(&self, cmd: ReadCmd, ranges: &[u64]) -> Reply {

@@ -494,6 +494,17 @@ impl DataTier {
         }
     }
 
+    /// Runs a read on this node's replica of `key`'s range, leader or not, without a read
+    /// barrier (READONLY). `None` when this node holds no current replica of it.
+    pub fn read_local(&self, key: &[u8], cmd: &[u8]) -> Option<Vec<u8>> {
+        let dir = self.directory()?;
+        let d = dir.lookup(key);
+        match self.host.read_local(d.id, d.epoch, cmd) {
+            Outcome::Done(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Runs a request on range `d`'s leader; `Ok(None)` when the range has another descriptor
     /// now (nothing ran).
     pub async fn execute_range(

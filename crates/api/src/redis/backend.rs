@@ -26,6 +26,12 @@ pub trait Backend: Send + Sync + 'static {
     /// implementation fans them out over ranges and merges.
     fn read(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send;
 
+    /// A read on a connection that sent READONLY: it may be answered by a replica that is
+    /// not its range's leader, and so miss the latest writes. By default, as [`Backend::read`].
+    fn read_replica(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send {
+        self.read(cmd)
+    }
+
     /// SCAN with Redis's numeric cursor; replies `[cursor, [keys]]`.
     fn scan(&self, req: ScanReq) -> impl Future<Output = Reply> + Send;
 

@@ -56,6 +56,9 @@ struct Conn<'a, B> {
     proto: Proto,
     name: Option<Vec<u8>>,
     authenticated: bool,
+    /// READONLY was sent (and not undone by READWRITE or RESET): reads may be answered by a
+    /// replica that is not the leader.
+    readonly: bool,
 }
 
 /// Serve one client until it closes, sends QUIT, or breaks the protocol.
@@ -72,6 +75,7 @@ where
         proto: Proto::Resp2,
         name: None,
         authenticated: !backend.auth_required(),
+        readonly: false,
     };
     let mut decoder = Decoder::new(limits.clone());
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -136,6 +140,7 @@ impl<B: Backend> Conn<'_, B> {
         };
         let reply = match cmd {
             Command::Write(w) => self.backend.write(w).await,
+            Command::Read(r) if self.readonly => self.backend.read_replica(r).await,
             Command::Read(r) => self.backend.read(r).await,
             Command::Scan(s) => self.backend.scan(s).await,
             Command::Conn(c) => return self.conn_command(c).await,
@@ -212,6 +217,7 @@ impl<B: Backend> Conn<'_, B> {
                 self.proto = Proto::Resp2;
                 self.name = None;
                 self.authenticated = !self.backend.auth_required();
+                self.readonly = false;
                 Reply::Simple("RESET".into())
             }
             ConnCmd::ClientId => Reply::Int(self.id as i64),
@@ -250,7 +256,14 @@ impl<B: Backend> Conn<'_, B> {
                 None => Reply::err(CLUSTER_DISABLED),
             },
             ConnCmd::ReadOnly | ConnCmd::ReadWrite | ConnCmd::Asking => match self.backend.cluster() {
-                Some(_) => Reply::ok(),
+                Some(_) => {
+                    match c {
+                        ConnCmd::ReadOnly => self.readonly = true,
+                        ConnCmd::ReadWrite => self.readonly = false,
+                        _ => {}
+                    }
+                    Reply::ok()
+                }
                 None => Reply::err(CLUSTER_DISABLED),
             },
         };

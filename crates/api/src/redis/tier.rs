@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use cairn_range::cmd::{ReadCmd, WriteReq};
 use cairn_range::Reply;
+use cairn_services::auth::Auth;
 use cairn_services::cache::Cache;
 
 use super::backend::{Backend, ClusterView, NodeAddr, ScanCursors, SlotShard};
@@ -14,11 +15,20 @@ use super::command::ScanReq;
 pub struct TierBackend {
     cache: Arc<Cache>,
     cursors: Mutex<ScanCursors>,
+    /// cairn's users: with auth enabled (`etcdctl auth enable`), a connection must AUTH (or
+    /// HELLO AUTH) as one of them first.
+    auth: Option<Auth>,
 }
 
 impl TierBackend {
     pub fn new(cache: Arc<Cache>) -> TierBackend {
-        TierBackend { cache, cursors: Mutex::new(ScanCursors::default()) }
+        TierBackend { cache, cursors: Mutex::new(ScanCursors::default()), auth: None }
+    }
+
+    /// Checks AUTH against cairn's users (those etcd's Auth API manages).
+    pub fn with_auth(mut self, auth: Auth) -> TierBackend {
+        self.auth = Some(auth);
+        self
     }
 }
 
@@ -60,6 +70,25 @@ impl TierBackend {
 }
 
 impl Backend for TierBackend {
+    fn auth_required(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.enabled())
+    }
+
+    /// With auth enabled, a cairn user and its password (bcrypt-checked as etcd's
+    /// Authenticate does); every authenticated user may run every Redis command, as with
+    /// Redis's `requirepass` (etcd's key permissions cover etcd's keyspace, not Redis's). With
+    /// auth off, Redis's default: the `default` user with any password.
+    fn authenticate(&self, user: Vec<u8>, pass: Vec<u8>) -> impl Future<Output = bool> + Send {
+        let auth = self.auth.clone().filter(|a| a.enabled());
+        async move {
+            let Some(auth) = auth else { return user == b"default" };
+            let (Ok(name), Ok(password)) = (String::from_utf8(user), String::from_utf8(pass)) else {
+                return false;
+            };
+            auth.authenticate(cairn_proto::etcdserverpb::AuthenticateRequest { name, password }).await.is_ok()
+        }
+    }
+
     fn cluster(&self) -> Option<ClusterView> {
         // A data tier still forming answers as a cluster with no slots yet.
         self.view().or_else(|| {
@@ -79,6 +108,11 @@ impl Backend for TierBackend {
     fn read(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send {
         let cache = self.cache.clone();
         async move { cache.read(cmd).await }
+    }
+
+    fn read_replica(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send {
+        let cache = self.cache.clone();
+        async move { cache.read_replica(cmd).await }
     }
 
     fn scan(&self, req: ScanReq) -> impl Future<Output = Reply> + Send {
