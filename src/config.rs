@@ -265,8 +265,8 @@ impl ServerArgs {
             self.listen_redis_urls.clone()
         };
         for u in listen.iter().chain(&self.advertise_redis_urls) {
-            if !u.starts_with("redis://") {
-                return Err(format!("{u}: Redis URLs look like redis://HOST:PORT (rediss:// is not supported yet)"));
+            if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                return Err(format!("{u}: Redis URLs look like redis://HOST:PORT, or rediss://HOST:PORT for TLS"));
             }
         }
         let advertise =

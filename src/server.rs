@@ -110,6 +110,38 @@ impl TlsFiles<'_> {
         Ok(Some(cfg))
     }
 
+    /// The same settings for a raw TLS listener (`rediss://`), as rustls's server config.
+    fn rustls_server(&self) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let p = self.prefix;
+        let (Some(cert), Some(key)) = (self.cert, self.key) else { return Ok(None) };
+        let certs = CertificateDer::pem_slice_iter(&read_pem(cert, &format!("--{p}cert-file"))?)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--{p}cert-file {}: not PEM certificates", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read_pem(key, &format!("--{p}key-file"))?)
+            .with_context(|| format!("--{p}key-file {}: no PEM private key", key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let builder = if self.cert_auth {
+            let ca = self.ca.with_context(|| format!("--{p}client-cert-auth needs --{p}trusted-ca-file"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&read_pem(ca, &format!("--{p}trusted-ca-file"))?) {
+                roots.add(c.with_context(|| format!("--{p}trusted-ca-file {}: not PEM", ca.display()))?)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let cfg = builder.with_single_cert(certs, key).context("--cert-file and --key-file do not match")?;
+        Ok(Some(Arc::new(cfg)))
+    }
+
     /// The client side (this member connecting to its peers): trusts the CA, presents the
     /// member's certificate.
     fn client(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
@@ -235,11 +267,18 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     let client_listeners = listen(&a.listen_client_urls, "client traffic").await?;
     let metrics_listeners = listen(&a.listen_metrics_urls, "metrics").await?;
     let (redis_listen, redis_advertise) = a.redis_urls().map_err(anyhow::Error::msg)?;
+    // rediss:// listeners serve TLS with the client traffic's certificate flags (--cert-file,
+    // --key-file, and --client-cert-auth with --trusted-ca-file).
+    let redis_tls = client_tls.rustls_server()?;
+    if redis_tls.is_none() && redis_listen.iter().any(|u| u.starts_with("rediss://")) {
+        bail!("--listen-redis-urls has a rediss:// URL but --cert-file/--key-file are not set");
+    }
     let mut redis_listeners = Vec::new();
     for u in &redis_listen {
-        let http = format!("http://{}", u.trim_start_matches("redis://"));
+        let tls = u.starts_with("rediss://");
+        let http = format!("http://{}", u.trim_start_matches("redis://").trim_start_matches("rediss://"));
         for (l, _) in listen(std::slice::from_ref(&http), "Redis clients").await? {
-            redis_listeners.push(l);
+            redis_listeners.push((l, tls.then(|| redis_tls.clone()).flatten()));
         }
     }
 
@@ -426,7 +465,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
 
     cluster.metrics.set_tier(&tier);
     let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
-    for l in redis_listeners {
+    for (l, tls) in redis_listeners {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let backend = Arc::new(
             cairn_api::redis::TierBackend::new(cache.clone())
                 .with_auth(cairn_services::auth::Auth::new(cluster.clone())),
@@ -443,8 +483,22 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                 };
                 let _ = s.set_nodelay(true);
                 let backend = backend.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = cairn_api::redis::serve_connection(s, backend, cairn_api::redis::Limits::default()).await;
+                    let limits = cairn_api::redis::Limits::default();
+                    match acceptor {
+                        None => {
+                            let _ = cairn_api::redis::serve_connection(s, backend, limits).await;
+                        }
+                        // A handshake that does not finish in time is dropped.
+                        Some(a) => match tokio::time::timeout(TLS_HANDSHAKE_MAX, a.accept(s)).await {
+                            Ok(Ok(s)) => {
+                                let _ = cairn_api::redis::serve_connection(s, backend, limits).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "Redis TLS handshake failed"),
+                            Err(_) => tracing::debug!("Redis TLS handshake timed out"),
+                        },
+                    }
                 });
             }
         });
@@ -498,6 +552,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     cluster.shutdown().await;
     Ok(code)
 }
+
+/// How long a rediss:// client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
 
 /// How much slower than the meta group's the ranges' Raft timers run.
 const RANGE_TIMER_FACTOR: u64 = 3;

@@ -48,6 +48,8 @@ struct Members {
     children: Vec<Child>,
     client_urls: Vec<String>,
     peer_urls: Vec<String>,
+    /// `rediss://` listeners' ports.
+    redis_ports: Vec<u16>,
     _data: tempfile::TempDir,
 }
 
@@ -63,6 +65,7 @@ impl Drop for Members {
 fn start_tls_cluster(pki: &Pki) -> Members {
     let data = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let redis_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial: Vec<String> =
         ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=https://127.0.0.1:{p}")).collect();
     let mut children = Vec::new();
@@ -78,6 +81,7 @@ fn start_tls_cluster(pki: &Pki) -> Members {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial.join(",")])
+            .args(["--listen-redis-urls", &format!("rediss://127.0.0.1:{}", redis_ports[i])])
             .arg(format!("--cert-file={}", pki.path("server.pem").display()))
             .arg(format!("--key-file={}", pki.path("server-key.pem").display()))
             .arg(format!("--trusted-ca-file={}", pki.path("ca.pem").display()))
@@ -94,7 +98,7 @@ fn start_tls_cluster(pki: &Pki) -> Members {
         client_urls.push(client);
         peer_urls.push(peer);
     }
-    Members { children, client_urls, peer_urls, _data: data }
+    Members { children, client_urls, peer_urls, redis_ports, _data: data }
 }
 
 fn ctl(endpoints: &[String], tls: &[String], args: &[&str]) -> Output {
@@ -167,6 +171,53 @@ fn client_and_peer_traffic_over_tls_with_client_certificates() {
     let o = ctl(&m.client_urls, &good, &["get", "secure", "--print-value-only"]);
     assert_eq!(stdout(&o).trim(), "v1");
 
+    // rediss://: Redis clients over TLS with a client certificate (the client traffic's flags).
+    let redis = |port: u16, tls: &[String], args: &[&str]| -> Output {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(tls)
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (Debian redis-tools)")
+    };
+    let redis_tls = |cert: &str| -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            pki.path("ca.pem").display().to_string(),
+            "--cert".into(),
+            pki.path(&format!("{cert}.pem")).display().to_string(),
+            "--key".into(),
+            pki.path(&format!("{cert}-key.pem")).display().to_string(),
+        ]
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = redis(m.redis_ports[0], &redis_tls("client"), &["SET", "tls-key", "tls-value"]);
+        if stdout(&o).trim() == "OK" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Redis over TLS: {} {}", stdout(&o), stderr(&o));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for port in &m.redis_ports {
+        let o = redis(*port, &redis_tls("client"), &["GET", "tls-key"]);
+        assert_eq!(stdout(&o).trim(), "tls-value", "rediss on port {port}: {}", stderr(&o));
+    }
+    // Plain RESP to a rediss:// port, TLS without a client certificate, and a certificate from
+    // another CA: no answer, and nothing stored.
+    let o = redis(m.redis_ports[1], &[], &["SET", "tls-key", "plain"]);
+    assert_ne!(stdout(&o).trim(), "OK", "plain RESP was served on a rediss:// port");
+    let ca_only = vec!["--tls".to_string(), "--cacert".into(), pki.path("ca.pem").display().to_string()];
+    let o = redis(m.redis_ports[1], &ca_only, &["SET", "tls-key", "no-cert"]);
+    assert_ne!(stdout(&o).trim(), "OK", "a Redis client without a certificate was served");
+    let mut foreign = redis_tls("other-client");
+    foreign[2] = pki.path("ca.pem").display().to_string();
+    let o = redis(m.redis_ports[1], &foreign, &["SET", "tls-key", "other-ca"]);
+    assert_ne!(stdout(&o).trim(), "OK", "a Redis client with a foreign certificate was served");
+    let o = redis(m.redis_ports[2], &redis_tls("client"), &["GET", "tls-key"]);
+    assert_eq!(stdout(&o).trim(), "tls-value");
+
     // cairn's own tools take etcdctl's TLS flags.
     let o =
         Command::new(binary()).args(["status", "--endpoints", &m.client_urls.join(",")]).args(&good).output().unwrap();
@@ -235,4 +286,16 @@ fn https_urls_without_certificates_are_refused_at_start() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--cert-file"), "{err}");
+    // A rediss:// listener needs them too.
+    let o = Command::new(binary())
+        .args(["server", "--name", "x"])
+        .arg(format!("--data-dir={}", data.path().join("y").display()))
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{p}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{p}")])
+        .args(["--listen-redis-urls", &format!("rediss://127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rediss://") && err.contains("--cert-file"), "{err}");
 }

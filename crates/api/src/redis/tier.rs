@@ -37,9 +37,9 @@ fn node_id(id: u64) -> String {
     format!("{id:040x}")
 }
 
-/// `host` and `port` of a `redis://host:port` URL.
+/// `host` and `port` of a `redis://host:port` (or `rediss://`) URL.
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("redis://")?.trim_end_matches('/');
+    let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://"))?.trim_end_matches('/');
     let (h, p) = rest.rsplit_once(':')?;
     Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?))
 }
