@@ -437,7 +437,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         // gRPC, and on the same port (as etcd) the HTTP endpoints and the JSON gateway.
         let api = Api::new(cluster.clone());
         let http = cairn_api::http::router(cluster.clone())
-            .merge(cairn_api::http::tier_router(tier.clone()))
+            .merge(cairn_api::http::tier_router(tier.clone(), cairn_services::auth::Auth::new(cluster.clone())))
             .merge(cairn_api::gateway::router(api.clone()));
         let routes = api.services().add_to(tonic::service::Routes::from(http));
         let b = builder(tls, &client_server_tls)?;
@@ -455,7 +455,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     }
     for (l, _) in metrics_listeners {
-        let router = cairn_api::http::router(cluster.clone()).merge(cairn_api::http::tier_router(tier.clone()));
+        let router = cairn_api::http::router(cluster.clone())
+            .merge(cairn_api::http::tier_router(tier.clone(), cairn_services::auth::Auth::new(cluster.clone())));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, router).await {
                 tracing::error!(error = %e, "metrics listener failed");

@@ -27,6 +27,10 @@ pub struct ListArgs {
     /// Output format.
     #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
     pub write_out: Format,
+    /// `NAME:PASSWORD` of a user with the root role, when cairn's auth is enabled (changes
+    /// only; etcdctl's flag).
+    #[arg(long, env = "ETCDCTL_USER")]
+    pub user: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,12 +96,19 @@ pub enum NodeCmd {
 
 /// GET `path` from `ep` (`http://host:port`): plain HTTP/1.1, one request per connection.
 async fn get(ep: &str, path: &str) -> anyhow::Result<Value> {
-    request(ep, "GET", path, None, Duration::from_secs(5)).await
+    request(ep, "GET", path, None, None, Duration::from_secs(5)).await
 }
 
 /// One HTTP/1.1 request with an optional JSON body; a non-200 answer is an error carrying the
 /// server's `error` message.
-async fn request(ep: &str, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> anyhow::Result<Value> {
+async fn request(
+    ep: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let Some(host_port) = ep.strip_prefix("http://") else {
         bail!("{ep}: only http:// endpoints are supported by this command yet");
     };
@@ -106,8 +117,9 @@ async fn request(ep: &str, method: &str, path: &str, body: Option<&Value>, timeo
         let mut s = tokio::net::TcpStream::connect(host_port).await?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+        let auth = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n{ct}{auth}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await?;
@@ -170,11 +182,27 @@ fn print(v: &Value, format: Format, cols: &[(&str, &str)]) -> anyhow::Result<()>
 }
 
 /// POSTs a change to the first endpoint that can be reached (a refusal is final: the change
-/// ran nowhere, or its outcome is told).
-async fn change(endpoints: &str, path: &str, body: Value, timeout: Duration) -> anyhow::Result<Value> {
+/// ran nowhere, or its outcome is told). With `--user`, as that user: a token from etcd's
+/// `/v3/auth/authenticate` goes in the `Authorization` header.
+async fn change(list: &ListArgs, path: &str, body: Value, timeout: Duration) -> anyhow::Result<Value> {
     let mut last = None;
-    for ep in parse_endpoints(endpoints) {
-        match request(&ep, "POST", path, Some(&body), timeout).await {
+    for ep in parse_endpoints(&list.endpoints) {
+        let token = match &list.user {
+            None => None,
+            Some(u) => {
+                let (name, password) = u.split_once(':').context("--user takes NAME:PASSWORD")?;
+                let creds = serde_json::json!({ "name": name, "password": password });
+                match request(&ep, "POST", "/v3/auth/authenticate", Some(&creds), None, Duration::from_secs(10)).await {
+                    Ok(v) => Some(v["token"].as_str().context("no token in the answer to authenticate")?.to_string()),
+                    Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => {
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e.context(format!("--user {name}"))),
+                }
+            }
+        };
+        match request(&ep, "POST", path, Some(&body), token.as_deref(), timeout).await {
             Ok(v) => return Ok(v),
             Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => last = Some(e),
             Err(e) => return Err(e),
@@ -199,23 +227,22 @@ pub async fn range(cmd: RangeCmd) -> anyhow::Result<ExitCode> {
                 (Some(k), _) => serde_json::json!({ "key": k }),
                 (None, s) => serde_json::json!({ "slot": s }),
             };
-            let v = change(&list.endpoints, "/v1/ranges/split", body, Duration::from_secs(15)).await?;
+            let v = change(&list, "/v1/ranges/split", body, Duration::from_secs(15)).await?;
             return done(&v, list.write_out, format!("range {} split: the new range is {}", v["range"], v["new"]));
         }
         RangeCmd::Merge { id, list } => {
-            let v = change(&list.endpoints, &format!("/v1/ranges/{id}/merge"), Value::Null, Duration::from_secs(15))
-                .await?;
+            let v = change(&list, &format!("/v1/ranges/{id}/merge"), Value::Null, Duration::from_secs(15)).await?;
             return done(&v, list.write_out, format!("range {} merged into range {id}", v["merged"]));
         }
         RangeCmd::Move { id, from, to, list } => {
             let body = serde_json::json!({ "from": from, "to": to });
-            let v = change(&list.endpoints, &format!("/v1/ranges/{id}/move"), body, Duration::from_secs(160)).await?;
+            let v = change(&list, &format!("/v1/ranges/{id}/move"), body, Duration::from_secs(160)).await?;
             return done(&v, list.write_out, format!("range {id} moved from {from} to {to}"));
         }
         RangeCmd::TransferLeader { id, to, list } => {
             let body = serde_json::json!({ "to": to });
             let path = format!("/v1/ranges/{id}/transfer-leader");
-            let v = change(&list.endpoints, &path, body, Duration::from_secs(15)).await?;
+            let v = change(&list, &path, body, Duration::from_secs(15)).await?;
             return done(&v, list.write_out, format!("range {id} is led by {to}"));
         }
     };
@@ -238,7 +265,7 @@ pub async fn range(cmd: RangeCmd) -> anyhow::Result<ExitCode> {
 /// and (a data node) has left.
 async fn remove_node(name: &str, timeout: Duration, list: &ListArgs) -> anyhow::Result<ExitCode> {
     let ep = &list.endpoints;
-    change(ep, &format!("/v1/nodes/{name}/drain"), Value::Null, Duration::from_secs(15)).await?;
+    change(list, &format!("/v1/nodes/{name}/drain"), Value::Null, Duration::from_secs(15)).await?;
     let find = |v: &Value| v.as_array().and_then(|a| a.iter().find(|n| n["name"] == name).cloned());
     let start = find(&fetch(ep, "/v1/nodes").await?).and_then(|n| n["replicas"].as_u64()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(start);

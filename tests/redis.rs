@@ -719,4 +719,24 @@ async fn redis_auth_checks_cairns_users() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
     assert!(cli(&nodes[2], &["GET", "k"]).starts_with("NOAUTH"), "a connection without AUTH read a key");
+    // The data tier's admin changes are root's, as etcd's admin calls: no user, then a user
+    // without the root role, are refused and change nothing; root splits.
+    let before = cairn_json(&eps[0], &["range", "list"]).unwrap().as_array().unwrap().len();
+    let split = |who: &[&str]| {
+        Command::new(common::binary())
+            .args(["range", "split", "--slot", "100", "--endpoints", &eps[0]])
+            .args(who)
+            .output()
+            .unwrap()
+    };
+    let o = split(&[]);
+    assert!(!o.status.success() && common::stderr(&o).contains("user name is empty"), "{}", common::stderr(&o));
+    let o = split(&["--user", "app:apppw"]);
+    assert!(!o.status.success() && common::stderr(&o).contains("permission denied"), "{}", common::stderr(&o));
+    let o = split(&["--user", "root:wrong"]);
+    assert!(!o.status.success() && common::stderr(&o).contains("authentication failed"), "{}", common::stderr(&o));
+    assert_eq!(cairn_json(&eps[0], &["range", "list"]).unwrap().as_array().unwrap().len(), before);
+    let o = split(&["--user", "root:rootpw"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(cairn_json(&eps[0], &["range", "list"]).unwrap().as_array().unwrap().len(), before + 1);
 }

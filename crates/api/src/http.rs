@@ -18,12 +18,15 @@ use serde_json::json;
 /// `/v1/ranges/{id}/move` (`{"from": NODE, "to": NODE}`) and
 /// `/v1/ranges/{id}/transfer-leader` (`{"to": NODE}`) and `/v1/nodes/{name}/drain` (its
 /// replicas move off; a data node then leaves), nodes by name or hex id.
-pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
+///
+/// The changes (`POST`) are an administrator's: with cairn's auth enabled they need an
+/// `Authorization` header holding the token of a user with the root role (etcd's
+/// `/v3/auth/authenticate` issues it), as etcd's admin calls do; otherwise 401 (no or a bad
+/// token) or 403 (not root).
+pub fn tier_router(tier: Arc<cairn_services::data::DataTier>, auth: cairn_services::auth::Auth) -> axum::Router {
     use axum::extract::Path;
     use axum::routing::post;
-    axum::Router::new()
-        .route("/v1/ranges", get(|State(t): State<Tier>| async move { Json(t.ranges_report()) }))
-        .route("/v1/nodes", get(|State(t): State<Tier>| async move { Json(t.nodes_report()) }))
+    let changes = axum::Router::new()
         .route("/v1/ranges/split", post(split))
         .route(
             "/v1/ranges/{id}/move",
@@ -55,6 +58,27 @@ pub fn tier_router(tier: Arc<cairn_services::data::DataTier>) -> axum::Router {
                 tier_answer(r.await.map(|()| json!({"node": name, "state": "draining"})))
             }),
         )
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let auth = auth.clone();
+            async move {
+                let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let token = token.map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
+                if let Err(e) = auth.check_admin_token(token) {
+                    let code = match e {
+                        cairn_types::Error::PermissionDenied | cairn_types::Error::UserNotFound => {
+                            StatusCode::FORBIDDEN
+                        }
+                        _ => StatusCode::UNAUTHORIZED,
+                    };
+                    return (code, Json(json!({"error": e.to_string()}))).into_response();
+                }
+                next.run(req).await
+            }
+        }));
+    axum::Router::new()
+        .route("/v1/ranges", get(|State(t): State<Tier>| async move { Json(t.ranges_report()) }))
+        .route("/v1/nodes", get(|State(t): State<Tier>| async move { Json(t.nodes_report()) }))
+        .merge(changes)
         .with_state(tier)
 }
 

@@ -218,6 +218,16 @@ impl Auth {
             .map_err(|e| Error::Internal(format!("bcrypt: {e}")))
     }
 
+    /// etcd's admin check for a caller with `token`: with auth enabled, the token must be
+    /// valid and its user must hold the root role. Against this member's applied auth state.
+    pub fn check_admin_token(&self, token: Option<&str>) -> Result<(), Error> {
+        let st = self.c.store().auth();
+        match authorize(&st, token)? {
+            Some(info) => st.check_admin(&info.user),
+            None => Ok(()),
+        }
+    }
+
     /// Whether auth is on, as this member has applied it (no read barrier).
     pub fn enabled(&self) -> bool {
         self.c.store().auth().enabled
