@@ -432,6 +432,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         };
         cairn_services::placer::Placer::start(tier.clone(), cfg, a.placement_interval);
     }
+    // Expired Redis keys are deleted by their range's leader, a few at a time.
+    cairn_services::expiry::start(tier.clone(), cairn_services::expiry::EVERY);
 
     for (l, tls) in client_listeners {
         // gRPC, and on the same port (as etcd) the HTTP endpoints and the JSON gateway.

@@ -740,3 +740,47 @@ async fn redis_auth_checks_cairns_users() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(cairn_json(&eps[0], &["range", "list"]).unwrap().as_array().unwrap().len(), before + 1);
 }
+
+/// Active expiry: keys whose time has passed are deleted from storage by their range's leader
+/// (not only hidden from reads), on every replica; keys without an expiry, or given a new one
+/// in time, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_deleted_from_storage() {
+    let t = common::start(3, &["--placement-interval", "0"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let mut c = Conn::open(&nodes[0]).await.unwrap();
+    for i in 0..200 {
+        let k = format!("short:{i}");
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), b"v", b"PX", b"1000"]).await.unwrap(), R::Ok("OK".into()));
+    }
+    for i in 0..50 {
+        let k = format!("kept:{i}");
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), b"v"]).await.unwrap(), R::Ok("OK".into()));
+    }
+    // Given a longer life before it ran out: not deleted.
+    assert_eq!(c.call(&[b"SET", b"saved", b"v", b"PX", b"1000"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"PEXPIRE", b"saved", b"600000"]).await.unwrap(), R::Int(1));
+    let eps: Vec<String> = t.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut deleted = 0;
+        for ep in &eps {
+            let (_, text) = cairn_testkit::http::request(ep, "GET", "/metrics", "").await.unwrap();
+            deleted += text
+                .lines()
+                .find_map(|l| l.strip_prefix("cairn_redis_expired_keys "))
+                .map_or(0, |v| v.trim().parse::<f64>().unwrap() as i64);
+        }
+        if deleted == 200 {
+            break;
+        }
+        assert!(deleted < 200, "more keys deleted than expired: {deleted}");
+        assert!(Instant::now() < end, "only {deleted} of 200 expired keys deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 50 kept, "saved", and wait_tier's "warmup".
+    assert_eq!(c.call(&[b"DBSIZE"]).await.unwrap(), R::Int(52));
+    assert_eq!(c.call(&[b"GET", b"saved"]).await.unwrap(), R::Bulk(Some(b"v".to_vec())));
+    assert_eq!(c.call(&[b"GET", b"kept:3"]).await.unwrap(), R::Bulk(Some(b"v".to_vec())));
+}

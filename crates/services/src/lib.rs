@@ -26,6 +26,7 @@ pub mod boot;
 pub mod cache;
 pub mod compactor;
 pub mod data;
+pub mod expiry;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -79,6 +79,7 @@ pub struct Metrics {
     ranges: Gauge,
     ranges_leading: Gauge,
     ranges_hibernating: Gauge,
+    redis_expired_keys: Gauge,
     range_log_bytes: Gauge,
     range_log_writes: Gauge,
     range_log_operations: Gauge,
@@ -135,6 +136,7 @@ impl Metrics {
             ranges: Gauge::default(),
             ranges_leading: Gauge::default(),
             ranges_hibernating: Gauge::default(),
+            redis_expired_keys: Gauge::default(),
             range_log_bytes: Gauge::default(),
             range_log_writes: Gauge::default(),
             range_log_operations: Gauge::default(),
@@ -242,6 +244,11 @@ impl Metrics {
         r.register("cairn_ranges", "Data tier range replicas on this node", m.ranges.clone());
         r.register("cairn_ranges_leading", "Data tier ranges this node leads", m.ranges_leading.clone());
         r.register(
+            "cairn_redis_expired_keys",
+            "Expired Redis keys this node's range leaders deleted (active expiry) since it started",
+            m.redis_expired_keys.clone(),
+        );
+        r.register(
             "cairn_ranges_hibernating",
             "Data tier range replicas on this node whose Raft timer is stopped (idle leaders, and followers of a leader whose node beats)",
             m.ranges_hibernating.clone(),
@@ -331,6 +338,7 @@ impl Metrics {
             self.ranges.set(replicas.len() as i64);
             self.ranges_leading.set(replicas.iter().filter(|r| r.leader() == Some(c.id())).count() as i64);
             self.ranges_hibernating.set(replicas.iter().filter(|r| r.asleep()).count() as i64);
+            self.redis_expired_keys.set(get(&crate::expiry::EXPIRED_KEYS));
             self.range_log_bytes.set(host.log_bytes() as i64);
             let ls = host.log().stats();
             self.range_log_writes.set(get(&ls.writes));
