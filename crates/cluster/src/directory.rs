@@ -112,6 +112,9 @@ impl std::error::Error for DirectoryError {}
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     by_start: BTreeMap<Vec<u8>, Descriptor>,
+    /// Each id's first start key (a route being updated may hold pieces of one range), so a
+    /// lookup by id is one hash probe: every node looks up each range it leads every 100 ms.
+    by_id: std::collections::HashMap<u64, Vec<u8>>,
 }
 
 impl Directory {
@@ -147,7 +150,11 @@ impl Directory {
             last = Some(d);
         }
         match last {
-            Some(l) if l.end.is_empty() => Ok(Directory { by_start }),
+            Some(l) if l.end.is_empty() => {
+                let mut dir = Directory { by_start, by_id: Default::default() };
+                dir.index();
+                Ok(dir)
+            }
             _ => Err(DirectoryError::Open),
         }
     }
@@ -162,7 +169,14 @@ impl Directory {
     }
 
     pub fn get(&self, id: u64) -> Option<&Descriptor> {
-        self.by_start.values().find(|d| d.id == id)
+        self.by_start.get(self.by_id.get(&id)?)
+    }
+
+    fn index(&mut self) {
+        self.by_id.clear();
+        for (start, d) in &self.by_start {
+            self.by_id.entry(d.id).or_insert_with(|| start.clone());
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -202,6 +216,7 @@ impl Directory {
             self.by_start.insert(p.start.clone(), p);
         }
         self.by_start.insert(d.start.clone(), d);
+        self.index();
         true
     }
 }

@@ -125,6 +125,10 @@ pub struct DataTier {
     host: Arc<RangeHost>,
     opts: TierOptions,
     dir: RwLock<Option<Arc<Directory>>>,
+    /// The store's range map `dir` was last checked against.
+    dir_from: Mutex<Option<Arc<std::collections::BTreeMap<u64, Descriptor>>>>,
+    /// Ticks so far.
+    ticks: std::sync::atomic::AtomicU64,
     /// The node each range was last answered by.
     hints: Mutex<HashMap<u64, u64>>,
 }
@@ -162,7 +166,15 @@ pub fn initial_directory(voters: &[u64], opts: &TierOptions) -> Vec<Descriptor> 
 impl DataTier {
     /// Starts the data tier's background work on this node.
     pub fn start(c: Arc<Router>, host: Arc<RangeHost>, opts: TierOptions) -> Arc<DataTier> {
-        let t = Arc::new(DataTier { c, host, opts, dir: RwLock::new(None), hints: Mutex::new(HashMap::new()) });
+        let t = Arc::new(DataTier {
+            c,
+            host,
+            opts,
+            dir: RwLock::new(None),
+            dir_from: Mutex::new(None),
+            ticks: Default::default(),
+            hints: Mutex::new(HashMap::new()),
+        });
         let weak = Arc::downgrade(&t);
         tokio::spawn(async move {
             loop {
@@ -284,13 +296,18 @@ impl DataTier {
         if ranges.is_empty() {
             return;
         }
+        // The store hands out the same map until an apply changes it.
+        if self.dir_from.lock().as_ref().is_some_and(|seen| Arc::ptr_eq(seen, &ranges)) {
+            return;
+        }
         let same = self.dir.read().as_ref().is_some_and(|d| {
             d.len() == ranges.len() && d.iter().all(|x| ranges.get(&x.id).is_some_and(|y| y.version() == x.version()))
         });
+        *self.dir_from.lock() = Some(ranges.clone());
         if same {
             return;
         }
-        match Directory::new(ranges.into_values()) {
+        match Directory::new(ranges.values().cloned()) {
             Ok(d) => *self.dir.write() = Some(Arc::new(d)),
             // The meta group refuses such a directory; seeing one is a bug worth shouting.
             Err(e) => tracing::error!(error = %e, "the stored range directory is invalid"),
@@ -386,7 +403,10 @@ impl DataTier {
     async fn publish_ranges(&self, dir: &Directory) {
         let me = self.c.id();
         let local = self.host.replicas();
-        for r in local.iter().filter(|r| r.leader() == Some(me)) {
+        // A hibernating leader changes nothing (a split, merge or replica change is a request,
+        // which wakes it): it is checked once a second only, in case its last report failed.
+        let all = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(10);
+        for r in local.iter().filter(|r| (all || !r.asleep()) && r.leader() == Some(me)) {
             let Some(cur) = dir.get(r.id) else { continue };
             let Some(mine) = Self::describe(r) else { continue };
             if mine.version() <= cur.version() {

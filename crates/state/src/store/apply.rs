@@ -230,7 +230,7 @@ impl ApplyBatch<'_> {
                 (put, remove)
             }
         };
-        let mut next = state.ranges.clone();
+        let mut next = (*state.ranges).clone();
         for id in remove {
             next.remove(id);
         }
@@ -252,7 +252,7 @@ impl ApplyBatch<'_> {
             state.next_range_id = top;
             self.batch.put(Table::Meta, META_NEXT_RANGE_ID.to_vec(), top.to_be_bytes().to_vec());
         }
-        state.ranges = next;
+        state.ranges = Arc::new(next);
         answer(true, 0, state)
     }
 

@@ -195,7 +195,7 @@ pub(super) fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         revs: LocalRevisions::new(current),
         compact_rev,
         members,
-        ranges,
+        ranges: std::sync::Arc::new(ranges),
         nodes,
         next_range_id,
         alarms,

@@ -65,7 +65,8 @@ struct State {
     compact_rev: Revision,
     members: BTreeMap<u64, MemberAttrs>,
     /// The data tier's range directory and node records (`Op::Directory`).
-    ranges: BTreeMap<u64, cairn_cluster::directory::Descriptor>,
+    /// Shared, so a reader takes it without a copy; an apply that changes it makes a new one.
+    ranges: Arc<BTreeMap<u64, cairn_cluster::directory::Descriptor>>,
     nodes: BTreeMap<u64, cairn_cluster::directory::NodeRecord>,
     /// The next range id to reserve (never handed out twice, even after a merge).
     next_range_id: u64,
@@ -358,8 +359,9 @@ impl Store {
         self.state.read().members.clone()
     }
 
-    /// The data tier's range descriptors, by id, as of the last apply.
-    pub fn ranges(&self) -> BTreeMap<u64, cairn_cluster::directory::Descriptor> {
+    /// The data tier's range descriptors, by id, as of the last apply (the same `Arc` until
+    /// an apply changes them).
+    pub fn ranges(&self) -> Arc<BTreeMap<u64, cairn_cluster::directory::Descriptor>> {
         self.state.read().ranges.clone()
     }
 

@@ -555,7 +555,7 @@ fn the_range_directory_changes_only_by_compare_and_swap_and_persists() {
         ..Default::default()
     };
     assert!(applied(apply(&s, Op::Directory(DirectoryOp::Node(node.clone())))));
-    assert_eq!(s.ranges().into_values().collect::<Vec<_>>(), vec![moved]);
+    assert_eq!(s.ranges().values().cloned().collect::<Vec<_>>(), vec![moved]);
     // Neither the etcd keyspace nor its revision saw any of it.
     assert_eq!(s.current_revision(), 1);
     assert!(s.range(&rng("\0", "\0")).unwrap().kvs.is_empty());
