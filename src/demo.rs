@@ -6,6 +6,9 @@
 //!    the others) and report the new leader;
 //! 4. restart the killed member and watch it catch up;
 //! 5. read back every acknowledged write; exit non-zero if any is missing or wrong.
+//!
+//! Alongside, Redis clients write through every node's Redis port into the data tier, a Redis
+//! range is split under that load, and every acknowledged SET is read back through every node.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -47,6 +50,159 @@ struct Stats {
     stop: AtomicBool,
     /// key -> value of every acknowledged write (keys are unique per write).
     acked_writes: Mutex<BTreeMap<String, String>>,
+    /// The same for Redis SETs.
+    redis_acked: Mutex<BTreeMap<String, String>>,
+    redis_failed: AtomicU64,
+}
+
+/// One Redis connection speaking just enough RESP for the demo (SET, MGET): written here rather
+/// than pulling in redis-rs, whose dependency tree is larger than all of this demo; redis-cli,
+/// redis-py and redis-benchmark are the clients the tests use.
+struct Resp {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+/// A RESP reply, as much as the demo reads.
+#[derive(Debug, PartialEq)]
+enum RespReply {
+    Simple(String),
+    Error(String),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<RespReply>),
+    Int(i64),
+}
+
+impl Resp {
+    async fn connect(addr: &str) -> std::io::Result<Resp> {
+        let s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Resp { r: tokio::io::BufReader::new(r), w })
+    }
+
+    async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> std::io::Result<RespReply> {
+        use tokio::io::AsyncWriteExt;
+        let mut b = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            b.extend_from_slice(a);
+            b.extend_from_slice(b"\r\n");
+        }
+        self.w.write_all(&b).await?;
+        tokio::time::timeout(timeout, self.reply()).await?
+    }
+
+    fn reply(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<RespReply>> + Send + '_>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+            let mut line = String::new();
+            self.r.read_line(&mut line).await?;
+            let body = line.trim_end();
+            let bad = || std::io::Error::other(format!("unexpected reply {line:?}"));
+            let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+            Ok(match body.as_bytes().first() {
+                Some(b'+') => RespReply::Simple(body[1..].into()),
+                Some(b'-') => RespReply::Error(body[1..].into()),
+                Some(b':') => RespReply::Int(num(&body[1..])?),
+                Some(b'$') if num(&body[1..])? < 0 => RespReply::Bulk(None),
+                Some(b'$') => {
+                    let mut v = vec![0; num(&body[1..])? as usize + 2];
+                    self.r.read_exact(&mut v).await?;
+                    v.truncate(v.len() - 2);
+                    RespReply::Bulk(Some(v))
+                }
+                Some(b'*') => {
+                    let n = num(&body[1..])?.max(0);
+                    let mut items = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        items.push(self.reply().await?);
+                    }
+                    RespReply::Array(items)
+                }
+                _ => return Err(bad()),
+            })
+        })
+    }
+}
+
+/// A Redis writer: SETs keys of its own through one node after another, moving on when a node
+/// fails or answers with an error.
+async fn redis_writer(id: usize, addrs: Vec<String>, stats: Arc<Stats>) {
+    let mut node = id % addrs.len();
+    let mut conn: Option<Resp> = None;
+    let mut seq = 0u64;
+    while !stats.stop.load(Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Resp::connect(&addrs[node]).await {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    node = (node + 1) % addrs.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        seq += 1;
+        let k = format!("demo:r{id:02}:{seq:08}");
+        let v = format!("v{seq}");
+        match c.call(&[b"SET", k.as_bytes(), v.as_bytes()], Duration::from_secs(5)).await {
+            Ok(RespReply::Simple(ok)) if ok == "OK" => {
+                stats.redis_acked.lock().insert(k, v);
+            }
+            // An error reply (TRYAGAIN: not executed; ERR timeout: maybe executed) or a broken
+            // connection: not acknowledged, so the final check does not require it.
+            other => {
+                stats.redis_failed.fetch_add(1, Ordering::Relaxed);
+                if other.is_err() {
+                    conn = None;
+                    node = (node + 1) % addrs.len();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How many of `acked` read back with their value through the Redis port at `addr`: (held,
+/// missing or wrong).
+async fn redis_check(addr: &str, acked: &BTreeMap<String, String>) -> anyhow::Result<(usize, usize)> {
+    let mut c = Resp::connect(addr).await?;
+    let (mut held, mut bad) = (0, 0);
+    let pairs: Vec<(&String, &String)> = acked.iter().collect();
+    for chunk in pairs.chunks(200) {
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(chunk.iter().map(|(k, _)| k.as_bytes()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let values = loop {
+            match c.call(&args, Duration::from_secs(10)).await? {
+                RespReply::Array(v) => break v,
+                // TRYAGAIN while a range moves: ask again.
+                other => {
+                    anyhow::ensure!(Instant::now() < deadline, "MGET through {addr}: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        for ((_, v), got) in chunk.iter().zip(values) {
+            if got == RespReply::Bulk(Some(v.as_bytes().to_vec())) {
+                held += 1;
+            } else {
+                bad += 1;
+            }
+        }
+    }
+    Ok((held, bad))
+}
+
+/// The number of ranges the data tier has, from a node's `/v1/ranges`.
+async fn range_count(endpoint: &str) -> Option<usize> {
+    let (code, body) =
+        cairn_testkit::http::request(endpoint.trim_start_matches("http://"), "GET", "/v1/ranges", "").await.ok()?;
+    (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().map(Vec::len))?
 }
 
 /// A client that knows every endpoint and moves to the next one when its member fails.
@@ -138,10 +294,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let endpoints = cluster.endpoints();
     for (i, m) in cluster.members.iter().enumerate() {
         println!(
-            "  {} client {} peer {} pid {}{}",
+            "  {} client {} peer {} {} pid {}{}",
             m.name,
             m.client_url,
             m.peer_url,
+            m.redis_url,
             m.pid().unwrap_or(0),
             if i == leader { "  <- leader" } else { "" }
         );
@@ -155,23 +312,58 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         errors: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         acked_writes: Mutex::new(BTreeMap::new()),
+        redis_acked: Mutex::new(BTreeMap::new()),
+        redis_failed: AtomicU64::new(0),
     });
     let mut tasks = Vec::new();
     for id in 0..a.writers {
         tasks.push(tokio::spawn(writer(id, endpoints.clone(), stats.clone())));
     }
+    let redis_addrs: Vec<String> =
+        cluster.members.iter().map(|m| m.redis_url.trim_start_matches("redis://").to_string()).collect();
+    let redis_tasks: Vec<_> = (0..a.writers.div_ceil(4).max(2))
+        .map(|id| tokio::spawn(redis_writer(id, redis_addrs.clone(), stats.clone())))
+        .collect();
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("template"));
     let progress = |bar: &ProgressBar, phase: &str| {
         bar.set_message(format!(
-            "{phase}: {} writes acknowledged, {} reads, {} unknown/failed",
+            "{phase}: {} writes acknowledged, {} reads, {} unknown/failed; Redis: {} SETs acknowledged",
             stats.acked.load(Ordering::Relaxed),
             stats.reads.load(Ordering::Relaxed),
-            stats.unknown.load(Ordering::Relaxed) + stats.errors.load(Ordering::Relaxed)
+            stats.unknown.load(Ordering::Relaxed) + stats.errors.load(Ordering::Relaxed),
+            stats.redis_acked.lock().len(),
         ));
         bar.tick();
     };
-    let until = Instant::now() + Duration::from_secs(a.before_kill);
+    let until = Instant::now() + Duration::from_secs(a.before_kill / 2);
+    while Instant::now() < until {
+        progress(&bar, "workload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Split a Redis range while the Redis writers write into it.
+    let before = range_count(&endpoints[0]).await.unwrap_or(0);
+    let t_split = Instant::now();
+    let split = cairn_testkit::http::request(
+        endpoints[0].trim_start_matches("http://"),
+        "POST",
+        "/v1/ranges/split",
+        r#"{"slot": 6000}"#,
+    )
+    .await;
+    match split {
+        Ok((200, _)) => say(
+            &bar,
+            format!(
+                "[{:>5.1}s] split the Redis range holding slot 6000 under load in {:.0} ms: {before} -> {} ranges",
+                started.elapsed().as_secs_f64(),
+                t_split.elapsed().as_secs_f64() * 1000.0,
+                range_count(&endpoints[0]).await.unwrap_or(0)
+            ),
+        ),
+        other => say(&bar, format!("split of the Redis range at slot 6000 refused: {other:?}")),
+    }
+    let until = Instant::now() + Duration::from_secs(a.before_kill - a.before_kill / 2);
     while Instant::now() < until {
         progress(&bar, "workload");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -224,6 +416,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     stats.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await??;
+    }
+    for t in redis_tasks {
+        t.await?;
     }
     bar.finish_and_clear();
 
@@ -285,7 +480,18 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         missing += m;
         wrong += w;
     }
-    let ok = missing == 0 && wrong == 0;
+    // Every acknowledged Redis SET, through every node's Redis port.
+    let redis_acked = stats.redis_acked.lock().clone();
+    let mut redis_lost = 0;
+    for (i, addr) in redis_addrs.iter().enumerate() {
+        let (held, bad) = redis_check(addr, &redis_acked).await?;
+        println!(
+            "  {} (Redis {addr}): {held} acknowledged SETs read back, {bad} missing or wrong",
+            cluster.members[i].name
+        );
+        redis_lost += bad;
+    }
+    let ok = missing == 0 && wrong == 0 && redis_lost == 0;
     println!();
     println!("summary");
     println!("  acknowledged writes   {}", acked.len());
@@ -299,10 +505,16 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         failover.as_secs_f64() * 1000.0
     );
     println!("  lost or wrong writes  {}", missing + wrong);
+    println!(
+        "  Redis SETs            {} acknowledged, {} not (refused or timed out while the node died; not required to exist), {} lost or wrong",
+        redis_acked.len(),
+        stats.redis_failed.load(Ordering::Relaxed),
+        redis_lost
+    );
     println!("  total time            {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "  result                {}",
-        if ok { "OK: every acknowledged write is on every member" } else { "FAILED" }
+        if ok { "OK: every acknowledged write (etcd and Redis) is on every member" } else { "FAILED" }
     );
     drop(cluster);
     if a.keep {
