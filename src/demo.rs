@@ -24,6 +24,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
+use cairn_testkit::resp::{Reply, Resp};
+
 use crate::client::channel;
 
 #[derive(Args, Debug)]
@@ -55,79 +57,6 @@ struct Stats {
     redis_failed: AtomicU64,
 }
 
-/// One Redis connection speaking just enough RESP for the demo (SET, MGET): written here rather
-/// than pulling in redis-rs, whose dependency tree is larger than all of this demo; redis-cli,
-/// redis-py and redis-benchmark are the clients the tests use.
-struct Resp {
-    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-}
-
-/// A RESP reply, as much as the demo reads.
-#[derive(Debug, PartialEq)]
-enum RespReply {
-    Simple(String),
-    Error(String),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<RespReply>),
-    Int(i64),
-}
-
-impl Resp {
-    async fn connect(addr: &str) -> std::io::Result<Resp> {
-        let s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Resp { r: tokio::io::BufReader::new(r), w })
-    }
-
-    async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> std::io::Result<RespReply> {
-        use tokio::io::AsyncWriteExt;
-        let mut b = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            b.extend_from_slice(a);
-            b.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&b).await?;
-        tokio::time::timeout(timeout, self.reply()).await?
-    }
-
-    fn reply(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<RespReply>> + Send + '_>> {
-        Box::pin(async move {
-            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-            let mut line = String::new();
-            self.r.read_line(&mut line).await?;
-            let body = line.trim_end();
-            let bad = || std::io::Error::other(format!("unexpected reply {line:?}"));
-            let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
-            Ok(match body.as_bytes().first() {
-                Some(b'+') => RespReply::Simple(body[1..].into()),
-                Some(b'-') => RespReply::Error(body[1..].into()),
-                Some(b':') => RespReply::Int(num(&body[1..])?),
-                Some(b'$') if num(&body[1..])? < 0 => RespReply::Bulk(None),
-                Some(b'$') => {
-                    let mut v = vec![0; num(&body[1..])? as usize + 2];
-                    self.r.read_exact(&mut v).await?;
-                    v.truncate(v.len() - 2);
-                    RespReply::Bulk(Some(v))
-                }
-                Some(b'*') => {
-                    let n = num(&body[1..])?.max(0);
-                    let mut items = Vec::with_capacity(n as usize);
-                    for _ in 0..n {
-                        items.push(self.reply().await?);
-                    }
-                    RespReply::Array(items)
-                }
-                _ => return Err(bad()),
-            })
-        })
-    }
-}
-
 /// A Redis writer: SETs keys of its own through one node after another, moving on when a node
 /// fails or answers with an error.
 async fn redis_writer(id: usize, addrs: Vec<String>, stats: Arc<Stats>) {
@@ -150,7 +79,7 @@ async fn redis_writer(id: usize, addrs: Vec<String>, stats: Arc<Stats>) {
         let k = format!("demo:r{id:02}:{seq:08}");
         let v = format!("v{seq}");
         match c.call(&[b"SET", k.as_bytes(), v.as_bytes()], Duration::from_secs(5)).await {
-            Ok(RespReply::Simple(ok)) if ok == "OK" => {
+            Ok(Reply::Simple(ok)) if ok == "OK" => {
                 stats.redis_acked.lock().insert(k, v);
             }
             // An error reply (TRYAGAIN: not executed; ERR timeout: maybe executed) or a broken
@@ -179,7 +108,7 @@ async fn redis_check(addr: &str, acked: &BTreeMap<String, String>) -> anyhow::Re
         let deadline = Instant::now() + Duration::from_secs(20);
         let values = loop {
             match c.call(&args, Duration::from_secs(10)).await? {
-                RespReply::Array(v) => break v,
+                Reply::Array(v) => break v,
                 // TRYAGAIN while a range moves: ask again.
                 other => {
                     anyhow::ensure!(Instant::now() < deadline, "MGET through {addr}: {other:?}");
@@ -188,7 +117,7 @@ async fn redis_check(addr: &str, acked: &BTreeMap<String, String>) -> anyhow::Re
             }
         };
         for ((_, v), got) in chunk.iter().zip(values) {
-            if got == RespReply::Bulk(Some(v.as_bytes().to_vec())) {
+            if got == Reply::Bulk(Some(v.as_bytes().to_vec())) {
                 held += 1;
             } else {
                 bad += 1;

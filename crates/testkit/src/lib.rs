@@ -55,6 +55,7 @@ pub mod cluster;
 pub mod history;
 pub mod http;
 pub mod recorder;
+pub mod resp;
 
 pub use check::{
     check_bank, check_final_state, check_history, check_set, BankHistory, BankModel, BankRecorder, BankReport,

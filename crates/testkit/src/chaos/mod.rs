@@ -37,6 +37,12 @@ pub enum Workload {
     Watch,
     /// Fenced critical sections never interleave (needs the coordination issue).
     Lock,
+    /// The register workload's reads and writes as Redis GET and SET through every node's
+    /// Redis port, on the data tier's ranges; linearizability per key, no lost writes.
+    RedisRegister,
+    /// Deliberately weak: redis-register whose connections send READONLY, so reads come from
+    /// any replica and may be stale. The checker must flag it (scripts/chaos-ci expects so).
+    RedisReadonly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -329,6 +335,12 @@ pub async fn run(o: Options) -> Result<Summary, String> {
         Workload::Bank => Running::Bank(workload::Bank::start(o.clients, o.seed, rt.endpoints()).await?),
         Workload::Watch => Running::Watch(workload::Watch::start(o.clients, o.seed, rt.endpoints()).await?),
         Workload::Lock => Running::Lock(workload::LockWorkload::start(o.clients, o.seed, rt.endpoints())),
+        Workload::RedisRegister => {
+            Running::RedisRegister(workload::RedisRegister::start(o.clients, 16, o.seed, rt.redis_addrs(), false))
+        }
+        Workload::RedisReadonly => {
+            Running::RedisRegister(workload::RedisRegister::start(o.clients, 16, o.seed, rt.redis_addrs(), true))
+        }
     };
     let mut faults = 0;
     let mut harness_errors = Vec::new();
@@ -382,7 +394,7 @@ pub async fn run(o: Options) -> Result<Summary, String> {
         }
     }
     log(t0, &mut events, "healed and settled; reading every key".into());
-    let checked = finished.check(&rt.endpoints()).await;
+    let checked = finished.check(&rt.endpoints(), &rt.redis_addrs()).await;
     let (ok, failed, unknown) = (checked.ok, checked.failed, checked.unknown);
     let (check_text, anomalies, lost, conclusive) = (checked.text, checked.anomalies, checked.lost, checked.conclusive);
     let anomalies = anomalies + usize::from(!converged);
@@ -429,6 +441,7 @@ pub async fn run(o: Options) -> Result<Summary, String> {
 
 enum Running {
     Register(workload::Register),
+    RedisRegister(workload::RedisRegister),
     Set(workload::Set),
     Bank(workload::Bank),
     Watch(workload::Watch),
@@ -436,7 +449,8 @@ enum Running {
 }
 
 enum Finished {
-    Register(crate::History, Vec<String>),
+    /// The history, its keys, and whether they live on the Redis front end.
+    Register(crate::History, Vec<String>, bool),
     Set(crate::check::SetHistory),
     Bank(crate::check::BankHistory, crate::check::BankModel),
     /// Writers stopped; watchers still following until the final read.
@@ -476,7 +490,11 @@ impl Running {
         match self {
             Running::Register(w) => {
                 let (h, keys) = w.stop().await;
-                Finished::Register(h, keys)
+                Finished::Register(h, keys, false)
+            }
+            Running::RedisRegister(w) => {
+                let (h, keys) = w.stop().await;
+                Finished::Register(h, keys, true)
             }
             Running::Set(w) => Finished::Set(w.stop().await),
             Running::Bank(w) => {
@@ -513,7 +531,7 @@ fn counts<O>(
 impl Finished {
     fn ops(&self) -> usize {
         match self {
-            Finished::Register(h, _) => h.ops.len(),
+            Finished::Register(h, _, _) => h.ops.len(),
             Finished::Set(h) => h.ops.len(),
             Finished::Bank(h, _) => h.ops.len(),
             Finished::Watch(w) => w.writes(),
@@ -522,17 +540,22 @@ impl Finished {
     }
 
     /// Reads the final state and checks the history against it.
-    async fn check(self, endpoints: &[String]) -> Checked {
+    async fn check(self, endpoints: &[String], redis_addrs: &[String]) -> Checked {
         use crate::check::bank::BankOutcome;
         use crate::check::set::SetOutcome;
         match self {
-            Finished::Register(ref history, ref keys) => {
+            Finished::Register(ref history, ref keys, redis) => {
                 let (ok, failed, unknown) = counts(
                     history.ops.iter().map(|o| &o.outcome),
                     |o| matches!(o, Outcome::Ok(_)),
                     |o| matches!(o, Outcome::Unknown),
                 );
-                let (text, anomalies, lost, conclusive) = match workload::final_reads(keys, endpoints).await {
+                let finals = if redis {
+                    workload::redis_final_reads(keys, redis_addrs).await
+                } else {
+                    workload::final_reads(keys, endpoints).await
+                };
+                let (text, anomalies, lost, conclusive) = match finals {
                     Ok(finals) => match check_final_state(history, &finals, &CheckOptions::default()) {
                         Ok(r) => (
                             format!("{r}"),

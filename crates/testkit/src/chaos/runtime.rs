@@ -39,6 +39,14 @@ impl ProcessRuntime {
         self.members().into_iter().map(|i| self.cluster.members[i].client_url.clone()).collect()
     }
 
+    /// The members' Redis ports (`host:port`).
+    pub fn redis_addrs(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .map(|i| self.cluster.members[i].redis_url.trim_start_matches("redis://").to_string())
+            .collect()
+    }
+
     /// The current leader's position, if one answers within `timeout`.
     pub async fn leader(&self, timeout: Duration) -> Option<usize> {
         self.cluster.wait_leader(timeout).await.ok()

@@ -331,6 +331,142 @@ impl Register {
     }
 }
 
+/// The register workload over the Redis front end (the data tier): per-key GET and SET of
+/// unique values through every node's Redis port; the same checker (linearizability per key,
+/// no lost acknowledged write). Redis strings have no compare-and-set, so there are none.
+pub struct RedisRegister {
+    pub recorder: Recorder,
+    pub keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How a Redis reply to a write counts: `TRYAGAIN` and `CLUSTERDOWN` say nothing ran; cairn's
+/// `ERR timeout: ... may or may not have been executed`, another error or a broken connection
+/// leave the write's outcome unknown.
+fn redis_write_outcome(r: &std::io::Result<crate::resp::Reply>) -> Result<(), Failure> {
+    use crate::resp::Reply;
+    match r {
+        Ok(Reply::Simple(s)) if s == "OK" => Ok(()),
+        Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") || e.starts_with("CLUSTERDOWN") => Err(Failure::Definite),
+        _ => Err(Failure::Indefinite),
+    }
+}
+
+impl RedisRegister {
+    /// With `readonly`, every connection first sends READONLY, so its reads come from its
+    /// node's own replica and may be stale: the checker must see that (a deliberate weakness).
+    pub fn start(clients: usize, nkeys: usize, seed: u64, addrs: Vec<String>, readonly: bool) -> RedisRegister {
+        use crate::resp::{Reply, Resp};
+        let recorder = Recorder::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The keys hash to slots of several Redis ranges.
+        let keys: Vec<String> = (0..nkeys).map(|i| format!("chaos:reg:{i:02}")).collect();
+        let mut tasks = Vec::new();
+        for id in 0..clients {
+            let rec = recorder.clone();
+            let stop = stop.clone();
+            let keys = keys.clone();
+            let addrs = addrs.clone();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
+            tasks.push(tokio::spawn(async move {
+                let mut node = id % addrs.len();
+                let mut conn: Option<Resp> = None;
+                let mut seq = 0u64;
+                let t = Duration::from_secs(10);
+                while !stop.load(Ordering::Relaxed) {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => {
+                            let opened = match Resp::connect(&addrs[node]).await {
+                                Ok(mut c) if readonly => match c.call(&[b"READONLY"], t).await {
+                                    Ok(Reply::Simple(_)) => Ok(c),
+                                    _ => Err(()),
+                                },
+                                Ok(c) => Ok(c),
+                                Err(_) => Err(()),
+                            };
+                            match opened {
+                                Ok(c) => conn.insert(c),
+                                Err(()) => {
+                                    node = (node + 1) % addrs.len();
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    seq += 1;
+                    let key = keys[rng.random_range(0..keys.len())].clone();
+                    let v = (id as u64 + 1) * 1_000_000_000 + seq;
+                    let broken = if rng.random_range(0..10) < 5 {
+                        let op = rec.invoke(id as u64, &key, OpKind::Read);
+                        let r = c.call(&[b"GET", key.as_bytes()], t).await;
+                        match &r {
+                            Ok(Reply::Bulk(b)) => op.read_ok(b.as_deref().and_then(parse)),
+                            _ => op.fail(),
+                        }
+                        r.is_err()
+                    } else {
+                        let op = rec.invoke(id as u64, &key, OpKind::Write(v));
+                        let r = c.call(&[b"SET", key.as_bytes(), v.to_string().as_bytes()], t).await;
+                        match redis_write_outcome(&r) {
+                            Ok(()) => op.write_ok(),
+                            Err(Failure::Definite) => op.fail(),
+                            Err(Failure::Indefinite) => op.unknown(),
+                        }
+                        r.is_err()
+                    };
+                    if broken {
+                        // The connection's state is unknown: a new one, on the next node.
+                        conn = None;
+                        node = (node + 1) % addrs.len();
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(2..12))).await;
+                }
+            }));
+        }
+        RedisRegister { recorder, keys, stop, tasks }
+    }
+
+    pub async fn stop(self) -> (crate::History, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (self.recorder.history(), self.keys)
+    }
+}
+
+/// Reads every key once more through the Redis ports (leader reads), retrying until one
+/// answers.
+pub async fn redis_final_reads(keys: &[String], addrs: &[String]) -> Result<BTreeMap<String, Value>, String> {
+    use crate::resp::{Reply, Resp};
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let mut tries = 0;
+        let v = loop {
+            let addr = &addrs[tries % addrs.len()];
+            let r = match Resp::connect(addr).await {
+                Ok(mut c) => c.call(&[b"GET", k.as_bytes()], Duration::from_secs(10)).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(Reply::Bulk(b)) => break b.as_deref().and_then(parse),
+                _ => {
+                    tries += 1;
+                    if tries > 60 {
+                        return Err(format!("the final read of {k} kept failing"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        out.insert(k.clone(), v);
+    }
+    Ok(out)
+}
+
 /// Reads every key once more (linearizably), retrying until it answers.
 pub async fn final_reads(keys: &[String], endpoints: &[String]) -> Result<BTreeMap<String, Value>, String> {
     let mut cli = Client::new(endpoints, 0);
