@@ -193,8 +193,23 @@ async fn large_history_arrives_in_fragments() {
     let mut cli = client(&eps).await;
     let first = cli.put("f/0", "x".repeat(10_000), None).await.unwrap().header().unwrap().revision();
     // 800 KB of history: more than the limit plus etcd's 512 KiB allowance for gRPC overhead.
+    let mut last = first;
     for i in 1..80 {
-        cli.put(format!("f/{i}"), "x".repeat(10_000), None).await.unwrap();
+        last = cli.put(format!("f/{i}"), "x".repeat(10_000), None).await.unwrap().header().unwrap().revision();
+    }
+    // Member 0 serves the watch: once it has applied every put, the whole history is one
+    // catch-up (which must come in fragments). A member still applying would send the last
+    // puts afterwards as live events (a race in this test that CI once hit).
+    let mut kv0 = pb::kv_client::KvClient::connect(eps[0].clone()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = pb::RangeRequest { key: b"f/0".to_vec(), serializable: true, ..Default::default() };
+        let r = kv0.range(probe).await.unwrap().into_inner();
+        if r.header.unwrap().revision >= last {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "member 0 never applied revision {last}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut raw = pb::watch_client::WatchClient::connect(eps[0].clone()).await.unwrap();
     let create = pb::WatchRequest {

@@ -197,6 +197,11 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             log(t0, events, format!("power cut ({scope:?}, {how}): {}", names.join(" ")));
             Heal::RestartAll(chosen)
         }
+        Fault::Ranges(change) => {
+            let what = range_change(rt, *change).await?;
+            log(t0, events, what);
+            Heal::Nothing
+        }
         Fault::RollingRestart => {
             for i in rt.members() {
                 rt.cluster.stop(i);
@@ -256,6 +261,65 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(format!("membership change failed: {last}"))
+}
+
+/// Carries out a change to the data tier's ranges through a live member's HTTP API (what
+/// `cairn range split|merge|transfer-leader` calls). A refusal (a slot already a boundary, no
+/// neighbour to merge with) is logged, not an error: the ranges are as they were.
+async fn range_change(rt: &ProcessRuntime, change: schedule::RangeChange) -> Result<String, String> {
+    use schedule::RangeChange;
+    let eps: Vec<String> = rt.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
+    // The first member that takes the connection answers (one just restarted may not listen yet).
+    let call = |method: &'static str, path: String, body: String| {
+        let eps = eps.clone();
+        async move {
+            let mut last = format!("{method} {path}: no member");
+            for ep in &eps {
+                match tokio::time::timeout(Duration::from_secs(30), crate::http::request(ep, method, &path, &body))
+                    .await
+                {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => last = format!("{method} {path} on {ep}: {e}"),
+                    Err(_) => return Err(format!("{method} {path} on {ep}: no answer in 30 s")),
+                }
+            }
+            Err(last)
+        }
+    };
+    // The Redis ranges there are now.
+    let (_, list) = call("GET", "/v1/ranges".into(), String::new()).await?;
+    let list: serde_json::Value = serde_json::from_str(&list).map_err(|e| format!("/v1/ranges: {e}"))?;
+    let redis: Vec<&serde_json::Value> =
+        list.as_array().map(|a| a.iter().filter(|r| !r["slots"].is_null()).collect()).unwrap_or_default();
+    let (path, body) = match change {
+        RangeChange::Split { slot } => ("/v1/ranges/split".to_string(), format!(r#"{{"slot": {slot}}}"#)),
+        RangeChange::Merge { pick } | RangeChange::TransferLeader { pick } => {
+            // A merge takes the range on the right: that must hold Redis keys too.
+            let n =
+                if matches!(change, RangeChange::Merge { .. }) { redis.len().saturating_sub(1) } else { redis.len() };
+            let Some(r) = redis.get((pick % n.max(1) as u64) as usize).filter(|_| n > 0) else {
+                return Ok(format!("range change {change:?}: no Redis range to pick (or none with a Redis neighbour)"));
+            };
+            let id = r["id"].as_u64().unwrap_or(0);
+            match change {
+                RangeChange::Merge { .. } => (format!("/v1/ranges/{id}/merge"), String::new()),
+                _ => {
+                    let replicas: Vec<&str> = r["replicas"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                        .unwrap_or_default();
+                    let leader = r["leader"].as_str().unwrap_or("");
+                    let others: Vec<&&str> = replicas.iter().filter(|n| **n != leader).collect();
+                    let Some(to) = others.get((pick / 7) as usize % others.len().max(1)) else {
+                        return Ok(format!("range change {change:?}: range {id} has no other replica"));
+                    };
+                    (format!("/v1/ranges/{id}/transfer-leader"), format!(r#"{{"to": "{to}"}}"#))
+                }
+            }
+        }
+    };
+    let (code, answer) = call("POST", path.clone(), body.clone()).await?;
+    Ok(format!("range change: POST {path} {body} -> {code} {}", answer.trim()))
 }
 
 enum Heal {

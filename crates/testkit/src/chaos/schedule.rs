@@ -34,6 +34,19 @@ pub enum Nemesis {
     /// Cut the power of one member, a minority or every member at once: every write a member
     /// has not synced is lost (or torn), then they restart.
     Power,
+    /// Change the data tier's ranges under the workload, as an operator or the placement
+    /// driver would: split a Redis range at a slot, merge a range into its left neighbour, or
+    /// move a range's leadership to another replica.
+    Ranges,
+}
+
+/// A change to the data tier's ranges; which range is resolved when the step runs, from
+/// `pick` over the ranges there are then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RangeChange {
+    Split { slot: u16 },
+    Merge { pick: u64 },
+    TransferLeader { pick: u64 },
 }
 
 /// Whose power a power cut takes.
@@ -97,6 +110,7 @@ pub enum Fault {
         tear: bool,
         seed: u64,
     },
+    Ranges(RangeChange),
 }
 
 /// One step: inject `fault` at `at_ms`, heal it `lasts_ms` later.
@@ -175,6 +189,14 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
                 };
                 let fault = Fault::Power { scope, tear: rng.random_bool(0.5), seed: rng.random() };
                 (fault, rng.random_range(1_000..4_000))
+            }
+            Nemesis::Ranges => {
+                let change = match rng.random_range(0..3) {
+                    0 => RangeChange::Split { slot: rng.random_range(1..16_384) },
+                    1 => RangeChange::Merge { pick: rng.random() },
+                    _ => RangeChange::TransferLeader { pick: rng.random() },
+                };
+                (Fault::Ranges(change), 0)
             }
         };
         if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
