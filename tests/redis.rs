@@ -637,6 +637,51 @@ fn leader_of(nodes: &[String], key: &str) -> usize {
     panic!("no range holds slot {slot}: {slots}");
 }
 
+/// A connection that asked for the cluster's layout (as redis-py's RedisCluster and
+/// redis-benchmark --cluster do) is a cluster-aware client: a key led by another node answers
+/// Redis Cluster's MOVED with that node's Redis address, and the command does not run. Other
+/// connections are proxied to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_aware_connections_are_moved_to_the_leader() {
+    let t = common::start(3, &["--placement-interval", "0"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    assert_eq!(cli(&nodes[0], &["SET", "m-key", "v1"]), "OK");
+    let leader = leader_of(&nodes, "m-key");
+    let other = (leader + 1) % nodes.len();
+    let slot = cli(&nodes[0], &["CLUSTER", "KEYSLOT", "m-key"]);
+    let mut c = Conn::open(&nodes[other]).await.unwrap();
+    assert_eq!(c.call(&[b"SET", b"m-key", b"v2"]).await.unwrap(), R::Ok("OK".into()), "a plain client is proxied");
+    assert!(matches!(c.call(&[b"CLUSTER", b"NODES"]).await.unwrap(), R::Bulk(Some(_))));
+    let moved = R::Err(format!("MOVED {slot} {}", nodes[leader]));
+    assert_eq!(c.call(&[b"SET", b"m-key", b"v3"]).await.unwrap(), moved);
+    assert_eq!(c.call(&[b"GET", b"m-key"]).await.unwrap(), moved);
+    assert_eq!(c.call(&[b"INCR", b"m-key"]).await.unwrap(), moved);
+    // READONLY reads are served by this node's replica, which holds v2, not v3: MOVED ran
+    // nothing.
+    assert_eq!(c.call(&[b"READONLY"]).await.unwrap(), R::Ok("OK".into()));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.call(&[b"GET", b"m-key"]).await.unwrap() {
+            R::Bulk(Some(v)) if v == b"v2" => break,
+            R::Bulk(Some(v)) if v == b"v1" && Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("a READONLY read here answered {other:?}"),
+        }
+    }
+    assert_eq!(c.call(&[b"SET", b"m-key", b"v3"]).await.unwrap(), moved, "writes still go to the leader");
+    // At the leader, a cluster-aware connection runs the command; after RESET, a connection
+    // is proxied again.
+    let mut l = Conn::open(&nodes[leader]).await.unwrap();
+    assert!(matches!(l.call(&[b"CLUSTER", b"NODES"]).await.unwrap(), R::Bulk(Some(_))));
+    assert_eq!(l.call(&[b"SET", b"m-key", b"v4"]).await.unwrap(), R::Ok("OK".into()));
+    assert_eq!(c.call(&[b"RESET"]).await.unwrap(), R::Ok("RESET".into()));
+    assert_eq!(c.call(&[b"GET", b"m-key"]).await.unwrap(), R::Bulk(Some(b"v4".to_vec())));
+    // redis-cli -c follows MOVED (here it is proxied: it asks for no layout first).
+    assert_eq!(cli(&nodes[other], &["-c", "GET", "m-key"]), "v4");
+}
+
 /// READONLY (Redis Cluster's replica reads): a connection's reads are answered by its node's
 /// own replica, leader or not, so they go on even when the range has no quorum; writes still
 /// go to the leader; READWRITE goes back to leader reads.

@@ -185,6 +185,21 @@ impl Cache {
         Some(user_keys.iter().map(|k| dir.lookup(&keys::encode(k)).id).collect())
     }
 
+    /// The node leading the range of `user_key`, when that is not this node (and, with
+    /// `replica_here_ok`, this node holds no replica of it either); `None` when it is served
+    /// here or its leader is unknown.
+    pub fn led_elsewhere(&self, user_key: &[u8], replica_here_ok: bool) -> Option<u64> {
+        let tier = self.tier();
+        let dir = tier.directory()?;
+        let d = dir.lookup(&keys::encode(user_key));
+        let me = tier.node_id();
+        if replica_here_ok && d.replicas.contains(&me) {
+            return None;
+        }
+        let leader = tier.known_leader_of(d)?;
+        (leader != me).then_some(leader)
+    }
+
     pub async fn write(&self, req: WriteReq) -> Reply {
         let user_keys: Vec<Vec<u8>> = req.keys().iter().map(|k| k.to_vec()).collect();
         let refs: Vec<&[u8]> = user_keys.iter().map(|k| k.as_slice()).collect();

@@ -202,11 +202,13 @@ impl DataTier {
     /// The node leading range `d` as far as this node knows (its own replica's view, else the
     /// last node that answered for the range), else its first replica.
     pub fn leader_of(&self, d: &Descriptor) -> Option<u64> {
-        self.host
-            .get(d.id)
-            .and_then(|r| r.leader())
-            .or_else(|| self.hints.lock().get(&d.id).copied())
-            .or_else(|| d.replicas.first().copied())
+        self.known_leader_of(d).or_else(|| d.replicas.first().copied())
+    }
+
+    /// The node leading range `d` by this node's replica's view or the last answer for it;
+    /// `None` when neither knows (no guess).
+    pub fn known_leader_of(&self, d: &Descriptor) -> Option<u64> {
+        self.host.get(d.id).and_then(|r| r.leader()).or_else(|| self.hints.lock().get(&d.id).copied())
     }
 
     /// Every range, for operators.

@@ -42,6 +42,14 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// For a cluster-aware connection: Redis Cluster's `MOVED slot host:port` when the
+    /// range holding `keys` (all in one slot) is led by another node, and (with
+    /// `replica_read`, a READONLY connection's read) has no replica here either. `None`: serve
+    /// it here (proxying if need be). The default: never moved.
+    fn moved(&self, _keys: &[&[u8]], _replica_read: bool) -> Option<Reply> {
+        None
+    }
+
     /// Whether new connections must authenticate first (`requirepass` or ACL users).
     fn auth_required(&self) -> bool {
         false

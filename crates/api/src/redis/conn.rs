@@ -59,6 +59,9 @@ struct Conn<'a, B> {
     /// READONLY was sent (and not undone by READWRITE or RESET): reads may be answered by a
     /// replica that is not the leader.
     readonly: bool,
+    /// Asked for the cluster's layout (CLUSTER SLOTS, SHARDS or NODES): a cluster-aware
+    /// client, answered `MOVED` for keys led by another node instead of being proxied.
+    redirects: bool,
 }
 
 /// Serve one client until it closes, sends QUIT, or breaks the protocol.
@@ -76,42 +79,52 @@ where
         name: None,
         authenticated: !backend.auth_required(),
         readonly: false,
+        redirects: false,
     };
     let mut decoder = Decoder::new(limits.clone());
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = Vec::new();
     loop {
-        let mut ran = 0;
-        loop {
+        // Every complete command that has arrived, up to the batch limits.
+        let (mut batch, mut bytes, mut stop) = (Vec::new(), 0usize, None);
+        while batch.len() < limits.pipeline_commands_max && bytes < DECODED_BYTES_MAX {
             match decoder.decode(&mut buf) {
                 Ok(Some(args)) => {
-                    let (reply, then) = conn.execute(args).await;
-                    resp::encode(&reply, conn.proto, &mut out);
-                    if let Then::Close = then {
-                        stream.write_all(&out).await?;
-                        stream.flush().await?;
-                        return stream.shutdown().await;
-                    }
-                    ran += 1;
-                    if ran == limits.pipeline_commands_max {
-                        stream.write_all(&out).await?;
-                        out.clear();
-                        ran = 0;
-                    }
+                    bytes += args.iter().map(Vec::len).sum::<usize>();
+                    batch.push(args);
                 }
                 Ok(None) => break,
-                Err(DecodeError::Protocol(msg)) => {
-                    resp::encode(&Reply::Error(msg), conn.proto, &mut out);
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
-                    return stream.shutdown().await;
-                }
-                Err(DecodeError::QueryTooBig) => {
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
-                    return stream.shutdown().await;
+                Err(e) => {
+                    stop = Some(e);
+                    break;
                 }
             }
+        }
+        let full = stop.is_none() && (batch.len() == limits.pipeline_commands_max || bytes >= DECODED_BYTES_MAX);
+        if let Then::Close = conn.run_batch(batch, &mut out).await {
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            return stream.shutdown().await;
+        }
+        match stop {
+            Some(DecodeError::Protocol(msg)) => {
+                resp::encode(&Reply::Error(msg), conn.proto, &mut out);
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                return stream.shutdown().await;
+            }
+            Some(DecodeError::QueryTooBig) => {
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                return stream.shutdown().await;
+            }
+            None => {}
+        }
+        if full {
+            // More may be buffered: hand these replies over before decoding on.
+            stream.write_all(&out).await?;
+            out.clear();
+            continue;
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -125,27 +138,128 @@ where
     }
 }
 
+/// The most commands of one pipeline in flight at once.
+const WAVE_COMMANDS_MAX: usize = 64;
+
+/// The most argument bytes decoded ahead of running them (past it, the rest of a pipeline
+/// waits in the read buffer).
+const DECODED_BYTES_MAX: usize = 1024 * 1024;
+
+/// A data command (a read or a write of named keys) and the keys it touches.
+struct Pending {
+    cmd: Command,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Pending {
+    /// The keys of a data command on named keys, one that may run beside others on other
+    /// keys; `None` for any other command.
+    fn keys_of(cmd: &Command) -> Option<Vec<Vec<u8>>> {
+        let keys: Vec<Vec<u8>> = match cmd {
+            Command::Write(w) => w.keys().iter().map(|k| k.to_vec()).collect(),
+            Command::Read(r) if r.span().is_none() => r.keys().iter().map(|k| k.to_vec()).collect(),
+            _ => return None,
+        };
+        (!keys.is_empty()).then_some(keys)
+    }
+
+    fn overlaps(&self, wave: &[Pending]) -> bool {
+        wave.iter().any(|p| p.keys.iter().any(|k| self.keys.contains(k)))
+    }
+}
+
 impl<B: Backend> Conn<'_, B> {
-    async fn execute(&mut self, args: Vec<Vec<u8>>) -> (Reply, Then) {
+    /// Runs a pipeline's commands and encodes their replies in order. Data commands on
+    /// disjoint keys run concurrently (a "wave": on the data tier, each is a round trip to its
+    /// range's leader, and a pipeline's commands would otherwise wait for each other's
+    /// replication); a command touching a key of the wave, a command over the whole keyspace
+    /// and every connection command wait for the wave before them. So each key sees the
+    /// connection's commands in order, as Redis runs them; commands on different keys of one
+    /// pipeline are concurrent to the client anyway (it sent them before any reply), so any
+    /// order among them is one Redis could also have shown another client.
+    async fn run_batch(&mut self, batch: Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) -> Then {
+        let mut wave: Vec<Pending> = Vec::new();
+        for args in batch {
+            let cmd = match self.prepare(args) {
+                Ok(c) => c,
+                Err(reply) => {
+                    self.run_wave(&mut wave, out).await;
+                    resp::encode(&reply, self.proto, out);
+                    continue;
+                }
+            };
+            match Pending::keys_of(&cmd) {
+                Some(keys) => {
+                    let p = Pending { cmd, keys };
+                    if wave.len() == WAVE_COMMANDS_MAX || p.overlaps(&wave) {
+                        self.run_wave(&mut wave, out).await;
+                    }
+                    wave.push(p);
+                }
+                None => {
+                    self.run_wave(&mut wave, out).await;
+                    let (reply, then) = self.run(cmd).await;
+                    resp::encode(&reply, self.proto, out);
+                    if let Then::Close = then {
+                        return Then::Close;
+                    }
+                }
+            }
+        }
+        self.run_wave(&mut wave, out).await;
+        Then::Continue
+    }
+
+    async fn run_wave(&mut self, wave: &mut Vec<Pending>, out: &mut Vec<u8>) {
+        let this = &*self;
+        let replies = futures::future::join_all(wave.drain(..).map(|p| this.data(p.cmd))).await;
+        for r in &replies {
+            resp::encode(r, self.proto, out);
+        }
+    }
+
+    /// The command, or the reply refusing it (not authenticated, not parsed).
+    fn prepare(&self, args: Vec<Vec<u8>>) -> Result<Command, Reply> {
         if !self.authenticated {
             let name = &args[0];
             let open = ["auth", "hello", "quit", "reset"].iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
             if !open {
-                return (Reply::err("NOAUTH Authentication required."), Then::Continue);
+                return Err(Reply::err("NOAUTH Authentication required."));
             }
         }
-        let cmd = match command::parse(args) {
-            Ok(c) => c,
-            Err(e) => return (e, Then::Continue),
-        };
-        let reply = match cmd {
+        command::parse(args)
+    }
+
+    /// A data command. On a connection that asked for the cluster's layout (a cluster-aware
+    /// client), a command whose keys' range is led by another node is answered `MOVED`, as a
+    /// Redis Cluster node answers, and the client goes there itself; any other connection is
+    /// proxied to the leader.
+    async fn data(&self, cmd: Command) -> Reply {
+        if self.redirects {
+            let read_here = self.readonly && matches!(cmd, Command::Read(_));
+            let moved = match &cmd {
+                Command::Write(w) => self.backend.moved(&w.keys(), false),
+                Command::Read(r) => self.backend.moved(&r.keys(), read_here),
+                _ => None,
+            };
+            if let Some(m) = moved {
+                return m;
+            }
+        }
+        match cmd {
             Command::Write(w) => self.backend.write(w).await,
             Command::Read(r) if self.readonly => self.backend.read_replica(r).await,
             Command::Read(r) => self.backend.read(r).await,
             Command::Scan(s) => self.backend.scan(s).await,
-            Command::Conn(c) => return self.conn_command(c).await,
-        };
-        (reply, Then::Continue)
+            Command::Conn(_) => unreachable!("connection commands run in `run`"),
+        }
+    }
+
+    async fn run(&mut self, cmd: Command) -> (Reply, Then) {
+        match cmd {
+            Command::Conn(c) => self.conn_command(c).await,
+            data => (self.data(data).await, Then::Continue),
+        }
     }
 
     async fn conn_command(&mut self, c: ConnCmd) -> (Reply, Then) {
@@ -218,6 +332,7 @@ impl<B: Backend> Conn<'_, B> {
                 self.name = None;
                 self.authenticated = !self.backend.auth_required();
                 self.readonly = false;
+                self.redirects = false;
                 Reply::Simple("RESET".into())
             }
             ConnCmd::ClientId => Reply::Int(self.id as i64),
@@ -252,7 +367,12 @@ impl<B: Backend> Conn<'_, B> {
                 Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
             }
             ConnCmd::Cluster(c) => match self.backend.cluster() {
-                Some(view) => cluster_reply(&view, c),
+                Some(view) => {
+                    if matches!(c, ClusterCmd::Slots | ClusterCmd::Shards | ClusterCmd::Nodes) {
+                        self.redirects = true;
+                    }
+                    cluster_reply(&view, c)
+                }
                 None => Reply::err(CLUSTER_DISABLED),
             },
             ConnCmd::ReadOnly | ConnCmd::ReadWrite | ConnCmd::Asking => match self.backend.cluster() {

@@ -100,6 +100,17 @@ impl Backend for TierBackend {
         })
     }
 
+    fn moved(&self, keys: &[&[u8]], replica_read: bool) -> Option<Reply> {
+        let slot = cairn_range::keys::slot(keys.first()?);
+        if keys.iter().any(|k| cairn_range::keys::slot(k) != slot) {
+            return None;
+        }
+        let leader = self.cache.led_elsewhere(keys[0], replica_read)?;
+        let tier = self.cache.tier();
+        let (host, port) = tier.nodes().get(&leader).and_then(|r| r.redis_urls.first()).and_then(|u| host_port(u))?;
+        Some(Reply::err(format!("MOVED {slot} {host}:{port}")))
+    }
+
     fn write(&self, req: WriteReq) -> impl Future<Output = Reply> + Send {
         let cache = self.cache.clone();
         async move { cache.write(req).await }
