@@ -234,7 +234,11 @@ impl Cache {
         match cmd {
             ReadCmd::Keys { pattern, .. } => {
                 let mut all = Vec::new();
-                for (d, span) in self.redis_ranges() {
+                let ranges = match self.redis_ranges() {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                };
+                for (d, span) in ranges {
                     let part = ReadCmd::Keys { span, pattern: pattern.clone() };
                     match self.on_range(&d, part).await {
                         Reply::Array(mut v) => all.append(&mut v),
@@ -245,7 +249,11 @@ impl Cache {
             }
             ReadCmd::DbSize { .. } => {
                 let mut total = 0;
-                for (d, span) in self.redis_ranges() {
+                let ranges = match self.redis_ranges() {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                };
+                for (d, span) in ranges {
                     match self.on_range(&d, ReadCmd::DbSize { span }).await {
                         Reply::Int(n) => total += n,
                         other => return other,
@@ -320,9 +328,20 @@ impl Cache {
     }
 
     /// Every range holding Redis keys, with the span of Redis keys it holds.
-    fn redis_ranges(&self) -> Vec<(Descriptor, KeySpan)> {
-        let Some(dir) = self.tier.directory() else { return vec![] };
-        dir.iter().filter_map(|d| slots_of(&d.start, &d.end).map(|(a, b)| (d.clone(), KeySpan::slots(a, b)))).collect()
+    /// Every Redis range, in key order; CLUSTERDOWN while this node has no directory yet
+    /// (just started: it reads the directory from the meta group). An empty list here once
+    /// made KEYS answer no keys, DBSIZE 0 and FLUSHALL OK without flushing, on a node just
+    /// restarted (found by the chaos `redis-set` workload with power cuts).
+    fn redis_ranges(&self) -> Result<Vec<(Descriptor, KeySpan)>, Reply> {
+        let dir = self.tier.directory().ok_or_else(|| tier_error(TierError::NotReady))?;
+        let ranges: Vec<_> = dir
+            .iter()
+            .filter_map(|d| slots_of(&d.start, &d.end).map(|(a, b)| (d.clone(), KeySpan::slots(a, b))))
+            .collect();
+        if ranges.is_empty() {
+            return Err(tier_error(TierError::NotReady));
+        }
+        Ok(ranges)
     }
 
     async fn on_range(&self, d: &Descriptor, cmd: ReadCmd) -> Reply {
@@ -335,7 +354,11 @@ impl Cache {
     }
 
     async fn flush(&self) -> Reply {
-        for (d, span) in self.redis_ranges() {
+        let ranges = match self.redis_ranges() {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        for (d, span) in ranges {
             let req = WriteReq::Cmd(DataCmd::Flush { span });
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             match self.tier.execute_range(&d, false, postcard::to_allocvec(&req).expect("serializable"), deadline).await
@@ -368,7 +391,10 @@ impl Cache {
             Some(Some(p)) => Some(p),
             Some(None) => return Reply::err(cairn_range::reply::errors::INVALID_CURSOR),
         };
-        let ranges = self.redis_ranges();
+        let ranges = match self.redis_ranges() {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
         let n = ranges.len();
         for (i, (d, mut span)) in ranges.into_iter().enumerate() {
             let mut after = None;

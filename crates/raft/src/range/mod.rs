@@ -3,7 +3,8 @@
 //!
 //! - [`SharedLog`]: one log for every range replica on the node, TiKV's `raft-engine` (one
 //!   write and one fsync serve every group with something to append: group commit across
-//!   ranges). [`RangeLog`] is one group's view of it, openraft's `RaftLogStorage`.
+//!   ranges). [`RangeLog`] is one group's view of it, openraft's `RaftLogStorage`. Its files go
+//!   through [`fs`], so failpoints builds' power cuts reach them.
 //! - [`RangeStateMachine`]: one group's state machine over the node's one data engine (the
 //!   ranges' keys are disjoint intervals of one ordered keyspace, so they share its tables);
 //!   what a command does is the [`Applier`]'s business (the layer above: Redis semantics).
@@ -17,6 +18,7 @@
 //! openraft 0.10.0-alpha.37, the newest release, has no multi-raft feature (its group network
 //! adapter is on upstream's main branch, not released); this module is the adapter.
 
+pub mod fs;
 pub mod hibernate;
 pub mod host;
 pub mod log;

@@ -43,6 +43,9 @@ pub enum Workload {
     /// Deliberately weak: redis-register whose connections send READONLY, so reads come from
     /// any replica and may be stale. The checker must flag it (scripts/chaos-ci expects so).
     RedisReadonly,
+    /// The set workload's unique adds as Redis SETs of unique keys (over every Redis range)
+    /// and whole-set reads as KEYS; every acknowledged add must be present at the end.
+    RedisSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -402,6 +405,7 @@ pub async fn run(o: Options) -> Result<Summary, String> {
         Workload::RedisRegister => {
             Running::RedisRegister(workload::RedisRegister::start(o.clients, 16, o.seed, rt.redis_addrs(), false))
         }
+        Workload::RedisSet => Running::RedisSet(workload::RedisSet::start(o.clients, o.seed, rt.redis_addrs())),
         Workload::RedisReadonly => {
             Running::RedisRegister(workload::RedisRegister::start(o.clients, 16, o.seed, rt.redis_addrs(), true))
         }
@@ -507,6 +511,7 @@ enum Running {
     Register(workload::Register),
     RedisRegister(workload::RedisRegister),
     Set(workload::Set),
+    RedisSet(workload::RedisSet),
     Bank(workload::Bank),
     Watch(workload::Watch),
     Lock(workload::LockWorkload),
@@ -515,7 +520,8 @@ enum Running {
 enum Finished {
     /// The history, its keys, and whether they live on the Redis front end.
     Register(crate::History, Vec<String>, bool),
-    Set(crate::check::SetHistory),
+    /// The history, and whether the set lives on the Redis front end.
+    Set(crate::check::SetHistory, bool),
     Bank(crate::check::BankHistory, crate::check::BankModel),
     /// Writers stopped; watchers still following until the final read.
     Watch(workload::Watch),
@@ -560,7 +566,8 @@ impl Running {
                 let (h, keys) = w.stop().await;
                 Finished::Register(h, keys, true)
             }
-            Running::Set(w) => Finished::Set(w.stop().await),
+            Running::Set(w) => Finished::Set(w.stop().await, false),
+            Running::RedisSet(w) => Finished::Set(w.stop().await, true),
             Running::Bank(w) => {
                 let (h, m) = w.stop().await;
                 Finished::Bank(h, m)
@@ -596,7 +603,7 @@ impl Finished {
     fn ops(&self) -> usize {
         match self {
             Finished::Register(h, _, _) => h.ops.len(),
-            Finished::Set(h) => h.ops.len(),
+            Finished::Set(h, _) => h.ops.len(),
             Finished::Bank(h, _) => h.ops.len(),
             Finished::Watch(w) => w.writes(),
             Finished::Lock(w) => w.ops(),
@@ -633,13 +640,18 @@ impl Finished {
                 };
                 Checked { text, anomalies, lost, conclusive, ok, failed, unknown, history_json: history.to_jsonl() }
             }
-            Finished::Set(ref history) => {
+            Finished::Set(ref history, redis) => {
                 let (ok, failed, unknown) = counts(
                     history.ops.iter().map(|o| &o.outcome),
                     |o| matches!(o, SetOutcome::Ok(_)),
                     |o| matches!(o, SetOutcome::Unknown),
                 );
-                let (text, anomalies, lost) = match workload::final_set(endpoints).await {
+                let fin = if redis {
+                    workload::redis_final_set(redis_addrs).await
+                } else {
+                    workload::final_set(endpoints).await
+                };
+                let (text, anomalies, lost) = match fin {
                     Ok(fin) => match crate::check::check_set(history, &fin) {
                         Ok(r) => {
                             let a = r.lost_count

@@ -561,6 +561,117 @@ pub async fn final_set(endpoints: &[String]) -> Result<std::collections::BTreeSe
     Err("the final read of the set kept failing".into())
 }
 
+/// The set workload over the Redis front end: unique adds (a SET of `chaos:set:<element>`,
+/// keys that hash all over the slots, so over every Redis range) and whole-set reads (KEYS,
+/// which visits the ranges one after the other: not atomic, but each element lives in one
+/// range whose reads are linearizable, so an element added before a read began is in it).
+pub struct RedisSet {
+    pub recorder: crate::check::SetRecorder,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub const REDIS_SET_PREFIX: &str = "chaos:set:";
+
+fn redis_set_elements(r: &crate::resp::Reply) -> Option<std::collections::BTreeSet<u64>> {
+    use crate::resp::Reply;
+    let Reply::Array(items) = r else { return None };
+    items
+        .iter()
+        .map(|i| match i {
+            Reply::Bulk(Some(k)) => std::str::from_utf8(k).ok()?.strip_prefix(REDIS_SET_PREFIX)?.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+impl RedisSet {
+    pub fn start(clients: usize, seed: u64, addrs: Vec<String>) -> RedisSet {
+        use crate::resp::Resp;
+        let recorder = crate::check::SetRecorder::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 0..clients {
+            let rec = recorder.clone();
+            let stop = stop.clone();
+            let addrs = addrs.clone();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(999_983).wrapping_add(id as u64));
+            tasks.push(tokio::spawn(async move {
+                let mut node = id % addrs.len();
+                let mut conn: Option<Resp> = None;
+                let mut seq = 0u64;
+                let t = Duration::from_secs(10);
+                let pattern = format!("{REDIS_SET_PREFIX}*");
+                while !stop.load(Ordering::Relaxed) {
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match Resp::connect(&addrs[node]).await {
+                            Ok(c) => conn.insert(c),
+                            Err(_) => {
+                                node = (node + 1) % addrs.len();
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    seq += 1;
+                    let broken = if rng.random_range(0..10) < 9 {
+                        let e = (id as u64 + 1) * 1_000_000_000 + seq;
+                        let op = rec.invoke_add(id as u64, e);
+                        let key = format!("{REDIS_SET_PREFIX}{e}");
+                        let r = c.call(&[b"SET", key.as_bytes(), b"1"], t).await;
+                        match redis_write_outcome(&r) {
+                            Ok(()) => op.add_ok(),
+                            Err(Failure::Definite) => op.fail(),
+                            Err(Failure::Indefinite) => op.unknown(),
+                        }
+                        r.is_err()
+                    } else {
+                        let op = rec.invoke_read(id as u64);
+                        let r = c.call(&[b"KEYS", pattern.as_bytes()], t).await;
+                        match r.as_ref().ok().and_then(redis_set_elements) {
+                            Some(set) => op.read_ok(set),
+                            None => op.fail(),
+                        }
+                        r.is_err()
+                    };
+                    if broken {
+                        conn = None;
+                        node = (node + 1) % addrs.len();
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(2..12))).await;
+                }
+            }));
+        }
+        RedisSet { recorder, stop, tasks }
+    }
+
+    pub async fn stop(self) -> crate::check::SetHistory {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.recorder.history()
+    }
+}
+
+/// The final read of the Redis set (KEYS through any node), retried until it answers.
+pub async fn redis_final_set(addrs: &[String]) -> Result<std::collections::BTreeSet<u64>, String> {
+    use crate::resp::Resp;
+    let pattern = format!("{REDIS_SET_PREFIX}*");
+    for i in 0..60 {
+        if let Ok(mut c) = Resp::connect(&addrs[i % addrs.len()]).await {
+            if let Ok(r) = c.call(&[b"KEYS", pattern.as_bytes()], Duration::from_secs(30)).await {
+                if let Some(set) = redis_set_elements(&r) {
+                    return Ok(set);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err("the final read of the Redis set kept failing".into())
+}
+
 /// The bank workload: transfers between accounts in transactions, and reads of every balance.
 pub struct Bank {
     pub recorder: crate::check::BankRecorder,
