@@ -8,7 +8,8 @@
 //! 5. read back every acknowledged write; exit non-zero if any is missing or wrong.
 //!
 //! Alongside, Redis clients write through every node's Redis port into the data tier, a Redis
-//! range is split under that load, and every acknowledged SET is read back through every node.
+//! range is split under that load, a fourth node joins (`--join`) and the placement driver
+//! moves range replicas onto it, and every acknowledged SET is read back through every node.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -132,6 +133,17 @@ async fn range_count(endpoint: &str) -> Option<usize> {
     let (code, body) =
         cairn_testkit::http::request(endpoint.trim_start_matches("http://"), "GET", "/v1/ranges", "").await.ok()?;
     (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().map(Vec::len))?
+}
+
+/// How many range replicas node `name` holds, from a node's `/v1/nodes`.
+async fn replicas_of(endpoint: &str, name: &str) -> Option<u64> {
+    let (code, body) =
+        cairn_testkit::http::request(endpoint.trim_start_matches("http://"), "GET", "/v1/nodes", "").await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    let nodes: serde_json::Value = serde_json::from_str(&body).ok()?;
+    nodes.as_array()?.iter().find(|n| n["name"] == name)?["replicas"].as_u64()
 }
 
 /// A client that knows every endpoint and moves to the next one when its member fails.
@@ -292,6 +304,29 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
         other => say(&bar, format!("split of the Redis range at slot 6000 refused: {other:?}")),
     }
+    // A fourth machine joins as a data node; the placement driver moves replicas onto it.
+    let joined = cluster.join_member();
+    cluster.start_member(joined)?;
+    let name = cluster.members[joined].name.clone();
+    let t_join = Instant::now();
+    let mut held = 0;
+    while t_join.elapsed() < Duration::from_secs(30) {
+        progress(&bar, &format!("{name} joining"));
+        held = replicas_of(&endpoints[0], &name).await.unwrap_or(0);
+        if held >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    say(
+        &bar,
+        format!(
+            "[{:>5.1}s] {name} joined with --join; the placement driver moved {held} range replicas onto it \
+             in {:.1} s, under load",
+            started.elapsed().as_secs_f64(),
+            t_join.elapsed().as_secs_f64()
+        ),
+    );
     let until = Instant::now() + Duration::from_secs(a.before_kill - a.before_kill / 2);
     while Instant::now() < until {
         progress(&bar, "workload");
@@ -412,7 +447,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     // Every acknowledged Redis SET, through every node's Redis port.
     let redis_acked = stats.redis_acked.lock().clone();
     let mut redis_lost = 0;
-    for (i, addr) in redis_addrs.iter().enumerate() {
+    let mut all_redis = redis_addrs.clone();
+    all_redis.push(cluster.members[joined].redis_url.trim_start_matches("redis://").to_string());
+    for (i, addr) in all_redis.iter().enumerate() {
         let (held, bad) = redis_check(addr, &redis_acked).await?;
         println!(
             "  {} (Redis {addr}): {held} acknowledged SETs read back, {bad} missing or wrong",

@@ -121,9 +121,25 @@ impl WriteExt for Cursor {
         Ok(())
     }
 
-    /// Preallocation is an optimization (fewer metadata updates per fsync); skipped.
-    fn allocate(&mut self, _offset: usize, _size: usize) -> io::Result<()> {
-        Ok(())
+    /// Preallocates as raft-engine's own file system does (the file grows, so an fdatasync of
+    /// later writes inside it has no size to record); where the file system cannot, nothing.
+    fn allocate(&mut self, offset: usize, size: usize) -> io::Result<()> {
+        match &self.file.data {
+            DataFile::Plain(f) => {
+                match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), offset as u64, size as u64) {
+                    Err(e) if e == rustix::io::Errno::OPNOTSUPP => Ok(()),
+                    r => r.map_err(io::Error::from),
+                }
+            }
+            // The overlay grows the same way; like the real size change, it is lost unless synced.
+            DataFile::Volatile(v) => {
+                let end = (offset + size) as u64;
+                if end > v.len() {
+                    v.set_len(end)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
