@@ -166,9 +166,17 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
                 log(t0, events, format!("disk of {who} full (ENOSPC for its Raft log)"));
                 return Ok(Heal::Faults);
             }
-            // Under load its log is written within milliseconds; it must then stop.
+            // Under load its log is written within milliseconds; it must then stop. A workload
+            // on the data tier writes nothing to the meta group's log: a put through the etcd
+            // API every half second makes sure something does.
             let deadline = Instant::now() + Duration::from_secs(5);
+            let mut probe = workload::Client::new(&rt.endpoints(), i);
+            let mut next_probe = Instant::now();
             while rt.cluster.members[i].is_running() && Instant::now() < deadline {
+                if Instant::now() >= next_probe {
+                    next_probe = Instant::now() + Duration::from_millis(500);
+                    let _ = tokio::time::timeout(Duration::from_millis(400), probe.put("chaos/disk-probe", vec![])).await;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if rt.cluster.members[i].is_running() {

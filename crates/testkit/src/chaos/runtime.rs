@@ -71,7 +71,18 @@ impl ProcessRuntime {
 
     async fn set_faults(&self, i: usize, faults: serde_json::Value) -> Result<(), String> {
         let url = &self.cluster.members[i].client_url;
-        match http(host_port(url), "POST", "/debug/faults", &faults.to_string()).await {
+        // A member restarted a moment ago may not listen yet: connection refused is retried
+        // for a few seconds (a soak run once cut links just as a restarted member came up).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let answer = loop {
+            match http(host_port(url), "POST", "/debug/faults", &faults.to_string()).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => break other,
+            }
+        };
+        match answer {
             Ok(204) | Ok(200) => Ok(()),
             Ok(404) => Err(format!(
                 "{url}: /debug/faults not found: the harness needs a failpoints build (cargo build --features failpoints)"
