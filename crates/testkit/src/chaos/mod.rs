@@ -175,7 +175,8 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             while rt.cluster.members[i].is_running() && Instant::now() < deadline {
                 if Instant::now() >= next_probe {
                     next_probe = Instant::now() + Duration::from_millis(500);
-                    let _ = tokio::time::timeout(Duration::from_millis(400), probe.put("chaos/disk-probe", vec![])).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(400), probe.put("chaos/disk-probe", vec![])).await;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
