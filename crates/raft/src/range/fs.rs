@@ -74,12 +74,18 @@ pub struct Cursor {
 
 impl Read for Cursor {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = self.file.data.len()?;
-        let n = (len.saturating_sub(self.pos) as usize).min(buf.len());
-        if n > 0 {
-            self.file.data.read_exact_at(&mut buf[..n], self.pos)?;
-            self.pos += n as u64;
-        }
+        // Whole reads are the common case (records at known offsets): one pread. Only a read
+        // that runs past the end asks for the file's length and reads what there is.
+        let n = match self.file.data.read_exact_at(buf, self.pos) {
+            Ok(()) => buf.len(),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let n = (self.file.data.len()?.saturating_sub(self.pos) as usize).min(buf.len());
+                self.file.data.read_exact_at(&mut buf[..n], self.pos)?;
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        self.pos += n as u64;
         Ok(n)
     }
 }
