@@ -161,6 +161,53 @@ async fn wait_tier(addr: &str) {
 /// Cluster-aware clients: CLUSTER SLOTS/SHARDS/NODES describe every range's leader and
 /// replicas by their Redis URLs; redis-py's RedisCluster and redis-benchmark --cluster use
 /// them; redis-cli -c works from any node.
+/// redis-py (plain and RedisCluster, tests/scripts/redis_cluster_check.py) and
+/// `redis-benchmark --cluster` (which reads CLUSTER NODES and sends each key to its slot's
+/// master, following MOVED) against `nodes`.
+fn cluster_clients_work(nodes: &[String]) {
+    // redis-py, plain and RedisCluster.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/redis_cluster_check.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(nodes)
+        .output()
+        .expect("python3 with redis-py (Debian python3-redis; scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "redis-py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // redis-benchmark --cluster reads CLUSTER NODES and sends each key to its slot's master.
+    let (host, port) = nodes[0].rsplit_once(':').unwrap();
+    let bench = Command::new("redis-benchmark")
+        .args(["--cluster", "-h", host, "-p", port, "-c", "10", "-n", "500", "-t", "set,get", "-q", "--csv"])
+        .output()
+        .expect("redis-benchmark (Debian redis-tools)");
+    let csv = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "redis-benchmark: {csv}{}", String::from_utf8_lossy(&bench.stderr));
+    assert!(csv.contains("\"SET\"") && csv.contains("\"GET\""), "redis-benchmark printed {csv}");
+    assert!(!csv.to_lowercase().contains("error"), "redis-benchmark: {csv}");
+}
+
+/// The cluster clients against five nodes (ranges' replicas on three of them each): redis-cli
+/// -c through every node, redis-py's RedisCluster and redis-benchmark --cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_clients_work_against_five_nodes() {
+    let t = common::start(5, &[]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(cli(n, &["-c", "SET", &format!("five:{i}"), &format!("v{i}")]), "OK");
+    }
+    for n in &nodes {
+        for i in 0..nodes.len() {
+            assert_eq!(cli(n, &["-c", "GET", &format!("five:{i}")]), format!("v{i}"), "through {n}");
+        }
+    }
+    cluster_clients_work(&nodes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_clients_see_the_ranges_as_slots() {
     let t = common::start(3, &[]).await;
@@ -223,29 +270,7 @@ async fn cluster_clients_see_the_ranges_as_slots() {
     // redis-cli in cluster mode, from any node.
     assert_eq!(cli(&nodes[2], &["-c", "SET", "hello", "world"]), "OK");
     assert_eq!(cli(&nodes[0], &["-c", "GET", "hello"]), "world");
-    // redis-py, plain and RedisCluster.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/redis_cluster_check.py");
-    let out = Command::new("/usr/bin/python3")
-        .arg(script)
-        .args(&nodes)
-        .output()
-        .expect("python3 with redis-py (Debian python3-redis; scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "redis-py: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // redis-benchmark --cluster reads CLUSTER NODES and sends each key to its slot's master.
-    let (host, port) = nodes[0].rsplit_once(':').unwrap();
-    let bench = Command::new("redis-benchmark")
-        .args(["--cluster", "-h", host, "-p", port, "-c", "10", "-n", "500", "-t", "set,get", "-q", "--csv"])
-        .output()
-        .expect("redis-benchmark (Debian redis-tools)");
-    let csv = String::from_utf8_lossy(&bench.stdout);
-    assert!(bench.status.success(), "redis-benchmark: {csv}{}", String::from_utf8_lossy(&bench.stderr));
-    assert!(csv.contains("\"SET\"") && csv.contains("\"GET\""), "redis-benchmark printed {csv}");
-    assert!(!csv.to_lowercase().contains("error"), "redis-benchmark: {csv}");
+    cluster_clients_work(&nodes);
     // The data tier's figures in /metrics: six replicas here, and batched log writes and calls.
     let ep = t.endpoints()[0].trim_start_matches("http://").to_string();
     let (code, body) = cairn_testkit::http::request(&ep, "GET", "/metrics", "").await.unwrap();

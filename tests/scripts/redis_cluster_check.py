@@ -14,7 +14,12 @@ assert plain.mget(["py:plain", "py:counter", "py:missing"]) == [b"1", b"5", None
 
 rc = RedisCluster(startup_nodes=[ClusterNode(addrs[-1][0], int(addrs[-1][1]))])
 nodes = {(n.host, n.port) for n in rc.get_nodes()}
-assert nodes == {(h, int(p)) for h, p in addrs}, f"RedisCluster sees nodes {nodes}"
+every = {(h, int(p)) for h, p in addrs}
+# Three nodes hold every range; with more, RedisCluster sees the nodes that hold slots.
+if len(addrs) == 3:
+    assert nodes == every, f"RedisCluster sees nodes {nodes}"
+else:
+    assert 3 <= len(nodes) and nodes <= every, f"RedisCluster sees nodes {nodes}"
 for i in range(300):
     rc.set(f"py:{i}", f"v{i}", ex=600)
 other = redis.Redis(host=addrs[1][0], port=int(addrs[1][1]))
