@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 def wait_port(port, timeout=60.0):
@@ -88,3 +89,15 @@ def start_node(binary, work, base, name, i, initial=None, join=None, extra=()):
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), client, rport
 
 
+
+
+def refuse_failpoints(client_port):
+    """Exits if the node was built with the test-only `failpoints` feature (scripts/chaos builds
+    that into target/release/cairn): its power-cut layer keeps writes in memory, so its figures
+    are not cairn's."""
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{client_port}/debug/faults", timeout=5)
+    except urllib.error.HTTPError:
+        return
+    sys.exit("bench: target/release/cairn is a failpoints build (scripts/chaos made it); "
+             "run cargo build --release --bin cairn, or drop BENCH_NO_BUILD")
