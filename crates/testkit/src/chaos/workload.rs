@@ -331,6 +331,51 @@ impl Register {
     }
 }
 
+/// A workload client's Redis connection over every node: opens one to its current node (first
+/// sending READONLY, if asked), and after a failure moves on to the next node.
+struct RedisNodes {
+    addrs: Vec<String>,
+    node: usize,
+    conn: Option<crate::resp::Resp>,
+    readonly: bool,
+}
+
+impl RedisNodes {
+    fn new(addrs: Vec<String>, first: usize, readonly: bool) -> RedisNodes {
+        let node = first % addrs.len();
+        RedisNodes { addrs, node, conn: None, readonly }
+    }
+
+    /// The open connection, or a new one; `None` (after a short pause, now on the next node)
+    /// when it could not be opened.
+    async fn conn(&mut self) -> Option<&mut crate::resp::Resp> {
+        use crate::resp::{Reply, Resp};
+        if self.conn.is_none() {
+            let opened = match Resp::connect(&self.addrs[self.node]).await {
+                Ok(mut c) if self.readonly => match c.call(&[b"READONLY"], Duration::from_secs(10)).await {
+                    Ok(Reply::Simple(_)) => Some(c),
+                    _ => None,
+                },
+                Ok(c) => Some(c),
+                Err(_) => None,
+            };
+            if opened.is_none() {
+                self.broke();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+            self.conn = opened;
+        }
+        self.conn.as_mut()
+    }
+
+    /// The connection's state is unknown: a new one next time, on the next node.
+    fn broke(&mut self) {
+        self.conn = None;
+        self.node = (self.node + 1) % self.addrs.len();
+    }
+}
+
 /// The register workload over the Redis front end (the data tier): per-key GET and SET of
 /// unique values through every node's Redis port; the same checker (linearizability per key,
 /// no lost acknowledged write). Redis strings have no compare-and-set, so there are none.
@@ -357,7 +402,7 @@ impl RedisRegister {
     /// With `readonly`, every connection first sends READONLY, so its reads come from its
     /// node's own replica and may be stale: the checker must see that (a deliberate weakness).
     pub fn start(clients: usize, nkeys: usize, seed: u64, addrs: Vec<String>, readonly: bool) -> RedisRegister {
-        use crate::resp::{Reply, Resp};
+        use crate::resp::Reply;
         let recorder = Recorder::new();
         let stop = Arc::new(AtomicBool::new(false));
         // The keys hash to slots of several Redis ranges.
@@ -370,32 +415,11 @@ impl RedisRegister {
             let addrs = addrs.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
             tasks.push(tokio::spawn(async move {
-                let mut node = id % addrs.len();
-                let mut conn: Option<Resp> = None;
+                let mut nodes = RedisNodes::new(addrs, id, readonly);
                 let mut seq = 0u64;
                 let t = Duration::from_secs(10);
                 while !stop.load(Ordering::Relaxed) {
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => {
-                            let opened = match Resp::connect(&addrs[node]).await {
-                                Ok(mut c) if readonly => match c.call(&[b"READONLY"], t).await {
-                                    Ok(Reply::Simple(_)) => Ok(c),
-                                    _ => Err(()),
-                                },
-                                Ok(c) => Ok(c),
-                                Err(_) => Err(()),
-                            };
-                            match opened {
-                                Ok(c) => conn.insert(c),
-                                Err(()) => {
-                                    node = (node + 1) % addrs.len();
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            }
-                        }
-                    };
+                    let Some(c) = nodes.conn().await else { continue };
                     seq += 1;
                     let key = keys[rng.random_range(0..keys.len())].clone();
                     let v = (id as u64 + 1) * 1_000_000_000 + seq;
@@ -418,9 +442,7 @@ impl RedisRegister {
                         r.is_err()
                     };
                     if broken {
-                        // The connection's state is unknown: a new one, on the next node.
-                        conn = None;
-                        node = (node + 1) % addrs.len();
+                        nodes.broke();
                     }
                     tokio::time::sleep(Duration::from_millis(rng.random_range(2..12))).await;
                 }
@@ -587,7 +609,6 @@ fn redis_set_elements(r: &crate::resp::Reply) -> Option<std::collections::BTreeS
 
 impl RedisSet {
     pub fn start(clients: usize, seed: u64, addrs: Vec<String>) -> RedisSet {
-        use crate::resp::Resp;
         let recorder = crate::check::SetRecorder::new();
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -597,23 +618,12 @@ impl RedisSet {
             let addrs = addrs.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(999_983).wrapping_add(id as u64));
             tasks.push(tokio::spawn(async move {
-                let mut node = id % addrs.len();
-                let mut conn: Option<Resp> = None;
+                let mut nodes = RedisNodes::new(addrs, id, false);
                 let mut seq = 0u64;
                 let t = Duration::from_secs(10);
                 let pattern = format!("{REDIS_SET_PREFIX}*");
                 while !stop.load(Ordering::Relaxed) {
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => match Resp::connect(&addrs[node]).await {
-                            Ok(c) => conn.insert(c),
-                            Err(_) => {
-                                node = (node + 1) % addrs.len();
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        },
-                    };
+                    let Some(c) = nodes.conn().await else { continue };
                     seq += 1;
                     let broken = if rng.random_range(0..10) < 9 {
                         let e = (id as u64 + 1) * 1_000_000_000 + seq;
@@ -636,8 +646,7 @@ impl RedisSet {
                         r.is_err()
                     };
                     if broken {
-                        conn = None;
-                        node = (node + 1) % addrs.len();
+                        nodes.broke();
                     }
                     tokio::time::sleep(Duration::from_millis(rng.random_range(2..12))).await;
                 }
