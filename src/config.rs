@@ -341,7 +341,8 @@ pub fn expand_config_file(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
         if std::env::var_os(&env).is_some() {
             continue; // the environment beats the file
         }
-        file_args.push(format!("--{flag}={}", toml_to_flag_value(key, value)?));
+        let value = toml_to_flag_value(key, value).with_context(|| format!("config file {path}"))?;
+        file_args.push(format!("--{flag}={value}"));
     }
     let mut out = vec![argv[0].clone(), argv[1].clone()];
     out.extend(file_args);
@@ -505,5 +506,16 @@ mod tests {
         std::fs::write(&f, "nmae = \"typo\"\n").unwrap();
         let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
         assert!(expand_config_file(argv).unwrap_err().to_string().contains("unknown setting"));
+    }
+
+    /// A value of a type no flag takes (a float, a table) is refused, naming file and key.
+    #[test]
+    fn unsupported_value_error_names_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "name = 1e9\n").unwrap();
+        let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
+        let e = format!("{:#}", expand_config_file(argv).unwrap_err());
+        assert!(e.contains("c.toml") && e.contains("config key name: unsupported value"), "{e}");
     }
 }
