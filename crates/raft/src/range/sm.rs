@@ -356,20 +356,13 @@ impl RangeStateMachine {
         Ok(at)
     }
 
-    fn build(&self) -> io::Result<Snapshot> {
-        let engine = &self.inner.engine;
-        // Everything applied so far becomes durable, so openraft may purge the log up to it.
-        engine.sync().map_err(io_err)?;
-        let reader = engine.reader().map_err(io_err)?;
-        let (applied, membership, desc) = {
+    /// The applied log id and membership `reader` holds (it may be newer than `SmState`'s
+    /// when apply ran meanwhile: the meta read with it describes exactly what it holds).
+    fn meta_of(&self, reader: &dyn Reader) -> io::Result<SnapshotMeta> {
+        let (applied, membership) = {
             let st = self.inner.state.lock();
-            (st.applied, st.membership.clone(), st.desc.clone())
+            (st.applied, st.membership.clone())
         };
-        let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
-            io_err(format!("range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)", self.inner.id))
-        })?;
-        // The reader may be newer than `applied` (apply runs meanwhile): the meta read with it
-        // describes exactly what it holds.
         let r_applied: Option<LogId> = reader
             .get(Table::Meta, &meta_key(self.inner.id, APPLIED))
             .map_err(io_err)?
@@ -382,12 +375,41 @@ impl RangeStateMachine {
             .map(|b| decode(&b, "a range's membership"))
             .transpose()?
             .unwrap_or(membership);
-        let applied = r_applied.or(applied);
+        Ok(SnapshotMeta { last_log_id: r_applied.or(applied), last_membership: r_membership })
+    }
+
+    /// What openraft calls building a snapshot: it only keeps the snapshot's meta (to purge the
+    /// log up to it) and asks for the data when a follower needs it ([`Self::snapshot`]), so
+    /// this makes what a reader holds durable and answers its meta, with no data. The reader
+    /// is taken before the sync, so the sync covers everything it holds (a write applied
+    /// after the sync, not yet durable, is past the meta and its entry stays in the log).
+    fn mark_snapshot(&self) -> io::Result<Snapshot> {
+        let engine = &self.inner.engine;
+        let reader = engine.reader().map_err(io_err)?;
+        engine.sync().map_err(io_err)?;
+        let meta = self.meta_of(&*reader)?;
+        self.inner.state.lock().has_snapshot = true;
+        Ok(Snapshot { meta, snapshot: Cursor::new(Vec::new()) })
+    }
+
+    /// The range's snapshot as of now, for a follower: its keys with a CRC-32C, and the meta
+    /// the same reader holds (durable first, as [`Self::mark_snapshot`] does).
+    fn snapshot(&self) -> io::Result<Snapshot> {
+        let engine = &self.inner.engine;
+        let reader = engine.reader().map_err(io_err)?;
+        engine.sync().map_err(io_err)?;
+        // The descriptor the reader holds: a split applied since has not cut its keys.
+        let desc = match reader.get(Table::Meta, &meta_key(self.inner.id, DESC)).map_err(io_err)? {
+            Some(b) => decode(&b, "a range descriptor")?,
+            None => self.desc(),
+        };
+        let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
+            io_err(format!("range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)", self.inner.id))
+        })?;
+        let meta = self.meta_of(&*reader)?;
         let mut data = encode(&RangeSnapshot { desc, pairs });
         let crc = crc32c::crc32c(&data);
         data.extend_from_slice(&crc.to_be_bytes());
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: r_membership };
-        self.inner.state.lock().has_snapshot = true;
         Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
 
@@ -444,7 +466,7 @@ impl RaftSnapshotBuilder<RangeConfig> for RangeStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build()).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || this.mark_snapshot()).await.map_err(io_err)?
     }
 }
 
@@ -614,6 +636,6 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             return Ok(None);
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build()).await.map_err(io_err)?.map(Some)
+        tokio::task::spawn_blocking(move || this.snapshot()).await.map_err(io_err)?.map(Some)
     }
 }
