@@ -444,6 +444,11 @@ impl ProcessCluster {
         }
     }
 
+    /// Whether member `i` joined with `--join` (a data node, not a voter of the meta group).
+    pub fn is_data_node(&self, i: usize) -> bool {
+        self.members[i].join.is_some()
+    }
+
     pub fn start_member(&mut self, i: usize) -> std::io::Result<()> {
         self.spawn(i)
     }

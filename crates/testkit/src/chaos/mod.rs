@@ -209,6 +209,10 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             log(t0, events, format!("power cut ({scope:?}, {how}): {}", names.join(" ")));
             Heal::RestartAll(chosen)
         }
+        Fault::Nodes { pick } => {
+            node_change(rt, *pick, t0, events).await?;
+            Heal::Nothing
+        }
         Fault::Ranges(change) => {
             let what = range_change(rt, *change).await?;
             log(t0, events, what);
@@ -276,28 +280,11 @@ where
 }
 
 /// Carries out a change to the data tier's ranges through a live member's HTTP API (what
-/// `cairn range split|merge|transfer-leader` calls). A refusal (a slot already a boundary, no
+/// `cairn range split|merge|move|transfer-leader` calls). A refusal (a slot already a boundary, no
 /// neighbour to merge with) is logged, not an error: the ranges are as they were.
 async fn range_change(rt: &ProcessRuntime, change: schedule::RangeChange) -> Result<String, String> {
     use schedule::RangeChange;
-    let eps: Vec<String> = rt.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
-    // The first member that takes the connection answers (one just restarted may not listen yet).
-    let call = |method: &'static str, path: String, body: String| {
-        let eps = eps.clone();
-        async move {
-            let mut last = format!("{method} {path}: no member");
-            for ep in &eps {
-                match tokio::time::timeout(Duration::from_secs(30), crate::http::request(ep, method, &path, &body))
-                    .await
-                {
-                    Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(e)) => last = format!("{method} {path} on {ep}: {e}"),
-                    Err(_) => return Err(format!("{method} {path} on {ep}: no answer in 30 s")),
-                }
-            }
-            Err(last)
-        }
-    };
+    let call = |method: &'static str, path: String, body: String| api_call(rt, method, path, body);
     // The Redis ranges there are now.
     let (_, list) = call("GET", "/v1/ranges".into(), String::new()).await?;
     let list: serde_json::Value = serde_json::from_str(&list).map_err(|e| format!("/v1/ranges: {e}"))?;
@@ -305,6 +292,34 @@ async fn range_change(rt: &ProcessRuntime, change: schedule::RangeChange) -> Res
         list.as_array().map(|a| a.iter().filter(|r| !r["slots"].is_null()).collect()).unwrap_or_default();
     let (path, body) = match change {
         RangeChange::Split { slot } => ("/v1/ranges/split".to_string(), format!(r#"{{"slot": {slot}}}"#)),
+        RangeChange::Move { pick } => {
+            let Some(r) = redis.get((pick % redis.len().max(1) as u64) as usize) else {
+                return Ok(format!("range change {change:?}: no Redis range to pick"));
+            };
+            let id = r["id"].as_u64().unwrap_or(0);
+            let replicas: Vec<&str> =
+                r["replicas"].as_array().map(|a| a.iter().filter_map(|n| n.as_str()).collect()).unwrap_or_default();
+            let (_, nodes) = call("GET", "/v1/nodes".into(), String::new()).await?;
+            let nodes: serde_json::Value = serde_json::from_str(&nodes).map_err(|e| format!("/v1/nodes: {e}"))?;
+            let spare: Vec<String> = nodes
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|n| n["state"] == "up")
+                        .filter_map(|n| n["name"].as_str())
+                        .filter(|n| !replicas.contains(n))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (Some(from), Some(to)) = (
+                replicas.get((pick / 7) as usize % replicas.len().max(1)),
+                spare.get((pick / 13) as usize % spare.len().max(1)),
+            ) else {
+                return Ok(format!("range change {change:?}: range {id} has no replica, or no node to move one to"));
+            };
+            (format!("/v1/ranges/{id}/move"), format!(r#"{{"from": "{from}", "to": "{to}"}}"#))
+        }
         RangeChange::Merge { pick } | RangeChange::TransferLeader { pick } => {
             // A merge takes the range on the right: that must hold Redis keys too.
             let n =
@@ -332,6 +347,69 @@ async fn range_change(rt: &ProcessRuntime, change: schedule::RangeChange) -> Res
     };
     let (code, answer) = call("POST", path.clone(), body.clone()).await?;
     Ok(format!("range change: POST {path} {body} -> {code} {}", answer.trim()))
+}
+
+/// Calls a member's HTTP API: the first member that takes the connection answers (one just
+/// restarted may not listen yet).
+async fn api_call(
+    rt: &ProcessRuntime,
+    method: &'static str,
+    path: String,
+    body: String,
+) -> Result<(u16, String), String> {
+    let eps: Vec<String> = rt.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
+    let mut last = format!("{method} {path}: no member");
+    for ep in &eps {
+        match tokio::time::timeout(Duration::from_secs(30), crate::http::request(ep, method, &path, &body)).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => last = format!("{method} {path} on {ep}: {e}"),
+            Err(_) => return Err(format!("{method} {path} on {ep}: no answer in 30 s")),
+        }
+    }
+    Err(last)
+}
+
+/// The most data nodes the `nodes` nemesis keeps joined at once.
+const JOINED_MAX: usize = 2;
+
+/// add-node / remove-node (see [`Nemesis::Nodes`]).
+async fn node_change(rt: &mut ProcessRuntime, pick: u64, t0: Instant, events: &mut Vec<Event>) -> Result<(), String> {
+    settle_drained(rt, t0, events).await;
+    let joined: Vec<usize> =
+        rt.members().into_iter().filter(|&i| rt.cluster.is_data_node(i) && !rt.draining.contains(&i)).collect();
+    if !joined.is_empty() && (pick.is_multiple_of(2) || joined.len() + rt.draining.len() >= JOINED_MAX) {
+        let i = joined[(pick / 2) as usize % joined.len()];
+        let name = rt.cluster.members[i].name.clone();
+        let (code, answer) = api_call(rt, "POST", format!("/v1/nodes/{name}/drain"), String::new()).await?;
+        if code == 200 {
+            rt.draining.push(i);
+        }
+        log(t0, events, format!("remove-node {name}: POST /v1/nodes/{name}/drain -> {code} {}", answer.trim()));
+    } else if joined.len() + rt.draining.len() < JOINED_MAX {
+        let i = rt.cluster.join_member();
+        rt.cluster.start_member(i).map_err(|e| e.to_string())?;
+        log(t0, events, format!("add-node: started {} with --join", rt.cluster.members[i].name));
+    }
+    Ok(())
+}
+
+/// Stops the drained data nodes that have left the cluster (`/v1/nodes` no longer lists them).
+async fn settle_drained(rt: &mut ProcessRuntime, t0: Instant, events: &mut Vec<Event>) {
+    if rt.draining.is_empty() {
+        return;
+    }
+    let Ok((200, nodes)) = api_call(rt, "GET", "/v1/nodes".into(), String::new()).await else { return };
+    let Ok(nodes) = serde_json::from_str::<serde_json::Value>(&nodes) else { return };
+    let listed = |name: &str| nodes.as_array().is_some_and(|a| a.iter().any(|n| n["name"] == name));
+    for i in std::mem::take(&mut rt.draining) {
+        let name = rt.cluster.members[i].name.clone();
+        if listed(&name) {
+            rt.draining.push(i);
+        } else {
+            rt.cluster.mark_removed(i);
+            log(t0, events, format!("remove-node {name}: left the cluster; stopped"));
+        }
+    }
 }
 
 enum Heal {
@@ -456,6 +534,13 @@ pub async fn run(o: Options) -> Result<Summary, String> {
     // Heal everything and let the cluster settle before the final reads.
     let _ = rt.heal_faults().await;
     rt.heal_processes().map_err(|e| e.to_string())?;
+    // A data node being drained finishes leaving (its replicas move off), and is stopped.
+    let drained_by = Instant::now() + Duration::from_secs(30);
+    settle_drained(&mut rt, t0, &mut events).await;
+    while !rt.draining.is_empty() && Instant::now() < drained_by {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle_drained(&mut rt, t0, &mut events).await;
+    }
     let mut converged = true;
     match rt.cluster.wait_leader(Duration::from_secs(30)).await {
         Ok(l) => {

@@ -23,11 +23,14 @@ pub struct ProcessRuntime {
     pub cluster: ProcessCluster,
     /// Member ids (hex) by position, learned from Status.
     ids: BTreeMap<usize, String>,
+    /// Data nodes being drained (`cairn node remove`), by position: stopped once they have
+    /// left the cluster.
+    pub draining: Vec<usize>,
 }
 
 impl ProcessRuntime {
     pub fn new(cluster: ProcessCluster) -> Self {
-        ProcessRuntime { cluster, ids: BTreeMap::new() }
+        ProcessRuntime { cluster, ids: BTreeMap::new(), draining: Vec::new() }
     }
 
     /// Positions of the current members (removed ones are skipped).

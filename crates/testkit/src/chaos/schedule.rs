@@ -38,6 +38,14 @@ pub enum Nemesis {
     /// driver would: split a Redis range at a slot, merge a range into its left neighbour, or
     /// move a range's leadership to another replica.
     Ranges,
+    /// Move a replica of a Redis range from one node to one that holds none (a learner added,
+    /// caught up by snapshot, swapped in for the old replica), as the placement driver's
+    /// rebalancing and repair do. Needs more nodes than the replication factor (5 members).
+    Move,
+    /// add-node / remove-node: start a data node with `--join` (the placement driver moves
+    /// replicas onto it), or drain one that joined (`cairn node remove`: its replicas move
+    /// off, then it leaves the cluster and is stopped). At most two joined nodes at a time.
+    Nodes,
 }
 
 /// A change to the data tier's ranges; which range is resolved when the step runs, from
@@ -47,6 +55,7 @@ pub enum RangeChange {
     Split { slot: u16 },
     Merge { pick: u64 },
     TransferLeader { pick: u64 },
+    Move { pick: u64 },
 }
 
 /// Whose power a power cut takes.
@@ -111,6 +120,10 @@ pub enum Fault {
         seed: u64,
     },
     Ranges(RangeChange),
+    /// Add a data node, or remove one that joined earlier; `pick` chooses, when the step runs.
+    Nodes {
+        pick: u64,
+    },
 }
 
 /// One step: inject `fault` at `at_ms`, heal it `lasts_ms` later.
@@ -198,6 +211,8 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
                 };
                 (Fault::Ranges(change), 0)
             }
+            Nemesis::Move => (Fault::Ranges(RangeChange::Move { pick: rng.random() }), 0),
+            Nemesis::Nodes => (Fault::Nodes { pick: rng.random() }, 0),
         };
         if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
             break;
@@ -242,5 +257,9 @@ mod tests {
     fn only_the_chosen_nemeses_appear() {
         let steps = plan(3, &[Nemesis::Pause], 3, 60_000);
         assert!(steps.iter().all(|s| matches!(s.fault, Fault::Pause(_))));
+        let steps = plan(1, &[Nemesis::Move, Nemesis::Nodes], 5, 60_000);
+        assert!(steps.iter().any(|s| matches!(s.fault, Fault::Nodes { .. })));
+        assert!(steps.iter().any(|s| matches!(s.fault, Fault::Ranges(RangeChange::Move { .. }))));
+        assert!(steps.iter().all(|s| matches!(s.fault, Fault::Nodes { .. } | Fault::Ranges(RangeChange::Move { .. }))));
     }
 }
