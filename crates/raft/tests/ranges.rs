@@ -13,6 +13,7 @@ use cairn_raft::range::{
     RangeReply, RangeRequest, RangeStateMachine, SharedLog,
 };
 use cairn_raft::{PeerNode, RaftTimers};
+use openraft::async_runtime::WatchReceiver;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
@@ -202,6 +203,48 @@ async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
         }
     }
     nodes
+}
+
+/// A leader's concurrent client writes share entries (one append, fsync round and apply for
+/// many), and each still gets its own answer: the previous value its own apply saw, or a
+/// refusal of its own when it was routed with a stale epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_a_range_share_entries_and_each_gets_its_answer() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    write(&refs, 2, &key(2, 0), "first").await;
+    let l = leader(&refs, 2).await;
+    let r = refs[l].host.get(2).unwrap();
+    let before = r.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    const N: usize = 200;
+    let host = &refs[l].host;
+    let writes = (0..N).map(|i| async move {
+        let cmd = postcard::to_allocvec(&(key(2, i).into_bytes(), format!("w{i}").into_bytes())).unwrap();
+        // Every tenth is routed with an epoch the range never had.
+        let epoch = if i % 10 == 9 { 7 } else { 1 };
+        (i, host.execute(req(2, epoch, false, cmd)).await)
+    });
+    for (i, outcome) in futures::future::join_all(writes).await {
+        let want = match i {
+            _ if i % 10 == 9 => Outcome::WrongRange(range(2)),
+            0 => Outcome::Done(b"first".to_vec()),
+            _ => Outcome::Done(vec![]),
+        };
+        assert_eq!(outcome, want, "write {i}");
+    }
+    let entries = r.raft.metrics().borrow_watched().last_log_index.unwrap_or(0) - before;
+    assert!(entries <= (N / 4) as u64, "{N} concurrent writes took {entries} entries");
+    for n in &refs {
+        for i in (0..N).filter(|i| i % 10 != 9) {
+            converged(n, 2, &key(2, i), &format!("w{i}")).await;
+        }
+        let stale = n.host.get(2).unwrap().sm.read(|d| d.get(key(2, 9).as_bytes()).unwrap()).unwrap();
+        assert_eq!(stale, None, "a write routed with a stale epoch was applied");
+    }
+    for n in nodes {
+        n.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
 use crate::range::sm::{self, Applier, RangeEvent, RangeStateMachine, SnapshotBytes};
 use crate::range::types::{
-    Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
+    Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest, Routed,
     SnapshotMeta, Vote,
 };
 use crate::types::PeerNode;
@@ -54,7 +54,40 @@ pub struct RangeReplica {
     asleep: std::sync::atomic::AtomicBool,
     /// A leader stays awake until then, whatever its load (a peer came back).
     awake_until: Mutex<Option<std::time::Instant>>,
+    /// Client writes waiting to share the next entry (see [`RangeReplica::write_data`]).
+    batcher: Mutex<Batcher>,
+    /// Room for queued client writes, in KiB ([`QUEUED_KIB_MAX`]): a writer waits for it.
+    room: tokio::sync::Semaphore,
 }
+
+/// The outcome of one command's answer from apply (never a batch's: only
+/// [`RangeReplica::write_data`] proposes batches, and it hands each command its own answer).
+fn answered(reply: RangeReply) -> Outcome {
+    match reply {
+        RangeReply::Done(b) => Outcome::Done(b),
+        RangeReply::WrongRange(d) => Outcome::WrongRange(d),
+        RangeReply::Batch(_) => Outcome::Unknown("a batch's answers for one command".into()),
+    }
+}
+
+/// Client writes queued on a replica, and whether a task is proposing them.
+#[derive(Default)]
+struct Batcher {
+    queue: std::collections::VecDeque<Queued>,
+    proposing: bool,
+}
+
+struct Queued {
+    routed: Routed,
+    answer: tokio::sync::oneshot::Sender<Result<RangeReply, RangeError>>,
+}
+
+/// The most client writes one entry carries, and their most bytes (one write past it goes
+/// alone).
+const BATCH_OPS_MAX: usize = 256;
+const BATCH_BYTES_MAX: usize = 4 << 20;
+/// The most KiB of client writes queued on one replica before writers wait.
+const QUEUED_KIB_MAX: usize = 64 << 10;
 
 /// A replica's client requests and size, as last measured.
 #[derive(Default)]
@@ -72,7 +105,7 @@ struct Load {
 const SIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a write or read on a range replica did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RangeError {
     /// Not the leader; the leader it knows of, if any.
     #[error("range {range}: not the leader")]
@@ -93,6 +126,80 @@ impl RangeReplica {
                 Err(RangeError::NotLeader { range: self.id, leader: f.leader_id })
             }
             Err(e) => Err(RangeError::Raft { range: self.id, msg: e.to_string() }),
+        }
+    }
+
+    /// Proposes a client's data command, routed with `epoch`, and waits for its answer from
+    /// apply. Writes that arrive while an entry is being committed are queued and proposed
+    /// together as the next entry (one entry in flight per replica, as the meta group's
+    /// proposals: each costs an fsync on a quorum, so the next takes everything that arrived
+    /// meanwhile); each is still routed, applied and answered on its own.
+    pub async fn write_data(self: &Arc<Self>, epoch: u64, cmd: Vec<u8>) -> Result<RangeReply, RangeError> {
+        let kib = (cmd.len() / 1024 + 1).min(QUEUED_KIB_MAX) as u32;
+        // The semaphore is never closed.
+        let _room = self.room.acquire_many(kib).await.ok();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut b = self.batcher.lock();
+            b.queue.push_back(Queued { routed: Routed { epoch, cmd }, answer });
+            !std::mem::replace(&mut b.proposing, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.propose_queued().await });
+        }
+        // A dropped sender: the proposing task ended with the runtime; the write may have run.
+        answered.await.unwrap_or_else(|_| {
+            Err(RangeError::Raft { range: self.id, msg: "the write's proposal was cut short".into() })
+        })
+    }
+
+    /// Proposes the queued client writes, an entry at a time, until none are left.
+    async fn propose_queued(self: Arc<Self>) {
+        loop {
+            // Writers already runnable queue theirs first.
+            tokio::task::yield_now().await;
+            let batch: Vec<Queued> = {
+                let mut b = self.batcher.lock();
+                let (mut n, mut bytes) = (0, 0);
+                while n < b.queue.len() && n < BATCH_OPS_MAX {
+                    bytes += b.queue[n].routed.cmd.len();
+                    if n > 0 && bytes > BATCH_BYTES_MAX {
+                        break;
+                    }
+                    n += 1;
+                }
+                if n == 0 {
+                    b.proposing = false;
+                    return;
+                }
+                b.queue.drain(..n).collect()
+            };
+            let stamp = cairn_types::clock::wall_ms();
+            let (routed, answers): (Vec<Routed>, Vec<_>) = batch.into_iter().map(|q| (q.routed, q.answer)).unzip();
+            let op = match <[Routed; 1]>::try_from(routed) {
+                Ok([one]) => RangeOp::data(stamp, one.epoch, one.cmd),
+                Err(many) => RangeOp { stamp_ms: stamp, epoch: 0, cmd: RangeCmd::Batch(many) },
+            };
+            match self.write(op).await {
+                Ok(RangeReply::Batch(replies)) if replies.len() == answers.len() => {
+                    for (a, r) in answers.into_iter().zip(replies) {
+                        let _ = a.send(Ok(r));
+                    }
+                }
+                // One command's answer, or a refusal of the whole entry (the range froze or
+                // was absorbed before it applied): the same for each.
+                Ok(reply) => {
+                    for a in answers {
+                        let _ = a.send(Ok(reply.clone()));
+                    }
+                }
+                Err(e) => {
+                    for a in answers {
+                        let _ = a.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -367,6 +474,8 @@ impl RangeHost {
             load: Mutex::new(Load::default()),
             asleep: std::sync::atomic::AtomicBool::new(false),
             awake_until: Mutex::new(None),
+            batcher: Mutex::new(Batcher::default()),
+            room: tokio::sync::Semaphore::new(QUEUED_KIB_MAX),
         });
         self.replicas.write().insert(id, r.clone());
         Ok(r)
@@ -567,15 +676,12 @@ impl RangeHost {
             }
             let now = cairn_types::clock::wall_ms();
             return match r.sm.read(|view| self.applier.read(&desc, view, &cmd, now)).and_then(|r| r) {
-                Ok(RangeReply::Done(b)) => Outcome::Done(b),
-                Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+                Ok(reply) => answered(reply),
                 Err(e) => Outcome::Unavailable(e.to_string()),
             };
         }
-        let op = RangeOp::data(cairn_types::clock::wall_ms(), epoch, cmd);
-        match r.write(op).await {
-            Ok(RangeReply::Done(b)) => Outcome::Done(b),
-            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+        match r.write_data(epoch, cmd).await {
+            Ok(reply) => answered(reply),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
             // A frozen range applies no write proposed after its freeze, and every write
             // before it had its answer once the freeze applied: a write cut short now (its
@@ -597,8 +703,7 @@ impl RangeHost {
         }
         let now = cairn_types::clock::wall_ms();
         match r.sm.read(|view| self.applier.read(&desc, view, cmd, now)).and_then(|r| r) {
-            Ok(RangeReply::Done(b)) => Outcome::Done(b),
-            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+            Ok(reply) => answered(reply),
             Err(e) => Outcome::Unavailable(e.to_string()),
         }
     }
@@ -715,8 +820,7 @@ impl RangeHost {
     /// Proposes an operator's command to `r`'s log and waits for its answer.
     async fn propose(&self, r: &Arc<RangeReplica>, epoch: u64, cmd: RangeCmd) -> Outcome {
         match r.write(RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd }).await {
-            Ok(RangeReply::Done(b)) => Outcome::Done(b),
-            Ok(RangeReply::WrongRange(d)) => Outcome::WrongRange(d),
+            Ok(reply) => answered(reply),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
             Err(e) => Outcome::Unknown(e.to_string()),
         }

@@ -32,5 +32,5 @@ pub use log::{RangeLog, SharedLog};
 pub use sm::{Applier, DataView, DataWrite, RangeEvent, RangeStateMachine};
 pub use types::{
     Admin, Outcome, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest,
-    ReplicaStats,
+    ReplicaStats, Routed,
 };

@@ -555,6 +555,18 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                         RangeReply::Done(encode(&merged))
                     }
                 }
+                EntryPayload::Normal(RangeOp { stamp_ms, cmd: RangeCmd::Batch(ops), .. }) => {
+                    let desc = view.desc.clone();
+                    let mut answers = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        answers.push(if op.epoch != 0 && op.epoch != desc.epoch {
+                            RangeReply::WrongRange(desc.clone())
+                        } else {
+                            self.inner.applier.apply(&desc, &mut view, *stamp_ms, &op.cmd)?
+                        });
+                    }
+                    RangeReply::Batch(answers)
+                }
                 EntryPayload::Normal(RangeOp { stamp_ms, cmd: RangeCmd::Data(cmd), .. }) => {
                     let desc = view.desc.clone();
                     self.inner.applier.apply(&desc, &mut view, *stamp_ms, cmd)?

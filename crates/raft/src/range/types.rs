@@ -40,6 +40,19 @@ pub enum RangeCmd {
     /// of `right` lags still ends up with the final keys. `right`'s replica on each node is
     /// then absorbed: it applies nothing more and is removed.
     Merge { right: RangeDesc, pairs: Pairs },
+    /// Data commands proposed together: a range leader's concurrent client writes share one
+    /// entry, so one append, one replication round, one fsync and one apply serve them all.
+    /// Each is routed with its own epoch and answered on its own ([`RangeReply::Batch`], in
+    /// order); the entry's own epoch is 0. Never holds a split, freeze or merge.
+    Batch(Vec<Routed>),
+}
+
+/// One data command in a [`RangeCmd::Batch`], with the epoch it was routed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routed {
+    pub epoch: u64,
+    #[serde(with = "serde_bytes")]
+    pub cmd: Vec<u8>,
 }
 
 impl RangeOp {
@@ -55,6 +68,7 @@ impl std::fmt::Display for RangeOp {
             RangeCmd::Data(c) => write!(f, "RangeOp({} bytes @{})", c.len(), self.stamp_ms),
             RangeCmd::Split { child, .. } => write!(f, "RangeOp(split off {child} @{})", self.stamp_ms),
             RangeCmd::Freeze => write!(f, "RangeOp(freeze @{})", self.stamp_ms),
+            RangeCmd::Batch(ops) => write!(f, "RangeOp({} commands @{})", ops.len(), self.stamp_ms),
             RangeCmd::Merge { right, pairs } => {
                 write!(f, "RangeOp(merge {} with {} keys @{})", right.id, pairs.len(), self.stamp_ms)
             }
@@ -70,6 +84,8 @@ pub enum RangeReply {
     /// Not applied: the op was routed with another epoch, or names keys outside the range.
     /// The range's current descriptor, to re-route with.
     WrongRange(RangeDesc),
+    /// A [`RangeCmd::Batch`]'s answers, one per command, in order.
+    Batch(Vec<RangeReply>),
 }
 
 impl Default for RangeReply {
