@@ -135,26 +135,46 @@ impl Api {
         &self,
         method: &str,
         req: Request<R>,
-        check: impl FnOnce(&Caller, &R) -> Result<(), Error>,
+        check: impl Fn(&Caller, &R) -> Result<(), Error>,
         f: impl FnOnce(R) -> Fut,
     ) -> Result<Response<T>, Status>
     where
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let t = Instant::now();
-        let r = match self.caller(req.metadata()) {
-            // clientv3's WithRequireLeader: refuse rather than wait on a member with no leader.
-            _ if requires_leader(req.metadata()) && !self.c.has_leader_now() => Err(Error::NoLeader),
+        // clientv3's WithRequireLeader: refuse rather than wait on a member with no leader.
+        if requires_leader(req.metadata()) && !self.c.has_leader_now() {
+            return self.done(method, t, Err(Error::NoLeader));
+        }
+        let admitted = match self.admit(req.metadata(), req.get_ref(), &check) {
+            // A follower may refuse by an auth state the leader has moved past (auth disabled,
+            // a user, role or grant added, a token it issued): etcd decides at apply, in log
+            // order, so a client that saw the change acknowledged is never refused by it. The
+            // follower catches up with the leader and decides again.
+            Err(e) if stale_refusal(&e) && !self.c.is_leader() => match self.c.catch_up().await {
+                Ok(()) => self.admit(req.metadata(), req.get_ref(), &check),
+                Err(_) => Err(e),
+            },
+            other => other,
+        };
+        let r = match admitted {
             Err(e) => Err(e),
-            Ok((who, guard)) => {
-                let req = req.into_inner();
-                match who.as_ref().map_or(Ok(()), |w| check(w, &req)) {
-                    Err(e) => Err(e),
-                    Ok(()) => guarded(Some(guard), f(req)).await,
-                }
-            }
+            Ok(guard) => guarded(Some(guard), f(req.into_inner())).await,
         };
         self.done(method, t, r)
+    }
+
+    /// The caller's auth check and the method's permission check, as this member's auth store
+    /// stands; the guard the request then runs under.
+    fn admit<R>(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &R,
+        check: &impl Fn(&Caller, &R) -> Result<(), Error>,
+    ) -> Result<Guard, Error> {
+        let (who, guard) = self.caller(md)?;
+        who.as_ref().map_or(Ok(()), |w| check(w, req))?;
+        Ok(guard)
     }
 
     /// etcd's request size limit, applied to everything that is proposed through the log.
@@ -165,6 +185,11 @@ impl Api {
         }
         Ok(())
     }
+}
+
+/// Refusals a member may make from an auth store that lags the leader's.
+fn stale_refusal(e: &Error) -> bool {
+    matches!(e, Error::UserEmpty | Error::InvalidAuthToken | Error::PermissionDenied)
 }
 
 /// The auth token of a request: etcd clients put it in the `token` metadata, its HTTP gateway

@@ -16,13 +16,19 @@ impl Router {
     /// committed before the call (by the leader's read index). Inside `auth::guarded`, the
     /// caller's auth check is then confirmed still current (etcd's ErrAuthOldRevision).
     pub async fn read_barrier(&self) -> Result<(), Error> {
+        self.catch_up().await?;
+        crate::auth::recheck_after_barrier(&self.store().auth())
+    }
+
+    /// Returns once this member has applied everything committed before the call (by the
+    /// leader's read index).
+    pub async fn catch_up(&self) -> Result<(), Error> {
         let deadline = self.deadline();
         let (tx, rx) = oneshot::channel();
         self.read_index_tx.send(tx).await.map_err(|_| Error::Stopped)?;
         let log_id = rx.await.map_err(|_| Error::Stopped)??;
         let left = deadline.saturating_duration_since(Instant::now());
-        self.node.await_applied(log_id, left).await?;
-        crate::auth::recheck_after_barrier(&self.store().auth())
+        self.node.await_applied(log_id, left).await
     }
 
     /// One read-index round: from this member if it leads, else from the leader.
