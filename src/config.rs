@@ -499,23 +499,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unknown_file_key_is_an_error() {
+    /// What reading a config file holding `text` is refused with (`{:#}`: every context).
+    fn refusal(text: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "nmae = \"typo\"\n").unwrap();
+        std::fs::write(&f, text).unwrap();
         let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
-        assert!(expand_config_file(argv).unwrap_err().to_string().contains("unknown setting"));
+        format!("{:#}", expand_config_file(argv).unwrap_err())
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        assert!(refusal("nmae = \"typo\"\n").contains("unknown setting"));
     }
 
     /// A value of a type no flag takes (a float, a table) is refused, naming file and key.
     #[test]
     fn unsupported_value_error_names_the_file_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.toml");
-        std::fs::write(&f, "name = 1e9\n").unwrap();
-        let argv = vec!["cairn".into(), "server".into(), format!("--config-file={}", f.display())];
-        let e = format!("{:#}", expand_config_file(argv).unwrap_err());
+        let e = refusal("name = 1e9\n");
         assert!(e.contains("c.toml") && e.contains("config key name: unsupported value"), "{e}");
     }
 }
