@@ -93,6 +93,7 @@ fn options(id: u64, dir: &std::path::Path) -> RangeHostOptions {
         snapshot_count: 50,
         unsafe_no_fsync: false,
         engine_cache_bytes: 1 << 20,
+        engine_buffer: Default::default(),
     }
 }
 

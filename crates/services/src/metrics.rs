@@ -81,6 +81,10 @@ pub struct Metrics {
     ranges_hibernating: Gauge,
     redis_expired_keys: Gauge,
     range_log_bytes: Gauge,
+    range_engine_buffered_bytes: Gauge,
+    range_engine_flushes: Gauge,
+    range_engine_flush_seconds: Gauge<f64, AtomicU64>,
+    range_engine_flush_max_seconds: Gauge<f64, AtomicU64>,
     range_log_writes: Gauge,
     range_log_operations: Gauge,
     range_transport_messages: Gauge,
@@ -138,6 +142,10 @@ impl Metrics {
             ranges_hibernating: Gauge::default(),
             redis_expired_keys: Gauge::default(),
             range_log_bytes: Gauge::default(),
+            range_engine_buffered_bytes: Gauge::default(),
+            range_engine_flushes: Gauge::default(),
+            range_engine_flush_seconds: Gauge::default(),
+            range_engine_flush_max_seconds: Gauge::default(),
             range_log_writes: Gauge::default(),
             range_log_operations: Gauge::default(),
             range_transport_messages: Gauge::default(),
@@ -259,6 +267,26 @@ impl Metrics {
             m.range_log_bytes.clone(),
         );
         r.register(
+            "cairn_range_engine_buffered_bytes",
+            "Bytes of keys and values the data tier's ranges applied that wait in memory for the data engine",
+            m.range_engine_buffered_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_engine_flushes",
+            "Writes of that buffer to the data engine, one transaction each",
+            m.range_engine_flushes.clone(),
+        );
+        r.register(
+            "cairn_range_engine_flush_seconds",
+            "Time spent writing that buffer to the data engine",
+            m.range_engine_flush_seconds.clone(),
+        );
+        r.register(
+            "cairn_range_engine_flush_max_seconds",
+            "The longest single write of that buffer",
+            m.range_engine_flush_max_seconds.clone(),
+        );
+        r.register(
             "cairn_range_log_writes",
             "Writes of the data tier's shared Raft log, one fsync each (group commit across ranges)",
             m.range_log_writes.clone(),
@@ -340,6 +368,11 @@ impl Metrics {
             self.ranges_hibernating.set(replicas.iter().filter(|r| r.asleep()).count() as i64);
             self.redis_expired_keys.set(get(&crate::expiry::EXPIRED_KEYS));
             self.range_log_bytes.set(host.log_bytes() as i64);
+            let eb = host.engine_buffer();
+            self.range_engine_buffered_bytes.set(get(&eb.buffered_bytes));
+            self.range_engine_flushes.set(get(&eb.flushes));
+            self.range_engine_flush_seconds.set(get(&eb.micros) as f64 / 1e6);
+            self.range_engine_flush_max_seconds.set(get(&eb.max_micros) as f64 / 1e6);
             let ls = host.log().stats();
             self.range_log_writes.set(get(&ls.writes));
             self.range_log_operations.set(get(&ls.operations));

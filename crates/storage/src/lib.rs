@@ -6,7 +6,9 @@
 //!   point-in-time readers. The state machine (MVCC store) sits on it. [`MemEngine`] backs unit
 //!   tests; [`RedbEngine`] is the real one (redb: a copy-on-write B-tree, crash-safe, chosen by
 //!   the measurement in `bench/engine-choice`, see ARCHITECTURE.md). One conformance suite
-//!   ([`conformance::run_all`]) runs against every engine.
+//!   ([`conformance::run_all`]) runs against every engine. [`BufferedEngine`] is an engine in
+//!   front of another that buffers writes in memory and hands them over in large batches (the
+//!   data tier's ranges write through one).
 //! - [`wal::Wal`]: the Raft log, a segmented append-only file with a CRC on every record, group
 //!   commit (one `fdatasync` for everything queued), torn-tail repair and corruption detection.
 //!
@@ -20,6 +22,7 @@
 //! The engine's file shrinks only when asked ([`Engine::defragment`]): redb reuses freed pages
 //! but does not give them back to the file system by itself.
 
+mod buffered;
 pub mod conformance;
 mod engine;
 mod mem;
@@ -27,6 +30,7 @@ mod redb_engine;
 pub mod volatile;
 pub mod wal;
 
+pub use buffered::{BufferLimits, BufferStats, BufferedEngine};
 pub use engine::{Engine, Reader, Table, WriteBatch, WriteOp};
 pub use mem::MemEngine;
 pub use redb_engine::RedbEngine;

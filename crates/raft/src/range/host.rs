@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_storage::{Engine, RedbEngine, Table};
+use cairn_storage::{BufferLimits, BufferedEngine, Engine, RedbEngine, Table};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
@@ -42,6 +42,8 @@ pub struct RangeHostOptions {
     /// UNSAFE: no fsync of the shared log. Off by default.
     pub unsafe_no_fsync: bool,
     pub engine_cache_bytes: usize,
+    /// When the data engine's write buffer goes to redb (see [`BufferedEngine`]).
+    pub engine_buffer: BufferLimits,
 }
 
 /// One range replica on this node.
@@ -324,6 +326,8 @@ pub struct RangeHost {
     opts: RangeHostOptions,
     log: Arc<SharedLog>,
     engine: Arc<dyn Engine>,
+    /// The same engine, for its buffer's figures.
+    buffer: Arc<BufferedEngine>,
     applier: Arc<dyn Applier>,
     mux: Mux,
     config: Arc<Config>,
@@ -349,9 +353,11 @@ impl RangeHost {
         opts.timers.validate().map_err(io_err)?;
         let log = SharedLog::open(&opts.dir.join("log"), !opts.unsafe_no_fsync)?;
         let path = opts.dir.join("data.redb");
-        let engine: Arc<dyn Engine> = Arc::new(
-            RedbEngine::open(&path, opts.engine_cache_bytes).map_err(|e| io_err(format!("{}: {e}", path.display())))?,
-        );
+        let redb =
+            RedbEngine::open(&path, opts.engine_cache_bytes).map_err(|e| io_err(format!("{}: {e}", path.display())))?;
+        // Every range's apply writes through one buffer, which reaches redb in large batches.
+        let buffer = Arc::new(BufferedEngine::new(Arc::new(redb), opts.engine_buffer));
+        let engine: Arc<dyn Engine> = buffer.clone();
         let t = opts.timers;
         let config = Config {
             cluster_name: "cairn-range".into(),
@@ -375,6 +381,7 @@ impl RangeHost {
             opts,
             log,
             engine,
+            buffer,
             applier,
             mux: Mux::default(),
             read_lease: read_lease(&config),
@@ -641,6 +648,11 @@ impl RangeHost {
             let role = r.role(me, now, &self.liveness, self.silent);
             let _ = r.set_asleep(hibernate::may_sleep(role));
         }
+    }
+
+    /// The data engine's write buffer: what it holds and how its writes to redb went.
+    pub fn engine_buffer(&self) -> &cairn_storage::BufferStats {
+        self.buffer.stats()
     }
 
     /// Bytes of the shared log's files.
