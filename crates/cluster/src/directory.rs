@@ -266,6 +266,13 @@ fn slot_at(key: &[u8]) -> u16 {
     }
 }
 
+/// Whether range `[start, end)` has a legal split point at all: not when it holds Redis keys
+/// of one hash slot only (a slot never splits).
+pub fn splittable(start: &[u8], end: &[u8]) -> bool {
+    let redis_only = start >= slot_start(0).as_slice() && !end.is_empty() && end <= [PREFIX_REDIS + 1].as_slice();
+    !(redis_only && slots_of(start, end).is_some_and(|(a, b)| a == b))
+}
+
 /// Where a range `[start, end)` may split near `key` (its middle key): the key itself, except
 /// under the Redis prefix, where it moves down to its slot's start (up to the next slot's
 /// start when that would be the range's start). `None`: no legal split inside the range (a
@@ -287,6 +294,16 @@ pub fn split_boundary(start: &[u8], end: &[u8], key: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_of_one_slot_is_not_splittable() {
+        assert!(!splittable(&slot_start(5), &slot_start(6)));
+        assert!(!splittable(&slot_start(SLOTS - 1), &[PREFIX_REDIS + 1]));
+        assert!(splittable(&slot_start(5), &slot_start(7)));
+        assert!(splittable(&slot_start(5), b""));
+        assert!(splittable(b"", &slot_start(1)));
+        assert!(splittable(b"a", b"b"));
+    }
 
     fn d(id: u64, start: &[u8], end: &[u8], epoch: u64) -> Descriptor {
         Descriptor {

@@ -218,8 +218,9 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         }
     }
 
-    // 2. Split.
-    for r in &view.ranges {
+    // 2. Split (a range of one hash slot cannot: asking its leader for a middle key would only
+    // scan it again and again).
+    for r in view.ranges.iter().filter(|r| crate::directory::splittable(&r.start, &r.end)) {
         let reason = if r.bytes > cfg.split_bytes {
             Some(SplitReason::Size)
         } else if r.qps > cfg.split_qps {
@@ -408,6 +409,19 @@ mod tests {
                 Move::Split { range: 2, epoch: 1, reason: SplitReason::Load },
             ]
         );
+    }
+
+    #[test]
+    fn a_hot_range_of_one_hash_slot_does_not_split() {
+        use crate::directory::slot_start;
+        let mut hot = range(2, &[2, 3, 1], 65 * MB);
+        hot.qps = 10_000.0;
+        (hot.start, hot.end) = (slot_start(7), slot_start(8));
+        let mut two = hot.clone();
+        (two.id, two.start, two.end) = (3, slot_start(8), slot_start(10));
+        (two.replicas, two.leader) = (vec![3, 1, 2], Some(3));
+        let view = View { nodes: (1..=3).map(node).collect(), ranges: vec![hot, two] };
+        assert_eq!(plan(&view, &cfg()), vec![Move::Split { range: 3, epoch: 1, reason: SplitReason::Size }]);
     }
 
     #[test]

@@ -166,6 +166,13 @@ impl RaftNode {
         Membership { voters: ms.voter_ids().collect(), nodes: ms.nodes().map(|(i, n)| (*i, n.clone())).collect() }
     }
 
+    /// Member `id`'s peer address, as the membership has it (without copying the rest).
+    pub fn member_node(&self, id: u64) -> Option<PeerNode> {
+        let m = self.raft.server_metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
     /// Whether `id` is in the last committed membership.
     pub fn in_committed_membership(&self, id: u64) -> bool {
         let m = self.raft.server_metrics();

@@ -249,6 +249,35 @@ async fn concurrent_writes_to_a_range_share_entries_and_each_gets_its_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_read_barriers_and_see_every_write_before_them() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&refs, 2).await;
+    let host = &refs[l].host;
+    let r = host.get(2).unwrap();
+    let k = key(2, 1);
+    const ROUNDS: usize = 5;
+    const READS: usize = 100;
+    let before = r.read_rounds();
+    for round in 0..ROUNDS {
+        let v = format!("v{round}");
+        write(&refs, 2, &k, &v).await;
+        // Every read arrives after the write was acknowledged: each must see it.
+        let reads = (0..READS).map(|_| host.execute(req(2, 1, true, k.as_bytes().to_vec())));
+        for (i, got) in futures::future::join_all(reads).await.into_iter().enumerate() {
+            assert_eq!(got, Outcome::Done(v.clone().into_bytes()), "round {round}, read {i}");
+        }
+    }
+    let rounds = r.read_rounds() - before;
+    assert!(rounds >= 1, "the reads went through no barrier");
+    assert!(rounds <= (ROUNDS * READS / 4) as u64, "{} concurrent reads took {rounds} barrier rounds", ROUNDS * READS);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_groups_replicate_over_one_batched_transport() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = cluster(&dirs).await;
