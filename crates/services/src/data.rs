@@ -225,7 +225,7 @@ impl DataTier {
                 slots: cairn_cluster::directory::slots_of(&d.start, &d.end).map(|(a, b)| format!("{a}-{b}")),
                 leader: self.leader_of(d).map(name),
                 replicas: d.replicas.iter().map(|r| name(*r)).collect(),
-                bytes: self.host.get(d.id).and_then(|r| r.sm.bytes().ok()),
+                bytes: self.host.get(d.id).map(|r| r.size()),
             })
             .collect()
     }

@@ -130,13 +130,26 @@ struct Load {
     requests: u64,
     since: Option<std::time::Instant>,
     last_request: Option<std::time::Instant>,
-    /// Bytes, and when they were measured (a scan: not more often than [`SIZE_EVERY`]).
+    /// Bytes, and when they were measured (a scan), at which epoch and at which count of
+    /// bytes written (see [`RangeReplica::size`]).
     bytes: u64,
-    measured: Option<(std::time::Instant, u64)>,
+    measured: Option<Measured>,
 }
 
-/// How often a replica's size is measured again (its epoch changing forces it).
+#[derive(Clone, Copy)]
+struct Measured {
+    at: std::time::Instant,
+    epoch: u64,
+    written: u64,
+}
+
+/// A replica's size is measured again at most this often, once apply changed a quarter of it
+/// (a growing range), and at most every [`SIZE_EVERY_CHANGED`] after any change; a range apply
+/// did not touch is not measured again (its epoch changing forces it). Measuring is a scan of
+/// the range: every 10 s for every range, it read a node's whole data set again and again
+/// (7 GiB per node in the 10 GiB load, which slowed as it grew).
 const SIZE_EVERY: Duration = Duration::from_secs(10);
+const SIZE_EVERY_CHANGED: Duration = Duration::from_secs(60);
 
 /// Why a write or read on a range replica did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -360,20 +373,38 @@ impl RangeReplica {
         }
     }
 
-    /// The replica's figures; resets the request count.
-    pub fn stats(&self) -> crate::range::ReplicaStats {
+    /// The range's bytes, measured again when they may have changed enough (see
+    /// [`SIZE_EVERY`]). A scan: call it from a blocking context.
+    pub fn size(&self) -> u64 {
         let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;
+        // Read before the scan: what apply writes during it counts towards the next one.
+        let written = self.sm.written();
         let stale = {
             let l = self.load.lock();
-            l.measured.is_none_or(|(at, e)| e != epoch || now.duration_since(at) >= SIZE_EVERY)
+            l.measured.is_none_or(|m| {
+                let since = now.duration_since(m.at);
+                let changed = written - m.written;
+                m.epoch != epoch
+                    || (changed > 0 && since >= SIZE_EVERY_CHANGED)
+                    || (changed >= l.bytes / 4 && changed > 0 && since >= SIZE_EVERY)
+            })
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };
         let mut l = self.load.lock();
         if let Some(b) = fresh {
             l.bytes = b;
-            l.measured = Some((now, epoch));
+            l.measured = Some(Measured { at: now, epoch, written });
         }
+        l.bytes
+    }
+
+    /// The replica's figures; resets the request count.
+    pub fn stats(&self) -> crate::range::ReplicaStats {
+        let now = cairn_types::clock::now();
+        let epoch = self.sm.desc().epoch;
+        self.size();
+        let mut l = self.load.lock();
         let secs = l.since.map_or(0.0, |s| now.duration_since(s).as_secs_f64());
         let qps = if secs > 0.0 { l.requests as f64 / secs } else { 0.0 };
         l.requests = 0;
