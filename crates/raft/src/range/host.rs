@@ -374,7 +374,7 @@ impl RangeReplica {
     }
 
     /// The range's bytes, measured again when they may have changed enough (see
-    /// [`SIZE_EVERY`]). A scan: call it from a blocking context.
+    /// `SIZE_EVERY`). A scan: call it from a blocking context.
     pub fn size(&self) -> u64 {
         let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;
