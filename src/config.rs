@@ -193,7 +193,7 @@ pub struct ServerArgs {
     /// Bytes of keys and values apply holds before writing them to the state engine in one
     /// transaction (the quota and DB SIZE count them meanwhile). Memory for it is at most twice
     /// this: one buffer filling, one being written. The data tier's engine buffers its ranges'
-    /// writes the same way, in a buffer of its own that holds at most three times this.
+    /// writes the same way, in a buffer of its own that holds at most twice this.
     #[arg(long, env = "CAIRN_BACKEND_BATCH_BYTES", default_value_t = cairn_state::BATCH_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(65_536..=1_073_741_824))]
     pub backend_batch_bytes: u64,
 
