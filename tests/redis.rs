@@ -644,6 +644,52 @@ async fn data_nodes_join_and_leave_while_clients_write() {
     all_hold(&nodes, &loaded, |_| value.clone()).await;
 }
 
+/// A cluster started on one node gives each range one replica. As two data nodes join, the
+/// placement driver adds replicas until every range has three, while a client writes with no
+/// error; then one of the new nodes is killed, and every acknowledged write is still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_clusters_ranges_reach_three_replicas_as_nodes_join() {
+    let mut t = common::start(1, &["--placement-interval", "300ms"]).await;
+    let first = t.redis_addrs()[0].clone();
+    wait_tier(&first).await;
+    let ep = t.endpoints()[0].clone();
+    let replicas = |ranges: &serde_json::Value| -> Vec<usize> {
+        ranges.as_array().unwrap().iter().map(|r| r["replicas"].as_array().unwrap().len()).collect()
+    };
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+    assert!(replicas(&ranges).iter().all(|n| *n == 1), "{ranges:#}");
+    let mut c = Conn::open(&first).await.unwrap();
+    let mut loaded = Vec::new();
+    for i in 0..500 {
+        let k = format!("early:{i}");
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), k.as_bytes()]).await.unwrap(), R::Ok("OK".into()), "{k}");
+        loaded.push(k);
+    }
+    let w = Writers::start(std::slice::from_ref(&first));
+    let joined: Vec<usize> = (0..2).map(|_| t.join_member()).collect();
+    for &i in &joined {
+        t.start_member(i).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+        if replicas(&ranges).iter().all(|n| *n == 3) {
+            break;
+        }
+        assert!(Instant::now() < end, "ranges never reached three replicas: {ranges:#}\n{}", t.logs_tail(20));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (mut acked, errors) = w.stop().await;
+    assert!(errors.is_empty(), "clients saw errors: {:?}", &errors[..errors.len().min(10)]);
+    assert!(!acked.is_empty());
+    acked.extend(loaded);
+    // Every range now has a quorum without the node it lost.
+    t.kill(joined[1]);
+    let left = vec![first, t.members[joined[0]].redis_url.trim_start_matches("redis://").to_string()];
+    all_there(&left, &acked).await;
+    assert_eq!(cli(&left[1], &["SET", "after", "kill"]), "OK");
+}
+
 /// The index in `nodes` of the node leading the range that holds `key` (CLUSTER SLOTS lists
 /// each slot interval's leader first).
 fn leader_of(nodes: &[String], key: &str) -> usize {

@@ -541,6 +541,56 @@ async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
     }
 }
 
+/// A range started with one replica (a cluster started on one node) grows to three: each new
+/// replica joins as a learner, is caught up by snapshot and made a voter; a fourth is refused;
+/// and the range then survives the loss of the node it started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_under_replicated_range_gets_replicas_added() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, d.path(), None).await);
+    }
+    let one: BTreeMap<u64, PeerNode> = [(1, nodes[0].peer())].into();
+    nodes[0].host.create(range(7), Some(one)).await.unwrap();
+    // Past snapshot_count (50): the new replicas are caught up by snapshot.
+    for i in 0..80 {
+        write(&[&nodes[0]], 7, &key(7, i), &format!("v{i}")).await;
+    }
+    for n in &nodes[1..] {
+        n.host.create(range(7), None).await.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    for to in [2, 3] {
+        let add = Admin::AddReplica { to, to_peer: nodes[to as usize - 1].peer(), factor: 3 };
+        assert_eq!(admin(&all, 7, 1, add).await, Outcome::Done(vec![]));
+    }
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(7).map(|r| r.members().0) != Some(vec![1, 2, 3]) {
+            assert!(Instant::now() < end, "node {} never saw range 7's three voters", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    converged(&nodes[2], 7, &key(7, 0), "v0").await;
+    converged(&nodes[2], 7, &key(7, 79), "v79").await;
+    // A range at its replication factor takes no more.
+    let l = leader(&all, 7).await;
+    let extra = Admin::AddReplica { to: 4, to_peer: PeerNode::default(), factor: 3 };
+    match nodes[l].host.execute(RangeRequest::admin(7, 1, extra)).await {
+        Outcome::Unavailable(why) => assert!(why.contains("already has 3 replicas"), "{why}"),
+        other => panic!("a fourth replica: {other:?}"),
+    }
+    // The node it started on goes; the other two elect and serve.
+    let first = nodes.remove(0);
+    first.stop().await;
+    let rest: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(write(&rest, 7, &key(7, 5), "after").await, RangeReply::Done(b"v5".to_vec()));
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_range_merges_into_its_left_neighbour() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();

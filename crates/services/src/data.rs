@@ -800,6 +800,34 @@ impl DataTier {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Adds a replica of range `id` on node `to` (a range with fewer replicas than the
+    /// replication factor: the cluster started with fewer nodes, and nodes joined since).
+    pub async fn add_replica(&self, id: u64, to: u64) -> Result<(), TierError> {
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        let to_peer = self
+            .peers()
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| TierError::Invalid(format!("node {to:x} is not a member of the cluster")))?;
+        let factor = self.opts.replication_factor;
+        let req = RangeRequest::admin(d.id, d.epoch, Admin::AddReplica { to, to_peer, factor });
+        if self.run(&d, req, deadline).await?.is_none() {
+            // Split or merged since: the placement driver looks again.
+            return Err(TierError::Unavailable(id));
+        }
+        loop {
+            self.refresh();
+            if self.range_by_id(id)?.replicas.contains(&to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TierError::Unavailable(id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// How long an operator's split or leader transfer may take.

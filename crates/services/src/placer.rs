@@ -6,9 +6,9 @@
 //!
 //! Carried out: splits (by size or load, at the middle key the range's leader reports, moved
 //! to a legal boundary), relocations (rebalance, and repair of a dead or draining node's
-//! replicas), merges of small cold neighbours and leader transfers; a draining data node left
-//! with no replica leaves the meta group. Not yet: adding a replica to an under-replicated
-//! range, hibernation; such moves are logged and skipped.
+//! replicas), replicas added to ranges with fewer than the replication factor (a cluster
+//! started on fewer nodes, grown since), merges of small cold neighbours and leader transfers;
+//! a draining data node left with no replica leaves the meta group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +134,10 @@ impl Placer {
                 tracing::info!(left, right, "placement: merging two small, cold ranges");
                 self.tier.merge(*left, *right).await
             }
+            Move::AddReplica { range, to, .. } => {
+                tracing::info!(range, to = %format!("{to:x}"), "placement: adding a replica to an under-replicated range");
+                self.tier.add_replica(*range, *to).await
+            }
             Move::TransferLeader { range, to, .. } => {
                 // A leader known to the view only: the range's replicas must still hold it.
                 if !view.ranges.iter().any(|r| r.id == *range && r.replicas.contains(to)) {
@@ -141,10 +145,6 @@ impl Placer {
                 }
                 tracing::debug!(range, to = %format!("{to:x}"), "placement: moving leadership");
                 self.tier.transfer_leader(*range, *to).await
-            }
-            other => {
-                tracing::debug!(?other, "placement: move not carried out yet");
-                return;
             }
         };
         if let Err(e) = r {

@@ -899,43 +899,72 @@ impl RangeHost {
                         other => other,
                     };
                 }
-                if !learners.contains(&to) {
-                    if let Err(e) = r.raft.add_learner(to, to_peer, false).await {
-                        return Outcome::Unavailable(format!("range {}: cannot add a learner: {e}", r.id));
-                    }
-                }
-                // Caught up: the learner holds what the leader had when it was added.
-                let target = r.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
-                let give_up = tokio::time::Instant::now() + MOVE_CATCH_UP_MAX;
-                loop {
-                    if tokio::time::Instant::now() >= give_up {
-                        return Outcome::Unavailable(format!(
-                            "range {}: node {to:x} did not catch up within {MOVE_CATCH_UP_MAX:?}",
-                            r.id
-                        ));
-                    }
-                    let m = r.raft.metrics().borrow_watched().clone();
-                    if m.current_leader != Some(me) {
-                        return Outcome::NotLeader { leader: m.current_leader };
-                    }
-                    let matched =
-                        m.replication.as_ref().and_then(|rep| rep.get(&to).cloned().flatten()).map_or(0, |l| l.index);
-                    if matched >= target {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let mut next: std::collections::BTreeSet<u64> = voters.into_iter().collect();
-                next.remove(&from);
-                next.insert(to);
-                match r.raft.change_membership(next, false).await {
-                    Ok(_) => Outcome::Done(vec![]),
-                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(
-                        f,
-                    ))) => Outcome::NotLeader { leader: f.leader_id },
-                    Err(e) => Outcome::Unknown(format!("range {}: membership change: {e}", r.id)),
-                }
+                self.swap_in(r, voters, &learners, Some(from), to, to_peer).await
             }
+            Admin::AddReplica { to, to_peer, factor } => {
+                if voters.contains(&to) {
+                    return Outcome::Done(vec![]);
+                }
+                if voters.len() >= factor {
+                    return Outcome::Unavailable(format!(
+                        "range {} already has {} replicas (the replication factor is {factor})",
+                        r.id,
+                        voters.len()
+                    ));
+                }
+                self.swap_in(r, voters, &learners, None, to, to_peer).await
+            }
+        }
+    }
+
+    /// Makes node `to` a voter of `r` in place of `from` (or beside the voters, with no
+    /// `from`): `to` joins as a learner, and once it holds what the leader had when it joined
+    /// (by snapshot when the log has moved on) one membership change swaps it in.
+    async fn swap_in(
+        &self,
+        r: &Arc<RangeReplica>,
+        voters: Vec<u64>,
+        learners: &[u64],
+        from: Option<u64>,
+        to: u64,
+        to_peer: PeerNode,
+    ) -> Outcome {
+        let me = self.opts.node_id;
+        if !learners.contains(&to) {
+            if let Err(e) = r.raft.add_learner(to, to_peer, false).await {
+                return Outcome::Unavailable(format!("range {}: cannot add a learner: {e}", r.id));
+            }
+        }
+        let target = r.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let give_up = tokio::time::Instant::now() + MOVE_CATCH_UP_MAX;
+        loop {
+            if tokio::time::Instant::now() >= give_up {
+                return Outcome::Unavailable(format!(
+                    "range {}: node {to:x} did not catch up within {MOVE_CATCH_UP_MAX:?}",
+                    r.id
+                ));
+            }
+            let m = r.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                return Outcome::NotLeader { leader: m.current_leader };
+            }
+            let matched = m.replication.as_ref().and_then(|rep| rep.get(&to).cloned().flatten()).map_or(0, |l| l.index);
+            if matched >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut next: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+        if let Some(from) = from {
+            next.remove(&from);
+        }
+        next.insert(to);
+        match r.raft.change_membership(next, false).await {
+            Ok(_) => Outcome::Done(vec![]),
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                Outcome::NotLeader { leader: f.leader_id }
+            }
+            Err(e) => Outcome::Unknown(format!("range {}: membership change: {e}", r.id)),
         }
     }
 

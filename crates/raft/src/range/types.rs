@@ -157,6 +157,10 @@ pub enum Admin {
     ReadFrozen,
     /// Take over the frozen range on the right (see [`RangeCmd::Merge`]).
     Merge { right: RangeDesc, pairs: Pairs },
+    /// Add a replica on node `to`, for a range with fewer voters than `factor` (the
+    /// replication factor; refused once it has as many): `to` joins as a learner, is caught
+    /// up as in a move, and is made a voter.
+    AddReplica { to: u64, to_peer: PeerNode, factor: usize },
 }
 
 /// Keys and values, as a frozen range's are carried into a merge.
