@@ -21,7 +21,7 @@ use crate::check::{check_final_state, CheckOptions};
 use crate::cluster::{ClusterSpec, ProcessCluster};
 use crate::history::Outcome;
 use runtime::ProcessRuntime;
-use schedule::{Fault, Nemesis, Step, Target};
+use schedule::{Fault, Nemesis, NodeChange, Step, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -209,8 +209,8 @@ async fn inject(rt: &mut ProcessRuntime, step: &Step, t0: Instant, events: &mut 
             log(t0, events, format!("power cut ({scope:?}, {how}): {}", names.join(" ")));
             Heal::RestartAll(chosen)
         }
-        Fault::Nodes { pick } => {
-            node_change(rt, *pick, t0, events).await?;
+        Fault::Nodes { pick, change } => {
+            node_change(rt, *pick, *change, t0, events).await?;
             Heal::Nothing
         }
         Fault::Ranges(change) => {
@@ -372,12 +372,26 @@ async fn api_call(
 /// The most data nodes the `nodes` nemesis keeps joined at once.
 const JOINED_MAX: usize = 2;
 
-/// add-node / remove-node (see [`Nemesis::Nodes`]).
-async fn node_change(rt: &mut ProcessRuntime, pick: u64, t0: Instant, events: &mut Vec<Event>) -> Result<(), String> {
+/// add-node / remove-node (see [`Nemesis::Nodes`], [`Nemesis::AddNode`] and
+/// [`Nemesis::RemoveNode`]).
+async fn node_change(
+    rt: &mut ProcessRuntime,
+    pick: u64,
+    change: NodeChange,
+    t0: Instant,
+    events: &mut Vec<Event>,
+) -> Result<(), String> {
     settle_drained(rt, t0, events).await;
     let joined: Vec<usize> =
         rt.members().into_iter().filter(|&i| rt.cluster.is_data_node(i) && !rt.draining.contains(&i)).collect();
-    if !joined.is_empty() && (pick.is_multiple_of(2) || joined.len() + rt.draining.len() >= JOINED_MAX) {
+    let full = joined.len() + rt.draining.len() >= JOINED_MAX;
+    let remove = !joined.is_empty()
+        && match change {
+            NodeChange::Either => pick.is_multiple_of(2) || full,
+            NodeChange::Add => false,
+            NodeChange::Remove => true,
+        };
+    if remove {
         let i = joined[(pick / 2) as usize % joined.len()];
         let name = rt.cluster.members[i].name.clone();
         let (code, answer) = api_call(rt, "POST", format!("/v1/nodes/{name}/drain"), String::new()).await?;

@@ -46,6 +46,27 @@ pub enum Nemesis {
     /// replicas onto it), or drain one that joined (`cairn node remove`: its replicas move
     /// off, then it leaves the cluster and is stopped). At most two joined nodes at a time.
     Nodes,
+    /// One of `ranges`' changes alone: split a Redis range at a slot.
+    Split,
+    /// One of `ranges`' changes alone: merge a Redis range into its left neighbour.
+    Merge,
+    /// One of `ranges`' changes alone: move a range's leadership to another replica.
+    TransferLeader,
+    /// One of `nodes`' changes alone: start a data node with `--join` (none while two joined
+    /// nodes are there already).
+    AddNode,
+    /// One of `nodes`' changes alone: drain a data node that joined earlier. With none there,
+    /// one joins instead, so that a later step has one to remove.
+    RemoveNode,
+}
+
+/// Which of the `nodes` nemesis' changes a step makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NodeChange {
+    /// Add or remove, as `pick` and the joined nodes decide.
+    Either,
+    Add,
+    Remove,
 }
 
 /// A change to the data tier's ranges; which range is resolved when the step runs, from
@@ -123,6 +144,7 @@ pub enum Fault {
     /// Add a data node, or remove one that joined earlier; `pick` chooses, when the step runs.
     Nodes {
         pick: u64,
+        change: NodeChange,
     },
 }
 
@@ -212,7 +234,12 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
                 (Fault::Ranges(change), 0)
             }
             Nemesis::Move => (Fault::Ranges(RangeChange::Move { pick: rng.random() }), 0),
-            Nemesis::Nodes => (Fault::Nodes { pick: rng.random() }, 0),
+            Nemesis::Nodes => (Fault::Nodes { pick: rng.random(), change: NodeChange::Either }, 0),
+            Nemesis::Split => (Fault::Ranges(RangeChange::Split { slot: rng.random_range(1..16_384) }), 0),
+            Nemesis::Merge => (Fault::Ranges(RangeChange::Merge { pick: rng.random() }), 0),
+            Nemesis::TransferLeader => (Fault::Ranges(RangeChange::TransferLeader { pick: rng.random() }), 0),
+            Nemesis::AddNode => (Fault::Nodes { pick: rng.random(), change: NodeChange::Add }, 0),
+            Nemesis::RemoveNode => (Fault::Nodes { pick: rng.random(), change: NodeChange::Remove }, 0),
         };
         if t + lasts_ms + LEAD_OUT_MS > time_limit_ms {
             break;
@@ -226,6 +253,24 @@ pub fn plan(seed: u64, nemeses: &[Nemesis], members: usize, time_limit_ms: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_named_range_and_node_nemeses_make_only_their_own_change() {
+        let only = |n: Nemesis, ok: fn(&Fault) -> bool| {
+            let steps = plan(3, &[n], 5, 60_000);
+            assert!(!steps.is_empty() && steps.iter().all(|s| ok(&s.fault)), "{n:?}: {steps:?}");
+        };
+        only(Nemesis::Split, |f| matches!(f, Fault::Ranges(RangeChange::Split { .. })));
+        only(Nemesis::Merge, |f| matches!(f, Fault::Ranges(RangeChange::Merge { .. })));
+        only(Nemesis::TransferLeader, |f| matches!(f, Fault::Ranges(RangeChange::TransferLeader { .. })));
+        only(Nemesis::AddNode, |f| matches!(f, Fault::Nodes { change: NodeChange::Add, .. }));
+        only(Nemesis::RemoveNode, |f| matches!(f, Fault::Nodes { change: NodeChange::Remove, .. }));
+        // The names the issue and the README use on the command line.
+        use clap::ValueEnum;
+        for name in ["split", "merge", "move", "transfer-leader", "add-node", "remove-node"] {
+            assert!(Nemesis::from_str(name, false).is_ok(), "{name}");
+        }
+    }
 
     #[test]
     fn same_seed_same_schedule() {
