@@ -368,7 +368,7 @@ impl Reader for BufferedReader {
         if empty_bounds(from, to) {
             return Ok(());
         }
-        let mut pending = Merged {
+        let pending = Merged {
             iters: self
                 .layers
                 .iter()
@@ -377,36 +377,8 @@ impl Reader for BufferedReader {
                     it.peekable()
                 })
                 .collect(),
-        }
-        .peekable();
-        let mut going = true;
-        self.base.scan(table, from, to, &mut |k, v| {
-            // Buffered keys up to this one first; a buffered change of this key replaces it.
-            while let Some((bk, bv)) = pending.next_if(|(bk, _)| bk.as_ref() <= k) {
-                let same = bk.as_ref() == k;
-                if let Some(bv) = bv {
-                    if !visit(&bk, &bv) {
-                        going = false;
-                        return false;
-                    }
-                }
-                if same {
-                    return true;
-                }
-            }
-            going = visit(k, v);
-            going
-        })?;
-        if going {
-            for (bk, bv) in pending {
-                if let Some(bv) = bv {
-                    if !visit(&bk, &bv) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        };
+        crate::scan_overlaid(pending, |f| self.base.scan(table, from, to, f), visit)
     }
 }
 

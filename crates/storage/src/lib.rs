@@ -26,6 +26,7 @@ mod buffered;
 pub mod conformance;
 mod engine;
 mod mem;
+mod overlay;
 mod redb_engine;
 pub mod volatile;
 pub mod wal;
@@ -33,6 +34,7 @@ pub mod wal;
 pub use buffered::{BufferLimits, BufferStats, BufferedEngine};
 pub use engine::{Engine, Reader, Table, WriteBatch, WriteOp};
 pub use mem::MemEngine;
+pub use overlay::scan_overlaid;
 pub use redb_engine::RedbEngine;
 
 /// Storage errors. `Corruption` is fatal for the node: it must stop rather than serve data it

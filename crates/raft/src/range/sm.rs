@@ -149,37 +149,13 @@ impl DataView for Overlay<'_> {
     }
 
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> io::Result<()> {
-        let mut pending = self.changes.range::<[u8], _>((Bound::Included(from), upper(to))).peekable();
-        let mut going = true;
-        self.reader
-            .scan(Table::Kv, Bound::Included(from), upper(to), &mut |k, v| {
-                // Changed keys before this one first.
-                while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_slice() <= k) {
-                    let same = ck.as_slice() == k;
-                    if let Some(cv) = cv {
-                        if !visit(ck, cv) {
-                            going = false;
-                            return false;
-                        }
-                    }
-                    if same {
-                        return true;
-                    }
-                }
-                going = visit(k, v);
-                going
-            })
-            .map_err(io_err)?;
-        if going {
-            for (ck, cv) in pending {
-                if let Some(cv) = cv {
-                    if !visit(ck, cv) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let pending = self.changes.range::<[u8], _>((Bound::Included(from), upper(to))).map(|(k, v)| (k, v.as_ref()));
+        cairn_storage::scan_overlaid(
+            pending,
+            |f| self.reader.scan(Table::Kv, Bound::Included(from), upper(to), f),
+            visit,
+        )
+        .map_err(io_err)
     }
 }
 
