@@ -446,6 +446,9 @@ pub struct RangeHost {
     events: tokio::sync::mpsc::UnboundedSender<RangeEvent>,
     /// The beats heard from peers (see [`hibernate`]).
     liveness: Liveness,
+    /// Beats heard from a node after it was silent (or first heard): each wakes the ranges
+    /// led here that it holds.
+    returns: std::sync::atomic::AtomicU64,
     /// How long a peer may go unheard before the ranges it leads elect again.
     silent: Duration,
     /// Serializes creating and destroying replicas (the overlap check and the start).
@@ -495,6 +498,7 @@ impl RangeHost {
             mux: Mux::default(),
             read_lease: read_lease(&config),
             liveness: Liveness::default(),
+            returns: Default::default(),
             silent: hibernate::silent_after(config.election_timeout_max),
             config: Arc::new(config),
             replicas: RwLock::new(HashMap::new()),
@@ -704,6 +708,12 @@ impl RangeHost {
         self.mux.stats()
     }
 
+    /// How many times a peer node was heard again after a silence (or first heard): each
+    /// time, the ranges led here that it holds wake up to heartbeat it.
+    pub fn peer_returns(&self) -> u64 {
+        self.returns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends every node this one shares a range with its beat: the ranges led here that it
     /// holds a replica of (see [`hibernate`]).
     fn beat(&self) {
@@ -739,6 +749,7 @@ impl RangeHost {
         if !self.liveness.record(beat, cairn_types::clock::now(), self.silent) {
             return;
         }
+        self.returns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Back (or new): the ranges led here that it holds heartbeat to it now.
         let until = cairn_types::clock::now() + self.silent * 2;
         for r in self.replicas() {
