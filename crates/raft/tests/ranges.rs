@@ -541,6 +541,33 @@ async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
     }
 }
 
+/// A leader asked to hand its leadership to a node that has just died proposes nothing and
+/// sends no heartbeat for the rest of its term (openraft), counting on the followers' election
+/// timers. Followers asleep on its node's beats must not wait for it: the beats stop naming
+/// the range, they wake, elect, and the range serves writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_to_a_dead_node_does_not_leave_a_sleeping_range_leaderless() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for id in 1..=RANGES {
+        write(&refs, id, &key(id, 0), "v").await;
+    }
+    all_asleep(&refs).await;
+    let l = leader(&refs, 3).await;
+    let (leader_id, dead) = (nodes[l].id, nodes[(l + 1) % 3].id);
+    let gone = nodes.remove((l + 1) % 3);
+    gone.stop().await;
+    let l = nodes.iter().position(|n| n.id == leader_id).unwrap();
+    let handover = nodes[l].host.execute(RangeRequest::admin(3, 0, Admin::TransferLeader { to: dead })).await;
+    assert!(matches!(handover, Outcome::Unavailable(_)), "{handover:?}");
+    let rest: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(write(&rest, 3, &key(3, 0), "after").await, RangeReply::Done(b"v".to_vec()));
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A range started with one replica (a cluster started on one node) grows to three: each new
 /// replica joins as a learner, is caught up by snapshot and made a voter; a fourth is refused;
 /// and the range then survives the loss of the node it started on.

@@ -56,6 +56,12 @@ pub struct RangeReplica {
     asleep: std::sync::atomic::AtomicBool,
     /// A leader stays awake until then, whatever its load (a peer came back).
     awake_until: Mutex<Option<std::time::Instant>>,
+    /// The vote under which this replica, leading, asked openraft to hand leadership over.
+    /// openraft's leader then proposes nothing and sends no heartbeat for the rest of that
+    /// term, and counts on the followers' election timers if the handover fails (the target
+    /// died). So while that vote stands it is no leader to vouch for in beats: a follower
+    /// that slept on its word must wake and elect.
+    handed_over: Mutex<Option<crate::range::types::Vote>>,
     /// Client writes waiting to share the next entry (see [`RangeReplica::write_data`]).
     batcher: Mutex<Batcher>,
     /// Room for queued client writes, in KiB ([`QUEUED_KIB_MAX`]): a writer waits for it.
@@ -316,6 +322,14 @@ impl RangeReplica {
         self.raft.server_metrics().borrow_watched().current_leader
     }
 
+    /// Whether this replica leads under `m`'s vote and has not handed that leadership over
+    /// (see `handed_over`): the leader its followers may sleep on.
+    fn leads_awake(&self, me: u64, m: &openraft::metrics::RaftServerMetrics<RangeConfig>) -> bool {
+        m.current_leader == Some(me)
+            && m.state == openraft::ServerState::Leader
+            && self.handed_over.lock().as_ref() != Some(&m.vote)
+    }
+
     fn count_request(&self) {
         let mut l = self.load.lock();
         l.requests += 1;
@@ -352,7 +366,8 @@ impl RangeReplica {
         let (leader, leads) = {
             let m = self.raft.server_metrics();
             let m = m.borrow_watched();
-            (m.current_leader, m.state == openraft::ServerState::Leader)
+            // A leader that handed its leadership over is neither: it must keep its timer.
+            (m.current_leader, self.leads_awake(me, &m))
         };
         match leader {
             Some(l) if l == me && leads => {
@@ -594,6 +609,7 @@ impl RangeHost {
             load: Mutex::new(Load::default()),
             asleep: std::sync::atomic::AtomicBool::new(false),
             awake_until: Mutex::new(None),
+            handed_over: Mutex::new(None),
             batcher: Mutex::new(Batcher::default()),
             room: tokio::sync::Semaphore::new(QUEUED_KIB_MAX),
             barriers: Arc::default(),
@@ -722,7 +738,7 @@ impl RangeHost {
         for r in self.replicas() {
             let m = r.raft.server_metrics();
             let m = m.borrow_watched();
-            let leads = m.current_leader == Some(me) && m.state == openraft::ServerState::Leader;
+            let leads = r.leads_awake(me, &m);
             for (id, node) in m.membership_config.nodes() {
                 if *id == me {
                     continue;
@@ -990,6 +1006,7 @@ impl RangeHost {
 
     /// Hands leadership of `r` to voter `to` and waits until `to` leads.
     async fn hand_over(&self, r: &Arc<RangeReplica>, to: u64) -> Outcome {
+        *r.handed_over.lock() = Some(r.raft.server_metrics().borrow_watched().vote);
         if let Err(e) = r.raft.trigger().transfer_leader(to).await {
             return Outcome::Unavailable(format!("range {}: {e}", r.id));
         }
