@@ -116,6 +116,24 @@ impl Record {
         out
     }
 
+    /// The expiry of an encoded record, read from its header alone: the value is neither
+    /// checked nor copied (active expiry looks at many records, of any size).
+    pub fn expiry_of(bytes: &[u8]) -> Result<Option<i64>, DecodeError> {
+        if bytes.len() < FIXED_BYTES {
+            return Err(DecodeError::Short { len: bytes.len() });
+        }
+        if bytes[0] != FORMAT {
+            return Err(DecodeError::Format(bytes[0]));
+        }
+        Kind::from_byte(bytes[1]).ok_or(DecodeError::Kind(bytes[1]))?;
+        let flags = bytes[2];
+        if flags & !FLAG_EXPIRY != 0 {
+            return Err(DecodeError::Flags(flags));
+        }
+        let mut at = 3 + 8;
+        Ok(if flags & FLAG_EXPIRY != 0 { Some(i64::from_be_bytes(take::<8>(bytes, &mut at)?)) } else { None })
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         if bytes.len() < FIXED_BYTES {
             return Err(DecodeError::Short { len: bytes.len() });
@@ -172,6 +190,8 @@ mod tests {
     fn bad_bytes_are_errors() {
         let good = Record::string(b"abc".to_vec(), Some(9), 1).encode();
         assert_eq!(Record::decode(&[]), Err(DecodeError::Short { len: 0 }));
+        assert_eq!(Record::expiry_of(&[]), Err(DecodeError::Short { len: 0 }));
+        assert_eq!(Record::expiry_of(&good[..12]), Err(DecodeError::Short { len: 12 }));
         let mut b = good.clone();
         b[0] = 2;
         assert_eq!(Record::decode(&b), Err(DecodeError::Format(2)));
@@ -196,7 +216,9 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Ok(r) = Record::decode(&bytes) {
-                prop_assert_eq!(r.encode(), bytes);
+                prop_assert_eq!(r.encode(), bytes.clone());
+                // What decodes has the expiry its header gives.
+                prop_assert_eq!(Record::expiry_of(&bytes), Ok(r.expire_at_ms));
             }
         }
 
@@ -204,6 +226,7 @@ mod tests {
         fn random_records_round_trip(kind in 0u8..6, value in proptest::collection::vec(any::<u8>(), 0..64),
                                      at in proptest::option::of(any::<i64>()), version in any::<u64>()) {
             let r = Record { kind: Kind::from_byte(kind).unwrap(), value, expire_at_ms: at, version };
+            prop_assert_eq!(Record::expiry_of(&r.encode()), Ok(at));
             prop_assert_eq!(Record::decode(&r.encode()), Ok(r));
         }
     }
