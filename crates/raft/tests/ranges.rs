@@ -392,6 +392,87 @@ async fn a_range_survives_its_leaders_node_and_the_node_catches_up() {
     }
 }
 
+/// Range 1's leader's last snapshot and purge indexes, and what node `follower` has matched.
+async fn log_of(nodes: &[&Node], follower: u64) -> (u64, u64, u64) {
+    let m = nodes[leader(nodes, 1).await].host.get(1).unwrap().raft.metrics().borrow_watched().clone();
+    let index = |l: Option<&cairn_raft::range::types::LogId>| l.map_or(0, |l| l.index);
+    let matched = m.replication.as_ref().and_then(|r| r.get(&follower).cloned().flatten());
+    (index(m.snapshot.as_ref()), index(m.purged.as_ref()), index(matched.as_ref()))
+}
+
+fn snapshots_sent(nodes: &[&Node]) -> u64 {
+    nodes.iter().map(|n| n.host.transport().snapshots.load(Relaxed)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_from_the_log_until_it_lags_too_far() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, d.path(), None).await);
+    }
+    // One range only, so the stopped follower leads nothing whose leadership would move.
+    let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        n.host.create(range(1), (i == 0).then(|| voters.clone())).await.unwrap();
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for i in 0..10 {
+        write(&refs, 1, &key(1, i), "before").await;
+    }
+    for n in &refs {
+        converged(n, 1, &key(1, 9), "before").await;
+    }
+    let l = leader(&refs, 1).await;
+    let f = (l + 1) % 3;
+    // Each follower got one snapshot to start (a group starts as if its log were purged at
+    // index 0): what counts is what is sent from here on.
+    let at_start = snapshots_sent(&refs);
+    // A follower stops while 90 entries are written: past a snapshot and the 5 entries kept
+    // behind it (snapshot_count is 50), within 2 x 50 of what it matched. The leader keeps
+    // those entries for it (range::gc), so it catches up from the log: no snapshot is sent.
+    let stopped = nodes.remove(f).stop().await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for i in 0..90 {
+        write(&refs, 1, &key(1, i), "lagged").await;
+    }
+    // Two purge passes later the leader still holds what the follower needs.
+    tokio::time::sleep(cairn_raft::range::gc::EVERY * 5 / 2).await;
+    let (snapshot, purged, matched) = log_of(&refs, stopped.0).await;
+    assert!(snapshot >= 60, "a snapshot was built past what the follower had ({snapshot})");
+    assert!(purged <= matched, "the leader purged to {purged}, the follower matched {matched}");
+    let back = start(stopped.0, &stopped.1, Some(stopped.2)).await;
+    converged(&back, 1, &key(1, 89), "lagged").await;
+    nodes.insert(f, back);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(snapshots_sent(&refs) - at_start, 0, "a follower 90 entries behind got a snapshot");
+    // Stopped again while 150 are written, past 2 x 50: the leader no longer waits for it, and
+    // it is caught up by a snapshot.
+    let stopped = nodes.remove(f).stop().await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for i in 0..150 {
+        write(&refs, 1, &key(1, i), "far").await;
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, purged, matched) = log_of(&refs, stopped.0).await;
+        if purged > matched {
+            break;
+        }
+        assert!(Instant::now() < end, "the leader kept its log for a follower 150 entries behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = start(stopped.0, &stopped.1, Some(stopped.2)).await;
+    converged(&back, 1, &key(1, 149), "far").await;
+    converged(&back, 1, &key(1, 0), "far").await;
+    nodes.insert(f, back);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(snapshots_sent(&refs) > at_start, "a follower 150 entries behind was sent no snapshot");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// Counts the keys in `[from, to)` of `node`'s whole data engine (every range's keys).
 fn keys_in_engine(node: &Node, from: &[u8], to: &[u8]) -> usize {
     let r = node.host.replicas().into_iter().next().expect("some replica");

@@ -89,6 +89,8 @@ pub struct Metrics {
     range_log_operations: Gauge,
     range_transport_messages: Gauge,
     range_transport_calls: Gauge,
+    range_snapshots_sent: Gauge,
+    range_snapshot_bytes_sent: Gauge,
     /// The data tier on this node, once it runs (set by the server).
     tier: std::sync::OnceLock<std::sync::Weak<crate::data::DataTier>>,
 }
@@ -150,6 +152,8 @@ impl Metrics {
             range_log_operations: Gauge::default(),
             range_transport_messages: Gauge::default(),
             range_transport_calls: Gauge::default(),
+            range_snapshots_sent: Gauge::default(),
+            range_snapshot_bytes_sent: Gauge::default(),
             tier: std::sync::OnceLock::new(),
             wal_entries: Gauge::default(),
             wal_bytes: Gauge::default(),
@@ -307,6 +311,12 @@ impl Metrics {
             m.range_transport_calls.clone(),
         );
         r.register(
+            "cairn_range_snapshots_sent",
+            "Whole range snapshots sent to followers the log had been purged past",
+            m.range_snapshots_sent.clone(),
+        );
+        r.register("cairn_range_snapshot_bytes_sent", "Bytes of those snapshots", m.range_snapshot_bytes_sent.clone());
+        r.register(
             "cairn_store_flush_seconds",
             "Time spent writing applied changes to the engine",
             m.store_flush_seconds.clone(),
@@ -379,6 +389,8 @@ impl Metrics {
             let ts = host.transport();
             self.range_transport_messages.set(get(&ts.messages));
             self.range_transport_calls.set(get(&ts.calls));
+            self.range_snapshots_sent.set(get(&ts.snapshots));
+            self.range_snapshot_bytes_sent.set(get(&ts.snapshot_bytes));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");

@@ -20,6 +20,7 @@ use openraft::{Config, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 
 use crate::node::RaftTimers;
+use crate::range::gc;
 use crate::range::hibernate::{self, Beat, Liveness, Role};
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
@@ -37,7 +38,7 @@ pub struct RangeHostOptions {
     /// `member/ranges` under the data directory.
     pub dir: PathBuf,
     pub timers: RaftTimers,
-    /// Applied entries between a range's snapshots (after which its log is purged).
+    /// Applied entries between a range's snapshots (its log is purged behind them as `gc` says).
     pub snapshot_count: u64,
     /// UNSAFE: no fsync of the shared log. Off by default.
     pub unsafe_no_fsync: bool,
@@ -492,7 +493,8 @@ impl RangeHost {
             election_timeout_min: t.election_timeout_ms * 3 / 8,
             election_timeout_max: t.election_timeout_ms / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
-            max_in_snapshot_log_to_keep: (opts.snapshot_count / 10).max(1),
+            // Purging is `gc`'s: it keeps what close followers still need.
+            max_in_snapshot_log_to_keep: u64::MAX,
             replication_lag_threshold: opts.snapshot_count.saturating_mul(2),
             install_snapshot_timeout: 120_000,
             max_payload_entries: 256,
@@ -556,6 +558,17 @@ impl RangeHost {
                 let Some(h) = weak.upgrade() else { return };
                 h.beat();
                 h.hibernate_pass();
+            }
+        });
+        // Each range's log purge point (see `gc`).
+        let weak = Arc::downgrade(&host);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gc::EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(h) = weak.upgrade() else { return };
+                h.gc_pass().await;
             }
         });
         let weak = Arc::downgrade(&host);
@@ -784,6 +797,35 @@ impl RangeHost {
         for r in self.replicas() {
             let role = r.role(me, now, &self.liveness, self.silent);
             let _ = r.set_asleep(hibernate::may_sleep(role));
+        }
+    }
+
+    /// Purges each range's log as far as [`gc::purge_to`] says.
+    async fn gc_pass(&self) {
+        let me = self.opts.node_id;
+        let count = self.opts.snapshot_count;
+        let limits = gc::Limits {
+            keep: (count / 10).max(1),
+            lag_max: count.saturating_mul(2),
+            log_full: self.log.size_bytes() > gc::HOLD_BYTES_MAX,
+        };
+        for r in self.replicas() {
+            let view = {
+                let m = r.raft.metrics();
+                let m = m.borrow_watched();
+                gc::LogView {
+                    snapshot: m.snapshot.as_ref().map(|l| l.index),
+                    purged: m.purged.as_ref().map(|l| l.index),
+                    last: m.last_log_index,
+                    followers: m.replication.as_ref().map(|rep| {
+                        rep.iter().filter(|(id, _)| **id != me).map(|(_, l)| l.as_ref().map(|l| l.index)).collect()
+                    }),
+                }
+            };
+            if let Some(to) = gc::purge_to(&view, limits) {
+                // Only a stopped group fails this; its log stays as it is.
+                let _ = r.raft.trigger().purge_log(to).await;
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 //!   queued together and sent as one `RangeBatch` call over one HTTP/2 connection.
 //! - [`RangeHost`]: the node's set of range replicas: creates, opens and finds them, and
 //!   answers the transport's incoming messages.
+//! - [`gc`]: how far each range purges its log (a leader keeps what close followers need).
 //! - [`hibernate`]: idle ranges stop their Raft timers; one beat per node pair stands in for
 //!   every range's heartbeats.
 //!
@@ -19,6 +20,7 @@
 //! adapter is on upstream's main branch, not released); this module is the adapter.
 
 pub mod fs;
+pub mod gc;
 pub mod hibernate;
 pub mod host;
 pub mod log;

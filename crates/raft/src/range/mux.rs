@@ -105,11 +105,14 @@ pub struct Mux {
     stats: Arc<MuxStats>,
 }
 
-/// What the transport has sent: messages, and the calls that carried them.
+/// What the transport has sent: messages, and the calls that carried them; and the whole
+/// snapshots among them (a follower the log had moved past), with their bytes.
 #[derive(Debug, Default)]
 pub struct MuxStats {
     pub messages: std::sync::atomic::AtomicU64,
     pub calls: std::sync::atomic::AtomicU64,
+    pub snapshots: std::sync::atomic::AtomicU64,
+    pub snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Mux {
@@ -341,6 +344,9 @@ impl RaftNetworkV2<RangeConfig> for RangeConn {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<RangeConfig>, StreamingError<RangeConfig>> {
         let data = snapshot.snapshot.into_inner();
+        let stats = self.mux.stats();
+        stats.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.snapshot_bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let msg: (Vote, SnapshotMeta, serde_bytes::ByteBuf) = (vote, snapshot.meta, serde_bytes::ByteBuf::from(data));
         let call = self.rpc::<_, SnapshotResponse<RangeConfig>>(Kind::Snapshot, &msg, Duration::from_secs(120));
         tokio::select! {
