@@ -191,11 +191,17 @@ async fn converged(node: &Node, range: u64, k: &str, v: &str) {
 
 const RANGES: u64 = 16;
 
-async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+/// Nodes 1, 2, ... on `dirs`, holding no range yet.
+async fn start_all(dirs: &[tempfile::TempDir]) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         nodes.push(start(i as u64 + 1, d.path(), None).await);
     }
+    nodes
+}
+
+async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let nodes = start_all(dirs).await;
     let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
     for id in 1..=RANGES {
         for (i, n) in nodes.iter().enumerate() {
@@ -407,10 +413,7 @@ fn snapshots_sent(nodes: &[&Node]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_catches_up_from_the_log_until_it_lags_too_far() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(start(i as u64 + 1, d.path(), None).await);
-    }
+    let mut nodes = start_all(&dirs).await;
     // One range only, so the stopped follower leads nothing whose leadership would move.
     let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
     for (i, n) in nodes.iter().enumerate() {
@@ -505,10 +508,7 @@ async fn admin(nodes: &[&Node], range: u64, epoch: u64, a: Admin) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(start(i as u64 + 1, d.path(), None).await);
-    }
+    let mut nodes = start_all(&dirs).await;
     // Range 1 on nodes 1-3; node 4 holds nothing yet.
     let voters: BTreeMap<u64, PeerNode> = nodes[..3].iter().map(|n| (n.id, n.peer())).collect();
     for (i, n) in nodes[..3].iter().enumerate() {
@@ -655,10 +655,7 @@ async fn a_handover_to_a_dead_node_does_not_leave_a_sleeping_range_leaderless() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_under_replicated_range_gets_replicas_added() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(start(i as u64 + 1, d.path(), None).await);
-    }
+    let mut nodes = start_all(&dirs).await;
     let one: BTreeMap<u64, PeerNode> = [(1, nodes[0].peer())].into();
     nodes[0].host.create(range(7), Some(one)).await.unwrap();
     // Past snapshot_count (50): the new replicas are caught up by snapshot.
@@ -702,10 +699,7 @@ async fn an_under_replicated_range_gets_replicas_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_range_merges_into_its_left_neighbour() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(start(i as u64 + 1, d.path(), None).await);
-    }
+    let mut nodes = start_all(&dirs).await;
     let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
     for n in &nodes {
         n.host.create(range(1), Some(voters.clone())).await.unwrap();
