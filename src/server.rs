@@ -523,10 +523,13 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("shutting down");
             ExitCode::SUCCESS
         }
-        _ = ranges_failed(ranges.clone()) => {
+        reason = ranges_failed(ranges.clone()) => {
             tracing::error!(
-                "the data tier's shared log failed a write or fsync; exiting. Nothing written after the failure \
-                 was acknowledged; fix the disk and restart: the node recovers from its log and catches up"
+                %reason,
+                "the data tier cannot go on; exiting. Nothing written after a failed write or fsync was \
+                 acknowledged: fix the disk and restart, and the node recovers from its log and catches up. \
+                 A range whose Raft panicked found its state inconsistent (such as a follower's log gone \
+                 back, which only lost durable data causes): check the disks before restarting"
             );
             cluster.shutdown().await;
             return Ok(ExitCode::FAILURE);
@@ -565,11 +568,14 @@ const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
 /// How much slower than the meta group's the ranges' Raft timers run.
 const RANGE_TIMER_FACTOR: u64 = 3;
 
-/// Resolves once the data tier's shared log has failed (the node must stop, as for the meta
-/// group's log).
-async fn ranges_failed(ranges: Arc<cairn_raft::range::RangeHost>) {
-    while !ranges.failed() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Resolves with the reason once the data tier cannot go on (its shared log failed, or a
+/// range's Raft stopped on a fatal error): the node must stop, as for the meta group.
+async fn ranges_failed(ranges: Arc<cairn_raft::range::RangeHost>) -> String {
+    loop {
+        if let Some(reason) = ranges.fatal().await {
+            return reason;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

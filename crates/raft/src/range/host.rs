@@ -839,9 +839,40 @@ impl RangeHost {
         self.log.size_bytes()
     }
 
-    /// Whether the shared log failed (the node must stop).
-    pub fn failed(&self) -> bool {
-        self.log.failed()
+    /// Why this node's data tier cannot go on, once it cannot: its shared log failed a write
+    /// or fsync, or a range's Raft core stopped on a storage error or a panic (openraft's own
+    /// safety checks panic, e.g. on a follower whose log went back: an entry it had
+    /// acknowledged as durable was lost). The node must stop, as for the meta group: a
+    /// range whose core died serves nothing, and while its replica is listed, this node's
+    /// beats could keep that range's followers asleep.
+    pub async fn fatal(&self) -> Option<String> {
+        if self.log.failed() {
+            return Some("the data tier's shared log failed a write or fsync".into());
+        }
+        for r in self.replicas() {
+            let stopped = {
+                let m = r.raft.metrics();
+                let m = m.borrow_watched();
+                m.running_state
+                    .as_ref()
+                    .err()
+                    .filter(|f| !matches!(f, openraft::errors::Fatal::Stopped))
+                    .map(|f| f.to_string())
+            };
+            // A core that panicked does not say so in its metrics: ask it. A replica being
+            // removed (merged away, moved off) stops normally, which is no failure.
+            let stopped = match stopped {
+                Some(s) => Some(s),
+                None => match r.raft.with_raft_state(|_| ()).await {
+                    Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
+                    Err(f) => Some(f.to_string()),
+                },
+            };
+            if let Some(why) = stopped {
+                return Some(format!("range {}'s Raft stopped: {why}", r.id));
+            }
+        }
+        None
     }
 
     /// Runs a client request on this node's replica of `group`, which must lead it. A write is
