@@ -845,9 +845,15 @@ impl RangeHost {
     /// acknowledged as durable was lost). The node must stop, as for the meta group: a
     /// range whose core died serves nothing, and while its replica is listed, this node's
     /// beats could keep that range's followers asleep.
-    pub async fn fatal(&self) -> Option<String> {
+    ///
+    /// `cores`: also ask every range's core, a message to each (with many ranges, call it with
+    /// `true` only now and then; the log's state is a flag).
+    pub async fn fatal(&self, cores: bool) -> Option<String> {
         if self.log.failed() {
             return Some("the data tier's shared log failed a write or fsync".into());
+        }
+        if !cores {
+            return None;
         }
         for r in self.replicas() {
             let stopped = {
