@@ -1,0 +1,58 @@
+//! Point reads through a fresh reader, as a range serves a GET: `cargo bench -p cairn-storage
+//! --bench reads`. 100,000 keys of 256-byte values in redb, with and without the write
+//! buffer in front, and with writes committing between reads (each commit makes a new reader).
+
+use std::sync::Arc;
+
+use cairn_storage::{BufferLimits, BufferedEngine, Engine, RedbEngine, Table, WriteBatch};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const KEYS: u32 = 100_000;
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key:{i:012}").into_bytes()
+}
+
+fn filled(dir: &std::path::Path) -> Arc<RedbEngine> {
+    let e = Arc::new(RedbEngine::open(&dir.join("db"), 256 << 20).unwrap());
+    for chunk in 0..KEYS / 10_000 {
+        let mut b = WriteBatch::new();
+        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+            b.put(Table::Kv, key(i), vec![7u8; 256]);
+        }
+        e.write(b).unwrap();
+    }
+    e
+}
+
+fn reads(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = filled(dir.path());
+    let mut i = 0u32;
+    let mut next = move || {
+        i = (i.wrapping_mul(2_654_435_761).wrapping_add(12_345)) % KEYS;
+        key(i)
+    };
+    c.bench_function("redb: reader + get", |b| {
+        b.iter(|| redb.reader().unwrap().get(Table::Kv, &next()).unwrap().unwrap());
+    });
+    let buffered = BufferedEngine::new(redb.clone(), BufferLimits::default());
+    c.bench_function("buffered: reader + get", |b| {
+        b.iter(|| buffered.reader().unwrap().get(Table::Kv, &next()).unwrap().unwrap());
+    });
+    let mut n = 0u32;
+    c.bench_function("redb: reader + get, a commit every 64 reads", |b| {
+        b.iter(|| {
+            n += 1;
+            if n % 64 == 0 {
+                let mut w = WriteBatch::new();
+                w.put(Table::Kv, key(n % KEYS), vec![8u8; 256]);
+                redb.write(w).unwrap();
+            }
+            redb.reader().unwrap().get(Table::Kv, &next()).unwrap().unwrap()
+        });
+    });
+}
+
+criterion_group!(benches, reads);
+criterion_main!(benches);
