@@ -44,7 +44,7 @@ fn reads(c: &mut Criterion) {
     c.bench_function("redb: reader + get, a commit every 64 reads", |b| {
         b.iter(|| {
             n += 1;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 let mut w = WriteBatch::new();
                 w.put(Table::Kv, key(n % KEYS), vec![8u8; 256]);
                 redb.write(w).unwrap();
