@@ -1,6 +1,7 @@
 //! Point reads through a fresh reader, as a range serves a GET: `cargo bench -p cairn-storage
 //! --bench reads`. 100,000 keys of 256-byte values in redb, with and without the write
-//! buffer in front, and with writes committing between reads (each commit makes a new reader).
+//! buffer in front, and with writes committing between reads (each commit makes a new reader);
+//! and the write buffer's flushes by size.
 
 use std::sync::Arc;
 
@@ -54,5 +55,35 @@ fn reads(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, reads);
+/// Random overwrites of the 100,000 keys through the write buffer, flushed to redb by its
+/// thread, by keys per flush: whether fewer, larger redb commits (each rewrites every B-tree
+/// page it touches) make a range's applies cheaper. They did not (BENCHMARKS.md).
+fn overwrites(c: &mut Criterion) {
+    let mut g = c.benchmark_group("buffered: 200,000 random overwrites, then sync");
+    g.sample_size(10);
+    for entries in [16_384usize, 65_536, 131_072] {
+        g.bench_function(format!("{entries} keys per flush"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    let e = BufferedEngine::new(filled(dir.path()), BufferLimits { bytes: 32 << 20, entries });
+                    let mut i = 7u32;
+                    let start = std::time::Instant::now();
+                    for _ in 0..200_000 {
+                        i = (i.wrapping_mul(2_654_435_761).wrapping_add(12_345)) % KEYS;
+                        let mut w = WriteBatch::new();
+                        w.put(Table::Kv, key(i), vec![9u8; 256]);
+                        e.write(w).unwrap();
+                    }
+                    e.sync().unwrap();
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+    }
+}
+
+criterion_group!(benches, reads, overwrites);
 criterion_main!(benches);
