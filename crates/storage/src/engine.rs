@@ -93,6 +93,23 @@ pub trait Reader {
     ) -> Result<()>;
 }
 
+/// A reader shared by several callers (the redb engine hands out one until the next commit).
+impl<R: Reader + ?Sized> Reader for std::sync::Arc<R> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        (**self).get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        (**self).scan(table, from, to, visit)
+    }
+}
+
 /// An embedded, ordered, crash-safe key-value store.
 pub trait Engine: Send + Sync + 'static {
     /// A point-in-time reader. Cheap; many may exist at once, alongside one writer. It owns

@@ -235,25 +235,6 @@ impl Reader for RedbReader {
     }
 }
 
-/// A reader shared by every caller until the next commit.
-struct SharedReader(Arc<RedbReader>);
-
-impl Reader for SharedReader {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.get(table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        self.0.scan(table, from, to, visit)
-    }
-}
-
 /// The newest reader, handed to every caller until a commit makes it old: beginning a redb
 /// read transaction and opening its tables per read was 14 % of a node's CPU under
 /// `redis-benchmark -t get`. `generation` counts commits; a reader begun before a commit is
@@ -271,7 +252,7 @@ impl Engine for RedbEngine {
         let generation = {
             let c = self.readers.lock();
             if let Some(r) = &c.reader {
-                return Ok(Box::new(SharedReader(r.clone())));
+                return Ok(Box::new(r.clone()));
             }
             c.generation
         };
@@ -280,7 +261,7 @@ impl Engine for RedbEngine {
         if c.generation == generation && c.reader.is_none() {
             c.reader = Some(r.clone());
         }
-        Ok(Box::new(SharedReader(r)))
+        Ok(Box::new(r))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
