@@ -317,6 +317,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         "starting member"
     );
 
+    // One HTTP/2 connection to each peer carries everything sent to it: the meta group's Raft
+    // messages, forwarded requests and every range's batches.
+    let peer_channels = cairn_raft::network::PeerChannels::default();
     let node = RaftNode::open(
         NodeOptions {
             id: identity.member_id,
@@ -327,6 +330,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             engine_cache_bytes: a.backend_cache_bytes,
             batch_bytes: a.backend_batch_bytes,
             wal_faults: wal_faults(),
+            channels: peer_channels.clone(),
         },
         lock,
     )
@@ -349,6 +353,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             unsafe_no_fsync,
             engine_cache_bytes: a.backend_cache_bytes,
             engine_buffer: cairn_storage::BufferLimits { bytes: a.backend_batch_bytes, ..Default::default() },
+            channels: peer_channels,
         },
         Arc::new(cairn_services::cache::RedisApplier),
     )
@@ -368,6 +373,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         // forwarded): h2's guard against rapid resets (20 by default) would close the whole
         // connection, and every range's Raft traffic on it.
         let b = b.http2_max_pending_accept_reset_streams(Some(10_000));
+        // One connection carries all of a peer's traffic: a stream whose handler reads slowly
+        // (a snapshot being written) must not use up the whole connection's window.
+        let b = b.initial_connection_window_size(cairn_raft::network::PEER_CONNECTION_WINDOW_BYTES);
         tokio::spawn(async move {
             let r = b.tcp_nodelay(true).add_service(svc).add_service(ranges_svc).serve_with_incoming(incoming(l)).await;
             if let Err(e) = r {

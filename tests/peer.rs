@@ -211,3 +211,73 @@ async fn a_snapshot_past_its_bound_is_refused_and_removed() {
     assert!(after < before + 8 * MIB as u64, "the refused snapshot's bytes were removed: {before} -> {after}");
     cli.put("after", "ok", None).await.expect("the member goes on");
 }
+
+/// The peer ports' ESTABLISHED TCP connections on this machine, by the port they go to
+/// (`/proc/net/tcp` and `tcp6`: the client side of a loopback connection is the socket whose
+/// remote port is the peer port).
+fn connections_to(ports: &[u16]) -> std::collections::BTreeMap<u16, usize> {
+    let mut n: std::collections::BTreeMap<u16, usize> = ports.iter().map(|p| (*p, 0)).collect();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ...; st 01 is ESTABLISHED.
+            if f.len() < 4 || f[3] != "01" {
+                continue;
+            }
+            let rem_port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let Some(c) = rem_port.and_then(|p| n.get_mut(&p)) {
+                *c += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Everything a member sends another travels on one connection: the meta group's appends,
+/// votes and heartbeats, requests forwarded to the meta leader, and every range's batched
+/// messages and forwarded Redis commands. After etcd writes through every member and Redis
+/// writes to keys in every range through every node, each peer port has exactly one
+/// connection from each other member.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_share_one_connection_per_peer() {
+    let tc = start(3, &[]).await;
+    let eps = tc.endpoints();
+    // etcd writes through each member: followers forward theirs to the meta leader.
+    for ep in &eps {
+        let mut cli = common::client(std::slice::from_ref(ep)).await;
+        for i in 0..20 {
+            cli.put(format!("k{i}"), "v", None).await.expect("put");
+        }
+    }
+    // Redis writes through each node to keys of many slots (every range): a node that does not
+    // lead a key's range forwards it.
+    let redis = tc.redis_addrs();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for addr in &redis {
+        let mut c = cairn_testkit::resp::Resp::connect(addr).await.expect("connect to the Redis port");
+        for i in 0..200 {
+            let key = format!("key:{i}");
+            loop {
+                let r = c.call(&[b"SET", key.as_bytes(), b"v"], std::time::Duration::from_secs(5)).await;
+                match r {
+                    Ok(cairn_testkit::resp::Reply::Simple(s)) if s == "OK" => break,
+                    other => {
+                        // The data tier forms after the meta group.
+                        assert!(std::time::Instant::now() < end, "SET {key} on {addr}: {other:?}");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+    let ports: Vec<u16> = tc
+        .members
+        .iter()
+        .map(|m| m.peer_url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap())
+        .collect();
+    let n = connections_to(&ports);
+    for (port, count) in &n {
+        assert_eq!(*count, 2, "connections to peer port {port} (one from each other member expected): {n:?}");
+    }
+}

@@ -1,7 +1,12 @@
 //! The sending side of the peer RPC: openraft's messages over gRPC.
 //!
-//! Each replication stream, heartbeat stream and snapshot transfer gets its own lazily
-//! connected HTTP/2 channel, so a large append or snapshot never delays a heartbeat.
+//! Everything a node sends to one peer travels on one HTTP/2 connection ([`PeerChannels`]):
+//! the meta group's appends (one long-lived stream), votes, heartbeats and snapshot chunks,
+//! requests forwarded to the meta leader, and the batched messages of every range
+//! ([`crate::range::mux`]). HTTP/2 interleaves them in frames of at most 16 KiB, so a large
+//! append or snapshot chunk delays a heartbeat by at most a few frames; the connection-level
+//! flow-control window ([`PEER_CONNECTION_WINDOW_BYTES`]) is several stream windows wide, so one
+//! stream whose reader is slow (a snapshot being written out) cannot stall the others.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,9 +34,49 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest peer message accepted (an append batch is capped well below this by the log reader).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Creates connections to peers.
+/// Creates connections to peers: views of the node's shared [`PeerChannels`].
 #[derive(Clone, Default)]
-pub struct Network {}
+pub struct Network {
+    pub channels: PeerChannels,
+}
+
+/// One lazily connected HTTP/2 channel per peer URL, shared by everything a node sends there
+/// (the meta group, forwarding, the range transport). A tonic channel reconnects by itself after
+/// the peer comes back. The map holds one entry per peer URL ever used, a handful.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    map: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl std::fmt::Debug for PeerChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerChannels").field("peers", &self.map.lock().len()).finish()
+    }
+}
+
+impl PeerChannels {
+    /// The channel to `url`, connected on its first request.
+    pub fn get(&self, url: &str) -> Result<Channel, String> {
+        let mut map = self.map.lock();
+        if let Some(c) = map.get(url) {
+            return Ok(c.clone());
+        }
+        let ch = crate::tcp::lazy_channel(&peer_channel_settings(peer_endpoint(url)?));
+        map.insert(url.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// The channel to `node`'s first peer URL.
+    pub fn to_node(&self, node: &PeerNode) -> Result<Channel, String> {
+        let url = node.peer_urls.first().ok_or("no peer URL")?;
+        self.get(url)
+    }
+}
+
+/// The connection-level HTTP/2 flow-control window of peer connections, in both directions
+/// (the client's and the peer listener's): 16 stream windows of 1 MiB, so a stream whose
+/// reader lags holds at most a sixteenth of it and the connection's other streams go on.
+pub const PEER_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// TLS for connections to `https://` peer URLs (`--peer-cert-file`, `--peer-key-file`,
 /// `--peer-trusted-ca-file`), set once at start-up.
@@ -97,20 +142,16 @@ pub fn peer_endpoint(url: &str) -> Result<Endpoint, String> {
 /// Keep-alives of every peer channel (open them with [`crate::tcp::lazy_channel`], which bounds
 /// connecting).
 pub fn peer_channel_settings(ep: Endpoint) -> Endpoint {
-    ep.http2_keep_alive_interval(Duration::from_secs(5)).keep_alive_timeout(Duration::from_secs(5))
-}
-
-fn channel(node: &PeerNode) -> Option<Channel> {
-    let url = node.peer_urls.first()?;
-    let ep = peer_endpoint(url).ok()?;
-    Some(crate::tcp::lazy_channel(&peer_channel_settings(ep)))
+    ep.http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_connection_window_size(PEER_CONNECTION_WINDOW_BYTES)
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Conn {
-        let client = channel(node).map(|c| {
+        let client = self.channels.to_node(node).ok().map(|c| {
             PeerClient::new(c)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)

@@ -75,6 +75,8 @@ pub struct NodeOptions {
     pub batch_bytes: u64,
     /// Test-only storage faults for the Raft log (failpoints builds); `None` otherwise.
     pub wal_faults: Option<cairn_storage::wal::FaultHook>,
+    /// The node's connections to its peers, shared with forwarding and the range transport.
+    pub channels: crate::network::PeerChannels,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,8 @@ pub struct RaftNode {
     /// When a leader was last heard from (see [`crate::group::LeaderContact`]); the peer
     /// service records it.
     pub contact: Arc<crate::group::LeaderContact>,
+    /// One connection per peer, for everything this node sends it.
+    pub channels: crate::network::PeerChannels,
     _lock: File,
 }
 
@@ -173,9 +177,15 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let raft = Raft::new(opts.id, Arc::new(config), Network::default(), LogStore::new(wal.clone()), sm.clone())
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            Network { channels: opts.channels.clone() },
+            LogStore::new(wal.clone()),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
         Ok(RaftNode {
             id: opts.id,
             raft,
@@ -184,6 +194,7 @@ impl RaftNode {
             wal,
             data_dir: opts.data_dir,
             contact: Default::default(),
+            channels: opts.channels,
             _lock: lock,
         })
     }

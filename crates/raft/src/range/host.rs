@@ -45,6 +45,9 @@ pub struct RangeHostOptions {
     pub engine_cache_bytes: usize,
     /// When the data engine's write buffer goes to redb (see [`BufferedEngine`]).
     pub engine_buffer: BufferLimits,
+    /// The node's connections to its peers (the meta group's too): every range's messages to a
+    /// node share its one connection.
+    pub channels: crate::network::PeerChannels,
 }
 
 /// One range replica on this node.
@@ -506,13 +509,14 @@ impl RangeHost {
         .validate()
         .map_err(io_err)?;
         let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mux = Mux::new(opts.channels.clone());
         let host = Arc::new(RangeHost {
             opts,
             log,
             engine,
             buffer,
             applier,
-            mux: Mux::default(),
+            mux,
             read_lease: read_lease(&config),
             liveness: Liveness::default(),
             returns: Default::default(),

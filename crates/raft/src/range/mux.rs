@@ -1,5 +1,6 @@
 //! One peer transport for every range: messages to a node, from all the ranges on this node,
-//! go through one queue and leave as one `RangeBatch` call on one HTTP/2 connection.
+//! go through one queue and leave as one `RangeBatch` call on the node pair's one HTTP/2
+//! connection (the [`crate::network::PeerChannels`] the meta group uses too).
 //!
 //! The sending side ([`Mux`]) keeps a queue per target node. Its sender task takes everything
 //! queued (up to [`BATCH_MESSAGES_MAX`] messages or [`BATCH_BYTES_MAX`] bytes), sends it as one
@@ -99,8 +100,9 @@ struct PeerQueue {
 type Queues = HashMap<(u64, String), Arc<PeerQueue>>;
 
 /// The sending side, shared by every range on the node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Mux {
+    channels: crate::network::PeerChannels,
     peers: Arc<Mutex<Queues>>,
     stats: Arc<MuxStats>,
 }
@@ -116,6 +118,11 @@ pub struct MuxStats {
 }
 
 impl Mux {
+    /// A transport over the node's peer connections.
+    pub fn new(channels: crate::network::PeerChannels) -> Mux {
+        Mux { channels, peers: Default::default(), stats: Default::default() }
+    }
+
     pub fn stats(&self) -> &MuxStats {
         &self.stats
     }
@@ -126,8 +133,7 @@ impl Mux {
         if let Some(q) = peers.get(&(target, url.clone())) {
             return Some(q.clone());
         }
-        let ep = crate::network::peer_endpoint(&url).ok()?;
-        let channel = crate::tcp::lazy_channel(&crate::network::peer_channel_settings(ep));
+        let channel = self.channels.get(&url).ok()?;
         let client = RangesClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);

@@ -47,8 +47,7 @@ impl Router {
                 return Ok(c.clone());
             }
         }
-        let ep = cairn_raft::network::peer_endpoint(&url).map_err(Error::Internal)?;
-        let ch = cairn_raft::tcp::lazy_channel(&cairn_raft::network::peer_channel_settings(ep));
+        let ch = self.node.channels.get(&url).map_err(Error::Internal)?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX);
