@@ -17,8 +17,14 @@
 //! 4. **Rebalance** replicas: from the node with the most replicas to the one with the fewest,
 //!    when they differ by more than one; then by bytes, when a node holds more than the mean by
 //!    more than `bytes_tolerance`.
-//! 5. **Leaders**: from the node leading the most ranges to a replica node leading fewer, when
-//!    they differ by more than one.
+//! 5. **Leader load**: when the requests served by a node's leaders exceed the mean over the
+//!    live nodes by more than `leader_qps_tolerance`, a busy range's leadership goes to the
+//!    replica node whose leaders serve the fewest, if that narrows the gap (CockroachDB's
+//!    load-based lease rebalancing). Ranges under `merge_qps` count as cold and are not moved
+//!    for load. Without it, two hot ranges can share a leader node while another node leads
+//!    only cold ones, with equal leader counts.
+//! 6. **Leader counts**: from the node leading the most ranges to a replica node leading fewer,
+//!    when they differ by more than one, moving its coldest range (so it does not undo 5).
 //!
 //! Hibernation is not the driver's: each node stops the timers of its idle ranges itself
 //! (`cairn_raft::range::hibernate`), as TiKV's stores do.
@@ -73,6 +79,8 @@ pub struct Config {
     pub live_timeout_ms: u64,
     /// How far above the mean a node's bytes may be (0.2: 20 %).
     pub bytes_tolerance: f64,
+    /// How far above the mean the requests a node's leaders serve may be (0.25: 25 %).
+    pub leader_qps_tolerance: f64,
     pub max_moves: usize,
     /// Boundaries never merged across.
     pub keep: Vec<Vec<u8>>,
@@ -89,6 +97,7 @@ impl Default for Config {
             dead_node_timeout_ms: 5 * 60 * 1000,
             live_timeout_ms: 9_000,
             bytes_tolerance: 0.2,
+            leader_qps_tolerance: 0.25,
             max_moves: 8,
             keep: Vec::new(),
         }
@@ -172,6 +181,8 @@ struct Load {
     replicas: i64,
     bytes: i64,
     leaders: i64,
+    /// Requests per second served by the ranges it leads.
+    leader_qps: f64,
 }
 
 /// The moves that bring the cluster closer to where it should be.
@@ -191,6 +202,7 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         }
         if let Some(l) = r.leader.and_then(|n| load.get_mut(&n)) {
             l.leaders += 1;
+            l.leader_qps += r.qps;
         }
     }
     // The live node with the fewest replicas (then bytes, then id) that does not hold `r`.
@@ -295,7 +307,46 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         shift(&mut load, r, Some(max_id), min_id);
     }
 
-    // 5. Leaders.
+    // 5. Leader load.
+    let mean_qps = load.values().map(|l| l.leader_qps).sum::<f64>() / n_live;
+    while !p.full() && mean_qps > 0.0 {
+        let Some((&max_id, max)) = load.iter().max_by(|a, b| a.1.leader_qps.total_cmp(&b.1.leader_qps)) else {
+            break;
+        };
+        if max.leader_qps <= mean_qps * (1.0 + cfg.leader_qps_tolerance) {
+            break;
+        }
+        let max_qps = max.leader_qps;
+        // The busy range whose move narrows the gap most: to its replica node serving the
+        // fewest, which must stay within the tolerance after it (else, with loads that cannot
+        // be evened, as four equal ranges on three nodes, the range would only swap roles back
+        // and forth with the noise of the figures).
+        let cand = view
+            .ranges
+            .iter()
+            .filter(|r| r.leader == Some(max_id) && r.qps >= cfg.merge_qps && !p.busy.contains(&r.id))
+            .filter_map(|r| {
+                let (to, to_qps) = r
+                    .replicas
+                    .iter()
+                    .filter(|n| **n != max_id)
+                    .filter_map(|n| load.get(n).map(|l| (*n, l.leader_qps)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))?;
+                let gap = max_qps - to_qps;
+                let fits = to_qps + r.qps <= mean_qps * (1.0 + cfg.leader_qps_tolerance);
+                (r.qps < gap && fits).then(|| (gap - 2.0 * r.qps).abs()).map(|left| (left, r, to))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        let Some((_, r, to)) = cand else { break };
+        p.push(Move::TransferLeader { range: r.id, epoch: r.epoch, to });
+        for (n, d, q) in [(max_id, -1, -r.qps), (to, 1, r.qps)] {
+            let l = load.get_mut(&n).expect("live");
+            l.leaders += d;
+            l.leader_qps += q;
+        }
+    }
+
+    // 6. Leader counts.
     while !p.full() {
         let Some((&max_id, max)) = load.iter().max_by_key(|(id, l)| (l.leaders, std::cmp::Reverse(**id))) else {
             break;
@@ -314,11 +365,16 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
                     .filter(|(leaders, _)| max_leaders - leaders > 1)
                     .map(|(leaders, n)| (leaders, r, n))
             })
-            .min_by_key(|(leaders, r, n)| (*leaders, r.id, *n));
+            .min_by(|(la, ra, na), (lb, rb, nb)| {
+                ra.qps.total_cmp(&rb.qps).then(la.cmp(lb)).then(ra.id.cmp(&rb.id)).then(na.cmp(nb))
+            });
         let Some((_, r, to)) = cand else { break };
         p.push(Move::TransferLeader { range: r.id, epoch: r.epoch, to });
-        load.get_mut(&max_id).expect("live").leaders -= 1;
-        load.get_mut(&to).expect("live").leaders += 1;
+        for (n, d, q) in [(max_id, -1, -r.qps), (to, 1, r.qps)] {
+            let l = load.get_mut(&n).expect("live");
+            l.leaders += d;
+            l.leader_qps += q;
+        }
     }
     p.moves
 }
@@ -527,6 +583,82 @@ mod tests {
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![3, 3, 3], "{leaders:?}");
         assert!(plan(&view, &cfg()).is_empty());
+    }
+
+    /// Leaders per node, and the requests they serve.
+    fn leader_load(view: &View) -> BTreeMap<u64, (usize, f64)> {
+        let mut m: BTreeMap<u64, (usize, f64)> = view.nodes.iter().map(|n| (n.id, (0, 0.0))).collect();
+        for r in &view.ranges {
+            let e = m.get_mut(&r.leader.unwrap()).unwrap();
+            e.0 += 1;
+            e.1 += r.qps;
+        }
+        m
+    }
+
+    /// Ranges of one hash slot each (they cannot split), of 20 MiB (they do not merge), cold,
+    /// led by `leaders` in turn.
+    fn slot_ranges(leaders: &[u64]) -> Vec<RangeView> {
+        use crate::directory::slot_start;
+        (0..leaders.len())
+            .map(|i| {
+                let mut r = range(i as u64 + 1, &[1, 2, 3], 20 * MB);
+                (r.start, r.end) = (slot_start(i as u16), slot_start(i as u16 + 1));
+                (r.leader, r.qps) = (Some(leaders[i]), 0.0);
+                r
+            })
+            .collect()
+    }
+
+    /// Three hot ranges (one per redis-benchmark --cluster master, say) and six cold ones:
+    /// counts even, but two hot ones on node 1 and none on node 3.
+    #[test]
+    fn hot_leaders_spread_by_load_and_counts_stay_even() {
+        let mut ranges = slot_ranges(&[1, 1, 1, 2, 2, 2, 3, 3, 3]);
+        ranges[0].qps = 15_000.0;
+        ranges[1].qps = 14_000.0;
+        ranges[3].qps = 16_000.0;
+        let mut view = View { nodes: (1..=3).map(node).collect(), ranges };
+        let moves = plan(&view, &cfg());
+        assert!(!moves.is_empty() && moves.iter().all(|m| matches!(m, Move::TransferLeader { .. })), "{moves:?}");
+        apply(&mut view, &moves);
+        let load = leader_load(&view);
+        for (n, (count, qps)) in &load {
+            assert!((14_000.0..=16_000.0).contains(qps), "node {n} serves {qps}/s: {load:?}");
+            assert!((2..=4).contains(count), "node {n} leads {count}: {load:?}");
+        }
+        // Stable: the next plan (same load) changes nothing.
+        assert_eq!(plan(&view, &cfg()), vec![], "{load:?}");
+    }
+
+    /// Load within the tolerance, or too small to matter (cold ranges), moves nothing; and
+    /// a single hot range that is the whole difference is not passed around.
+    #[test]
+    fn leader_load_within_tolerance_or_cold_stays() {
+        let mut ranges = slot_ranges(&[1, 2, 3]);
+        for (i, r) in ranges.iter_mut().enumerate() {
+            r.qps = [10_000.0, 9_000.0, 11_000.0][i];
+        }
+        let view = View { nodes: (1..=3).map(node).collect(), ranges: ranges.clone() };
+        assert_eq!(plan(&view, &cfg()), vec![]);
+        // Cold: 50 requests/s on one node, none elsewhere.
+        for (i, r) in ranges.iter_mut().enumerate() {
+            r.qps = if i == 0 { 50.0 } else { 0.0 };
+        }
+        let view = View { nodes: (1..=3).map(node).collect(), ranges: ranges.clone() };
+        assert_eq!(plan(&view, &cfg()), vec![]);
+        // Four equally busy ranges on three nodes, with noise: one node leads two whatever
+        // happens, and no leader moves back and forth.
+        let mut four = slot_ranges(&[1, 1, 2, 3]);
+        for (noise, r) in [1.1, 0.9, 0.9, 0.9].iter().zip(four.iter_mut()) {
+            r.qps = 5_000.0 * noise;
+        }
+        let view4 = View { nodes: (1..=3).map(node).collect(), ranges: four };
+        assert_eq!(plan(&view4, &cfg()), vec![]);
+        // One hot range: wherever it is, some node serves all of it; moving it gains nothing.
+        ranges[0].qps = 20_000.0;
+        let view = View { nodes: (1..=3).map(node).collect(), ranges };
+        assert_eq!(plan(&view, &cfg()), vec![]);
     }
 
     #[test]

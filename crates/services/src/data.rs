@@ -129,8 +129,12 @@ pub struct DataTier {
     dir_from: Mutex<Option<Arc<std::collections::BTreeMap<u64, Descriptor>>>>,
     /// Ticks so far.
     ticks: std::sync::atomic::AtomicU64,
-    /// The node each range was last answered by.
-    hints: Mutex<HashMap<u64, u64>>,
+    /// Each range's leader as last learned here (from an answer, a redirect or a transfer),
+    /// with the sequence number it was learned under: the answer to a request sent before a
+    /// newer hint was learned does not overwrite it (a write the old leader acknowledged after
+    /// a transfer would otherwise bring its name back).
+    hints: Mutex<HashMap<u64, Hint>>,
+    hint_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The keys the first directory splits the keyspace at (the placement driver never merges
@@ -163,6 +167,13 @@ pub fn initial_directory(voters: &[u64], opts: &TierOptions) -> Vec<Descriptor> 
         .collect()
 }
 
+/// A leader hint (see `DataTier::hints`).
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    leader: u64,
+    seq: u64,
+}
+
 impl DataTier {
     /// Starts the data tier's background work on this node.
     pub fn start(c: Arc<Router>, host: Arc<RangeHost>, opts: TierOptions) -> Arc<DataTier> {
@@ -174,6 +185,7 @@ impl DataTier {
             dir_from: Mutex::new(None),
             ticks: Default::default(),
             hints: Mutex::new(HashMap::new()),
+            hint_seq: Default::default(),
         });
         let weak = Arc::downgrade(&t);
         tokio::spawn(async move {
@@ -208,7 +220,7 @@ impl DataTier {
     /// The node leading range `d` by this node's replica's view or the last answer for it;
     /// `None` when neither knows (no guess).
     pub fn known_leader_of(&self, d: &Descriptor) -> Option<u64> {
-        self.host.get(d.id).and_then(|r| r.leader()).or_else(|| self.hints.lock().get(&d.id).copied())
+        self.host.get(d.id).and_then(|r| r.leader()).or_else(|| self.hints.lock().get(&d.id).map(|h| h.leader))
     }
 
     /// Every range, for operators.
@@ -539,11 +551,27 @@ impl DataTier {
         self.run(d, RangeRequest::data(d.id, d.epoch, read, cmd), deadline).await
     }
 
+    /// Range `id`'s leader hint, and the sequence number to learn a newer one under.
+    fn hint(&self, id: u64) -> (Option<u64>, u64) {
+        let since = self.hint_seq.load(std::sync::atomic::Ordering::Acquire);
+        (self.hints.lock().get(&id).map(|h| h.leader), since)
+    }
+
+    /// Records `leader` for range `id`, unless a hint was learned after `since` (see `hints`).
+    fn learn(&self, id: u64, leader: u64, since: u64) {
+        let mut hints = self.hints.lock();
+        if hints.get(&id).is_some_and(|h| h.seq > since) {
+            return;
+        }
+        let seq = self.hint_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        hints.insert(id, Hint { leader, seq });
+    }
+
     async fn run(&self, d: &Descriptor, req: RangeRequest, deadline: Instant) -> Result<Option<Vec<u8>>, TierError> {
         let me = self.c.id();
         let mut attempt = 0usize;
         loop {
-            let hint = self.hints.lock().get(&d.id).copied();
+            let (hint, since) = self.hint(d.id);
             let local = self.host.get(d.id).and_then(|r| r.leader());
             let target = hint.or(local).unwrap_or_else(|| d.replicas[attempt % d.replicas.len().max(1)]);
             let left = deadline.saturating_duration_since(Instant::now());
@@ -557,12 +585,12 @@ impl DataTier {
             let outcome = self.host.execute_on(target, &peer, req.clone(), left).await;
             match outcome {
                 Outcome::Done(b) => {
-                    self.hints.lock().insert(d.id, target);
+                    self.learn(d.id, target, since);
                     return Ok(Some(b));
                 }
                 Outcome::WrongRange(_) => return Ok(None),
                 Outcome::NotLeader { leader: Some(l) } if l != target => {
-                    self.hints.lock().insert(d.id, l);
+                    self.learn(d.id, l, since);
                     continue;
                 }
                 Outcome::NotLeader { .. } | Outcome::NotHere | Outcome::Unavailable(_) => {
@@ -772,7 +800,16 @@ impl DataTier {
         let d = self.range_by_id(id)?;
         let req = RangeRequest::admin(d.id, 0, Admin::TransferLeader { to });
         self.run(&d, req, deadline).await?;
-        self.hints.lock().insert(id, to);
+        self.learn(id, to, u64::MAX);
+        // The old leader returns once it sees the new one; this node's own replica, if it is a
+        // third, learns of it from the new leader's first message. Wait for that (briefly), so
+        // that what this node reports next (range list, CLUSTER SLOTS) already shows it.
+        if let Some(r) = self.host.get(id) {
+            let until = deadline.min(Instant::now() + Duration::from_secs(2));
+            while r.leader() != Some(to) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         Ok(())
     }
 
