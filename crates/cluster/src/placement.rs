@@ -339,11 +339,7 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
         let Some((_, r, to)) = cand else { break };
         p.push(Move::TransferLeader { range: r.id, epoch: r.epoch, to });
-        for (n, d, q) in [(max_id, -1, -r.qps), (to, 1, r.qps)] {
-            let l = load.get_mut(&n).expect("live");
-            l.leaders += d;
-            l.leader_qps += q;
-        }
+        shift_leader(&mut load, r, max_id, to);
     }
 
     // 6. Leader counts.
@@ -370,13 +366,18 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             });
         let Some((_, r, to)) = cand else { break };
         p.push(Move::TransferLeader { range: r.id, epoch: r.epoch, to });
-        for (n, d, q) in [(max_id, -1, -r.qps), (to, 1, r.qps)] {
-            let l = load.get_mut(&n).expect("live");
-            l.leaders += d;
-            l.leader_qps += q;
-        }
+        shift_leader(&mut load, r, max_id, to);
     }
     p.moves
+}
+
+/// Range `r`'s leadership, and the requests it serves, go from node `from` to node `to`.
+fn shift_leader(load: &mut BTreeMap<u64, Load>, r: &RangeView, from: u64, to: u64) {
+    for (n, d, q) in [(from, -1, -r.qps), (to, 1, r.qps)] {
+        let l = load.get_mut(&n).expect("live");
+        l.leaders += d;
+        l.leader_qps += q;
+    }
 }
 
 fn shift(load: &mut BTreeMap<u64, Load>, r: &RangeView, from: Option<u64>, to: u64) {
