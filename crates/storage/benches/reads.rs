@@ -57,7 +57,10 @@ fn reads(c: &mut Criterion) {
 
 /// Random overwrites of the 100,000 keys through the write buffer, flushed to redb by its
 /// thread, by keys per flush: whether fewer, larger redb commits (each rewrites every B-tree
-/// page it touches) make a range's applies cheaper. They did not (BENCHMARKS.md).
+/// page it touches) make a range's applies cheaper. This times the writer only: the flushes
+/// run on the buffer's own thread, on another core, so their cost hardly shows here (the three
+/// sizes took 169-176 ms). On a loaded node that thread's CPU is taken from apply; node CPU per
+/// SET in a cluster is the measure that showed the difference (BENCHMARKS.md).
 fn overwrites(c: &mut Criterion) {
     let mut g = c.benchmark_group("buffered: 200,000 random overwrites, then sync");
     g.sample_size(10);

@@ -605,6 +605,10 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         }
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&st.applied));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&st.membership));
+        // The reader goes before the write: while it holds the buffer's version, the write
+        // copies every buffer node it touches instead of changing it in place (a profile of a
+        // SET run spent 15 % of node CPU in those copies).
+        drop(reader);
         // A failed engine write is fatal: openraft stops the group on this error.
         engine.write(wb).map_err(io_err)?;
         drop(st);
