@@ -342,9 +342,9 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
         cairn_raft::range::RangeHostOptions {
             node_id: identity.member_id,
             dir: data_dir.join("member").join("ranges"),
-            // Until idle ranges hibernate and heartbeats are coalesced per node pair, each
-            // range heartbeats on its own: at a third of the meta group's rate, an idle range
-            // costs a third as much (its failover takes three election timeouts).
+            // Idle ranges hibernate (`range::hibernate`); a busy one heartbeats on its own, at
+            // a third of the meta group's rate, so it costs a third as much (its failover
+            // takes three election timeouts).
             timers: RaftTimers {
                 heartbeat_ms: timers.heartbeat_ms * RANGE_TIMER_FACTOR,
                 election_timeout_ms: timers.election_timeout_ms * RANGE_TIMER_FACTOR,
