@@ -710,7 +710,8 @@ mod tests {
         let mut before = range(1, &[1, 2, 3], MB);
         (before.start, before.end, before.leader, before.qps) = (vec![], slot_start(0), Some(3), 0.0);
         let mut after = range(6, &[1, 2, 3], MB);
-        (after.start, after.end, after.leader, after.qps) = (vec![crate::directory::PREFIX_REDIS + 1], vec![], Some(3), 0.0);
+        (after.start, after.end, after.leader, after.qps) =
+            (vec![crate::directory::PREFIX_REDIS + 1], vec![], Some(3), 0.0);
         let mut ranges = vec![before];
         ranges.extend(redis);
         ranges.push(after);
@@ -721,7 +722,10 @@ mod tests {
         assert!(!moves.is_empty() && moves.iter().all(|m| matches!(m, Move::TransferLeader { .. })), "{moves:?}");
         apply(&mut view, &moves);
         let redis_led = |view: &View, n: u64| {
-            view.ranges.iter().filter(|r| class(r) == Some(crate::directory::PREFIX_REDIS) && r.leader == Some(n)).count()
+            view.ranges
+                .iter()
+                .filter(|r| class(r) == Some(crate::directory::PREFIX_REDIS) && r.leader == Some(n))
+                .count()
         };
         for n in 1..=3 {
             assert!((1..=2).contains(&redis_led(&view, n)), "node {n}: {:?}", view.ranges);

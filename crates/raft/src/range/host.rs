@@ -122,7 +122,10 @@ fn written(
 }
 
 /// Gives each queued write its answer from an entry's result.
-fn hand_out(answers: Vec<tokio::sync::oneshot::Sender<Result<RangeReply, RangeError>>>, r: Result<RangeReply, RangeError>) {
+fn hand_out(
+    answers: Vec<tokio::sync::oneshot::Sender<Result<RangeReply, RangeError>>>,
+    r: Result<RangeReply, RangeError>,
+) {
     match r {
         Ok(RangeReply::Batch(replies)) if replies.len() == answers.len() => {
             for (a, r) in answers.into_iter().zip(replies) {
