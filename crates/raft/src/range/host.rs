@@ -237,7 +237,7 @@ impl RangeReplica {
     }
 
     /// Proposes a client's data command, routed with `epoch`, and waits for its answer from
-    /// apply. Writes that arrive while [`ENTRIES_IN_FLIGHT`] entries are being committed are
+    /// apply. Writes that arrive while `ENTRIES_IN_FLIGHT` entries are being committed are
     /// queued and proposed together as the next entry (each entry costs an fsync on a quorum,
     /// so the next takes everything that arrived meanwhile); each is still routed, applied and
     /// answered on its own. Entries are proposed in the order their writes queued.
