@@ -185,7 +185,6 @@ impl Plan<'_> {
 struct Load {
     replicas: i64,
     bytes: i64,
-    leaders: i64,
     /// Requests per second served by the ranges it leads.
     leader_qps: f64,
 }
@@ -206,7 +205,6 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             }
         }
         if let Some(l) = r.leader.and_then(|n| load.get_mut(&n)) {
-            l.leaders += 1;
             l.leader_qps += r.qps;
         }
     }
@@ -436,10 +434,8 @@ fn planned_leader(p: &Plan, r: &RangeView) -> Option<u64> {
 
 /// Range `r`'s leadership, and the requests it serves, go from node `from` to node `to`.
 fn shift_leader(load: &mut BTreeMap<u64, Load>, r: &RangeView, from: u64, to: u64) {
-    for (n, d, q) in [(from, -1, -r.qps), (to, 1, r.qps)] {
-        let l = load.get_mut(&n).expect("live");
-        l.leaders += d;
-        l.leader_qps += q;
+    for (n, q) in [(from, -r.qps), (to, r.qps)] {
+        load.get_mut(&n).expect("live").leader_qps += q;
     }
 }
 

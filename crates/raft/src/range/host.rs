@@ -106,6 +106,9 @@ impl Drop for RoundGuard {
     }
 }
 
+/// Where a proposed entry's answer from apply comes.
+type Answer = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<RangeConfig>>;
+
 /// A proposed entry's result as [`RangeReplica::write`] gives it; the responder dropped
 /// unanswered (the group stopped) leaves the outcome unknown.
 fn written(
@@ -226,13 +229,17 @@ pub enum RangeError {
 impl RangeReplica {
     /// Proposes `op` and waits for its answer from apply.
     pub async fn write(&self, op: RangeOp) -> Result<RangeReply, RangeError> {
-        use openraft::error::{ClientWriteError, RaftError};
-        match self.raft.client_write(op).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RangeError::NotLeader { range: self.id, leader: f.leader_id })
-            }
-            Err(e) => Err(RangeError::Raft { range: self.id, msg: e.to_string() }),
+        let reply = self.submit(op).await?;
+        written(self.id, reply.await)
+    }
+
+    /// Hands `op` to openraft and returns where its answer from apply will come: calls made one
+    /// after the other put their entries in the log in that order.
+    async fn submit(&self, op: RangeOp) -> Result<Answer, RangeError> {
+        let (responder, reply) = openraft::raft::responder::ProgressResponder::complete_only();
+        match self.raft.client_write_ff(op, Some(responder)).await {
+            Ok(()) => Ok(reply),
+            Err(fatal) => Err(RangeError::Raft { range: self.id, msg: fatal.to_string() }),
         }
     }
 
@@ -292,14 +299,13 @@ impl RangeReplica {
                 Ok([one]) => RangeOp::data(stamp, one.epoch, one.cmd),
                 Err(many) => RangeOp { stamp_ms: stamp, epoch: 0, cmd: RangeCmd::Batch(many) },
             };
-            let (responder, reply) = openraft::raft::responder::ProgressResponder::complete_only();
-            if let Err(fatal) = self.raft.client_write_ff(op, Some(responder)).await {
-                let e = RangeError::Raft { range: self.id, msg: fatal.to_string() };
-                for a in answers {
-                    let _ = a.send(Err(e.clone()));
+            let reply = match self.submit(op).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    hand_out(answers, Err(e));
+                    continue;
                 }
-                continue;
-            }
+            };
             let id = self.id;
             tokio::spawn(async move {
                 let _slot = slot;
