@@ -276,6 +276,61 @@ impl Cache {
         }
     }
 
+    /// Several reads (a pipeline's, which a client sent together), answered in order. The
+    /// reads of one range this node leads run as one batch (`DataTier::execute_local_reads`:
+    /// one barrier, one engine reader); the rest, and any batch that could not run here as a
+    /// whole, run one by one as [`Self::read`] runs them.
+    pub async fn read_many(&self, cmds: Vec<ReadCmd>) -> Vec<Reply> {
+        let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+        let mut alone: Vec<(usize, ReadCmd)> = Vec::new();
+        // Per range: its descriptor, its reads (where each answer goes, the command) and
+        // their encodings.
+        type Batch = (Descriptor, Vec<(usize, ReadCmd)>, Vec<Vec<u8>>);
+        let mut batches: Vec<Batch> = Vec::new();
+        let dir = self.tier.directory();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let range = match (&dir, &cmd) {
+                (_, ReadCmd::Keys { .. } | ReadCmd::DbSize { .. }) | (None, _) => None,
+                (Some(dir), cmd) => {
+                    let mut ids = cmd.keys().into_iter().map(|k| dir.lookup(&keys::encode(k)));
+                    match ids.next() {
+                        Some(first) if ids.all(|d| d.id == first.id) => Some(first),
+                        _ => None,
+                    }
+                }
+            };
+            let Some(d) = range else {
+                alone.push((i, cmd));
+                continue;
+            };
+            let bytes = postcard::to_allocvec(&cmd).expect("serializable");
+            match batches.iter_mut().find(|(b, _, _)| b.id == d.id) {
+                Some((_, reads, encoded)) => {
+                    reads.push((i, cmd));
+                    encoded.push(bytes);
+                }
+                None => batches.push((d.clone(), vec![(i, cmd)], vec![bytes])),
+            }
+        }
+        for (d, reads, encoded) in batches {
+            if reads.len() > 1 {
+                if let Some(answers) = self.tier.execute_local_reads(&d, &encoded).await {
+                    for ((i, _), b) in reads.iter().zip(answers) {
+                        replies[*i] = Some(decode(&b));
+                    }
+                    continue;
+                }
+            }
+            alone.extend(reads);
+        }
+        let singles =
+            futures::future::join_all(alone.into_iter().map(|(i, cmd)| async move { (i, self.read(cmd).await) }));
+        for (i, reply) in singles.await {
+            replies[i] = Some(reply);
+        }
+        replies.into_iter().map(|r| r.expect("every read answered")).collect()
+    }
+
     /// A read for a READONLY connection: a read of keys in one range is answered by this
     /// node's replica of it, leader or follower, as it stands (it may miss the latest writes,
     /// as a Redis Cluster replica may). Anything else, or a range with no replica here, is

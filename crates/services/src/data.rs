@@ -528,6 +528,26 @@ impl DataTier {
         }
     }
 
+    /// Runs several reads of range `d` at once when this node leads it (see
+    /// `RangeHost::execute_reads`): the answers in order, or `None` when any of them did not
+    /// run here as asked (another node leads, the route is stale, a read failed). Reads change
+    /// nothing, so the caller then runs each on its own, with the usual routing and retries.
+    pub async fn execute_local_reads(&self, d: &Descriptor, cmds: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+        let me = self.c.id();
+        if self.host.get(d.id)?.leader() != Some(me) {
+            return None;
+        }
+        let run = self.host.execute_reads(d.id, d.epoch, cmds);
+        let outcomes = tokio::time::timeout(self.c.cfg.request_timeout, run).await.ok()?.ok()?;
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Done(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Runs a read on this node's replica of `key`'s range, leader or not, without a read
     /// barrier (READONLY). `None` when this node holds no current replica of it.
     pub fn read_local(&self, key: &[u8], cmd: &[u8]) -> Option<Vec<u8>> {

@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + 'static {
     /// implementation fans them out over ranges and merges.
     fn read(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send;
 
+    /// Several reads a client pipelined together, answered in order. An implementation may
+    /// run those of one range as one batch; by default, each as [`Backend::read`],
+    /// concurrently.
+    fn read_many(&self, cmds: Vec<ReadCmd>) -> impl Future<Output = Vec<Reply>> + Send {
+        futures::future::join_all(cmds.into_iter().map(|c| self.read(c)))
+    }
+
     /// A read on a connection that sent READONLY: it may be answered by a replica that is
     /// not its range's leader, and so miss the latest writes. By default, as [`Backend::read`].
     fn read_replica(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send {

@@ -210,11 +210,43 @@ impl<B: Backend> Conn<'_, B> {
         Then::Continue
     }
 
+    /// Runs a wave (see [`Self::run_batch`]) and encodes its replies in order. Its plain reads
+    /// go to the backend together ([`Backend::read_many`]: the data tier runs those of one
+    /// range as one batch), beside its other commands.
     async fn run_wave(&mut self, wave: &mut Vec<Pending>, out: &mut Vec<u8>) {
         let this = &*self;
-        let replies = futures::future::join_all(wave.drain(..).map(|p| this.data(p.cmd))).await;
-        for r in &replies {
-            resp::encode(r, self.proto, out);
+        let mut replies: Vec<Option<Reply>> = vec![None; wave.len()];
+        let (mut reads, mut others) = (Vec::new(), Vec::new());
+        for (i, p) in wave.drain(..).enumerate() {
+            if let Some(moved) = this.redirect(&p.cmd) {
+                replies[i] = Some(moved);
+                continue;
+            }
+            match p.cmd {
+                // READONLY reads go to replicas, one by one.
+                Command::Read(r) if !this.readonly => reads.push((i, r)),
+                cmd => others.push((i, cmd)),
+            }
+        }
+        if reads.len() == 1 {
+            others.extend(reads.drain(..).map(|(i, r)| (i, Command::Read(r))));
+        }
+        let (slots, reads): (Vec<usize>, Vec<cairn_range::cmd::ReadCmd>) = reads.into_iter().unzip();
+        let batch = async {
+            if reads.is_empty() {
+                Vec::new()
+            } else {
+                this.backend.read_many(reads).await
+            }
+        };
+        let rest =
+            futures::future::join_all(others.into_iter().map(|(i, cmd)| async move { (i, this.serve(cmd).await) }));
+        let (batch, rest) = futures::join!(batch, rest);
+        for (i, reply) in slots.into_iter().zip(batch).chain(rest) {
+            replies[i] = Some(reply);
+        }
+        for r in replies {
+            resp::encode(&r.expect("every command of the wave answered"), self.proto, out);
         }
     }
 
@@ -235,17 +267,28 @@ impl<B: Backend> Conn<'_, B> {
     /// Redis Cluster node answers, and the client goes there itself; any other connection is
     /// proxied to the leader.
     async fn data(&self, cmd: Command) -> Reply {
-        if self.redirects {
-            let read_here = self.readonly && matches!(cmd, Command::Read(_));
-            let moved = match &cmd {
-                Command::Write(w) => self.backend.moved(&w.keys(), false),
-                Command::Read(r) => self.backend.moved(&r.keys(), read_here),
-                _ => None,
-            };
-            if let Some(m) = moved {
-                return m;
-            }
+        match self.redirect(&cmd) {
+            Some(moved) => moved,
+            None => self.serve(cmd).await,
         }
+    }
+
+    /// `MOVED` for a data command another node should serve, on a cluster-aware connection
+    /// (see [`Self::data`]).
+    fn redirect(&self, cmd: &Command) -> Option<Reply> {
+        if !self.redirects {
+            return None;
+        }
+        let read_here = self.readonly && matches!(cmd, Command::Read(_));
+        match cmd {
+            Command::Write(w) => self.backend.moved(&w.keys(), false),
+            Command::Read(r) => self.backend.moved(&r.keys(), read_here),
+            _ => None,
+        }
+    }
+
+    /// A data command served here (proxied to its range's leader if need be).
+    async fn serve(&self, cmd: Command) -> Reply {
         match cmd {
             Command::Write(w) => self.backend.write(w).await,
             Command::Read(r) if self.readonly => self.backend.read_replica(r).await,

@@ -24,7 +24,7 @@ use crate::range::gc;
 use crate::range::hibernate::{self, Beat, Liveness, Role};
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
-use crate::range::sm::{self, Applier, RangeEvent, RangeStateMachine, SnapshotBytes};
+use crate::range::sm::{self, Applier, DataView, RangeEvent, RangeStateMachine, SnapshotBytes};
 use crate::range::types::{
     Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest, Routed,
     SnapshotMeta, Vote,
@@ -388,9 +388,9 @@ impl RangeReplica {
             && self.handed_over.lock().as_ref() != Some(&m.vote)
     }
 
-    fn count_request(&self) {
+    fn count_requests(&self, n: u64) {
         let mut l = self.load.lock();
-        l.requests += 1;
+        l.requests += n;
         l.last_request = Some(cairn_types::clock::now());
     }
 
@@ -946,25 +946,15 @@ impl RangeHost {
     pub async fn execute(&self, req: RangeRequest) -> Outcome {
         let RangeRequest { group, epoch, read, cmd, admin } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
-        r.count_request();
+        r.count_requests(1);
         r.wake(self.read_lease).await;
         if let Some(a) = admin {
             return self.admin(&r, epoch, a).await;
         }
         if read {
-            match r.read_barrier(self.read_lease).await {
-                Ok(()) => {}
-                Err(RangeError::NotLeader { leader, .. }) => return Outcome::NotLeader { leader },
-                Err(e) => return Outcome::Unavailable(e.to_string()),
-            }
-            let desc = r.sm.desc();
-            if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
-                return Outcome::WrongRange(desc);
-            }
-            let now = cairn_types::clock::wall_ms();
-            return match r.sm.read(|view| self.applier.read(&desc, view, &cmd, now)).and_then(|r| r) {
-                Ok(reply) => answered(reply),
-                Err(e) => Outcome::Unavailable(e.to_string()),
+            return match self.read_on(&r, epoch, std::slice::from_ref(&cmd)).await {
+                Ok(mut answers) => answers.pop().expect("one answer per read"),
+                Err(o) => o,
             };
         }
         match r.write_data(epoch, cmd).await {
@@ -978,12 +968,46 @@ impl RangeHost {
         }
     }
 
+    /// Runs several reads of range `group` at once on this node, which must lead it: one read
+    /// barrier, one descriptor, one engine reader and one clock reading serve them all (a
+    /// pipeline's reads of one range, `services::cache::Cache::read_many`). Each read has its
+    /// own answer; `Err` is the one outcome of the batch when none ran (the replica is not
+    /// here or does not lead, the epoch is stale, no barrier).
+    pub async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: &[Vec<u8>]) -> Result<Vec<Outcome>, Outcome> {
+        let Some(r) = self.get(group) else { return Err(Outcome::NotHere) };
+        r.count_requests(cmds.len() as u64);
+        r.wake(self.read_lease).await;
+        self.read_on(&r, epoch, cmds).await
+    }
+
+    /// Reads on replica `r` after a read barrier (see [`Self::execute_reads`]).
+    async fn read_on(&self, r: &RangeReplica, epoch: u64, cmds: &[Vec<u8>]) -> Result<Vec<Outcome>, Outcome> {
+        match r.read_barrier(self.read_lease).await {
+            Ok(()) => {}
+            Err(RangeError::NotLeader { leader, .. }) => return Err(Outcome::NotLeader { leader }),
+            Err(e) => return Err(Outcome::Unavailable(e.to_string())),
+        }
+        let desc = r.sm.desc();
+        if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
+            return Err(Outcome::WrongRange(desc));
+        }
+        let now = cairn_types::clock::wall_ms();
+        let read = |view: &dyn DataView| {
+            let one = |cmd: &Vec<u8>| match self.applier.read(&desc, view, cmd, now) {
+                Ok(reply) => answered(reply),
+                Err(e) => Outcome::Unavailable(e.to_string()),
+            };
+            cmds.iter().map(one).collect()
+        };
+        r.sm.read(read).map_err(|e| Outcome::Unavailable(e.to_string()))
+    }
+
     /// Reads from this node's replica of `group` as it stands, leader or not: no read barrier,
     /// so the answer may miss recent writes (Redis Cluster's READONLY replica reads). The
     /// replica's descriptor must still be `epoch`.
     pub fn read_local(&self, group: RangeId, epoch: u64, cmd: &[u8]) -> Outcome {
         let Some(r) = self.get(group) else { return Outcome::NotHere };
-        r.count_request();
+        r.count_requests(1);
         let desc = r.sm.desc();
         if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
             return Outcome::WrongRange(desc);
