@@ -277,9 +277,9 @@ impl Cache {
     }
 
     /// Several reads (a pipeline's, which a client sent together), answered in order. The
-    /// reads of one range this node leads run as one batch (`DataTier::execute_local_reads`:
-    /// one barrier, one engine reader); the rest, and any batch that could not run here as a
-    /// whole, run one by one as [`Self::read`] runs them.
+    /// reads of one range run as one batch on its leader (`DataTier::execute_reads`: one call,
+    /// one barrier, one engine reader); the rest, and any batch that could not run as a whole,
+    /// run one by one as [`Self::read`] runs them.
     pub async fn read_many(&self, cmds: Vec<ReadCmd>) -> Vec<Reply> {
         let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
         let mut alone: Vec<(usize, ReadCmd)> = Vec::new();
@@ -314,7 +314,7 @@ impl Cache {
         }
         for (d, reads, encoded) in batches {
             if reads.len() > 1 {
-                if let Some(answers) = self.tier.execute_local_reads(&d, &encoded).await {
+                if let Some(answers) = self.tier.execute_reads(&d, &encoded).await {
                     for ((i, _), b) in reads.iter().zip(answers) {
                         replies[*i] = Some(decode(&b));
                     }

@@ -528,24 +528,27 @@ impl DataTier {
         }
     }
 
-    /// Runs several reads of range `d` at once when this node leads it (see
-    /// `RangeHost::execute_reads`): the answers in order, or `None` when any of them did not
-    /// run here as asked (another node leads, the route is stale, a read failed). Reads change
-    /// nothing, so the caller then runs each on its own, with the usual routing and retries.
-    pub async fn execute_local_reads(&self, d: &Descriptor, cmds: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    /// Runs several reads of range `d` at once on the node believed to lead it (see
+    /// `RangeHost::execute_reads`: one call, one read barrier): the answers in order, or `None`
+    /// when any of them did not run as asked (no leader known, another node leads, the route
+    /// is stale, a read failed). Reads change nothing, so the caller then runs each on its
+    /// own, with the usual routing and retries.
+    pub async fn execute_reads(&self, d: &Descriptor, cmds: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
         let me = self.c.id();
-        if self.host.get(d.id)?.leader() != Some(me) {
-            return None;
-        }
-        let run = self.host.execute_reads(d.id, d.epoch, cmds);
-        let outcomes = tokio::time::timeout(self.c.cfg.request_timeout, run).await.ok()?.ok()?;
-        outcomes
+        let (hint, since) = self.hint(d.id);
+        let target = hint.or_else(|| self.host.get(d.id).and_then(|r| r.leader()))?;
+        let peer = if target == me { PeerNode::default() } else { self.c.node.member_node(target)? };
+        let timeout = self.c.cfg.request_timeout;
+        let outcomes = self.host.execute_reads_on(target, &peer, d.id, d.epoch, cmds, timeout).await.ok()?;
+        let answers = outcomes
             .into_iter()
             .map(|o| match o {
                 Outcome::Done(b) => Some(b),
                 _ => None,
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()?;
+        self.learn(d.id, target, since);
+        Some(answers)
     }
 
     /// Runs a read on this node's replica of `key`'s range, leader or not, without a read

@@ -1198,6 +1198,25 @@ impl RangeHost {
         self.mux.execute(node, peer, req, timeout).await
     }
 
+    /// [`Self::execute_reads`] on node `node`: this one, or a peer over the range transport.
+    pub async fn execute_reads_on(
+        &self,
+        node: u64,
+        peer: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        cmds: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<Vec<Outcome>, Outcome> {
+        if node == self.opts.node_id {
+            return match tokio::time::timeout(timeout, self.execute_reads(group, epoch, cmds)).await {
+                Ok(o) => o,
+                Err(_) => Err(Outcome::Unavailable("timed out".into())),
+            };
+        }
+        self.mux.execute_reads(node, peer, group, epoch, cmds, timeout).await
+    }
+
     /// Every replica's figures (the stats call's answer).
     pub async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
         let all = self.replicas();
@@ -1262,6 +1281,10 @@ fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
 impl RangeHandler for RangeHost {
     async fn execute(&self, req: RangeRequest) -> Outcome {
         RangeHost::execute(self, req).await
+    }
+
+    async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
+        RangeHost::execute_reads(self, group, epoch, &cmds).await
     }
 
     async fn stats(&self) -> Vec<crate::range::ReplicaStats> {

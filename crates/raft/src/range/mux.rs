@@ -160,8 +160,14 @@ impl Mux {
         };
         let mut client = q.client.clone();
         let admin = admin.map(|a| encode(&a)).unwrap_or_default();
-        let mut req =
-            tonic::Request::new(RangeExecuteRequest { group, epoch, read, cmd: cmd.into(), admin: admin.into() });
+        let mut req = tonic::Request::new(RangeExecuteRequest {
+            group,
+            epoch,
+            read,
+            cmd: cmd.into(),
+            admin: admin.into(),
+            reads: vec![],
+        });
         req.set_timeout(timeout);
         crate::network::stamp(&mut req);
         match client.execute(req).await {
@@ -169,6 +175,36 @@ impl Mux {
                 .unwrap_or_else(|e| Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
             Err(s) if read || crate::tcp::never_connected(&s) => Outcome::Unavailable(s.message().to_string()),
             Err(s) => Outcome::Unknown(format!("node {target:x}: {}", s.message())),
+        }
+    }
+
+    /// Sends several reads of `group` to `target`, which runs them together if it leads the
+    /// range (see `RangeHost::execute_reads`).
+    pub async fn execute_reads(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        cmds: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<Vec<Outcome>, Outcome> {
+        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
+            return Err(Outcome::Unavailable("link cut by fault injection".into()));
+        }
+        let Some(q) = self.queue(target, node) else {
+            return Err(Outcome::Unavailable(format!("node {target:x} has no usable peer URL")));
+        };
+        let mut client = q.client.clone();
+        let reads = cmds.iter().map(|c| c.clone().into()).collect();
+        let mut req =
+            tonic::Request::new(RangeExecuteRequest { group, epoch, read: true, reads, ..Default::default() });
+        req.set_timeout(timeout);
+        crate::network::stamp(&mut req);
+        match client.execute(req).await {
+            Ok(r) => postcard::from_bytes(&r.into_inner().outcome)
+                .unwrap_or_else(|e| Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}")))),
+            Err(s) => Err(Outcome::Unavailable(s.message().to_string())),
         }
     }
 
@@ -371,6 +407,8 @@ pub trait RangeHandler: Send + Sync + 'static {
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String>;
     /// A client request forwarded by another node.
     async fn execute(&self, req: RangeRequest) -> Outcome;
+    /// Several reads of one range forwarded by another node, run together.
+    async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome>;
     /// The node's replicas' figures.
     async fn stats(&self) -> Vec<crate::range::ReplicaStats>;
 }
@@ -428,6 +466,11 @@ impl Ranges for RangesService {
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let r = req.into_inner();
+        if !r.reads.is_empty() {
+            let cmds = r.reads.into_iter().map(|c| c.to_vec()).collect();
+            let outcome = self.handler.execute_reads(r.group, r.epoch, cmds).await;
+            return Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }));
+        }
         let admin = if r.admin.is_empty() {
             None
         } else {
