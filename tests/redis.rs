@@ -731,12 +731,12 @@ fn leader_of(nodes: &[String], key: &str) -> usize {
     panic!("no range holds slot {slot}: {slots}");
 }
 
-/// A pipeline's reads of one range run as one batch on the range's leader
-/// (`services::cache::Cache::read_many`); each still gets its own answer, in order, whatever
-/// the mix: keys of ranges led here and elsewhere, missing keys, reads over several ranges,
-/// a write between two reads of its key.
+/// A pipeline's reads, and its writes, of one range go to the range's leader as one batch
+/// (`services::cache::Cache::read_many`, `write_many`); each still gets its own answer, in
+/// order, whatever the mix: keys of ranges led here and elsewhere, missing keys, commands over
+/// several ranges, errors, a write between two reads of its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_reads_are_each_answered_in_order() {
+async fn pipelined_commands_are_each_answered_in_order() {
     let t = common::start(3, &[]).await;
     let nodes = t.redis_addrs();
     wait_tier(&nodes[0]).await;
@@ -784,6 +784,45 @@ async fn pipelined_reads_are_each_answered_in_order() {
         }
         assert_eq!(got, want, "pipelined on {n}");
         assert_eq!(cli(n, &["MGET", "{t}a", "{t}b"]), "1\n2");
+    }
+    // Pipelined writes: those of one range go to its leader together, each answered on its own.
+    for (at, n) in nodes.iter().enumerate() {
+        let mut c = Conn::open(n).await.unwrap();
+        let values: Vec<(String, String)> = (0..40).map(|i| (format!("w:{i}"), format!("n{at}-{i}"))).collect();
+        let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
+        let mut want: Vec<R> = Vec::new();
+        for (i, (k, v)) in values.iter().enumerate() {
+            cmds.push(vec![b"SET", k.as_bytes(), v.as_bytes()]);
+            want.push(R::Ok("OK".into()));
+            if i % 5 == 0 {
+                cmds.push(vec![b"APPEND", b"w:log", v.as_bytes()]);
+                want.push(R::Int(0)); // checked below: the log grows by each value in order
+                cmds.push(vec![b"INCR", k.as_bytes()]);
+                want.push(R::Err("ERR value is not an integer or out of range".into()));
+            }
+        }
+        cmds.push(vec![b"MSET", b"foo", b"1", b"bar", b"2"]);
+        want.push(R::Err("CROSSSLOT Keys in request don't hash to the same slot".into()));
+        cmds.push(vec![b"DEL", b"w:0", b"w:1", b"w:2", b"w:missing"]);
+        want.push(R::Int(3));
+        let got = c.pipeline(&cmds).await.unwrap();
+        let mut log_len = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if cmds[i][0] == b"APPEND" {
+                log_len += cmds[i][2].len() as i64;
+                // Earlier nodes' rounds appended too: the length only grows, by this value.
+                match g {
+                    R::Int(len) => assert!(*len >= log_len, "APPEND answered {len}"),
+                    other => panic!("APPEND answered {other:?}"),
+                }
+            } else {
+                assert_eq!(g, w, "pipelined write {i} on {n}: {:?}", String::from_utf8_lossy(&cmds[i].concat()));
+            }
+        }
+        for (k, v) in values.iter().skip(3) {
+            assert_eq!(cli(&nodes[(at + 1) % nodes.len()], &["GET", k]), *v);
+        }
+        assert_eq!(cli(n, &["EXISTS", "w:0", "w:1", "w:2"]), "0");
     }
 }
 

@@ -159,6 +159,15 @@ fn tier_error(e: TierError) -> Reply {
     }
 }
 
+/// Commands whose keys are all in one range (see `Cache::by_range`).
+struct RangeBatch<C> {
+    desc: Descriptor,
+    /// Each command, with where its answer goes.
+    cmds: Vec<(usize, C)>,
+    /// Their encodings, in the same order.
+    encoded: Vec<Vec<u8>>,
+}
+
 fn decode(b: &[u8]) -> Reply {
     postcard::from_bytes(b).unwrap_or_else(|e| Reply::err(format!("ERR undecodable reply: {e}")))
 }
@@ -276,52 +285,64 @@ impl Cache {
         }
     }
 
-    /// Several reads (a pipeline's, which a client sent together), answered in order. The
-    /// reads of one range run as one batch on its leader (`DataTier::execute_reads`: one call,
-    /// one barrier, one engine reader); the rest, and any batch that could not run as a whole,
-    /// run one by one as [`Self::read`] runs them.
-    pub async fn read_many(&self, cmds: Vec<ReadCmd>) -> Vec<Reply> {
-        let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
-        let mut alone: Vec<(usize, ReadCmd)> = Vec::new();
-        // Per range: its descriptor, its reads (where each answer goes, the command) and
-        // their encodings.
-        type Batch = (Descriptor, Vec<(usize, ReadCmd)>, Vec<Vec<u8>>);
-        let mut batches: Vec<Batch> = Vec::new();
+    /// Groups commands by the one range all their keys are in, in the commands' order. The
+    /// rest (keys in several ranges or none, `keys_of` saying `None`, no directory yet) are
+    /// returned apart.
+    fn by_range<C: serde::Serialize>(
+        &self,
+        cmds: Vec<C>,
+        keys_of: impl Fn(&C) -> Option<Vec<&[u8]>>,
+    ) -> (Vec<RangeBatch<C>>, Vec<(usize, C)>) {
+        let mut alone = Vec::new();
+        let mut batches: Vec<RangeBatch<C>> = Vec::new();
         let dir = self.tier.directory();
         for (i, cmd) in cmds.into_iter().enumerate() {
-            let range = match (&dir, &cmd) {
-                (_, ReadCmd::Keys { .. } | ReadCmd::DbSize { .. }) | (None, _) => None,
-                (Some(dir), cmd) => {
-                    let mut ids = cmd.keys().into_iter().map(|k| dir.lookup(&keys::encode(k)));
+            let range = match (&dir, keys_of(&cmd)) {
+                (Some(dir), Some(keys)) => {
+                    let mut ids = keys.into_iter().map(|k| dir.lookup(&keys::encode(k)));
                     match ids.next() {
                         Some(first) if ids.all(|d| d.id == first.id) => Some(first),
                         _ => None,
                     }
                 }
+                _ => None,
             };
             let Some(d) = range else {
                 alone.push((i, cmd));
                 continue;
             };
             let bytes = postcard::to_allocvec(&cmd).expect("serializable");
-            match batches.iter_mut().find(|(b, _, _)| b.id == d.id) {
-                Some((_, reads, encoded)) => {
-                    reads.push((i, cmd));
-                    encoded.push(bytes);
+            match batches.iter_mut().find(|b| b.desc.id == d.id) {
+                Some(b) => {
+                    b.cmds.push((i, cmd));
+                    b.encoded.push(bytes);
                 }
-                None => batches.push((d.clone(), vec![(i, cmd)], vec![bytes])),
+                None => batches.push(RangeBatch { desc: d.clone(), cmds: vec![(i, cmd)], encoded: vec![bytes] }),
             }
         }
-        for (d, reads, encoded) in batches {
-            if reads.len() > 1 {
-                if let Some(answers) = self.tier.execute_reads(&d, &encoded).await {
-                    for ((i, _), b) in reads.iter().zip(answers) {
-                        replies[*i] = Some(decode(&b));
+        (batches, alone)
+    }
+
+    /// Several reads (a pipeline's, which a client sent together), answered in order. The
+    /// reads of one range run as one batch on its leader (`DataTier::execute_reads`: one call,
+    /// one barrier, one engine reader); the rest, and any batch that could not run as a whole,
+    /// run one by one as [`Self::read`] runs them.
+    pub async fn read_many(&self, cmds: Vec<ReadCmd>) -> Vec<Reply> {
+        let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+        let (batches, mut alone) = self.by_range(cmds, |c| match c {
+            ReadCmd::Keys { .. } | ReadCmd::DbSize { .. } => None,
+            c => Some(c.keys()),
+        });
+        for b in batches {
+            if b.cmds.len() > 1 {
+                if let Some(answers) = self.tier.execute_reads(&b.desc, &b.encoded).await {
+                    for ((i, _), a) in b.cmds.iter().zip(answers) {
+                        replies[*i] = Some(decode(&a));
                     }
                     continue;
                 }
             }
-            alone.extend(reads);
+            alone.extend(b.cmds);
         }
         let singles =
             futures::future::join_all(alone.into_iter().map(|(i, cmd)| async move { (i, self.read(cmd).await) }));
@@ -329,6 +350,40 @@ impl Cache {
             replies[i] = Some(reply);
         }
         replies.into_iter().map(|r| r.expect("every read answered")).collect()
+    }
+
+    /// Several writes (a pipeline's, on distinct keys), answered in order. The writes of one
+    /// range go to its leader as one batch (`DataTier::execute_writes`: one call; there they
+    /// queue for the range's next entries as any write does); the rest, and every write of a
+    /// batch that provably did not run (another node leads, the route is stale), run one by
+    /// one as [`Self::write`] runs them. A write whose batch may have run answers as a lone
+    /// write would: unknown outcome.
+    pub async fn write_many(&self, reqs: Vec<WriteReq>) -> Vec<Reply> {
+        let mut replies: Vec<Option<Reply>> = vec![None; reqs.len()];
+        let (batches, mut alone) = self.by_range(reqs, |r| match r {
+            WriteReq::Cmd(DataCmd::Flush { .. }) => None,
+            r => Some(r.keys()),
+        });
+        for b in batches {
+            if b.cmds.len() < 2 {
+                alone.extend(b.cmds);
+                continue;
+            }
+            let answers = self.tier.execute_writes(&b.desc, &b.encoded).await;
+            for ((i, req), a) in b.cmds.into_iter().zip(answers) {
+                match a {
+                    Some(Ok(bytes)) => replies[i] = Some(decode(&bytes)),
+                    Some(Err(e)) => replies[i] = Some(tier_error(e)),
+                    None => alone.push((i, req)),
+                }
+            }
+        }
+        let singles =
+            futures::future::join_all(alone.into_iter().map(|(i, req)| async move { (i, self.write(req).await) }));
+        for (i, reply) in singles.await {
+            replies[i] = Some(reply);
+        }
+        replies.into_iter().map(|r| r.expect("every write answered")).collect()
     }
 
     /// A read for a READONLY connection: a read of keys in one range is answered by this

@@ -551,6 +551,32 @@ impl DataTier {
         Some(answers)
     }
 
+    /// Runs several writes of range `d` on the node believed to lead it, as one call (see
+    /// `RangeHost::execute_writes`). Each answer: `Some(Ok)`, it ran; `Some(Err)`, it may have
+    /// run (unknown outcome, as for a lone write); `None`, it provably did not run (no leader
+    /// known, another node leads, the route is stale), and the caller routes it on its own.
+    pub async fn execute_writes(&self, d: &Descriptor, cmds: &[Vec<u8>]) -> Vec<Option<Result<Vec<u8>, TierError>>> {
+        let me = self.c.id();
+        let (hint, since) = self.hint(d.id);
+        let Some(target) = hint.or_else(|| self.host.get(d.id).and_then(|r| r.leader())) else {
+            return vec![None; cmds.len()];
+        };
+        let peer = if target == me { PeerNode::default() } else { self.c.node.member_node(target).unwrap_or_default() };
+        let timeout = self.c.cfg.request_timeout;
+        let outcomes = self.host.execute_writes_on(target, &peer, d.id, d.epoch, cmds, timeout).await;
+        if outcomes.iter().any(|o| matches!(o, Outcome::Done(_))) {
+            self.learn(d.id, target, since);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Done(b) => Some(Ok(b)),
+                Outcome::Unknown(e) => Some(Err(TierError::Unknown(e))),
+                Outcome::WrongRange(_) | Outcome::NotLeader { .. } | Outcome::NotHere | Outcome::Unavailable(_) => None,
+            })
+            .collect()
+    }
+
     /// Runs a read on this node's replica of `key`'s range, leader or not, without a read
     /// barrier (READONLY). `None` when this node holds no current replica of it.
     pub fn read_local(&self, key: &[u8], cmd: &[u8]) -> Option<Vec<u8>> {

@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + 'static {
     /// implementation fans them out over ranges and merges.
     fn read(&self, cmd: ReadCmd) -> impl Future<Output = Reply> + Send;
 
+    /// Several writes on distinct keys a client pipelined together, answered in order. An
+    /// implementation may send those of one range together; by default, each as
+    /// [`Backend::write`], concurrently.
+    fn write_many(&self, reqs: Vec<WriteReq>) -> impl Future<Output = Vec<Reply>> + Send {
+        futures::future::join_all(reqs.into_iter().map(|r| self.write(r)))
+    }
+
     /// Several reads a client pipelined together, answered in order. An implementation may
     /// run those of one range as one batch; by default, each as [`Backend::read`],
     /// concurrently.

@@ -210,29 +210,42 @@ impl<B: Backend> Conn<'_, B> {
         Then::Continue
     }
 
-    /// Runs a wave (see [`Self::run_batch`]) and encodes its replies in order. Its plain reads
-    /// go to the backend together ([`Backend::read_many`]: the data tier runs those of one
-    /// range as one batch), beside its other commands.
+    /// Runs a wave (see [`Self::run_batch`]) and encodes its replies in order. Its writes go
+    /// to the backend together ([`Backend::write_many`]), and so do its plain reads
+    /// ([`Backend::read_many`]): the data tier sends those of one range to its leader as one
+    /// batch.
     async fn run_wave(&mut self, wave: &mut Vec<Pending>, out: &mut Vec<u8>) {
         let this = &*self;
         let mut replies: Vec<Option<Reply>> = vec![None; wave.len()];
-        let (mut reads, mut others) = (Vec::new(), Vec::new());
+        let (mut writes, mut reads, mut others) = (Vec::new(), Vec::new(), Vec::new());
         for (i, p) in wave.drain(..).enumerate() {
             if let Some(moved) = this.redirect(&p.cmd) {
                 replies[i] = Some(moved);
                 continue;
             }
             match p.cmd {
+                Command::Write(w) => writes.push((i, w)),
                 // READONLY reads go to replicas, one by one.
                 Command::Read(r) if !this.readonly => reads.push((i, r)),
                 cmd => others.push((i, cmd)),
             }
         }
+        if writes.len() == 1 {
+            others.extend(writes.drain(..).map(|(i, w)| (i, Command::Write(w))));
+        }
         if reads.len() == 1 {
             others.extend(reads.drain(..).map(|(i, r)| (i, Command::Read(r))));
         }
-        let (slots, reads): (Vec<usize>, Vec<cairn_range::cmd::ReadCmd>) = reads.into_iter().unzip();
-        let batch = async {
+        let (write_slots, writes): (Vec<usize>, Vec<_>) = writes.into_iter().unzip();
+        let (read_slots, reads): (Vec<usize>, Vec<_>) = reads.into_iter().unzip();
+        let written = async {
+            if writes.is_empty() {
+                Vec::new()
+            } else {
+                this.backend.write_many(writes).await
+            }
+        };
+        let read = async {
             if reads.is_empty() {
                 Vec::new()
             } else {
@@ -241,8 +254,9 @@ impl<B: Backend> Conn<'_, B> {
         };
         let rest =
             futures::future::join_all(others.into_iter().map(|(i, cmd)| async move { (i, this.serve(cmd).await) }));
-        let (batch, rest) = futures::join!(batch, rest);
-        for (i, reply) in slots.into_iter().zip(batch).chain(rest) {
+        let (written, read, rest) = futures::join!(written, read, rest);
+        let batched = write_slots.into_iter().zip(written).chain(read_slots.into_iter().zip(read));
+        for (i, reply) in batched.chain(rest) {
             replies[i] = Some(reply);
         }
         for r in replies {

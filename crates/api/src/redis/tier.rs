@@ -121,6 +121,11 @@ impl Backend for TierBackend {
         async move { cache.read(cmd).await }
     }
 
+    fn write_many(&self, reqs: Vec<WriteReq>) -> impl Future<Output = Vec<Reply>> + Send {
+        let cache = self.cache.clone();
+        async move { cache.write_many(reqs).await }
+    }
+
     fn read_many(&self, cmds: Vec<ReadCmd>) -> impl Future<Output = Vec<Reply>> + Send {
         let cache = self.cache.clone();
         async move { cache.read_many(cmds).await }

@@ -957,6 +957,11 @@ impl RangeHost {
                 Err(o) => o,
             };
         }
+        Self::write_on(&r, epoch, cmd).await
+    }
+
+    /// A client write on replica `r` (see [`RangeReplica::write_data`]), and how it ended.
+    async fn write_on(r: &Arc<RangeReplica>, epoch: u64, cmd: Vec<u8>) -> Outcome {
         match r.write_data(epoch, cmd).await {
             Ok(reply) => answered(reply),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
@@ -966,6 +971,16 @@ impl RangeHost {
             Err(_) if r.sm.frozen() => Outcome::WrongRange(r.sm.desc()),
             Err(e) => Outcome::Unknown(e.to_string()),
         }
+    }
+
+    /// Several client writes of range `group` (a pipeline's, on distinct keys), each queued on
+    /// the replica as a lone write is, concurrently, so they share its next entries; each has
+    /// its own outcome.
+    pub async fn execute_writes(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome> {
+        let Some(r) = self.get(group) else { return vec![Outcome::NotHere; cmds.len()] };
+        r.count_requests(cmds.len() as u64);
+        r.wake(self.read_lease).await;
+        futures::future::join_all(cmds.into_iter().map(|cmd| Self::write_on(&r, epoch, cmd))).await
     }
 
     /// Runs several reads of range `group` at once on this node, which must lead it: one read
@@ -1217,6 +1232,27 @@ impl RangeHost {
         self.mux.execute_reads(node, peer, group, epoch, cmds, timeout).await
     }
 
+    /// [`Self::execute_writes`] on node `node`: this one, or a peer over the range transport.
+    /// Past `timeout`, each write's outcome is unknown, as a lone write's would be.
+    pub async fn execute_writes_on(
+        &self,
+        node: u64,
+        peer: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        cmds: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Vec<Outcome> {
+        if node == self.opts.node_id {
+            let n = cmds.len();
+            return match tokio::time::timeout(timeout, self.execute_writes(group, epoch, cmds.to_vec())).await {
+                Ok(o) => o,
+                Err(_) => vec![Outcome::Unknown("request timed out".into()); n],
+            };
+        }
+        self.mux.execute_writes(node, peer, group, epoch, cmds, timeout).await
+    }
+
     /// Every replica's figures (the stats call's answer).
     pub async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
         let all = self.replicas();
@@ -1285,6 +1321,10 @@ impl RangeHandler for RangeHost {
 
     async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
         RangeHost::execute_reads(self, group, epoch, &cmds).await
+    }
+
+    async fn execute_writes(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome> {
+        RangeHost::execute_writes(self, group, epoch, cmds).await
     }
 
     async fn stats(&self) -> Vec<crate::range::ReplicaStats> {

@@ -166,7 +166,7 @@ impl Mux {
             read,
             cmd: cmd.into(),
             admin: admin.into(),
-            reads: vec![],
+            ..Default::default()
         });
         req.set_timeout(timeout);
         crate::network::stamp(&mut req);
@@ -205,6 +205,43 @@ impl Mux {
             Ok(r) => postcard::from_bytes(&r.into_inner().outcome)
                 .unwrap_or_else(|e| Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}")))),
             Err(s) => Err(Outcome::Unavailable(s.message().to_string())),
+        }
+    }
+
+    /// Sends several writes of `group` to `target`, which queues each as a lone write (see
+    /// `RangeHost::execute_writes`). A failed call answers each as a lone write's would: not
+    /// run when the connection was never made, unknown otherwise.
+    pub async fn execute_writes(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        group: RangeId,
+        epoch: u64,
+        cmds: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Vec<Outcome> {
+        let all = |o: Outcome| vec![o; cmds.len()];
+        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
+            return all(Outcome::Unavailable("link cut by fault injection".into()));
+        }
+        let Some(q) = self.queue(target, node) else {
+            return all(Outcome::Unavailable(format!("node {target:x} has no usable peer URL")));
+        };
+        let mut client = q.client.clone();
+        let writes = cmds.iter().map(|c| c.clone().into()).collect();
+        let mut req = tonic::Request::new(RangeExecuteRequest { group, epoch, writes, ..Default::default() });
+        req.set_timeout(timeout);
+        crate::network::stamp(&mut req);
+        match client.execute(req).await {
+            Ok(r) => match postcard::from_bytes::<Vec<Outcome>>(&r.into_inner().outcome) {
+                Ok(v) if v.len() == cmds.len() => v,
+                Ok(v) => {
+                    all(Outcome::Unknown(format!("node {target:x} answered {} of {} writes", v.len(), cmds.len())))
+                }
+                Err(e) => all(Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
+            },
+            Err(s) if crate::tcp::never_connected(&s) => all(Outcome::Unavailable(s.message().to_string())),
+            Err(s) => all(Outcome::Unknown(format!("node {target:x}: {}", s.message()))),
         }
     }
 
@@ -409,6 +446,8 @@ pub trait RangeHandler: Send + Sync + 'static {
     async fn execute(&self, req: RangeRequest) -> Outcome;
     /// Several reads of one range forwarded by another node, run together.
     async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome>;
+    /// Several writes of one range forwarded by another node, each with its own outcome.
+    async fn execute_writes(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome>;
     /// The node's replicas' figures.
     async fn stats(&self) -> Vec<crate::range::ReplicaStats>;
 }
@@ -466,6 +505,11 @@ impl Ranges for RangesService {
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let r = req.into_inner();
+        if !r.writes.is_empty() {
+            let cmds = r.writes.into_iter().map(|c| c.to_vec()).collect();
+            let outcomes = self.handler.execute_writes(r.group, r.epoch, cmds).await;
+            return Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcomes).into() }));
+        }
         if !r.reads.is_empty() {
             let cmds = r.reads.into_iter().map(|c| c.to_vec()).collect();
             let outcome = self.handler.execute_reads(r.group, r.epoch, cmds).await;
