@@ -337,7 +337,8 @@ async fn acknowledged_redis_writes_survive_a_killed_node() {
     all_there(&nodes, &acked).await;
 }
 
-/// SET writers, one per address, each writing keys of its own until stopped.
+/// SET writers, one per address, each writing keys of its own, [`PIPELINE`] at a time, until
+/// stopped.
 struct Writers {
     acked: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
     /// Replies other than OK, and broken connections.
@@ -345,6 +346,9 @@ struct Writers {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// SETs each writer sends in one pipeline.
+const PIPELINE: usize = 8;
 
 impl Writers {
     fn start(addrs: &[String]) -> Writers {
@@ -365,14 +369,24 @@ impl Writers {
                             continue;
                         }
                     }
-                    let k = format!("w{w}:{i}");
-                    // Refused or unknown: the next key is a new one; only acknowledged keys count.
-                    i += 1;
-                    match conn.as_mut().unwrap().call(&[b"SET", k.as_bytes(), k.as_bytes()]).await {
-                        Ok(R::Ok(_)) => acked.lock().push(k),
-                        Ok(other) => errors.lock().push(format!("{k}: {other:?}")),
+                    // A pipeline of SETs, which the node sends to each range's leader as one
+                    // batch per range. Refused or unknown: the next keys are new ones; only
+                    // acknowledged keys count.
+                    let keys: Vec<String> = (i..i + PIPELINE).map(|j| format!("w{w}:{j}")).collect();
+                    i += PIPELINE;
+                    let cmds: Vec<Vec<&[u8]>> =
+                        keys.iter().map(|k| vec![&b"SET"[..], k.as_bytes(), k.as_bytes()]).collect();
+                    match conn.as_mut().unwrap().pipeline(&cmds).await {
+                        Ok(replies) => {
+                            for (k, r) in keys.into_iter().zip(replies) {
+                                match r {
+                                    R::Ok(_) => acked.lock().push(k),
+                                    other => errors.lock().push(format!("{k}: {other:?}")),
+                                }
+                            }
+                        }
                         Err(e) => {
-                            errors.lock().push(format!("{k}: {e}"));
+                            errors.lock().push(format!("{}..: {e}", keys[0]));
                             conn = None;
                         }
                     }
