@@ -87,6 +87,14 @@ struct Pending {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// Why a `Ranges/Execute` call failed.
+enum CallError {
+    /// It never reached the node (a cut link, no URL, a connection never made): nothing ran.
+    NotSent(String),
+    /// It may have reached the node.
+    Failed(String),
+}
+
 /// The queue to one node.
 struct PeerQueue {
     /// For client requests, which travel as calls of their own.
@@ -148,33 +156,44 @@ impl Mux {
         Some(q)
     }
 
+    /// One `Ranges/Execute` call to `target`: the reply's encoded outcome.
+    async fn execute_call(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        req: RangeExecuteRequest,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
+            return Err(CallError::NotSent("link cut by fault injection".into()));
+        }
+        let Some(q) = self.queue(target, node) else {
+            return Err(CallError::NotSent(format!("node {target:x} has no usable peer URL")));
+        };
+        let mut client = q.client.clone();
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(timeout);
+        crate::network::stamp(&mut req);
+        match client.execute(req).await {
+            Ok(r) => Ok(r.into_inner().outcome.to_vec()),
+            Err(s) if crate::tcp::never_connected(&s) => Err(CallError::NotSent(s.message().to_string())),
+            Err(s) => Err(CallError::Failed(format!("node {target:x}: {}", s.message()))),
+        }
+    }
+
     /// Sends a client request to `target`, which runs it if it leads `group`. Whether a
     /// failed call may have run is told apart: a connection never made did not run it.
     pub async fn execute(&self, target: u64, node: &PeerNode, req: RangeRequest, timeout: Duration) -> Outcome {
         let RangeRequest { group, epoch, read, cmd, admin } = req;
-        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
-            return Outcome::Unavailable("link cut by fault injection".into());
-        }
-        let Some(q) = self.queue(target, node) else {
-            return Outcome::Unavailable(format!("node {target:x} has no usable peer URL"));
-        };
-        let mut client = q.client.clone();
         let admin = admin.map(|a| encode(&a)).unwrap_or_default();
-        let mut req = tonic::Request::new(RangeExecuteRequest {
-            group,
-            epoch,
-            read,
-            cmd: cmd.into(),
-            admin: admin.into(),
-            ..Default::default()
-        });
-        req.set_timeout(timeout);
-        crate::network::stamp(&mut req);
-        match client.execute(req).await {
-            Ok(r) => postcard::from_bytes(&r.into_inner().outcome)
+        let req =
+            RangeExecuteRequest { group, epoch, read, cmd: cmd.into(), admin: admin.into(), ..Default::default() };
+        match self.execute_call(target, node, req, timeout).await {
+            Ok(b) => postcard::from_bytes(&b)
                 .unwrap_or_else(|e| Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
-            Err(s) if read || crate::tcp::never_connected(&s) => Outcome::Unavailable(s.message().to_string()),
-            Err(s) => Outcome::Unknown(format!("node {target:x}: {}", s.message())),
+            Err(CallError::NotSent(e)) => Outcome::Unavailable(e),
+            Err(CallError::Failed(e)) if read => Outcome::Unavailable(e),
+            Err(CallError::Failed(e)) => Outcome::Unknown(e),
         }
     }
 
@@ -189,22 +208,12 @@ impl Mux {
         cmds: &[Vec<u8>],
         timeout: Duration,
     ) -> Result<Vec<Outcome>, Outcome> {
-        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
-            return Err(Outcome::Unavailable("link cut by fault injection".into()));
-        }
-        let Some(q) = self.queue(target, node) else {
-            return Err(Outcome::Unavailable(format!("node {target:x} has no usable peer URL")));
-        };
-        let mut client = q.client.clone();
         let reads = cmds.iter().map(|c| c.clone().into()).collect();
-        let mut req =
-            tonic::Request::new(RangeExecuteRequest { group, epoch, read: true, reads, ..Default::default() });
-        req.set_timeout(timeout);
-        crate::network::stamp(&mut req);
-        match client.execute(req).await {
-            Ok(r) => postcard::from_bytes(&r.into_inner().outcome)
+        let req = RangeExecuteRequest { group, epoch, read: true, reads, ..Default::default() };
+        match self.execute_call(target, node, req, timeout).await {
+            Ok(b) => postcard::from_bytes(&b)
                 .unwrap_or_else(|e| Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}")))),
-            Err(s) => Err(Outcome::Unavailable(s.message().to_string())),
+            Err(CallError::NotSent(e) | CallError::Failed(e)) => Err(Outcome::Unavailable(e)),
         }
     }
 
@@ -221,27 +230,18 @@ impl Mux {
         timeout: Duration,
     ) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; cmds.len()];
-        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
-            return all(Outcome::Unavailable("link cut by fault injection".into()));
-        }
-        let Some(q) = self.queue(target, node) else {
-            return all(Outcome::Unavailable(format!("node {target:x} has no usable peer URL")));
-        };
-        let mut client = q.client.clone();
         let writes = cmds.iter().map(|c| c.clone().into()).collect();
-        let mut req = tonic::Request::new(RangeExecuteRequest { group, epoch, writes, ..Default::default() });
-        req.set_timeout(timeout);
-        crate::network::stamp(&mut req);
-        match client.execute(req).await {
-            Ok(r) => match postcard::from_bytes::<Vec<Outcome>>(&r.into_inner().outcome) {
+        let req = RangeExecuteRequest { group, epoch, writes, ..Default::default() };
+        match self.execute_call(target, node, req, timeout).await {
+            Ok(b) => match postcard::from_bytes::<Vec<Outcome>>(&b) {
                 Ok(v) if v.len() == cmds.len() => v,
                 Ok(v) => {
                     all(Outcome::Unknown(format!("node {target:x} answered {} of {} writes", v.len(), cmds.len())))
                 }
                 Err(e) => all(Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
             },
-            Err(s) if crate::tcp::never_connected(&s) => all(Outcome::Unavailable(s.message().to_string())),
-            Err(s) => all(Outcome::Unknown(format!("node {target:x}: {}", s.message()))),
+            Err(CallError::NotSent(e)) => all(Outcome::Unavailable(e)),
+            Err(CallError::Failed(e)) => all(Outcome::Unknown(e)),
         }
     }
 
