@@ -8,9 +8,10 @@ mod common;
 
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::peer::peer_client::PeerClient;
+use cairn_proto::peer::ranges_client::RangesClient;
 use cairn_proto::peer::{
     forward_reply::Response as Fr, forward_request::Request as Fq, ClusterInfoRequest, ForwardRequest, RaftRequest,
-    SnapshotChunk,
+    RangeBatchRequest, RangeMessage, RangeStreamRequest, SnapshotChunk,
 };
 use common::start;
 use tonic::transport::Channel;
@@ -70,6 +71,16 @@ async fn peer_calls_must_name_this_cluster() {
         let fwd = ForwardRequest { request: put("k", "theirs"), auth_revision: Some(0), ..Default::default() };
         assert_refused(p.forward(call(fwd, theirs.clone())).await, Code::FailedPrecondition, "cluster ID mismatch");
 
+        // The data tier's batches, as calls and as a stream.
+        let mut r = RangesClient::connect(m.peer_url.clone()).await.expect("connect to the peer port");
+        assert_refused(
+            r.batch(call(RangeBatchRequest::default(), theirs.clone())).await,
+            Code::FailedPrecondition,
+            "mismatch",
+        );
+        let batches = futures::stream::iter(vec![RangeStreamRequest::default()]);
+        assert_refused(r.stream(call(batches, None)).await, Code::FailedPrecondition, "missing");
+
         // A joining member asks before it knows the ID; another cluster's member is refused.
         let info = p.cluster_info(call(ClusterInfoRequest {}, None)).await.expect("cluster info").into_inner();
         assert_eq!(info.cluster_id, cluster);
@@ -87,6 +98,40 @@ async fn peer_calls_must_name_this_cluster() {
     assert_eq!(st.raft_term(), term, "refused calls must not move the term");
     let r = cli.get("k", None).await.unwrap();
     assert!(r.kvs().is_empty(), "no refused forward was applied");
+}
+
+/// A `Ranges/Stream` answers each batch under the id it was sent with, whatever the order,
+/// and a message it cannot handle gets its own error, not the stream's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_stream_answers_each_batch_by_its_id() {
+    let tc = start(1, &[]).await;
+    let mut cli = common::client(&tc.endpoints()).await;
+    let st = cli.status().await.unwrap();
+    let ours = Some(format!("{:x}", st.header().unwrap().cluster_id()));
+    let mut r = RangesClient::connect(tc.members[0].peer_url.clone()).await.expect("connect to the peer port");
+
+    let msg = |kind: u32, data: &[u8]| RangeMessage { group: 1, kind, data: data.to_vec().into() };
+    let batch =
+        |id: u64, messages: Vec<RangeMessage>| RangeStreamRequest { id, batch: Some(RangeBatchRequest { messages }) };
+    let sent = vec![
+        // An unknown kind, and a forwarded request (kind 7) that does not decode.
+        batch(7, vec![msg(99, b""), msg(7, &[0xff; 3])]),
+        batch(3, vec![msg(7, &[0xff; 3])]),
+        batch(0, vec![]),
+    ];
+    let mut replies = r.stream(call(futures::stream::iter(sent), ours)).await.expect("stream opened").into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while let Some(reply) = replies.message().await.expect("a reply") {
+        let errors: Vec<String> = reply.reply.unwrap_or_default().results.into_iter().map(|r| r.error).collect();
+        assert!(got.insert(reply.id, errors).is_none(), "batch {} answered twice", reply.id);
+    }
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![0, 3, 7], "each batch answered once");
+    assert!(got[&0].is_empty());
+    assert_eq!(got[&7].len(), 2);
+    assert!(got[&7][0].contains("unknown range message kind 99"), "{:?}", got[&7]);
+    assert!(got[&7][1].contains("undecodable forwarded request"), "{:?}", got[&7]);
+    assert_eq!(got[&3].len(), 1);
+    assert!(got[&3][0].contains("undecodable forwarded request"), "{:?}", got[&3]);
 }
 
 /// The leader of a 1-member cluster with auth enabled, reached on its peer port without a TLS

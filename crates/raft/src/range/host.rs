@@ -526,6 +526,8 @@ pub struct RangeHost {
     silent: Duration,
     /// Serializes creating and destroying replicas (the overlap check and the start).
     lifecycle: tokio::sync::Mutex<()>,
+    /// Set when the host shuts down: the peers' open `Ranges/Stream`s then end.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -578,6 +580,7 @@ impl RangeHost {
             config: Arc::new(config),
             replicas: RwLock::new(HashMap::new()),
             events,
+            closing: tokio::sync::watch::Sender::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
         });
         for id in host.stored_ranges()? {
@@ -1274,6 +1277,7 @@ impl RangeHost {
 
     /// Stops every range and syncs the data engine.
     pub async fn shutdown(&self) {
+        self.closing.send_replace(true);
         let all: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
         for r in all {
             let _ = r.raft.shutdown().await;
@@ -1331,6 +1335,10 @@ impl RangeHandler for RangeHost {
         RangeHost::stats(self).await
     }
 
+    async fn closing(&self) {
+        let _ = self.closing.subscribe().wait_for(|c| *c).await;
+    }
+
     async fn handle(&self, group: RangeId, kind: Kind, data: &[u8]) -> Result<Vec<u8>, String> {
         if kind == Kind::Beat {
             self.heard(decode(data)?);
@@ -1343,6 +1351,8 @@ impl RangeHandler for RangeHost {
             Kind::PreVote => reply(r.raft.pre_vote(decode(data)?).await),
             Kind::TransferLeader => reply(r.raft.handle_transfer_leader(decode(data)?).await),
             Kind::Beat => Ok(vec![]),
+            // `mux::handle_batch` runs forwarded requests itself.
+            Kind::Execute => Err("a forwarded request is not a Raft message".into()),
             Kind::Snapshot => {
                 let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;
                 let snapshot = openraft::alias::SnapshotOf::<RangeConfig, SnapshotBytes> {

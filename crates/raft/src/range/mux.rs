@@ -2,11 +2,23 @@
 //! go through one queue and leave as one `RangeBatch` call on the node pair's one HTTP/2
 //! connection (the [`crate::network::PeerChannels`] the meta group uses too).
 //!
-//! The sending side ([`Mux`]) keeps a queue per target node. Its sender task takes everything
-//! queued (up to [`BATCH_MESSAGES_MAX`] messages or [`BATCH_BYTES_MAX`] bytes), sends it as one
-//! call and hands each message its own result; at most [`IN_FLIGHT_MAX`] calls per node are in
-//! flight, so one slow batch (a snapshot) does not hold up heartbeats behind it. Queued bytes
-//! per node are bounded ([`QUEUED_BYTES_MAX`]): a range whose message does not fit waits.
+//! The sending side ([`Mux`]) keeps queues per target node, one per [`Lane`]. A lane's sender
+//! task takes everything queued (up to [`BATCH_MESSAGES_MAX`] messages or [`BATCH_BYTES_MAX`]
+//! bytes), sends it as one batch and hands each message its own result; at most
+//! [`IN_FLIGHT_MAX`] batches per lane are unanswered. Queued bytes per lane are bounded
+//! ([`QUEUED_BYTES_MAX`]): a range whose message does not fit waits.
+//!
+//! A batch travels as one message of a long-lived `Ranges/Stream` to the node (one per lane,
+//! `BatchStream`), answered by id in whatever order batches finish, not as an HTTP/2 call
+//! of its own: a call's headers, stream and server task cost more than a small batch. Whole
+//! snapshots, too large to share a stream with heartbeats, go as `Ranges/Batch` calls.
+//!
+//! Client requests forwarded to a range's leader ([`Kind::Execute`]) travel the same way, in
+//! lanes of their own: a batch's answer waits for its slowest message, and a write's answer
+//! waits for its commit, which must not hold up the Raft messages that commit it, nor reads.
+//! Batching them matters: a node proxying a pipeline sends the leaders several requests per
+//! pipeline, and as calls of their own their HTTP/2 streams cost more than the requests
+//! (BENCHMARKS.md, "forwarded requests share the batches").
 //!
 //! The receiving side is [`RangeHandler`]: the node's [`crate::range::RangeHost`] answers each
 //! message of a batch concurrently.
@@ -32,6 +44,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
+use cairn_proto::peer::{RangeStreamReply, RangeStreamRequest};
+
 use crate::range::sm::SnapshotBytes;
 use crate::range::types::{Outcome, RangeConfig, RangeId, RangeRequest, Snapshot, SnapshotMeta, Vote};
 use crate::types::PeerNode;
@@ -46,6 +60,9 @@ pub const IN_FLIGHT_MAX: usize = 4;
 pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest batch call on the wire (a snapshot is one message).
 pub const MESSAGE_BYTES_MAX: usize = crate::range::sm::SNAPSHOT_BYTES_MAX + (1 << 20);
+/// Batches of one incoming stream handled at once, at most (each sender keeps at most
+/// [`IN_FLIGHT_MAX`] unanswered, so this bounds only a misbehaving one).
+pub const STREAM_BATCHES_MAX: usize = 64;
 
 /// Which Raft message a [`RangeMessage`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +77,9 @@ pub enum Kind {
     /// A node's liveness beat, for all its ranges at once (group 0; see
     /// [`crate::range::hibernate`]).
     Beat = 6,
+    /// A client request forwarded to the range's leader: a protobuf-encoded
+    /// `RangeExecuteRequest`, answered with its reply's `outcome`.
+    Execute = 7,
 }
 
 impl Kind {
@@ -71,6 +91,7 @@ impl Kind {
             4 => Kind::TransferLeader,
             5 => Kind::Snapshot,
             6 => Kind::Beat,
+            7 => Kind::Execute,
             _ => return None,
         })
     }
@@ -83,11 +104,12 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 struct Pending {
     msg: RangeMessage,
     ttl: Duration,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Why a `Ranges/Execute` call failed.
+/// Why a message got no answer.
+#[derive(Debug)]
 enum CallError {
     /// It never reached the node (a cut link, no URL, a connection never made): nothing ran.
     NotSent(String),
@@ -95,13 +117,40 @@ enum CallError {
     Failed(String),
 }
 
-/// The queue to one node.
-struct PeerQueue {
-    /// For client requests, which travel as calls of their own.
-    client: RangesClient<Channel>,
+impl CallError {
+    fn message(self) -> String {
+        match self {
+            CallError::NotSent(m) | CallError::Failed(m) => m,
+        }
+    }
+}
+
+/// Which of a node's queues a message waits in. A batch is answered when its last message is,
+/// so messages that wait for different things go in different batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Raft's own messages: answered as soon as the receiver has handled them.
+    Raft = 0,
+    /// Forwarded reads: answered after a read barrier.
+    Reads = 1,
+    /// Forwarded writes and range changes: answered when committed and applied.
+    Writes = 2,
+    /// Whole snapshots, each a `Ranges/Batch` call of its own.
+    Snapshots = 3,
+}
+
+/// One lane's queue to a node.
+struct LaneQueue {
     tx: mpsc::UnboundedSender<Pending>,
     /// Bytes of queued messages (permits are bytes, in KiB).
     budget: Arc<Semaphore>,
+}
+
+/// The queues to one node.
+struct PeerQueue {
+    /// For the node's figures, asked for by calls of their own.
+    client: RangesClient<Channel>,
+    lanes: [LaneQueue; 4],
 }
 
 /// Queues by target node and its peer URL (a node that moved gets a new queue).
@@ -145,18 +194,20 @@ impl Mux {
         let client = RangesClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let q = Arc::new(PeerQueue {
-            client: client.clone(),
-            tx,
-            budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)),
-        });
-        tokio::spawn(sender(client, rx, self.stats.clone()));
+        let lane = |way: Way| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(sender(way, rx, self.stats.clone()));
+            LaneQueue { tx, budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)) }
+        };
+        let stream = || Way::Stream(Arc::new(BatchStream::new(client.clone())));
+        let lanes = [stream(), stream(), stream(), Way::Calls(client.clone())].map(lane);
+        let q = Arc::new(PeerQueue { client, lanes });
         peers.insert((target, url), q.clone());
         Some(q)
     }
 
-    /// One `Ranges/Execute` call to `target`: the reply's encoded outcome.
+    /// A forwarded client request to `target`, in the lane its answer waits for: the reply's
+    /// encoded outcome.
     async fn execute_call(
         &self,
         target: u64,
@@ -164,21 +215,13 @@ impl Mux {
         req: RangeExecuteRequest,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
-            return Err(CallError::NotSent("link cut by fault injection".into()));
-        }
-        let Some(q) = self.queue(target, node) else {
-            return Err(CallError::NotSent(format!("node {target:x} has no usable peer URL")));
-        };
-        let mut client = q.client.clone();
-        let mut req = tonic::Request::new(req);
-        req.set_timeout(timeout);
-        crate::network::stamp(&mut req);
-        match client.execute(req).await {
-            Ok(r) => Ok(r.into_inner().outcome.to_vec()),
-            Err(s) if crate::tcp::never_connected(&s) => Err(CallError::NotSent(s.message().to_string())),
-            Err(s) => Err(CallError::Failed(format!("node {target:x}: {}", s.message()))),
-        }
+        let lane = if req.read { Lane::Reads } else { Lane::Writes };
+        let group = req.group;
+        let data = prost::Message::encode_to_vec(&req);
+        self.send(target, node, lane, group, Kind::Execute, data, timeout).await.map_err(|e| match e {
+            CallError::Failed(m) => CallError::Failed(format!("node {target:x}: {m}")),
+            e => e,
+        })
     }
 
     /// Sends a client request to `target`, which runs it if it leads `group`. Whether a
@@ -264,7 +307,7 @@ impl Mux {
         postcard::from_bytes(&r.into_inner().stats).map_err(|e| format!("undecodable stats from node {target:x}: {e}"))
     }
 
-    /// Sends one message of `group` to `target` and waits for its answer.
+    /// Sends one Raft message of `group` to `target` and waits for its answer.
     pub(crate) async fn call(
         &self,
         target: u64,
@@ -274,29 +317,173 @@ impl Mux {
         data: Vec<u8>,
         ttl: Duration,
     ) -> Result<Vec<u8>, Unreachable<RangeConfig>> {
+        let lane = if kind == Kind::Snapshot { Lane::Snapshots } else { Lane::Raft };
+        self.send(target, node, lane, group, kind, data, ttl).await.map_err(|e| Unreachable::from_string(e.message()))
+    }
+
+    /// Queues one message of `group` for `target` in `lane` and waits up to `ttl` for its
+    /// answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        lane: Lane,
+        group: RangeId,
+        kind: Kind,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
-            return Err(Unreachable::from_string("link cut by fault injection"));
+            return Err(CallError::NotSent("link cut by fault injection".into()));
         }
         let q = self
             .queue(target, node)
-            .ok_or_else(|| Unreachable::from_string(format!("node {target:x} has no usable peer URL")))?;
+            .ok_or_else(|| CallError::NotSent(format!("node {target:x} has no usable peer URL")))?;
+        let q = &q.lanes[lane as usize];
         let kib = (data.len() / 1024 + 1).min(QUEUED_BYTES_MAX / 1024) as u32;
-        let permit = q.budget.clone().acquire_many_owned(kib).await.map_err(Unreachable::from_string)?;
+        let permit = q.budget.clone().acquire_many_owned(kib).await.map_err(|e| CallError::NotSent(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         let msg = RangeMessage { group, kind: kind as u32, data: data.into() };
         q.tx.send(Pending { msg, ttl, reply, _permit: permit })
-            .map_err(|_| Unreachable::from_string("range transport stopped"))?;
+            .map_err(|_| CallError::NotSent("range transport stopped".into()))?;
         match tokio::time::timeout(ttl, rx).await {
-            Ok(Ok(Ok(b))) => Ok(b),
-            Ok(Ok(Err(e))) => Err(Unreachable::from_string(e)),
-            Ok(Err(_)) => Err(Unreachable::from_string("range transport dropped the message")),
-            Err(_) => Err(Unreachable::from_string(format!("no answer from node {target:x} within {ttl:?}"))),
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(CallError::Failed("range transport dropped the message".into())),
+            Err(_) => Err(CallError::Failed(format!("no answer from node {target:x} within {ttl:?}"))),
         }
     }
 }
 
-/// Sends what is queued for one node, batch after batch, a few in flight.
-async fn sender(client: RangesClient<Channel>, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<MuxStats>) {
+/// How a lane's batches travel.
+enum Way {
+    /// As messages of one long-lived stream.
+    Stream(Arc<BatchStream>),
+    /// As calls of their own.
+    Calls(RangesClient<Channel>),
+}
+
+impl Way {
+    async fn send(&self, messages: Vec<RangeMessage>, ttl: Duration) -> Result<Vec<RangeResult>, CallError> {
+        match self {
+            Way::Stream(s) => s.call(RangeBatchRequest { messages }, ttl).await.map(|r| r.results),
+            Way::Calls(client) => {
+                let mut req = tonic::Request::new(RangeBatchRequest { messages });
+                req.set_timeout(ttl);
+                crate::network::stamp(&mut req);
+                match client.clone().batch(req).await {
+                    Ok(r) => Ok(r.into_inner().results),
+                    Err(s) if crate::tcp::never_connected(&s) => Err(CallError::NotSent(s.message().to_string())),
+                    Err(s) => Err(CallError::Failed(s.message().to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// Batches waiting for their answer on a [`BatchStream`].
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    map: HashMap<u64, oneshot::Sender<RangeBatchReply>>,
+    /// The stream has ended: nothing more will be answered on it.
+    closed: bool,
+}
+
+/// An open stream: where its batches go, and who waits for their answers.
+#[derive(Clone)]
+struct OpenStream {
+    tx: mpsc::UnboundedSender<RangeStreamRequest>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+/// A `Ranges/Stream` to one node, opened on the first batch and again after it ends (the
+/// node restarted, the connection broke: the channel reconnects by itself).
+struct BatchStream {
+    client: RangesClient<Channel>,
+    open: tokio::sync::Mutex<Option<OpenStream>>,
+}
+
+impl BatchStream {
+    fn new(client: RangesClient<Channel>) -> BatchStream {
+        BatchStream { client, open: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The open stream, opening it if need be. A failure here sent nothing.
+    async fn stream(&self) -> Result<OpenStream, CallError> {
+        let mut open = self.open.lock().await;
+        if let Some(s) = &*open {
+            if !s.waiting.lock().closed {
+                return Ok(s.clone());
+            }
+        }
+        *open = None;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        crate::network::stamp(&mut req);
+        let mut replies =
+            self.client.clone().stream(req).await.map_err(|s| CallError::NotSent(s.message().into()))?.into_inner();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let w = waiting.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match replies.message().await {
+                    Ok(Some(RangeStreamReply { id, reply })) => {
+                        if let Some(waiter) = w.lock().map.remove(&id) {
+                            let _ = waiter.send(reply.unwrap_or_default());
+                        }
+                    }
+                    Ok(None) => break "the node ended the stream".to_string(),
+                    Err(s) => break s.message().to_string(),
+                }
+            };
+            tracing::debug!(end, "range stream closed");
+            let mut w = w.lock();
+            w.closed = true;
+            // Dropping the waiters answers each batch with "no answer": it may have run.
+            w.map.clear();
+        });
+        let s = OpenStream { tx, waiting };
+        *open = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Sends `batch` on the stream and waits up to `ttl` for its answer.
+    async fn call(&self, batch: RangeBatchRequest, ttl: Duration) -> Result<RangeBatchReply, CallError> {
+        let deadline = tokio::time::Instant::now() + ttl;
+        let s = match tokio::time::timeout_at(deadline, self.stream()).await {
+            Ok(s) => s?,
+            Err(_) => return Err(CallError::NotSent(format!("no stream opened within {ttl:?}"))),
+        };
+        let (reply, rx) = oneshot::channel();
+        let id = {
+            let mut w = s.waiting.lock();
+            if w.closed {
+                return Err(CallError::NotSent("the stream ended".into()));
+            }
+            let id = w.next_id;
+            w.next_id += 1;
+            w.map.insert(id, reply);
+            id
+        };
+        if s.tx.send(RangeStreamRequest { id, batch: Some(batch) }).is_err() {
+            s.waiting.lock().map.remove(&id);
+            return Err(CallError::NotSent("the stream ended".into()));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(CallError::Failed("the stream ended before the answer".into())),
+            Err(_) => {
+                s.waiting.lock().map.remove(&id);
+                Err(CallError::Failed(format!("no answer within {ttl:?}")))
+            }
+        }
+    }
+}
+
+/// Sends what is queued for one node in one lane, batch after batch, a few in flight.
+async fn sender(way: Way, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<MuxStats>) {
+    let way = Arc::new(way);
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
@@ -311,33 +498,32 @@ async fn sender(client: RangesClient<Channel>, mut rx: mpsc::UnboundedReceiver<P
                 Err(_) => break,
             }
         }
-        let mut client = client.clone();
+        let way = way.clone();
         stats.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.messages.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let _permit = permit;
             let ttl = batch.iter().map(|p| p.ttl).max().unwrap_or(Duration::from_secs(1));
             let (msgs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, (p.reply, p._permit))).unzip();
-            let mut req = tonic::Request::new(RangeBatchRequest { messages: msgs });
-            req.set_timeout(ttl);
-            crate::network::stamp(&mut req);
-            match client.batch(req).await {
-                Ok(r) => {
-                    let results = r.into_inner().results;
+            match way.send(msgs, ttl).await {
+                Ok(results) => {
                     let n = results.len();
                     let mut results = results.into_iter();
                     for (reply, _) in waiters {
                         let r = match results.next() {
                             Some(RangeResult { data, error }) if error.is_empty() => Ok(data.to_vec()),
-                            Some(RangeResult { error, .. }) => Err(error),
-                            None => Err(format!("the batch's answer holds {n} results, too few")),
+                            Some(RangeResult { error, .. }) => Err(CallError::Failed(error)),
+                            None => Err(CallError::Failed(format!("the batch's answer holds {n} results, too few"))),
                         };
                         let _ = reply.send(r);
                     }
                 }
-                Err(s) => {
+                Err(e) => {
                     for (reply, _) in waiters {
-                        let _ = reply.send(Err(s.message().to_string()));
+                        let _ = reply.send(Err(match &e {
+                            CallError::NotSent(m) => CallError::NotSent(m.clone()),
+                            CallError::Failed(m) => CallError::Failed(m.clone()),
+                        }));
                     }
                 }
             }
@@ -450,12 +636,19 @@ pub trait RangeHandler: Send + Sync + 'static {
     async fn execute_writes(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome>;
     /// The node's replicas' figures.
     async fn stats(&self) -> Vec<crate::range::ReplicaStats>;
+    /// Returns once the node is shutting down: open streams then end, or they would hold up
+    /// the listener's graceful shutdown for as long as the peers keep them.
+    async fn closing(&self);
 }
 
 /// Answers a whole batch, each message concurrently, results in order.
 pub async fn handle_batch(h: &dyn RangeHandler, msgs: Vec<RangeMessage>) -> Vec<RangeResult> {
     let futs = msgs.into_iter().map(|m| async move {
         let r = match Kind::from_u32(m.kind) {
+            Some(Kind::Execute) => match prost::Message::decode(&m.data[..]) {
+                Ok(req) => execute(h, req).await,
+                Err(e) => Err(format!("undecodable forwarded request: {e}")),
+            },
             Some(kind) => h.handle(m.group, kind, &m.data).await,
             None => Err(format!("unknown range message kind {}", m.kind)),
         };
@@ -465,6 +658,26 @@ pub async fn handle_batch(h: &dyn RangeHandler, msgs: Vec<RangeMessage>) -> Vec<
         }
     });
     futures::future::join_all(futs).await
+}
+
+/// Runs a forwarded client request: its encoded outcome (see `RangeExecuteRequest`), or why
+/// it could not be read.
+async fn execute(h: &dyn RangeHandler, r: RangeExecuteRequest) -> Result<Vec<u8>, String> {
+    if !r.writes.is_empty() {
+        let cmds = r.writes.into_iter().map(|c| c.to_vec()).collect();
+        return Ok(encode(&h.execute_writes(r.group, r.epoch, cmds).await));
+    }
+    if !r.reads.is_empty() {
+        let cmds = r.reads.into_iter().map(|c| c.to_vec()).collect();
+        return Ok(encode(&h.execute_reads(r.group, r.epoch, cmds).await));
+    }
+    let admin = if r.admin.is_empty() {
+        None
+    } else {
+        Some(postcard::from_bytes(&r.admin).map_err(|e| format!("undecodable range change: {e}"))?)
+    };
+    let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec(), admin };
+    Ok(encode(&h.execute(req).await))
 }
 
 /// The `cairn.peer.Ranges` gRPC service: checks the cluster ID, then hands the batch to the
@@ -490,6 +703,40 @@ impl RangesService {
 
 #[tonic::async_trait]
 impl Ranges for RangesService {
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<RangeStreamReply, tonic::Status>>;
+
+    async fn stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<RangeStreamRequest>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
+        let mut batches = req.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BATCHES_MAX);
+        let handler = self.handler.clone();
+        tokio::spawn(async move {
+            let running = Arc::new(Semaphore::new(STREAM_BATCHES_MAX));
+            let closing = handler.closing();
+            tokio::pin!(closing);
+            // Each batch runs as a task of its own, as a call would: a write waiting for its
+            // commit must not hold up the batches behind it.
+            loop {
+                let next = tokio::select! {
+                    m = batches.message() => m,
+                    _ = &mut closing => break,
+                };
+                let Ok(Some(RangeStreamRequest { id, batch })) = next else { break };
+                let Ok(permit) = running.clone().acquire_owned().await else { break };
+                let (handler, tx) = (handler.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let results = handle_batch(&*handler, batch.map(|b| b.messages).unwrap_or_default()).await;
+                    let _ = tx.send(Ok(RangeStreamReply { id, reply: Some(RangeBatchReply { results }) })).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn batch(
         &self,
         req: tonic::Request<RangeBatchRequest>,
@@ -499,33 +746,15 @@ impl Ranges for RangesService {
         Ok(tonic::Response::new(RangeBatchReply { results }))
     }
 
+    /// A forwarded request as a call of its own (nodes send them in batches now, as
+    /// [`Kind::Execute`] messages; this answers a node that does not).
     async fn execute(
         &self,
         req: tonic::Request<RangeExecuteRequest>,
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
-        let r = req.into_inner();
-        if !r.writes.is_empty() {
-            let cmds = r.writes.into_iter().map(|c| c.to_vec()).collect();
-            let outcomes = self.handler.execute_writes(r.group, r.epoch, cmds).await;
-            return Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcomes).into() }));
-        }
-        if !r.reads.is_empty() {
-            let cmds = r.reads.into_iter().map(|c| c.to_vec()).collect();
-            let outcome = self.handler.execute_reads(r.group, r.epoch, cmds).await;
-            return Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }));
-        }
-        let admin = if r.admin.is_empty() {
-            None
-        } else {
-            Some(
-                postcard::from_bytes(&r.admin)
-                    .map_err(|e| tonic::Status::invalid_argument(format!("undecodable range change: {e}")))?,
-            )
-        };
-        let req = RangeRequest { group: r.group, epoch: r.epoch, read: r.read, cmd: r.cmd.to_vec(), admin };
-        let outcome = self.handler.execute(req).await;
-        Ok(tonic::Response::new(RangeExecuteReply { outcome: encode(&outcome).into() }))
+        let outcome = execute(&*self.handler, req.into_inner()).await.map_err(tonic::Status::invalid_argument)?;
+        Ok(tonic::Response::new(RangeExecuteReply { outcome: outcome.into() }))
     }
 
     async fn stats(
