@@ -109,7 +109,7 @@ struct Pending {
 }
 
 /// Why a message got no answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum CallError {
     /// It never reached the node (a cut link, no URL, a connection never made): nothing ran.
     NotSent(String),
@@ -520,10 +520,7 @@ async fn sender(way: Way, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<M
                 }
                 Err(e) => {
                     for (reply, _) in waiters {
-                        let _ = reply.send(Err(match &e {
-                            CallError::NotSent(m) => CallError::NotSent(m.clone()),
-                            CallError::Failed(m) => CallError::Failed(m.clone()),
-                        }));
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
