@@ -319,7 +319,8 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
 
     // One HTTP/2 connection to each peer carries everything sent to it: the meta group's Raft
     // messages, forwarded requests and every range's batches.
-    let peer_channels = cairn_raft::network::PeerChannels::default();
+    // The meta group and the ranges share one transport over them (`range::mux`).
+    let peer_mux = cairn_raft::range::mux::Mux::new(cairn_raft::network::PeerChannels::default());
     let node = RaftNode::open(
         NodeOptions {
             id: identity.member_id,
@@ -330,7 +331,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             engine_cache_bytes: a.backend_cache_bytes,
             batch_bytes: a.backend_batch_bytes,
             wal_faults: wal_faults(),
-            channels: peer_channels.clone(),
+            mux: peer_mux.clone(),
         },
         lock,
     )
@@ -353,13 +354,14 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             unsafe_no_fsync,
             engine_cache_bytes: a.backend_cache_bytes,
             engine_buffer: cairn_storage::BufferLimits { bytes: a.backend_batch_bytes, ..Default::default() },
-            channels: peer_channels,
+            mux: peer_mux,
         },
         Arc::new(cairn_services::cache::RedisApplier),
     )
     .await
     .context("opening the data tier's storage")?;
-    let ranges_service = cairn_raft::range::mux::RangesService::new(identity.cluster_id, ranges.clone());
+    let ranges_service = cairn_raft::range::mux::RangesService::new(identity.cluster_id, ranges.clone())
+        .with_meta(cairn_raft::server::MetaReceiver::new(node.raft.clone(), node.contact.clone()));
     let peer_limits = cairn_raft::PeerLimits::for_quota(identity.cluster_id, limits.quota_backend_bytes);
     let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone(), peer_limits);
     let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;

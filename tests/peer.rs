@@ -134,6 +134,45 @@ async fn a_range_stream_answers_each_batch_by_its_id() {
     assert!(got[&3][0].contains("undecodable forwarded request"), "{:?}", got[&3]);
 }
 
+/// The meta group's Raft messages travel in the range transport's batches, under the group id
+/// no range has: on a `Ranges/Stream` the member's meta group answers them (here a vote from a
+/// stranger with an older term, refused with the member's own vote); its appends are refused on
+/// a `Ranges/Batch` call, where nothing keeps them in order; a bad one gets its own error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_meta_groups_messages_travel_in_the_range_batches() {
+    const META: u64 = cairn_raft::range::mux::META_GROUP;
+    let tc = start(1, &[]).await;
+    let mut cli = common::client(&tc.endpoints()).await;
+    cli.put("k", "v", None).await.expect("a write, so the member has voted in a term");
+    let st = cli.status().await.unwrap();
+    let ours = Some(format!("{:x}", st.header().unwrap().cluster_id()));
+    let mut r = RangesClient::connect(tc.members[0].peer_url.clone()).await.expect("connect to the peer port");
+
+    let msg = |kind: u32, data: Vec<u8>| RangeMessage { group: META, kind, data: data.into() };
+    let vote = openraft::raft::VoteRequest::<cairn_raft::TypeConfig>::new(cairn_raft::types::Vote::new(0, 99), None);
+    let vote = postcard::to_allocvec(&vote).unwrap();
+    let sent = vec![RangeStreamRequest {
+        id: 1,
+        batch: Some(RangeBatchRequest { messages: vec![msg(2, vote.clone()), msg(1, vec![0xff; 3]), msg(6, vec![])] }),
+    }];
+    let mut replies = r.stream(call(futures::stream::iter(sent), ours.clone())).await.expect("stream").into_inner();
+    let reply = replies.message().await.expect("a reply").expect("the batch is answered");
+    let results = reply.reply.unwrap().results;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].error.is_empty(), "{:?}", results[0]);
+    let answer: openraft::raft::VoteResponse<cairn_raft::TypeConfig> =
+        postcard::from_bytes(&results[0].data).expect("a vote response");
+    assert!(!answer.vote_granted, "an older term is refused: {answer:?}");
+    assert!(answer.vote.leader_id().term > 0, "the member's own vote comes back: {answer:?}");
+    assert!(results[1].error.contains("bad meta group message"), "{:?}", results[1]);
+    assert!(results[2].error.contains("not one of the meta group's"), "{:?}", results[2]);
+
+    let batch = RangeBatchRequest { messages: vec![msg(1, vec![0xff; 3]), msg(2, vote)] };
+    let results = r.batch(call(batch, ours)).await.expect("a batch call").into_inner().results;
+    assert!(results[0].error.contains("travel only on a Ranges/Stream"), "{:?}", results[0]);
+    assert!(results[1].error.is_empty(), "a vote may come in a call: {:?}", results[1]);
+}
+
 /// The leader of a 1-member cluster with auth enabled, reached on its peer port without a TLS
 /// client certificate: a forwarded write runs only if the client's token proves the user it
 /// names, and one that names no client is refused, never applied unchecked.

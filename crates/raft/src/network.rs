@@ -1,18 +1,23 @@
-//! The sending side of the peer RPC: openraft's messages over gRPC.
+//! The sending side of the peer RPC: the meta group's Raft messages, and the connections every
+//! peer message shares.
 //!
-//! Everything a node sends to one peer travels on one HTTP/2 connection ([`PeerChannels`]):
-//! the meta group's appends (one long-lived stream), votes, heartbeats and snapshot chunks,
-//! requests forwarded to the meta leader, and the batched messages of every range
-//! ([`crate::range::mux`]). HTTP/2 interleaves them in frames of at most 16 KiB, so a large
-//! append or snapshot chunk delays a heartbeat by at most a few frames; the connection-level
-//! flow-control window ([`PEER_CONNECTION_WINDOW_BYTES`]) is several stream windows wide, so one
-//! stream whose reader is slow (a snapshot being written out) cannot stall the others.
+//! Everything a node sends to one peer travels on one HTTP/2 connection ([`PeerChannels`]).
+//! The Raft messages of every group, the meta group's and the ranges', go through one transport
+//! ([`crate::range::mux`]): batched across groups in a few long-lived streams, so the meta
+//! group's appends and heartbeats share the batches of the ranges' messages to the same node.
+//! The meta group's snapshots (files, up to twice the quota) still stream as `Peer/InstallSnapshot`
+//! calls of their own, in chunks, as do requests forwarded to the meta leader.
+//!
+//! HTTP/2 interleaves the streams in frames of at most 16 KiB, so a large append or snapshot
+//! chunk delays a heartbeat by at most a few frames; the connection-level flow-control window
+//! ([`PEER_CONNECTION_WINDOW_BYTES`]) is several stream windows wide, so one stream whose reader
+//! is slow (a snapshot being written out) cannot stall the others.
 
 use std::future::Future;
 use std::time::Duration;
 
 use cairn_proto::peer::peer_client::PeerClient;
-use cairn_proto::peer::{RaftReply, RaftRequest, SnapshotChunk};
+use cairn_proto::peer::SnapshotChunk;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -26,6 +31,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::range::mux::{Kind, Lane, Mux, META_GROUP};
 use crate::state_machine::SnapshotData;
 use crate::types::{PeerNode, Snapshot, TypeConfig, Vote};
 
@@ -34,10 +40,14 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest peer message accepted (an append batch is capped well below this by the log reader).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Creates connections to peers: views of the node's shared [`PeerChannels`].
-#[derive(Clone, Default)]
+/// Creates the meta group's connections to peers: views of the node's one transport.
+#[derive(Clone, Debug)]
 pub struct Network {
-    pub channels: PeerChannels,
+    /// The transport every group's messages share (see the module doc).
+    pub mux: Mux,
+    /// How long one append may wait for its answer (the election timeout: a follower that
+    /// takes longer is as good as gone, and the leader starts its stream again).
+    pub append_ttl: Duration,
 }
 
 /// One lazily connected HTTP/2 channel per peer URL, shared by everything a node sends there
@@ -151,20 +161,28 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Conn {
-        let client = self.channels.to_node(node).ok().map(|c| {
+        let client = self.mux.channels().to_node(node).ok().map(|c| {
             PeerClient::new(c)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
         });
-        Conn { target, client }
+        Conn { target, node: node.clone(), mux: self.mux.clone(), append_ttl: self.append_ttl, client }
     }
 }
 
-/// One connection to one peer.
+/// The meta group's connection to one peer.
 pub struct Conn {
     target: u64,
+    node: PeerNode,
+    mux: Mux,
+    append_ttl: Duration,
+    /// For snapshots, which go as calls of their own.
     client: Option<PeerClient<Channel>>,
 }
+
+/// Appends sent to one peer and not yet answered, at most (openraft's own pipeline on the
+/// receiving side holds as many).
+const APPENDS_IN_FLIGHT_MAX: usize = 64;
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("raft types serialize")
@@ -174,20 +192,8 @@ fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(msg))
 }
 
-fn status_err(s: tonic::Status) -> RPCError<TypeConfig> {
-    use tonic::Code;
-    if s.code() == Code::FailedPrecondition {
-        warn_refused(&s);
-    }
-    match s.code() {
-        // The peer is down, paused or cut off: back off before retrying.
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => unreachable(s),
-        _ => RPCError::Network(NetworkError::from_string(s)),
-    }
-}
-
 /// Logs a peer's refusal (another cluster's member at that URL), at most once every 10 s.
-fn warn_refused(s: &tonic::Status) {
+pub(crate) fn warn_refused(s: &tonic::Status) {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
     let mut last = LAST.lock();
     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -196,11 +202,8 @@ fn warn_refused(s: &tonic::Status) {
     }
 }
 
-fn decode_reply<T: serde::de::DeserializeOwned>(r: RaftReply) -> Result<T, RPCError<TypeConfig>> {
-    if !r.error.is_empty() {
-        return Err(unreachable(r.error));
-    }
-    postcard::from_bytes(&r.data).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, RPCError<TypeConfig>> {
+    postcard::from_bytes(b).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
 }
 
 impl Conn {
@@ -208,19 +211,20 @@ impl Conn {
         self.client.clone().ok_or_else(|| unreachable(format!("member {:x} has no usable peer URL", self.target)))
     }
 
-    async fn call<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, f: F) -> Result<Resp, RPCError<TypeConfig>>
-    where
-        Req: serde::Serialize,
-        Resp: serde::de::DeserializeOwned,
-        F: FnOnce(PeerClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
-    {
+    /// Sends one message through the transport and waits up to `ttl` for its answer.
+    async fn rpc<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         self.fault().await?;
-        let mut request = tonic::Request::new(RaftRequest { data: encode(req).into() });
-        request.set_timeout(ttl);
-        stamp(&mut request);
-        let reply = f(self.client()?, request).await.map_err(status_err)?;
-        decode_reply(reply.into_inner())
+        let b = self
+            .mux
+            .send(self.target, &self.node, Lane::Raft, META_GROUP, kind, encode(req), ttl)
+            .await
+            .map_err(|e| unreachable(e.message()))?;
+        decode(&b)
     }
 
     /// Test-only link faults (`failpoints` feature; a no-op otherwise).
@@ -273,8 +277,10 @@ impl std::io::Write for ChunkWriter {
 impl RaftNetworkV2<TypeConfig> for Conn {
     type SnapshotData = SnapshotData;
 
-    /// Replication over one long-lived gRPC stream: openraft keeps several AppendEntries in
-    /// flight, so a batch does not wait for the previous one's fsync on the follower.
+    /// Replication with several appends in flight, so a batch does not wait for the previous
+    /// one's fsync on the follower. Each append is queued in the transport's Raft lane in
+    /// order; the lane's batches leave in that order on one stream, and the receiver hands the
+    /// meta group's appends to Raft in the order they came (`crate::server::AppendPipe`).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -288,20 +294,34 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     {
         Box::pin(async move {
             self.fault().await?;
-            let target = self.target;
-            let mut client = self.client()?;
-            let mut requests = tonic::Request::new(input.map(|r| RaftRequest { data: encode(&r).into() }));
-            stamp(&mut requests);
-            let replies = client.stream_append(requests).await.map_err(status_err)?.into_inner();
-            let results = replies.map(move |r| {
-                // A link cut while the stream is open ends it, as a real cut would.
+            let (target, node, mux, ttl) = (self.target, self.node.clone(), self.mux.clone(), self.append_ttl);
+            let (queued, answers) = tokio::sync::mpsc::channel(APPENDS_IN_FLIGHT_MAX);
+            // Queues the appends one after another, so they leave in order; stops when the
+            // answers are no longer read (openraft ended the session) or one could not be queued.
+            tokio::spawn(async move {
+                let mut input = input;
+                loop {
+                    let req = tokio::select! {
+                        r = input.next() => r,
+                        _ = queued.closed() => None,
+                    };
+                    let Some(req) = req else { break };
+                    let answer =
+                        mux.enqueue(target, &node, Lane::Raft, META_GROUP, Kind::Append, encode(&req), ttl).await;
+                    let failed = answer.is_err();
+                    if queued.send(answer).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let results = tokio_stream::wrappers::ReceiverStream::new(answers).then(move |answer| async move {
+                // A link cut while appends are in flight fails them, as a real cut would.
                 if cairn_types::faults::link(target) == cairn_types::faults::Link::Drop {
                     return Err(unreachable("link cut by fault injection"));
                 }
-                match r {
-                    Ok(reply) => decode_reply::<StreamAppendResult<TypeConfig>>(reply),
-                    Err(s) => Err(status_err(s)),
-                }
+                let answer = answer.map_err(|e| unreachable(e.message()))?;
+                let b = Mux::wait(answer, target, ttl).await.map_err(|e| unreachable(e.message()))?;
+                decode::<StreamAppendResult<TypeConfig>>(&b)
             });
             let boxed: BoxStream<'s, _> = Box::pin(results);
             Ok(boxed)
@@ -310,10 +330,12 @@ impl RaftNetworkV2<TypeConfig> for Conn {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.append_entries(r).await }).await
+        // openraft 0.10 calls this only from the default `stream_append`, which this type
+        // replaces: every append (heartbeats too) goes through `stream_append` above.
+        Err(RPCError::Network(NetworkError::from_string("the meta group sends appends only on streams")))
     }
 
     async fn vote(
@@ -321,7 +343,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.vote(r).await }).await
+        self.rpc(Kind::Vote, &rpc, option.soft_ttl()).await
     }
 
     async fn pre_vote(
@@ -329,7 +351,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
+        self.rpc(Kind::PreVote, &rpc, option.soft_ttl()).await
     }
 
     async fn transfer_leader(
@@ -337,7 +359,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, option.soft_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.rpc(Kind::TransferLeader, &req, option.soft_ttl()).await
     }
 
     async fn full_snapshot(
@@ -364,7 +386,11 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 let produced = producer.await.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
                 let reply = r.map_err(|s| StreamingError::Unreachable(Unreachable::from_string(s)))?;
                 produced.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
-                decode_reply(reply.into_inner()).map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+                let reply = reply.into_inner();
+                if !reply.error.is_empty() {
+                    return Err(StreamingError::Unreachable(Unreachable::from_string(reply.error)));
+                }
+                decode(&reply.data).map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
             }
             closed = cancel => Err(StreamingError::Closed(closed)),
         }

@@ -75,8 +75,9 @@ pub struct NodeOptions {
     pub batch_bytes: u64,
     /// Test-only storage faults for the Raft log (failpoints builds); `None` otherwise.
     pub wal_faults: Option<cairn_storage::wal::FaultHook>,
-    /// The node's connections to its peers, shared with forwarding and the range transport.
-    pub channels: crate::network::PeerChannels,
+    /// The node's transport to its peers, shared with the ranges; its connections carry
+    /// forwarded requests too.
+    pub mux: crate::range::mux::Mux,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +181,7 @@ impl RaftNode {
         let raft = Raft::new(
             opts.id,
             Arc::new(config),
-            Network { channels: opts.channels.clone() },
+            Network { mux: opts.mux.clone(), append_ttl: std::time::Duration::from_millis(t.election_timeout_ms) },
             LogStore::new(wal.clone()),
             sm.clone(),
         )
@@ -194,7 +195,7 @@ impl RaftNode {
             wal,
             data_dir: opts.data_dir,
             contact: Default::default(),
-            channels: opts.channels,
+            channels: opts.mux.channels().clone(),
             _lock: lock,
         })
     }

@@ -304,6 +304,145 @@ impl Peer for PeerService {
     }
 }
 
+/// The meta group's side of the range transport ([`crate::range::mux`]): its Raft messages
+/// come in the same batches as the ranges', under [`crate::range::mux::META_GROUP`]. (The
+/// `Peer` service's own Raft calls above stay served, for a member of an older build.)
+#[derive(Clone)]
+pub struct MetaReceiver {
+    raft: Raft,
+    contact: Arc<crate::group::LeaderContact>,
+}
+
+impl MetaReceiver {
+    pub fn new(raft: Raft, contact: Arc<crate::group::LeaderContact>) -> Self {
+        MetaReceiver { raft, contact }
+    }
+
+    /// Starts answering one message: an append is handed to `appends` now (so appends reach
+    /// Raft in the order they came in) and answered when the meta group has it on disk; without
+    /// `appends` it is refused.
+    pub(crate) fn message(
+        &self,
+        kind: u32,
+        data: bytes::Bytes,
+        appends: Option<&AppendPipe>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        use crate::range::mux::Kind;
+        use futures::FutureExt;
+        fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+            postcard::from_bytes(data).map_err(|e| format!("bad meta group message: {e}"))
+        }
+        fn encode<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
+            r.map(|v| postcard::to_allocvec(&v).expect("raft types serialize")).map_err(|e| e.to_string())
+        }
+        let raft = self.raft.clone();
+        match Kind::from_u32(kind) {
+            Some(Kind::Append) => {
+                let Some(pipe) = appends else {
+                    return futures::future::ready(Err(
+                        "the meta group's appends travel only on a Ranges/Stream".into()
+                    ))
+                    .boxed();
+                };
+                let rx = match decode(&data) {
+                    Ok(req) => pipe.submit(&raft, &self.contact, req),
+                    Err(e) => return futures::future::ready(Err(e)).boxed(),
+                };
+                async move { rx.await.unwrap_or_else(|_| Err("the meta group's append stream ended".into())) }.boxed()
+            }
+            Some(Kind::Vote) => async move { encode(raft.vote(decode(&data)?).await) }.boxed(),
+            Some(Kind::PreVote) => async move { encode(raft.pre_vote(decode(&data)?).await) }.boxed(),
+            Some(Kind::TransferLeader) => {
+                async move { encode(raft.handle_transfer_leader(decode(&data)?).await) }.boxed()
+            }
+            _ => futures::future::ready(Err(format!("message kind {kind} is not one of the meta group's"))).boxed(),
+        }
+    }
+}
+
+/// One incoming stream's appends for the meta group, handed to openraft's pipelined
+/// `Raft::stream_append` in the order they arrived: appends in flight one after another, as on
+/// the `Peer/StreamAppend` call, so the follower's fsyncs overlap. The stream's answers come in
+/// the same order; each goes to the oldest waiting append. After a conflict (or a stopped Raft)
+/// openraft ends its stream: the appends still waiting are answered with an error, and the next
+/// append starts a new one (the leader starts again from the conflict anyway).
+///
+/// Appends that arrive out of order (a sender whose stream broke and opened again) are still
+/// safe: Raft checks each append's previous entry; order only saves the conflicts.
+#[derive(Default)]
+pub struct AppendPipe {
+    state: Arc<parking_lot::Mutex<PipeState>>,
+}
+
+type AppendAnswer = Result<Vec<u8>, String>;
+
+#[derive(Default)]
+struct PipeState {
+    /// Feeds the running `stream_append`; `None` when none runs.
+    input: Option<tokio::sync::mpsc::UnboundedSender<openraft::raft::AppendEntriesRequest<crate::TypeConfig>>>,
+    /// Who waits for the running stream's answers, oldest first. Bounded by the transport:
+    /// a stream carries at most `STREAM_BATCHES_MAX` unanswered batches.
+    waiting: std::collections::VecDeque<tokio::sync::oneshot::Sender<AppendAnswer>>,
+}
+
+impl AppendPipe {
+    fn submit(
+        &self,
+        raft: &Raft,
+        contact: &Arc<crate::group::LeaderContact>,
+        req: openraft::raft::AppendEntriesRequest<crate::TypeConfig>,
+    ) -> tokio::sync::oneshot::Receiver<AppendAnswer> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = self.state.lock();
+        let input = st.input.get_or_insert_with(|| {
+            let (input, requests) = tokio::sync::mpsc::unbounded_channel();
+            let answers = raft.stream_append(tokio_stream::wrappers::UnboundedReceiverStream::new(requests));
+            tokio::spawn(answer_appends(answers, self.state.clone(), contact.clone()));
+            input
+        });
+        if input.send(req).is_ok() {
+            st.waiting.push_back(tx);
+        }
+        rx
+    }
+}
+
+impl Drop for AppendPipe {
+    /// The incoming stream ended: so does the input, and openraft's stream after answering
+    /// what it has.
+    fn drop(&mut self) {
+        self.state.lock().input = None;
+    }
+}
+
+/// Hands each of openraft's answers to the oldest waiting append, until the stream ends.
+async fn answer_appends(
+    answers: impl futures::Stream<
+        Item = Result<openraft::raft::StreamAppendResult<crate::TypeConfig>, openraft::error::Fatal<crate::TypeConfig>>,
+    >,
+    state: Arc<parking_lot::Mutex<PipeState>>,
+    contact: Arc<crate::group::LeaderContact>,
+) {
+    futures::pin_mut!(answers);
+    while let Some(r) = answers.next().await {
+        if matches!(r, Ok(Ok(_)) | Ok(Err(openraft::raft::StreamAppendError::Conflict(_)))) {
+            contact.touch();
+        }
+        let answer = match r {
+            Ok(result) => Ok(postcard::to_allocvec(&result).expect("raft types serialize")),
+            Err(fatal) => Err(fatal.to_string()),
+        };
+        let waiter = state.lock().waiting.pop_front();
+        if let Some(w) = waiter {
+            let _ = w.send(answer);
+        }
+    }
+    let mut st = state.lock();
+    st.input = None;
+    // Dropped: each still waiting is answered with an error.
+    st.waiting.clear();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,7 +94,7 @@ fn options(id: u64, dir: &std::path::Path) -> RangeHostOptions {
         unsafe_no_fsync: false,
         engine_cache_bytes: 1 << 20,
         engine_buffer: Default::default(),
-        channels: Default::default(),
+        mux: cairn_raft::range::mux::Mux::new(Default::default()),
     }
 }
 

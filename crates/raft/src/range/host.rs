@@ -45,9 +45,9 @@ pub struct RangeHostOptions {
     pub engine_cache_bytes: usize,
     /// When the data engine's write buffer goes to redb (see [`BufferedEngine`]).
     pub engine_buffer: BufferLimits,
-    /// The node's connections to its peers (the meta group's too): every range's messages to a
-    /// node share its one connection.
-    pub channels: crate::network::PeerChannels,
+    /// The node's transport to its peers, the meta group's too: every group's messages to a
+    /// node share its batches and its one connection.
+    pub mux: Mux,
 }
 
 /// One range replica on this node.
@@ -565,7 +565,7 @@ impl RangeHost {
         .validate()
         .map_err(io_err)?;
         let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mux = Mux::new(opts.channels.clone());
+        let mux = opts.mux.clone();
         let host = Arc::new(RangeHost {
             opts,
             log,
@@ -1351,7 +1351,7 @@ impl RangeHandler for RangeHost {
             Kind::PreVote => reply(r.raft.pre_vote(decode(data)?).await),
             Kind::TransferLeader => reply(r.raft.handle_transfer_leader(decode(data)?).await),
             Kind::Beat => Ok(vec![]),
-            // `mux::handle_batch` runs forwarded requests itself.
+            // `RangesService` runs forwarded requests itself.
             Kind::Execute => Err("a forwarded request is not a Raft message".into()),
             Kind::Snapshot => {
                 let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;

@@ -64,6 +64,12 @@ pub const MESSAGE_BYTES_MAX: usize = crate::range::sm::SNAPSHOT_BYTES_MAX + (1 <
 /// [`IN_FLIGHT_MAX`] unanswered, so this bounds only a misbehaving one).
 pub const STREAM_BATCHES_MAX: usize = 64;
 
+/// The group id of the meta group's messages. They share the batches with the ranges' (one
+/// transport carries every group), and the receiver hands them to the node's meta group
+/// (`crate::server::MetaReceiver`), not to its ranges. Range ids count up from 1; this one is
+/// never a range's.
+pub const META_GROUP: RangeId = u64::MAX;
+
 /// Which Raft message a [`RangeMessage`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -110,7 +116,7 @@ struct Pending {
 
 /// Why a message got no answer.
 #[derive(Debug, Clone)]
-enum CallError {
+pub(crate) enum CallError {
     /// It never reached the node (a cut link, no URL, a connection never made): nothing ran.
     NotSent(String),
     /// It may have reached the node.
@@ -118,7 +124,7 @@ enum CallError {
 }
 
 impl CallError {
-    fn message(self) -> String {
+    pub(crate) fn message(self) -> String {
         match self {
             CallError::NotSent(m) | CallError::Failed(m) => m,
         }
@@ -174,10 +180,21 @@ pub struct MuxStats {
     pub snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux").field("peers", &self.peers.lock().len()).finish()
+    }
+}
+
 impl Mux {
     /// A transport over the node's peer connections.
     pub fn new(channels: crate::network::PeerChannels) -> Mux {
         Mux { channels, peers: Default::default(), stats: Default::default() }
+    }
+
+    /// The peer connections it sends on.
+    pub fn channels(&self) -> &crate::network::PeerChannels {
+        &self.channels
     }
 
     pub fn stats(&self) -> &MuxStats {
@@ -324,7 +341,7 @@ impl Mux {
     /// Queues one message of `group` for `target` in `lane` and waits up to `ttl` for its
     /// answer.
     #[allow(clippy::too_many_arguments)]
-    async fn send(
+    pub(crate) async fn send(
         &self,
         target: u64,
         node: &PeerNode,
@@ -334,6 +351,24 @@ impl Mux {
         data: Vec<u8>,
         ttl: Duration,
     ) -> Result<Vec<u8>, CallError> {
+        let answer = self.enqueue(target, node, lane, group, kind, data, ttl).await?;
+        Mux::wait(answer, target, ttl).await
+    }
+
+    /// Queues one message of `group` for `target` in `lane`; [`Mux::wait`] then waits for its
+    /// answer. Messages one task queues in one lane leave in the order it queued them, and a
+    /// node's stream hands them on in that order (see `RangesService::stream`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn enqueue(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        lane: Lane,
+        group: RangeId,
+        kind: Kind,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Answer, CallError> {
         if let cairn_types::faults::Link::Drop = cairn_types::faults::link(target) {
             return Err(CallError::NotSent("link cut by fault injection".into()));
         }
@@ -347,13 +382,21 @@ impl Mux {
         let msg = RangeMessage { group, kind: kind as u32, data: data.into() };
         q.tx.send(Pending { msg, ttl, reply, _permit: permit })
             .map_err(|_| CallError::NotSent("range transport stopped".into()))?;
-        match tokio::time::timeout(ttl, rx).await {
+        Ok(rx)
+    }
+
+    /// Waits up to `ttl` for the answer of a message queued for `target`.
+    pub(crate) async fn wait(answer: Answer, target: u64, ttl: Duration) -> Result<Vec<u8>, CallError> {
+        match tokio::time::timeout(ttl, answer).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(CallError::Failed("range transport dropped the message".into())),
             Err(_) => Err(CallError::Failed(format!("no answer from node {target:x} within {ttl:?}"))),
         }
     }
 }
+
+/// Where a queued message's answer comes.
+pub(crate) type Answer = oneshot::Receiver<Result<Vec<u8>, CallError>>;
 
 /// How a lane's batches travel.
 enum Way {
@@ -363,19 +406,32 @@ enum Way {
     Calls(RangesClient<Channel>),
 }
 
+/// A batch on its way: its answer, to be waited for.
+type BatchAnswer = futures::future::BoxFuture<'static, Result<Vec<RangeResult>, CallError>>;
+
 impl Way {
-    async fn send(&self, messages: Vec<RangeMessage>, ttl: Duration) -> Result<Vec<RangeResult>, CallError> {
+    /// Puts a batch on its way. Batches of a stream leave in the order this is called in;
+    /// waiting for their answers is left to the returned future.
+    async fn submit(&self, messages: Vec<RangeMessage>, ttl: Duration) -> BatchAnswer {
+        use futures::FutureExt;
         match self {
-            Way::Stream(s) => s.call(RangeBatchRequest { messages }, ttl).await.map(|r| r.results),
+            Way::Stream(s) => match s.submit(RangeBatchRequest { messages }, ttl).await {
+                Ok(sent) => sent.answer().map(|r| r.map(|r| r.results)).boxed(),
+                Err(e) => futures::future::ready(Err(e)).boxed(),
+            },
             Way::Calls(client) => {
                 let mut req = tonic::Request::new(RangeBatchRequest { messages });
                 req.set_timeout(ttl);
                 crate::network::stamp(&mut req);
-                match client.clone().batch(req).await {
-                    Ok(r) => Ok(r.into_inner().results),
-                    Err(s) if crate::tcp::never_connected(&s) => Err(CallError::NotSent(s.message().to_string())),
-                    Err(s) => Err(CallError::Failed(s.message().to_string())),
+                let mut client = client.clone();
+                async move {
+                    match client.batch(req).await {
+                        Ok(r) => Ok(r.into_inner().results),
+                        Err(s) if crate::tcp::never_connected(&s) => Err(CallError::NotSent(s.message().to_string())),
+                        Err(s) => Err(CallError::Failed(s.message().to_string())),
+                    }
                 }
+                .boxed()
             }
         }
     }
@@ -421,8 +477,15 @@ impl BatchStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         crate::network::stamp(&mut req);
-        let mut replies =
-            self.client.clone().stream(req).await.map_err(|s| CallError::NotSent(s.message().into()))?.into_inner();
+        let mut replies = match self.client.clone().stream(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if s.code() == tonic::Code::FailedPrecondition {
+                    crate::network::warn_refused(&s);
+                }
+                return Err(CallError::NotSent(s.message().into()));
+            }
+        };
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let w = waiting.clone();
         tokio::spawn(async move {
@@ -448,8 +511,9 @@ impl BatchStream {
         Ok(s)
     }
 
-    /// Sends `batch` on the stream and waits up to `ttl` for its answer.
-    async fn call(&self, batch: RangeBatchRequest, ttl: Duration) -> Result<RangeBatchReply, CallError> {
+    /// Sends `batch` on the stream (opening it if need be); [`Sent::answer`] waits until `ttl`
+    /// has passed since this call for its answer.
+    async fn submit(&self, batch: RangeBatchRequest, ttl: Duration) -> Result<Sent, CallError> {
         let deadline = tokio::time::Instant::now() + ttl;
         let s = match tokio::time::timeout_at(deadline, self.stream()).await {
             Ok(s) => s?,
@@ -470,12 +534,27 @@ impl BatchStream {
             s.waiting.lock().map.remove(&id);
             return Err(CallError::NotSent("the stream ended".into()));
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Sent { id, rx, waiting: s.waiting, deadline, ttl })
+    }
+}
+
+/// A batch sent on a stream, its answer still to come.
+struct Sent {
+    id: u64,
+    rx: oneshot::Receiver<RangeBatchReply>,
+    waiting: Arc<Mutex<Waiting>>,
+    deadline: tokio::time::Instant,
+    ttl: Duration,
+}
+
+impl Sent {
+    async fn answer(self) -> Result<RangeBatchReply, CallError> {
+        match tokio::time::timeout_at(self.deadline, self.rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Failed("the stream ended before the answer".into())),
             Err(_) => {
-                s.waiting.lock().map.remove(&id);
-                Err(CallError::Failed(format!("no answer within {ttl:?}")))
+                self.waiting.lock().map.remove(&self.id);
+                Err(CallError::Failed(format!("no answer within {:?}", self.ttl)))
             }
         }
     }
@@ -498,14 +577,16 @@ async fn sender(way: Way, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<M
                 Err(_) => break,
             }
         }
-        let way = way.clone();
         stats.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.messages.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let ttl = batch.iter().map(|p| p.ttl).max().unwrap_or(Duration::from_secs(1));
+        let (msgs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, (p.reply, p._permit))).unzip();
+        // Sent here, in queue order (the meta group's appends rely on it); answered in a task
+        // of its own, in whatever order answers come.
+        let answer = way.submit(msgs, ttl).await;
         tokio::spawn(async move {
             let _permit = permit;
-            let ttl = batch.iter().map(|p| p.ttl).max().unwrap_or(Duration::from_secs(1));
-            let (msgs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, (p.reply, p._permit))).unzip();
-            match way.send(msgs, ttl).await {
+            match answer.await {
                 Ok(results) => {
                     let n = results.len();
                     let mut results = results.into_iter();
@@ -638,23 +719,16 @@ pub trait RangeHandler: Send + Sync + 'static {
     async fn closing(&self);
 }
 
-/// Answers a whole batch, each message concurrently, results in order.
-pub async fn handle_batch(h: &dyn RangeHandler, msgs: Vec<RangeMessage>) -> Vec<RangeResult> {
-    let futs = msgs.into_iter().map(|m| async move {
-        let r = match Kind::from_u32(m.kind) {
-            Some(Kind::Execute) => match prost::Message::decode(&m.data[..]) {
-                Ok(req) => execute(h, req).await,
-                Err(e) => Err(format!("undecodable forwarded request: {e}")),
-            },
-            Some(kind) => h.handle(m.group, kind, &m.data).await,
-            None => Err(format!("unknown range message kind {}", m.kind)),
-        };
-        match r {
-            Ok(data) => RangeResult { data: data.into(), error: String::new() },
-            Err(error) => RangeResult { data: Default::default(), error },
-        }
-    });
-    futures::future::join_all(futs).await
+/// Answers one range's message.
+async fn handle_message(h: &dyn RangeHandler, m: RangeMessage) -> Result<Vec<u8>, String> {
+    match Kind::from_u32(m.kind) {
+        Some(Kind::Execute) => match prost::Message::decode(&m.data[..]) {
+            Ok(req) => execute(h, req).await,
+            Err(e) => Err(format!("undecodable forwarded request: {e}")),
+        },
+        Some(kind) => h.handle(m.group, kind, &m.data).await,
+        None => Err(format!("unknown range message kind {}", m.kind)),
+    }
 }
 
 /// Runs a forwarded client request: its encoded outcome (see `RangeExecuteRequest`), or why
@@ -677,17 +751,24 @@ async fn execute(h: &dyn RangeHandler, r: RangeExecuteRequest) -> Result<Vec<u8>
     Ok(encode(&h.execute(req).await))
 }
 
-/// The `cairn.peer.Ranges` gRPC service: checks the cluster ID, then hands the batch to the
-/// node's range host.
+/// The `cairn.peer.Ranges` gRPC service: checks the cluster ID, then hands each message of a
+/// batch to the node's range host, or to its meta group ([`META_GROUP`]).
 #[derive(Clone)]
 pub struct RangesService {
     cluster_id: u64,
     handler: Arc<dyn RangeHandler>,
+    meta: Option<crate::server::MetaReceiver>,
 }
 
 impl RangesService {
     pub fn new(cluster_id: u64, handler: Arc<dyn RangeHandler>) -> Self {
-        RangesService { cluster_id, handler }
+        RangesService { cluster_id, handler, meta: None }
+    }
+
+    /// Hands the meta group's messages to `meta` (without it they are refused).
+    pub fn with_meta(mut self, meta: crate::server::MetaReceiver) -> Self {
+        self.meta = Some(meta);
+        self
     }
 
     /// The tonic server for the peer listener.
@@ -695,6 +776,41 @@ impl RangesService {
         cairn_proto::peer::ranges_server::RangesServer::new(self)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// Starts answering a batch: each message concurrently, results in order. The meta group's
+    /// appends are handed to `appends` here, before the returned future runs, so they reach the
+    /// meta group in the order they arrived in; without `appends` (a batch that came as a call
+    /// of its own) they are refused.
+    fn start_batch(
+        &self,
+        msgs: Vec<RangeMessage>,
+        appends: Option<&crate::server::AppendPipe>,
+    ) -> impl std::future::Future<Output = Vec<RangeResult>> + Send + 'static {
+        use futures::FutureExt;
+        let futs: Vec<_> = msgs
+            .into_iter()
+            .map(|m| {
+                if m.group != META_GROUP {
+                    let h = self.handler.clone();
+                    return async move { handle_message(&*h, m).await }.boxed();
+                }
+                match &self.meta {
+                    Some(meta) => meta.message(m.kind, m.data, appends),
+                    None => futures::future::ready(Err("this node serves no meta group".to_string())).boxed(),
+                }
+            })
+            .collect();
+        async move {
+            futures::future::join_all(futs)
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Ok(data) => RangeResult { data: data.into(), error: String::new() },
+                    Err(error) => RangeResult { data: Default::default(), error },
+                })
+                .collect()
+        }
     }
 }
 
@@ -709,11 +825,13 @@ impl Ranges for RangesService {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let mut batches = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BATCHES_MAX);
-        let handler = self.handler.clone();
+        let svc = self.clone();
         tokio::spawn(async move {
             let running = Arc::new(Semaphore::new(STREAM_BATCHES_MAX));
-            let closing = handler.closing();
+            let closing = svc.handler.closing();
             tokio::pin!(closing);
+            // The meta group's appends from this stream, handed on in order (ends with it).
+            let appends = crate::server::AppendPipe::default();
             // Each batch runs as a task of its own, as a call would: a write waiting for its
             // commit must not hold up the batches behind it.
             loop {
@@ -723,9 +841,10 @@ impl Ranges for RangesService {
                 };
                 let Ok(Some(RangeStreamRequest { id, batch })) = next else { break };
                 let Ok(permit) = running.clone().acquire_owned().await else { break };
-                let (handler, tx) = (handler.clone(), tx.clone());
+                let tx = tx.clone();
+                let answer = svc.start_batch(batch.map(|b| b.messages).unwrap_or_default(), Some(&appends));
                 tokio::spawn(async move {
-                    let results = handle_batch(&*handler, batch.map(|b| b.messages).unwrap_or_default()).await;
+                    let results = answer.await;
                     let _ = tx.send(Ok(RangeStreamReply { id, reply: Some(RangeBatchReply { results }) })).await;
                     drop(permit);
                 });
@@ -739,7 +858,7 @@ impl Ranges for RangesService {
         req: tonic::Request<RangeBatchRequest>,
     ) -> Result<tonic::Response<RangeBatchReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
-        let results = handle_batch(&*self.handler, req.into_inner().messages).await;
+        let results = self.start_batch(req.into_inner().messages, None).await;
         Ok(tonic::Response::new(RangeBatchReply { results }))
     }
 
