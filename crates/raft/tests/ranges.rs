@@ -213,6 +213,28 @@ async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
     nodes
 }
 
+/// The node learns that a range's Raft core ended without sending it a message: a running
+/// core is not reported, one that stopped is (`core_ended`), and a normal stop (a replica
+/// removed) is no failure of the node (`fatal`), while writes still work on the other ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_range_core_is_noticed_without_a_message_to_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    write(&refs, 1, &key(1, 0), "a").await;
+    let r = refs[0].host.get(1).unwrap();
+    assert!(!r.core_ended(), "a running core");
+    assert_eq!(refs[0].host.fatal(true).await, None);
+    r.raft.shutdown().await.unwrap();
+    assert!(r.core_ended(), "a core that stopped");
+    assert!(r.core_ended(), "and it stays so");
+    assert_eq!(refs[0].host.fatal(true).await, None, "a normal stop is no failure");
+    write(&refs, 2, &key(2, 0), "b").await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A leader's concurrent client writes share entries (one append, fsync round and apply for
 /// many), and each still gets its own answer: the previous value its own apply saw, or a
 /// refusal of its own when it was routed with a stale epoch.
