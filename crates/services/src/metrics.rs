@@ -302,12 +302,12 @@ impl Metrics {
         );
         r.register(
             "cairn_range_transport_messages",
-            "Raft messages of ranges sent to other nodes",
+            "Messages sent to other nodes on the peer transport: every group's Raft messages (the meta group's too) and forwarded Redis requests",
             m.range_transport_messages.clone(),
         );
         r.register(
             "cairn_range_transport_calls",
-            "Batched calls that carried them (one per node and batch)",
+            "Batches that carried them (one per node, lane and batch)",
             m.range_transport_calls.clone(),
         );
         r.register(
