@@ -787,18 +787,20 @@ impl RangesService {
         msgs: Vec<RangeMessage>,
         appends: Option<&crate::server::AppendPipe>,
     ) -> impl std::future::Future<Output = Vec<RangeResult>> + Send + 'static {
+        use futures::future::Either;
         use futures::FutureExt;
+        // A range's message is answered without a box of its own (most messages are ranges').
         let futs: Vec<_> = msgs
             .into_iter()
             .map(|m| {
                 if m.group != META_GROUP {
                     let h = self.handler.clone();
-                    return async move { handle_message(&*h, m).await }.boxed();
+                    return Either::Left(async move { handle_message(&*h, m).await });
                 }
-                match &self.meta {
+                Either::Right(match &self.meta {
                     Some(meta) => meta.message(m.kind, m.data, appends),
                     None => futures::future::ready(Err("this node serves no meta group".to_string())).boxed(),
-                }
+                })
             })
             .collect();
         async move {
