@@ -216,6 +216,7 @@ async fn cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
 /// The node learns that a range's Raft core ended without sending it a message: a running
 /// core is not reported, one that stopped is (`core_ended`), and a normal stop (a replica
 /// removed) is no failure of the node (`fatal`), while writes still work on the other ranges.
+/// A write that reaches the stopped replica is refused as never proposed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_range_core_is_noticed_without_a_message_to_it() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -229,6 +230,11 @@ async fn an_ended_range_core_is_noticed_without_a_message_to_it() {
     assert!(r.core_ended(), "a core that stopped");
     assert!(r.core_ended(), "and it stays so");
     assert_eq!(refs[0].host.fatal(true).await, None, "a normal stop is no failure");
+    // A write that reaches a stopped replica (one being removed as it arrived) was never
+    // proposed: it is re-routed, not answered with an unknown outcome.
+    let w = postcard::to_allocvec(&(key(1, 1).into_bytes(), b"c".to_vec())).unwrap();
+    assert_eq!(refs[0].host.execute(req(1, 0, false, w.clone())).await, Outcome::NotHere);
+    assert_eq!(refs[0].host.execute_writes(1, 0, vec![w.clone(), w]).await, vec![Outcome::NotHere; 2]);
     write(&refs, 2, &key(2, 0), "b").await;
     for n in nodes {
         n.stop().await;

@@ -233,6 +233,10 @@ pub enum RangeError {
     NotHere(RangeId),
     #[error("range {range}: {msg}")]
     Raft { range: RangeId, msg: String },
+    /// The group had stopped (its replica removed here, or the node closing) before the
+    /// write reached its core: the write was never proposed.
+    #[error("range {0}: stopped before the write was proposed")]
+    Stopped(RangeId),
 }
 
 impl RangeReplica {
@@ -264,7 +268,10 @@ impl RangeReplica {
         let (responder, reply) = openraft::raft::responder::ProgressResponder::complete_only();
         match self.raft.client_write_ff(op, Some(responder)).await {
             Ok(()) => Ok(reply),
-            Err(fatal) => Err(RangeError::Raft { range: self.id, msg: fatal.to_string() }),
+            // openraft refuses the call only when its message cannot reach the core, which
+            // has ended: nothing was proposed. (A message the core took but never handled
+            // drops the responder: "cut short", an unknown outcome.)
+            Err(_) => Err(RangeError::Stopped(self.id)),
         }
     }
 
@@ -999,6 +1006,9 @@ impl RangeHost {
         match r.write_data(epoch, cmd).await {
             Ok(reply) => answered(reply),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+            // Never proposed: the replica was removed (moved off, merged away) as the write
+            // reached it. The router re-routes it with the directory, as for a replica gone.
+            Err(RangeError::Stopped(_)) => Outcome::NotHere,
             // A frozen range applies no write proposed after its freeze, and every write
             // before it had its answer once the freeze applied: a write cut short now (its
             // group stopped as the range merged away) never ran.
@@ -1211,6 +1221,7 @@ impl RangeHost {
         match r.write(RangeOp { stamp_ms: cairn_types::clock::wall_ms(), epoch, cmd }).await {
             Ok(reply) => answered(reply),
             Err(RangeError::NotLeader { leader, .. }) => Outcome::NotLeader { leader },
+            Err(RangeError::Stopped(_)) => Outcome::NotHere,
             Err(e) => Outcome::Unknown(e.to_string()),
         }
     }
