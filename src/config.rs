@@ -190,6 +190,12 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_BACKEND_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub backend_cache_bytes: usize,
 
+    /// Memory for the data tier's read cache, in bytes: values its ranges read from the data
+    /// engine (keys, values and about 100 bytes each), so that a GET of a key read before
+    /// skips the engine's B-tree. 0 turns it off. Counted in `cairn_range_read_cache_bytes`.
+    #[arg(long, env = "CAIRN_RANGE_READ_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub range_read_cache_bytes: u64,
+
     /// Bytes of keys and values apply holds before writing them to the state engine in one
     /// transaction (the quota and DB SIZE count them meanwhile). Memory for it is at most twice
     /// this: one buffer filling, one being written. The data tier's engine buffers its ranges'

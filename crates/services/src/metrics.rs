@@ -83,6 +83,9 @@ pub struct Metrics {
     range_log_bytes: Gauge,
     range_engine_buffered_bytes: Gauge,
     range_engine_flushes: Gauge,
+    range_read_cache_bytes: Gauge,
+    range_read_cache_hits: Gauge,
+    range_read_cache_misses: Gauge,
     range_engine_flush_seconds: Gauge<f64, AtomicU64>,
     range_engine_flush_max_seconds: Gauge<f64, AtomicU64>,
     range_log_writes: Gauge,
@@ -146,6 +149,9 @@ impl Metrics {
             range_log_bytes: Gauge::default(),
             range_engine_buffered_bytes: Gauge::default(),
             range_engine_flushes: Gauge::default(),
+            range_read_cache_bytes: Gauge::default(),
+            range_read_cache_hits: Gauge::default(),
+            range_read_cache_misses: Gauge::default(),
             range_engine_flush_seconds: Gauge::default(),
             range_engine_flush_max_seconds: Gauge::default(),
             range_log_writes: Gauge::default(),
@@ -276,6 +282,21 @@ impl Metrics {
             m.range_engine_buffered_bytes.clone(),
         );
         r.register(
+            "cairn_range_read_cache_bytes",
+            "Bytes the data tier's read cache holds: values read from the data engine, their keys and about 100 bytes each (--range-read-cache-bytes bounds it)",
+            m.range_read_cache_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_read_cache_hits",
+            "Reads of the data engine answered by the read cache",
+            m.range_read_cache_hits.clone(),
+        );
+        r.register(
+            "cairn_range_read_cache_misses",
+            "Reads of the data engine the read cache did not answer",
+            m.range_read_cache_misses.clone(),
+        );
+        r.register(
             "cairn_range_engine_flushes",
             "Writes of that buffer to the data engine, one transaction each",
             m.range_engine_flushes.clone(),
@@ -381,6 +402,9 @@ impl Metrics {
             let eb = host.engine_buffer();
             self.range_engine_buffered_bytes.set(get(&eb.buffered_bytes));
             self.range_engine_flushes.set(get(&eb.flushes));
+            self.range_read_cache_bytes.set(host.read_cache_bytes() as i64);
+            self.range_read_cache_hits.set(get(&eb.cache_hits));
+            self.range_read_cache_misses.set(get(&eb.cache_misses));
             self.range_engine_flush_seconds.set(get(&eb.micros) as f64 / 1e6);
             self.range_engine_flush_max_seconds.set(get(&eb.max_micros) as f64 / 1e6);
             let ls = host.log().stats();

@@ -1,7 +1,7 @@
 //! Point reads through a fresh reader, as a range serves a GET: `cargo bench -p cairn-storage
 //! --bench reads`. 100,000 keys of 256-byte values in redb, with and without the write
 //! buffer in front, and with writes committing between reads (each commit makes a new reader);
-//! and the write buffer's flushes by size.
+//! through one reader with and without the read cache; and the write buffer's flushes by size.
 
 use std::sync::Arc;
 
@@ -37,9 +37,23 @@ fn reads(c: &mut Criterion) {
     c.bench_function("redb: reader + get", |b| {
         b.iter(|| redb.reader().unwrap().get(Table::Kv, &next()).unwrap().unwrap());
     });
-    let buffered = BufferedEngine::new(redb.clone(), BufferLimits::default());
+    let off = BufferLimits { read_cache_bytes: 0, ..Default::default() };
+    let buffered = BufferedEngine::new(redb.clone(), off);
     c.bench_function("buffered: reader + get", |b| {
         b.iter(|| buffered.reader().unwrap().get(Table::Kv, &next()).unwrap().unwrap());
+    });
+    // A range shares one reader between the reads that arrive before its next commit.
+    let reader = buffered.reader().unwrap();
+    c.bench_function("buffered, no read cache: get (one reader)", |b| {
+        b.iter(|| reader.get(Table::Kv, &next()).unwrap().unwrap());
+    });
+    let cached = BufferedEngine::new(redb.clone(), BufferLimits::default());
+    let reader = cached.reader().unwrap();
+    for i in 0..KEYS {
+        reader.get(Table::Kv, &key(i)).unwrap().unwrap();
+    }
+    c.bench_function("buffered, read cache warm: get (one reader)", |b| {
+        b.iter(|| reader.get(Table::Kv, &next()).unwrap().unwrap());
     });
     let mut n = 0u32;
     c.bench_function("redb: reader + get, a commit every 64 reads", |b| {
@@ -70,7 +84,10 @@ fn overwrites(c: &mut Criterion) {
                 let mut total = std::time::Duration::ZERO;
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().unwrap();
-                    let e = BufferedEngine::new(filled(dir.path()), BufferLimits { bytes: 32 << 20, entries });
+                    let e = BufferedEngine::new(
+                        filled(dir.path()),
+                        BufferLimits { bytes: 32 << 20, entries, ..Default::default() },
+                    );
                     let mut i = 7u32;
                     let start = std::time::Instant::now();
                     for _ in 0..200_000 {

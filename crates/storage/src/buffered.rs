@@ -20,6 +20,14 @@
 //!   under the state lock after the engine's commit returned, and readers are made under that
 //!   lock, so a reader that does not see it took its engine view after that commit; a reader
 //!   that does see it reads the same values from it whether or not its engine view holds them.
+//! - Reads that reach the engine (of the `Kv` table, the data tier's keys) go through a read
+//!   cache bounded in bytes ([`BufferLimits::read_cache_bytes`]): a GET of a key the buffer does
+//!   not hold was a redb B-tree walk, 30 % of a node's CPU under `redis-benchmark --cluster -t
+//!   get -P 16` (BENCHMARKS.md). A cached value is the engine's as of the flush count it was read
+//!   under (`Cached::flushes`). A flush that wrote a key removes it from the cache before the
+//!   count moves on, and a value is cached only under the current count, so a cached value
+//!   stays the engine's value from its count until now; a reader uses it only if its own view
+//!   is at that count or later. A reader whose layers hold the key never asks the engine.
 //! - [`Engine::sync`] writes out everything buffered, then syncs the engine: what was written
 //!   before it is durable after it, as the trait says. A write with [`WriteOp::Clear`] first
 //!   writes out the buffer and then goes to the engine as is, under the lock.
@@ -51,14 +59,21 @@ fn slot(table: Table) -> usize {
     Table::ALL.iter().position(|t| *t == table).expect("every table is in Table::ALL")
 }
 
-/// When a buffer goes to the engine.
+/// When a buffer goes to the engine, and how much the read cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferLimits {
     /// Bytes of keys and values buffered (a deletion counts its key).
     pub bytes: u64,
     /// Distinct keys buffered.
     pub entries: usize,
+    /// Bytes of the read cache of `Kv` values read from the engine (keys, values and
+    /// [`CACHED_OVERHEAD_BYTES`] per key); 0 turns it off.
+    pub read_cache_bytes: u64,
 }
+
+/// What a cached key costs beyond its key and value bytes (the map's slot, the two `Bytes`
+/// handles, the count): counted against [`BufferLimits::read_cache_bytes`].
+pub const CACHED_OVERHEAD_BYTES: u64 = 96;
 
 impl Default for BufferLimits {
     /// 32 MiB or 131,072 keys, whichever comes first. Each redb write copies every B-tree
@@ -68,7 +83,7 @@ impl Default for BufferLimits {
     /// was 43 µs with 16,384 keys per write and 33 µs with 131,072 (BENCHMARKS.md). The count
     /// bounds what the map's nodes cost beyond the bytes (about 100 bytes a key).
     fn default() -> Self {
-        BufferLimits { bytes: 32 << 20, entries: 131_072 }
+        BufferLimits { bytes: 32 << 20, entries: 131_072, read_cache_bytes: 64 << 20 }
     }
 }
 
@@ -118,12 +133,74 @@ impl Layer {
     }
 }
 
+/// A value read from the engine, as of flush count `flushes` (see the module doc).
+#[derive(Clone)]
+struct Cached {
+    flushes: u64,
+    value: Option<Bytes>,
+}
+
+#[derive(Clone)]
+struct CachedWeight;
+
+impl quick_cache::Weighter<Bytes, Cached> for CachedWeight {
+    fn weight(&self, key: &Bytes, c: &Cached) -> u64 {
+        (key.len() + c.value.as_ref().map_or(0, Bytes::len)) as u64 + CACHED_OVERHEAD_BYTES
+    }
+}
+
+/// The read cache of `Kv` values (see the module doc). quick_cache: a sharded map bounded by
+/// weight, with CLOCK-Pro eviction (a scan does not flush out the hot keys).
+struct ReadCache {
+    map: quick_cache::sync::Cache<Bytes, Cached, CachedWeight>,
+    /// The flush count values are cached under. A flush's keys are removed under its write
+    /// lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
+    filling_under: parking_lot::RwLock<u64>,
+}
+
+impl ReadCache {
+    fn new(bytes: u64) -> ReadCache {
+        let items = (bytes / 512).max(16) as usize;
+        ReadCache {
+            map: quick_cache::sync::Cache::with_weighter(items, bytes, CachedWeight),
+            filling_under: parking_lot::RwLock::new(0),
+        }
+    }
+
+    /// Caches `value`, read from an engine view as of flush count `flushes`, if that is still
+    /// the current count (else a newer flush may have changed the key).
+    fn fill(&self, key: &[u8], flushes: u64, value: &Option<Vec<u8>>) {
+        let Some(current) = self.filling_under.try_read() else { return };
+        if *current == flushes {
+            let value = value.as_deref().map(Bytes::copy_from_slice);
+            self.map.insert(Bytes::copy_from_slice(key), Cached { flushes, value });
+        }
+    }
+
+    /// Before flush count `next` is made current: drops the keys `layer` wrote, or every key.
+    fn forget(&self, layer: Option<&Layer>, next: u64) {
+        let mut current = self.filling_under.write();
+        match layer {
+            Some(l) => {
+                for k in l.tables[slot(Table::Kv)].keys() {
+                    self.map.remove(&k[..]);
+                }
+            }
+            None => self.map.clear(),
+        }
+        *current = next;
+    }
+}
+
 struct State {
     filling: Layer,
     /// The layer being written to the engine, until its commit returned (see the module doc).
     flushing: Option<Arc<Layer>>,
     /// Why the buffer failed, once an engine write did.
     failed: Option<String>,
+    /// Writes to the engine so far (flushes, and writes of whole tables): the point in time of
+    /// an engine view, for the read cache.
+    flushes: u64,
 }
 
 /// Counters of the buffer's writes to the engine, for metrics and status.
@@ -136,6 +213,9 @@ pub struct BufferStats {
     pub max_micros: AtomicU64,
     /// Bytes buffered now (filling and flushing).
     pub buffered_bytes: AtomicU64,
+    /// Reads answered by the read cache, and reads that went to the engine with it on.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
 }
 
 struct Inner {
@@ -145,6 +225,7 @@ struct Inner {
     flushed: Condvar,
     limits: BufferLimits,
     stats: BufferStats,
+    cache: Option<Arc<ReadCache>>,
 }
 
 /// An [`Engine`] that buffers writes in memory in front of another (see the module doc).
@@ -154,20 +235,26 @@ pub struct BufferedEngine {
 
 impl BufferedEngine {
     pub fn new(base: Arc<dyn Engine>, limits: BufferLimits) -> BufferedEngine {
-        let limits = BufferLimits { bytes: limits.bytes.max(1), entries: limits.entries.max(1) };
+        let limits = BufferLimits { bytes: limits.bytes.max(1), entries: limits.entries.max(1), ..limits };
         BufferedEngine {
             inner: Arc::new(Inner {
                 base,
-                state: Mutex::new(State { filling: Layer::default(), flushing: None, failed: None }),
+                state: Mutex::new(State { filling: Layer::default(), flushing: None, failed: None, flushes: 0 }),
                 flushed: Condvar::new(),
                 limits,
                 stats: BufferStats::default(),
+                cache: (limits.read_cache_bytes > 0).then(|| Arc::new(ReadCache::new(limits.read_cache_bytes))),
             }),
         }
     }
 
     pub fn stats(&self) -> &BufferStats {
         &self.inner.stats
+    }
+
+    /// Bytes the read cache holds now (keys, values and their overhead).
+    pub fn read_cache_bytes(&self) -> u64 {
+        self.inner.cache.as_ref().map_or(0, |c| c.map.weight())
     }
 
     /// Writes everything buffered so far to the engine (not synced).
@@ -209,10 +296,19 @@ impl Inner {
         let t = Instant::now();
         let out = self.base.write(layer.batch());
         let us = t.elapsed().as_micros() as u64;
+        if out.is_ok() {
+            if let Some(c) = &self.cache {
+                // Only this thread (one flush in flight) and a whole-table write (which waits
+                // for it, under the lock) move the count.
+                let next = self.state.lock().flushes + 1;
+                c.forget(Some(layer), next);
+            }
+        }
         let mut st = self.state.lock();
         match &out {
             Ok(()) => {
                 st.flushing = None;
+                st.flushes += 1;
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 self.stats.flushed_keys.fetch_add(layer.entries as u64, Ordering::Relaxed);
                 self.stats.micros.fetch_add(us, Ordering::Relaxed);
@@ -253,7 +349,8 @@ impl Engine for BufferedEngine {
         }
         // Under the lock: see the module doc.
         let base = self.inner.base.reader()?;
-        Ok(Box::new(BufferedReader { layers, base }))
+        let cache = self.inner.cache.clone().map(|c| (c, st.flushes));
+        Ok(Box::new(BufferedReader { layers, base, cache, inner: self.inner.clone() }))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
@@ -264,6 +361,12 @@ impl Engine for BufferedEngine {
             // Rare (a whole table replaced): the buffer goes first, then the batch as is, all
             // under the lock so no reader sees a step between.
             inner.wait_idle(&mut st)?;
+            // Every key may change: the cache starts over under the next count (a failed
+            // write below only drops values that were still right).
+            st.flushes += 1;
+            if let Some(c) = &inner.cache {
+                c.forget(None, st.flushes);
+            }
             if !st.filling.is_empty() {
                 let layer = inner.hand_over(&mut st);
                 let out = inner.base.write(layer.batch());
@@ -341,6 +444,9 @@ impl Engine for BufferedEngine {
 struct BufferedReader {
     layers: Vec<Tables>,
     base: Box<dyn Reader + Send + Sync>,
+    /// The read cache, and the flush count of `base`'s view.
+    cache: Option<(Arc<ReadCache>, u64)>,
+    inner: Arc<Inner>,
 }
 
 /// Whether `[from, to)` is empty (imbl's range panics on some empty bounds, as std's does).
@@ -359,7 +465,21 @@ impl Reader for BufferedReader {
                 return Ok(v.as_ref().map(|v| v.to_vec()));
             }
         }
-        self.base.get(table, key)
+        let Some((cache, flushes)) = self.cache.as_ref().filter(|_| table == Table::Kv) else {
+            return self.base.get(table, key);
+        };
+        let stats = &self.inner.stats;
+        if let Some(c) = cache.map.get(key) {
+            // Cached at this view's count or before, and no flush wrote the key since.
+            if c.flushes <= *flushes {
+                stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(c.value.map(|v| v.to_vec()));
+            }
+        }
+        stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let value = self.base.get(table, key)?;
+        cache.fill(key, *flushes, &value);
+        Ok(value)
     }
 
     fn scan(
@@ -415,7 +535,7 @@ mod tests {
     use crate::MemEngine;
 
     fn tiny() -> BufferLimits {
-        BufferLimits { bytes: 64, entries: 3 }
+        BufferLimits { bytes: 64, entries: 3, read_cache_bytes: 1 << 20 }
     }
 
     #[test]
@@ -447,6 +567,9 @@ mod tests {
         Sync,
         /// Compares a scan of `[from, to)` now.
         Scan(u8, u8),
+        /// Compares a point read of one key in every reader kept so far and in a new one
+        /// (through the read cache, filled and used at every point in time).
+        Get(u8),
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -458,6 +581,7 @@ mod tests {
             2 => Just(Step::Reader),
             1 => Just(Step::Sync),
             2 => (0u8..26, 0u8..26).prop_map(|(a, b)| Step::Scan(a, b)),
+            4 => (0u8..24).prop_map(Step::Get),
         ]
     }
 
@@ -484,7 +608,8 @@ mod tests {
     proptest::proptest! {
         /// Whatever the writes, flushes and syncs (background flushes of a 3-key buffer racing
         /// them), every reader of the buffered engine sees what a reader of the memory engine
-        /// taken at the same point sees, and so do point reads and bounded scans.
+        /// taken at the same point sees, and so do point reads (through the read cache, at
+        /// every point in time) and bounded scans.
         #[test]
         fn behaves_as_the_memory_engine(steps in proptest::collection::vec(step(), 1..120)) {
             let model = MemEngine::new();
@@ -516,6 +641,14 @@ mod tests {
                             proptest::prop_assert_eq!(br.get(t, &from).unwrap(), mr.get(t, &from).unwrap());
                         }
                     }
+                    Step::Get(k) => {
+                        readers.push((model.reader().unwrap(), e.reader().unwrap()));
+                        for (m, b) in &readers {
+                            for t in Table::ALL {
+                                proptest::prop_assert_eq!(b.get(t, &[k]).unwrap(), m.get(t, &[k]).unwrap());
+                            }
+                        }
+                    }
                 }
                 if !wb.is_empty() {
                     model.write(wb.clone()).unwrap();
@@ -524,6 +657,9 @@ mod tests {
             }
             for (m, b) in &readers {
                 proptest::prop_assert_eq!(everything(&**b), everything(&**m));
+                for k in 0..24u8 {
+                    proptest::prop_assert_eq!(b.get(Table::Kv, &[k]).unwrap(), m.get(Table::Kv, &[k]).unwrap());
+                }
             }
             proptest::prop_assert_eq!(everything(&*e.reader().unwrap()), everything(&*model.reader().unwrap()));
             e.sync().unwrap();
@@ -565,7 +701,8 @@ mod tests {
     #[test]
     fn a_failed_flush_refuses_every_later_write_and_sync_and_readers_keep_the_data() {
         let base = Arc::new(Failing { inner: MemEngine::new(), fail: Default::default() });
-        let e = BufferedEngine::new(base.clone(), BufferLimits { bytes: 1 << 20, entries: 1 << 20 });
+        let e =
+            BufferedEngine::new(base.clone(), BufferLimits { bytes: 1 << 20, entries: 1 << 20, ..Default::default() });
         let mut wb = WriteBatch::new();
         wb.put(Table::Kv, b"a".to_vec(), b"1".to_vec());
         e.write(wb.clone()).unwrap();
@@ -588,7 +725,7 @@ mod tests {
     #[test]
     fn a_full_buffer_goes_to_the_engine_in_the_background_and_readers_stay_consistent() {
         let base = Arc::new(MemEngine::new());
-        let e = BufferedEngine::new(base.clone(), BufferLimits { bytes: 1 << 30, entries: 100 });
+        let e = BufferedEngine::new(base.clone(), BufferLimits { bytes: 1 << 30, entries: 100, ..Default::default() });
         let before = e.reader().unwrap();
         for i in 0..1000u32 {
             let mut wb = WriteBatch::new();

@@ -931,6 +931,11 @@ impl RangeHost {
         self.buffer.stats()
     }
 
+    /// Bytes the data engine's read cache holds now.
+    pub fn read_cache_bytes(&self) -> u64 {
+        self.buffer.read_cache_bytes()
+    }
+
     /// Bytes of the shared log's files.
     pub fn log_bytes(&self) -> u64 {
         self.log.size_bytes()
