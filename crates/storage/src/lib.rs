@@ -31,7 +31,7 @@ mod redb_engine;
 pub mod volatile;
 pub mod wal;
 
-pub use buffered::{BufferLimits, BufferStats, BufferedEngine};
+pub use buffered::{BufferLimits, BufferStats, BufferedEngine, CACHED_OVERHEAD_BYTES};
 pub use engine::{Engine, Reader, Table, WriteBatch, WriteOp};
 pub use mem::MemEngine;
 pub use overlay::scan_overlaid;
