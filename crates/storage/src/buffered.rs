@@ -24,10 +24,10 @@
 //!   cache bounded in bytes ([`BufferLimits::read_cache_bytes`]): a GET of a key the buffer does
 //!   not hold was a redb B-tree walk, 30 % of a node's CPU under `redis-benchmark --cluster -t
 //!   get -P 16` (BENCHMARKS.md). A cached value is the engine's as of the flush count it was read
-//!   under (`Cached::flushes`). A flush that wrote a key removes it from the cache before the
-//!   count moves on, and a value is cached only under the current count, so a cached value
-//!   stays the engine's value from its count until now; a reader uses it only if its own view
-//!   is at that count or later. A reader whose layers hold the key never asks the engine.
+//!   under (`Cached::flushes`). Before the count moves on, a flush gives each cached key it
+//!   wrote the new value, under the new count; and a value read from the engine is cached only
+//!   under the current count. So a cached value stays the engine's value from its count until
+//!   now, and a reader uses it only if its own view is at that count or later. A reader whose layers hold the key never asks the engine.
 //! - [`Engine::sync`] writes out everything buffered, then syncs the engine: what was written
 //!   before it is durable after it, as the trait says. A write with [`WriteOp::Clear`] first
 //!   writes out the buffer and then goes to the engine as is, under the lock.
@@ -177,13 +177,21 @@ impl ReadCache {
         }
     }
 
-    /// Before flush count `next` is made current: drops the keys `layer` wrote, or every key.
+    /// Before flush count `next` is made current: each key `layer` wrote that is cached now
+    /// gets the value the flush wrote, as of `next` (readers of older views no longer use it);
+    /// with no layer, every key goes.
     fn forget(&self, layer: Option<&Layer>, next: u64) {
         let mut current = self.filling_under.write();
         match layer {
             Some(l) => {
-                for k in l.tables[slot(Table::Kv)].keys() {
-                    self.map.remove(&k[..]);
+                for (k, v) in l.tables[slot(Table::Kv)].iter() {
+                    let cached = Cached { flushes: next, value: v.clone() };
+                    // Only keys cached now: a read-heavy key stays warm across the flushes of
+                    // its writes. A refused replacement (too heavy for the cache) has already
+                    // dropped the old value; removing again keeps that certain.
+                    if let Err((k, _)) = self.map.replace(k.clone(), cached, true) {
+                        self.map.remove(&k[..]);
+                    }
                 }
             }
             None => self.map.clear(),
