@@ -27,7 +27,8 @@
 //!   under (`Cached::flushes`). Before the count moves on, a flush gives each cached key it
 //!   wrote the new value, under the new count; and a value read from the engine is cached only
 //!   under the current count. So a cached value stays the engine's value from its count until
-//!   now, and a reader uses it only if its own view is at that count or later. A reader whose layers hold the key never asks the engine.
+//!   now, and a reader uses it only if its own view is at that count or later. A reader whose
+//!   layers hold the key never asks the engine.
 //! - [`Engine::sync`] writes out everything buffered, then syncs the engine: what was written
 //!   before it is durable after it, as the trait says. A write with [`WriteOp::Clear`] first
 //!   writes out the buffer and then goes to the engine as is, under the lock.
@@ -153,8 +154,8 @@ impl quick_cache::Weighter<Bytes, Cached> for CachedWeight {
 /// weight, with CLOCK-Pro eviction (a scan does not flush out the hot keys).
 struct ReadCache {
     map: quick_cache::sync::Cache<Bytes, Cached, CachedWeight>,
-    /// The flush count values are cached under. A flush's keys are removed under its write
-    /// lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
+    /// The flush count values are cached under. A flush updates its cached keys under the
+    /// write lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
     filling_under: parking_lot::RwLock<u64>,
 }
 
@@ -180,7 +181,7 @@ impl ReadCache {
     /// Before flush count `next` is made current: each key `layer` wrote that is cached now
     /// gets the value the flush wrote, as of `next` (readers of older views no longer use it);
     /// with no layer, every key goes.
-    fn forget(&self, layer: Option<&Layer>, next: u64) {
+    fn flushed(&self, layer: Option<&Layer>, next: u64) {
         let mut current = self.filling_under.write();
         match layer {
             Some(l) => {
@@ -233,7 +234,7 @@ struct Inner {
     flushed: Condvar,
     limits: BufferLimits,
     stats: BufferStats,
-    cache: Option<Arc<ReadCache>>,
+    cache: Option<ReadCache>,
 }
 
 /// An [`Engine`] that buffers writes in memory in front of another (see the module doc).
@@ -251,7 +252,7 @@ impl BufferedEngine {
                 flushed: Condvar::new(),
                 limits,
                 stats: BufferStats::default(),
-                cache: (limits.read_cache_bytes > 0).then(|| Arc::new(ReadCache::new(limits.read_cache_bytes))),
+                cache: (limits.read_cache_bytes > 0).then(|| ReadCache::new(limits.read_cache_bytes)),
             }),
         }
     }
@@ -309,7 +310,7 @@ impl Inner {
                 // Only this thread (one flush in flight) and a whole-table write (which waits
                 // for it, under the lock) move the count.
                 let next = self.state.lock().flushes + 1;
-                c.forget(Some(layer), next);
+                c.flushed(Some(layer), next);
             }
         }
         let mut st = self.state.lock();
@@ -357,8 +358,7 @@ impl Engine for BufferedEngine {
         }
         // Under the lock: see the module doc.
         let base = self.inner.base.reader()?;
-        let cache = self.inner.cache.clone().map(|c| (c, st.flushes));
-        Ok(Box::new(BufferedReader { layers, base, cache, inner: self.inner.clone() }))
+        Ok(Box::new(BufferedReader { layers, base, flushes: st.flushes, inner: self.inner.clone() }))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<()> {
@@ -373,7 +373,7 @@ impl Engine for BufferedEngine {
             // write below only drops values that were still right).
             st.flushes += 1;
             if let Some(c) = &inner.cache {
-                c.forget(None, st.flushes);
+                c.flushed(None, st.flushes);
             }
             if !st.filling.is_empty() {
                 let layer = inner.hand_over(&mut st);
@@ -452,8 +452,8 @@ impl Engine for BufferedEngine {
 struct BufferedReader {
     layers: Vec<Tables>,
     base: Box<dyn Reader + Send + Sync>,
-    /// The read cache, and the flush count of `base`'s view.
-    cache: Option<(Arc<ReadCache>, u64)>,
+    /// The flush count of `base`'s view, for the read cache (`inner.cache`).
+    flushes: u64,
     inner: Arc<Inner>,
 }
 
@@ -473,20 +473,20 @@ impl Reader for BufferedReader {
                 return Ok(v.as_ref().map(|v| v.to_vec()));
             }
         }
-        let Some((cache, flushes)) = self.cache.as_ref().filter(|_| table == Table::Kv) else {
+        let Some(cache) = self.inner.cache.as_ref().filter(|_| table == Table::Kv) else {
             return self.base.get(table, key);
         };
         let stats = &self.inner.stats;
         if let Some(c) = cache.map.get(key) {
             // Cached at this view's count or before, and no flush wrote the key since.
-            if c.flushes <= *flushes {
+            if c.flushes <= self.flushes {
                 stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(c.value.map(|v| v.to_vec()));
             }
         }
         stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let value = self.base.get(table, key)?;
-        cache.fill(key, *flushes, &value);
+        cache.fill(key, self.flushes, &value);
         Ok(value)
     }
 
