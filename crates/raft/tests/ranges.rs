@@ -294,7 +294,7 @@ async fn concurrent_reads_share_read_barriers_and_see_every_write_before_them() 
     let k = key(2, 1);
     const ROUNDS: usize = 5;
     const READS: usize = 100;
-    let before = r.read_rounds();
+    let (before, leased_before) = (r.read_rounds(), r.leased_reads());
     for round in 0..ROUNDS {
         let v = format!("v{round}");
         write(&refs, 2, &k, &v).await;
@@ -305,8 +305,57 @@ async fn concurrent_reads_share_read_barriers_and_see_every_write_before_them() 
         }
     }
     let rounds = r.read_rounds() - before;
-    assert!(rounds >= 1, "the reads went through no barrier");
+    let leased = r.leased_reads() - leased_before;
+    assert!(rounds + leased >= 1, "the reads went through no barrier");
     assert!(rounds <= (ROUNDS * READS / 4) as u64, "{} concurrent reads took {rounds} barrier rounds", ROUNDS * READS);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// A leader serves reads on its lease alone, without a round through its Raft core
+/// (`lease_holds`), but only while the lease holds: once its followers have been silent for
+/// longer than the lease, a read waits for a quorum again, and without one it gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_reads_on_its_lease_only_while_a_quorum_keeps_it() {
+    const R: u64 = 4;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = cluster(&dirs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let k = key(R, 1);
+    write(&refs, R, &k, "v1").await;
+    let l = leader(&refs, R).await;
+    let r = refs[l].host.get(R).unwrap();
+    let lease = cairn_raft::range::host::read_lease(&openraft::Config {
+        election_timeout_max: options(1, dirs[0].path()).timers.election_timeout_ms / 2,
+        ..Default::default()
+    });
+    // Heartbeats (every 50 ms) keep a 125 ms lease; a read soon finds it held.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leased = r.leased_reads();
+        assert_eq!(refs[l].host.execute(req(R, 1, true, k.as_bytes().to_vec())).await, Outcome::Done(b"v1".to_vec()));
+        if r.leased_reads() > leased {
+            break;
+        }
+        assert!(Instant::now() < end, "no read was served on the lease in 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its followers go: the lease lapses, and no read is answered on it any more.
+    let leader_id = nodes[l].id;
+    while nodes.len() > 1 {
+        let i = nodes.iter().position(|n| n.id != leader_id).unwrap();
+        nodes.remove(i).stop().await;
+    }
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    assert!(!r.lease_holds(lease), "the lease held {lease:?} after the followers went");
+    let leased = r.leased_reads();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), nodes[0].host.execute(req(R, 1, true, k.as_bytes().to_vec())))
+            .await;
+    assert!(!matches!(read, Ok(Outcome::Done(_))), "a leader without a quorum answered a read: {read:?}");
+    assert_eq!(r.leased_reads(), leased);
+    drop(r);
     for n in nodes {
         n.stop().await;
     }

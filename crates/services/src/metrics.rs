@@ -86,6 +86,8 @@ pub struct Metrics {
     range_read_cache_bytes: Gauge,
     range_read_cache_hits: Gauge,
     range_read_cache_misses: Gauge,
+    range_read_rounds: Gauge,
+    range_reads_leased: Gauge,
     range_engine_flush_seconds: Gauge<f64, AtomicU64>,
     range_engine_flush_max_seconds: Gauge<f64, AtomicU64>,
     range_log_writes: Gauge,
@@ -152,6 +154,8 @@ impl Metrics {
             range_read_cache_bytes: Gauge::default(),
             range_read_cache_hits: Gauge::default(),
             range_read_cache_misses: Gauge::default(),
+            range_read_rounds: Gauge::default(),
+            range_reads_leased: Gauge::default(),
             range_engine_flush_seconds: Gauge::default(),
             range_engine_flush_max_seconds: Gauge::default(),
             range_log_writes: Gauge::default(),
@@ -297,6 +301,16 @@ impl Metrics {
             m.range_read_cache_misses.clone(),
         );
         r.register(
+            "cairn_range_read_rounds",
+            "Read barrier rounds this node's range leaders ran through Raft (a lease check, or a heartbeat round when the lease had lapsed), each shared by the linearizable reads waiting for it",
+            m.range_read_rounds.clone(),
+        );
+        r.register(
+            "cairn_range_reads_leased",
+            "Linearizable reads this node's range leaders let through on their read lease alone, without a round through Raft",
+            m.range_reads_leased.clone(),
+        );
+        r.register(
             "cairn_range_engine_flushes",
             "Writes of that buffer to the data engine, one transaction each",
             m.range_engine_flushes.clone(),
@@ -405,6 +419,9 @@ impl Metrics {
             self.range_read_cache_bytes.set(host.read_cache_bytes() as i64);
             self.range_read_cache_hits.set(get(&eb.cache_hits));
             self.range_read_cache_misses.set(get(&eb.cache_misses));
+            let rs = host.read_stats();
+            self.range_read_rounds.set(get(&rs.rounds));
+            self.range_reads_leased.set(get(&rs.leased));
             self.range_engine_flush_seconds.set(get(&eb.micros) as f64 / 1e6);
             self.range_engine_flush_max_seconds.set(get(&eb.max_micros) as f64 / 1e6);
             let ls = host.log().stats();
