@@ -178,21 +178,20 @@ impl ReadCache {
         }
     }
 
-    /// Before flush count `next` is made current: each key `layer` wrote that is cached now
-    /// gets the value the flush wrote, as of `next` (readers of older views no longer use it);
-    /// with no layer, every key goes.
+    /// Before flush count `next` is made current: each key `layer` wrote gets the value the
+    /// flush wrote, as of `next` (readers of older views no longer use it); with no layer,
+    /// every key goes.
+    ///
+    /// Every written key is cached, not only those cached already: a key read soon after it
+    /// was written (a cache filled, then read) is then found here instead of in redb. New keys
+    /// enter the cache's cold part, so a write-heavy load does not push out keys read often.
     fn flushed(&self, layer: Option<&Layer>, next: u64) {
         let mut current = self.filling_under.write();
         match layer {
             Some(l) => {
                 for (k, v) in l.tables[slot(Table::Kv)].iter() {
-                    let cached = Cached { flushes: next, value: v.clone() };
-                    // Only keys cached now: a read-heavy key stays warm across the flushes of
-                    // its writes. A refused replacement (too heavy for the cache) has already
-                    // dropped the old value; removing again keeps that certain.
-                    if let Err((k, _)) = self.map.replace(k.clone(), cached, true) {
-                        self.map.remove(&k[..]);
-                    }
+                    // A value too heavy for the cache is not kept, and the key's old one goes.
+                    self.map.insert(k.clone(), Cached { flushes: next, value: v.clone() });
                 }
             }
             None => self.map.clear(),
