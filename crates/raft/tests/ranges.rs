@@ -164,7 +164,7 @@ async fn write_op(nodes: &[&Node], range: u64, op: RangeOp) -> RangeReply {
         let l = leader(nodes, range).await;
         // As a client request: through the host, which wakes a sleeping leader.
         let cairn_raft::range::RangeCmd::Data(cmd) = op.cmd.clone() else { panic!("a data write") };
-        match nodes[l].host.execute(req(range, op.epoch, false, cmd)).await {
+        match nodes[l].host.execute(req(range, op.epoch, false, cmd.to_vec())).await {
             Outcome::Done(b) => return RangeReply::Done(b),
             Outcome::WrongRange(d) => return RangeReply::WrongRange(d),
             other => {

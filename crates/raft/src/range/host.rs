@@ -300,7 +300,7 @@ impl RangeReplica {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let start = {
             let mut b = self.batcher.lock();
-            b.queue.push_back(Queued { routed: Routed { epoch, cmd }, answer });
+            b.queue.push_back(Queued { routed: Routed { epoch, cmd: cmd.into() }, answer });
             !std::mem::replace(&mut b.proposing, true)
         };
         if start {

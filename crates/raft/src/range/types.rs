@@ -22,8 +22,9 @@ pub struct RangeOp {
 /// What a [`RangeOp`] does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RangeCmd {
-    /// A command for the [`crate::range::Applier`], opaque to Raft.
-    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A command for the [`crate::range::Applier`], opaque to Raft. (`Bytes`: a log entry is
+    /// cloned for each follower it is sent to and for apply, and this makes that a count.)
+    Data(bytes::Bytes),
     /// Splits the range at `key`: it keeps `[start, key)`, and range `child` is created on
     /// every replica with `[key, end)`, the same voters, and the keys already in place (no data
     /// is copied). Both descriptors take the next epoch.
@@ -51,14 +52,15 @@ pub enum RangeCmd {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routed {
     pub epoch: u64,
-    #[serde(with = "serde_bytes")]
-    pub cmd: Vec<u8>,
+    /// Encoded as `serde_bytes` encodes a `Vec<u8>`: postcard writes both as a length and the
+    /// bytes.
+    pub cmd: bytes::Bytes,
 }
 
 impl RangeOp {
     /// A data command.
-    pub fn data(stamp_ms: u64, epoch: u64, cmd: Vec<u8>) -> RangeOp {
-        RangeOp { stamp_ms, epoch, cmd: RangeCmd::Data(cmd) }
+    pub fn data(stamp_ms: u64, epoch: u64, cmd: impl Into<bytes::Bytes>) -> RangeOp {
+        RangeOp { stamp_ms, epoch, cmd: RangeCmd::Data(cmd.into()) }
     }
 }
 
@@ -224,3 +226,32 @@ pub type Entry = openraft::alias::EntryOf<RangeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<RangeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<RangeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<RangeConfig, crate::range::sm::SnapshotBytes>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data commands' bytes used to be `Vec<u8>`s encoded with `serde_bytes`: logs and
+    /// snapshots written then must read the same now.
+    #[test]
+    fn data_commands_encode_as_they_did_as_vecs() {
+        #[derive(Serialize, Deserialize)]
+        enum OldCmd {
+            Data(#[serde(with = "serde_bytes")] Vec<u8>),
+        }
+        #[derive(Serialize, Deserialize)]
+        struct OldRouted {
+            epoch: u64,
+            #[serde(with = "serde_bytes")]
+            cmd: Vec<u8>,
+        }
+        let cmd: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let old = postcard::to_allocvec(&OldCmd::Data(cmd.clone())).unwrap();
+        assert_eq!(postcard::to_allocvec(&RangeCmd::Data(cmd.clone().into())).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<RangeCmd>(&old).unwrap(), RangeCmd::Data(cmd.clone().into()));
+        let old = postcard::to_allocvec(&OldRouted { epoch: 7, cmd: cmd.clone() }).unwrap();
+        let new = Routed { epoch: 7, cmd: cmd.into() };
+        assert_eq!(postcard::to_allocvec(&new).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Routed>(&old).unwrap(), new);
+    }
+}
