@@ -513,8 +513,17 @@ pub async fn run(o: Options) -> Result<Summary, String> {
     };
     let mut faults = 0;
     let mut harness_errors = Vec::new();
+    // When the last step ended (healed), and when its plan had it end.
+    let mut healed: Option<(Instant, u64)> = None;
     for step in &steps {
-        let at = t0 + Duration::from_millis(step.at_ms);
+        // A step that fell behind its plan (an injection or a heal can wait seconds for a busy
+        // member) still keeps the quiet time its plan gave it after the step before: bunched
+        // up, whole-cluster power cuts came 0.2 s after the restarts before them, and a run
+        // meant to show lost writes acknowledged almost none.
+        let mut at = t0 + Duration::from_millis(step.at_ms);
+        if let Some((ended, planned_end_ms)) = healed {
+            at = at.max(ended + Duration::from_millis(step.at_ms.saturating_sub(planned_end_ms)));
+        }
         tokio::time::sleep_until(at.into()).await;
         let forced;
         let step = match (o.clock_rate, &step.fault) {
@@ -532,6 +541,7 @@ pub async fn run(o: Options) -> Result<Summary, String> {
                 if let Err(e) = heal(&mut rt, h, t0, &mut events).await {
                     harness_errors.push(e);
                 }
+                healed = Some((Instant::now(), step.at_ms + step.lasts_ms));
             }
             Err(e) => {
                 log(t0, &mut events, format!("could not inject {:?}: {e}", step.fault));
@@ -539,7 +549,12 @@ pub async fn run(o: Options) -> Result<Summary, String> {
             }
         }
     }
-    tokio::time::sleep_until((t0 + o.time_limit).into()).await;
+    // The workload runs alone for the planned lead-out after the last step, late or not.
+    let mut end = t0 + o.time_limit;
+    if let Some((ended, _)) = healed {
+        end = end.max(ended + Duration::from_millis(schedule::LEAD_OUT_MS));
+    }
+    tokio::time::sleep_until(end.into()).await;
     let finished = wl.stop().await;
     autosync.abort();
     workload::forget_synced_endpoints();
