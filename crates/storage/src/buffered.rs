@@ -24,8 +24,8 @@
 //!   cache bounded in bytes ([`BufferLimits::read_cache_bytes`]): a GET of a key the buffer does
 //!   not hold was a redb B-tree walk, 30 % of a node's CPU under `redis-benchmark --cluster -t
 //!   get -P 16` (BENCHMARKS.md). A cached value is the engine's as of the flush count it was read
-//!   under (`Cached::flushes`). Before the count moves on, a flush gives each cached key it
-//!   wrote the new value, under the new count; and a value read from the engine is cached only
+//!   under (`Cached::flushes`). Before the count moves on, a flush caches each key it wrote
+//!   with the new value, under the new count; and a value read from the engine is cached only
 //!   under the current count. So a cached value stays the engine's value from its count until
 //!   now, and a reader uses it only if its own view is at that count or later. A reader whose
 //!   layers hold the key never asks the engine.
@@ -154,7 +154,7 @@ impl quick_cache::Weighter<Bytes, Cached> for CachedWeight {
 /// weight, with CLOCK-Pro eviction (a scan does not flush out the hot keys).
 struct ReadCache {
     map: quick_cache::sync::Cache<Bytes, Cached, CachedWeight>,
-    /// The flush count values are cached under. A flush updates its cached keys under the
+    /// The flush count values are cached under. A flush caches the keys it wrote under the
     /// write lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
     filling_under: parking_lot::RwLock<u64>,
 }
