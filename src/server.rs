@@ -500,6 +500,11 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                     }
                 };
                 let _ = s.set_nodelay(true);
+                let peer = cairn_api::redis::Peer {
+                    addr: s.peer_addr().ok(),
+                    laddr: s.local_addr().ok(),
+                    fd: Some(std::os::fd::AsRawFd::as_raw_fd(&s)),
+                };
                 let backend = backend.clone();
                 let acceptor = acceptor.clone();
                 // The connection's futures are boxed: their nesting is too deep for rustc's
@@ -508,12 +513,12 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                     let limits = cairn_api::redis::Limits::default();
                     match acceptor {
                         None => {
-                            let _ = Box::pin(cairn_api::redis::serve_connection(s, backend, limits)).await;
+                            let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;
                         }
                         // A handshake that does not finish in time is dropped.
                         Some(a) => match tokio::time::timeout(TLS_HANDSHAKE_MAX, a.accept(s)).await {
                             Ok(Ok(s)) => {
-                                let _ = Box::pin(cairn_api::redis::serve_connection(s, backend, limits)).await;
+                                let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "Redis TLS handshake failed"),
                             Err(_) => tracing::debug!("Redis TLS handshake timed out"),

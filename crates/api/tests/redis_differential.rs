@@ -411,6 +411,67 @@ impl Pair {
     }
 }
 
+/// CLIENT INFO / CLIENT LIST text: every line has Redis 7.0's fields in its order, and the
+/// fields that describe this connection's state (name, flags, last command, user, protocol)
+/// agree on the first line with this connection's id (the other servers' clients differ);
+/// ids, addresses, ages and buffer sizes differ by nature.
+fn client_lines_shape(r: &Val, c: &Val) -> Result<(), String> {
+    let fields = |v: &Val| -> Result<Vec<Vec<(String, String)>>, String> {
+        let text = String::from_utf8(bulk(v)).map_err(|e| e.to_string())?;
+        if !text.ends_with('\n') {
+            return Err(format!("no newline at the end: {text:?}"));
+        }
+        Ok(text
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .map(|f| {
+                        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect()
+            })
+            .collect())
+    };
+    let (rl, cl) = (fields(r)?, fields(c)?);
+    let keys = |l: &Vec<(String, String)>| l.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let want = keys(&rl[0]);
+    for l in rl.iter().chain(&cl) {
+        if keys(l) != want {
+            return Err(format!("fields {:?}, Redis has {want:?}", keys(l)));
+        }
+    }
+    let get = |l: &Vec<(String, String)>, k: &str| l.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    // The line of the connection that asked: the one whose last command is this one.
+    let mine = |ls: &Vec<Vec<(String, String)>>| {
+        ls.iter().find(|l| get(l, "cmd").is_some_and(|c| c == "client|list" || c == "client|info")).cloned()
+    };
+    let (Some(r0), Some(c0)) = (mine(&rl), mine(&cl)) else { return Err("no line of this connection".into()) };
+    for k in [
+        "name",
+        "flags",
+        "db",
+        "sub",
+        "psub",
+        "ssub",
+        "multi",
+        "multi-mem",
+        "obl",
+        "oll",
+        "omem",
+        "events",
+        "cmd",
+        "user",
+        "redir",
+        "resp",
+    ] {
+        if get(&r0, k) != get(&c0, k) {
+            return Err(format!("{k}: redis {:?}, cairn {:?}", get(&r0, k), get(&c0, k)));
+        }
+    }
+    Ok(())
+}
+
 /// HELLO's map: same keys in the same order, same values except id and version.
 fn hello_shape(r: &Val, c: &Val) -> Result<(), String> {
     let (ri, ci) = (items(r), items(c));
@@ -1024,6 +1085,23 @@ fn connection(p: &mut Pair) {
         "CLIENT SETNAME a b",
         "CLIENT GETNAME x",
         "CLIENT ID x",
+        "CLIENT INFO x",
+        "CLIENT LIST TYPE foo",
+        "CLIENT LIST TYPE",
+        "CLIENT LIST TYPE normal x",
+        "CLIENT LIST TYPE pubsub",
+        "CLIENT LIST TYPE master",
+        "CLIENT LIST type REPLICA",
+        "CLIENT LIST TYPE slave",
+        "CLIENT LIST ID",
+        "CLIENT LIST ID abc",
+        "CLIENT LIST ID 1 abc",
+        "CLIENT LIST ID 1.5",
+        "CLIENT LIST ID 99999999999999999999",
+        "CLIENT LIST ID 999999",
+        "CLIENT LIST ID -1 0",
+        "CLIENT LIST x",
+        "CLIENT LIST x y",
         "CLIENT",
         "CLIENT FOO",
         "client foo bar",
@@ -1062,6 +1140,9 @@ fn connection(p: &mut Pair) {
     p.same(&[b"HELLO", b"2", b"SETNAME", b"a b"]);
     p.same(&[b"CLIENT", b"SETNAME", b""]);
     p.w("CLIENT GETNAME");
+    p.shape("CLIENT INFO", client_lines_shape);
+    p.shape("CLIENT LIST", client_lines_shape);
+    p.shape("CLIENT LIST TYPE normal", client_lines_shape);
     p.shape("CLIENT ID", |r, c| {
         int(r);
         (int(c) > 0).then_some(()).ok_or("id not positive".into())

@@ -12,6 +12,7 @@ use cairn_range::num::parse_i64;
 use cairn_range::reply::errors;
 use cairn_range::{KeySpan, Reply};
 
+use super::clients::ClientType;
 use super::table::{self, CommandSpec};
 
 /// One parsed command.
@@ -51,6 +52,11 @@ pub enum ConnCmd {
     Quit,
     Reset,
     ClientId,
+    /// CLIENT INFO: this connection's line of CLIENT LIST.
+    ClientInfo,
+    /// CLIENT LIST: every connection to this node, or those of one type, or those with
+    /// these ids.
+    ClientList(ClientFilter),
     ClientSetName(Vec<u8>),
     ClientGetName,
     Time,
@@ -145,16 +151,22 @@ pub fn arity_error(name: &str) -> Reply {
     Reply::err(format!("ERR wrong number of arguments for '{name}' command"))
 }
 
-/// The table entry for `args`, checked for existence and arity.
-pub fn resolve_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
+/// The table entry for `args`, checked for existence only (Redis's `lookupCommand`: what
+/// CLIENT LIST shows as the connection's last command, even when its arity is wrong).
+pub fn find_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
     let Some(base) = table::lookup(&args[0]) else {
         return Err(unknown_command(args));
     };
-    let spec = if args.len() > 1 && !base.subcommands.is_empty() {
-        base.subcommand(&args[1]).ok_or_else(|| unknown_subcommand(args))?
+    if args.len() > 1 && !base.subcommands.is_empty() {
+        base.subcommand(&args[1]).ok_or_else(|| unknown_subcommand(args))
     } else {
-        base
-    };
+        Ok(base)
+    }
+}
+
+/// The table entry for `args`, checked for existence and arity.
+pub fn resolve_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
+    let spec = find_spec(args)?;
     if !spec.arity_ok(args.len()) {
         return Err(arity_error(spec.name));
     }
@@ -164,7 +176,15 @@ pub fn resolve_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
 /// Parse one command. `args` is non-empty (the decoder skips empty commands).
 pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
     assert!(!args.is_empty(), "empty command reached the parser");
-    let spec = resolve_spec(&args)?;
+    let spec = find_spec(&args)?;
+    parse_found(spec, args)
+}
+
+/// Parse one command whose table entry [`find_spec`] found.
+pub fn parse_found(spec: &'static CommandSpec, args: Vec<Vec<u8>>) -> Result<Command, Reply> {
+    if !spec.arity_ok(args.len()) {
+        return Err(arity_error(spec.name));
+    }
     let mut args = args.into_iter();
     let _name = args.next();
     let a: Vec<Vec<u8>> = args.collect();
@@ -278,6 +298,8 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         "quit" => ConnCmd::Quit,
         "reset" => ConnCmd::Reset,
         "client|id" => ConnCmd::ClientId,
+        "client|info" => ConnCmd::ClientInfo,
+        "client|list" => parse_client_list(&a[1..])?,
         "client|getname" => ConnCmd::ClientGetName,
         "client|setname" => {
             validate_client_name(&a[1])?;
@@ -302,6 +324,38 @@ fn parse_conn(name: &str, a: Vec<Vec<u8>>) -> Result<ConnCmd, Reply> {
         // A container named alone fails its arity check before this point.
         other => unreachable!("command {other} is in the table but not parsed"),
     })
+}
+
+/// Which connections CLIENT LIST shows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFilter {
+    All,
+    Type(ClientType),
+    Ids(Vec<u64>),
+}
+
+/// CLIENT LIST's options after `LIST`, as `networking.c` `clientCommand` reads them: `TYPE t`
+/// alone, or `ID id [id ...]`.
+fn parse_client_list(a: &[Vec<u8>]) -> Result<ConnCmd, Reply> {
+    let filter = match a {
+        [] => ClientFilter::All,
+        [opt, t] if is(opt, "type") => match ClientType::by_name(t) {
+            Some(t) => ClientFilter::Type(t),
+            None => return Err(err_around("ERR Unknown client type '", cstr(t), "'")),
+        },
+        [opt, ids @ ..] if !ids.is_empty() && is(opt, "id") => {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                // Redis's getLongLongFromObjectOrReply: a 64-bit signed integer.
+                let n = parse_i64(id).ok_or_else(|| err("ERR Invalid client ID"))?;
+                // No connection has an id below 1, and none is found.
+                out.push(u64::try_from(n).unwrap_or(0));
+            }
+            ClientFilter::Ids(out)
+        }
+        _ => return Err(err(errors::SYNTAX)),
+    };
+    Ok(ConnCmd::ClientList(filter))
 }
 
 /// `networking.c` `validateClientName`: printable ASCII without spaces.
@@ -572,6 +626,17 @@ mod tests {
         assert_eq!(p("client setname"), Err(Reply::err("ERR wrong number of arguments for 'client|setname' command")));
         assert_eq!(p("Client Nope"), Err(Reply::err("ERR unknown subcommand 'Nope'. Try CLIENT HELP.")));
         assert_eq!(p("CLIENT ID"), Ok(Command::Conn(ConnCmd::ClientId)));
+        assert_eq!(p("client info"), Ok(Command::Conn(ConnCmd::ClientInfo)));
+        let list = |f| Ok(Command::Conn(ConnCmd::ClientList(f)));
+        assert_eq!(p("CLIENT LIST"), list(ClientFilter::All));
+        assert_eq!(p("CLIENT LIST type Replica"), list(ClientFilter::Type(ClientType::Replica)));
+        assert_eq!(p("CLIENT LIST TYPE slave"), list(ClientFilter::Type(ClientType::Replica)));
+        assert_eq!(p("CLIENT LIST ID 3 1 -2"), list(ClientFilter::Ids(vec![3, 1, 0])));
+        assert_eq!(p("CLIENT LIST TYPE"), Err(Reply::err("ERR syntax error")));
+        assert_eq!(p("CLIENT LIST TYPE normal x"), Err(Reply::err("ERR syntax error")));
+        assert_eq!(p("CLIENT LIST ID"), Err(Reply::err("ERR syntax error")));
+        assert_eq!(p("CLIENT LIST ID 1 +x"), Err(Reply::err("ERR Invalid client ID")));
+        assert_eq!(p("CLIENT LIST TYPE bad"), Err(Reply::err("ERR Unknown client type 'bad'")));
         assert_eq!(p("KEYS *"), Ok(Command::Read(ReadCmd::Keys { span: KeySpan::redis(), pattern: b("*") })));
     }
 }

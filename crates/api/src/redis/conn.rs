@@ -3,7 +3,6 @@
 //! CONFIG GET ...) are answered here; data commands go to the [`Backend`].
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -11,7 +10,8 @@ use cairn_range::{glob, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::backend::{Backend, ClusterView};
-use super::command::{self, ClusterCmd, Command, ConnCmd};
+use super::clients::{self, Peer, Registered};
+use super::command::{self, ClientFilter, ClusterCmd, Command, ConnCmd};
 use super::resp::{self, DecodeError, Decoder, Limits, Proto};
 use super::table::{self, CommandSpec, KeySpec};
 
@@ -22,27 +22,6 @@ pub const REDIS_VERSION: &str = "7.0.15";
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Open connections, for INFO's `connected_clients`.
-static CONNECTED: AtomicU64 = AtomicU64::new(0);
-
-/// Counts one open connection while it lives.
-struct Connected;
-
-impl Connected {
-    fn new() -> Connected {
-        CONNECTED.fetch_add(1, Ordering::Relaxed);
-        Connected
-    }
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        CONNECTED.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// What the connection does after a command.
 enum Then {
     Continue,
@@ -52,9 +31,9 @@ enum Then {
 struct Conn<'a, B> {
     backend: &'a B,
     limits: &'a Limits,
-    id: u64,
+    /// This connection in the node's registry (CLIENT LIST): its id, name and what it shows.
+    client: Registered,
     proto: Proto,
-    name: Option<Vec<u8>>,
     authenticated: bool,
     /// READONLY was sent (and not undone by READWRITE or RESET): reads may be answered by a
     /// replica that is not the leader.
@@ -64,19 +43,34 @@ struct Conn<'a, B> {
     redirects: bool,
 }
 
-/// Serve one client until it closes, sends QUIT, or breaks the protocol.
-pub async fn serve_connection<S, B>(mut stream: S, backend: Arc<B>, limits: Limits) -> io::Result<()>
+/// Serve one client until it closes, sends QUIT, or breaks the protocol (a stream with no
+/// socket addresses to show in CLIENT LIST; see [`serve_client`]).
+pub async fn serve_connection<S, B>(stream: S, backend: Arc<B>, limits: Limits) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
-    let _connected = Connected::new();
+    serve_client(stream, Peer::default(), backend, limits).await
+}
+
+/// Serve one client, connected from `peer`, until it closes, sends QUIT, or breaks the
+/// protocol. Past `limits.clients_max` open connections it is refused as Redis refuses one
+/// past `maxclients`.
+pub async fn serve_client<S, B>(mut stream: S, peer: Peer, backend: Arc<B>, limits: Limits) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let Some(client) = clients::register(peer, limits.clients_max) else {
+        stream.write_all(b"-ERR max number of clients reached\r\n").await?;
+        stream.flush().await?;
+        return stream.shutdown().await;
+    };
     let mut conn = Conn {
         backend: &*backend,
         limits: &limits,
-        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        client,
         proto: Proto::Resp2,
-        name: None,
         authenticated: !backend.auth_required(),
         readonly: false,
         redirects: false,
@@ -101,7 +95,12 @@ where
             }
         }
         let full = stop.is_none() && (batch.len() == limits.pipeline_commands_max || bytes >= DECODED_BYTES_MAX);
-        if let Then::Close = conn.run_batch(batch, &mut out).await {
+        conn.client.query_buffer(buf.len(), buf.capacity() - buf.len());
+        conn.client.running(bytes);
+        let then = conn.run_batch(batch, &mut out).await;
+        conn.client.running(0);
+        conn.client.replied(out.len(), out.capacity());
+        if let Then::Close = then {
             stream.write_all(&out).await?;
             stream.flush().await?;
             return stream.shutdown().await;
@@ -266,6 +265,8 @@ impl<B: Backend> Conn<'_, B> {
 
     /// The command, or the reply refusing it (not authenticated, not parsed).
     fn prepare(&self, args: Vec<Vec<u8>>) -> Result<Command, Reply> {
+        let spec = command::find_spec(&args);
+        self.client.command(spec.as_ref().ok().map(|s| s.name));
         if !self.authenticated {
             let name = &args[0];
             let open = ["auth", "hello", "quit", "reset"].iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
@@ -273,7 +274,7 @@ impl<B: Backend> Conn<'_, B> {
                 return Err(Reply::err("NOAUTH Authentication required."));
             }
         }
-        command::parse(args)
+        command::parse_found(spec?, args)
     }
 
     /// A data command. On a connection that asked for the cluster's layout (a cluster-aware
@@ -325,10 +326,12 @@ impl<B: Backend> Conn<'_, B> {
             ConnCmd::Ping(Some(m)) | ConnCmd::Echo(m) => Reply::Bulk(m),
             ConnCmd::Hello { proto, auth, setname } => {
                 if let Some((user, pass)) = auth {
+                    let name = String::from_utf8_lossy(&user).into_owned();
                     if !self.backend.authenticate(user, pass).await {
                         return (wrongpass(), Then::Continue);
                     }
                     self.authenticated = true;
+                    self.client.set_user(&name);
                 }
                 if !self.authenticated {
                     return (
@@ -342,19 +345,20 @@ impl<B: Backend> Conn<'_, B> {
                     );
                 }
                 if let Some(name) = setname {
-                    self.name = (!name.is_empty()).then_some(name);
+                    self.client.set_name((!name.is_empty()).then_some(name));
                 }
                 match proto {
                     Some(3) => self.proto = Proto::Resp3,
                     Some(2) => self.proto = Proto::Resp2,
                     _ => {}
                 }
+                self.client.set_resp(if self.proto == Proto::Resp3 { 3 } else { 2 });
                 let b = |s: &str| Reply::bulk(s.as_bytes());
                 Reply::Map(vec![
                     (b("server"), b("redis")),
                     (b("version"), b(REDIS_VERSION)),
                     (b("proto"), Reply::Int(if self.proto == Proto::Resp3 { 3 } else { 2 })),
-                    (b("id"), Reply::Int(self.id as i64)),
+                    (b("id"), Reply::Int(self.client.id as i64)),
                     (b("mode"), b(if self.backend.cluster().is_some() { "cluster" } else { "standalone" })),
                     (b("role"), b("master")),
                     (b("modules"), Reply::Array(vec![])),
@@ -374,8 +378,10 @@ impl<B: Backend> Conn<'_, B> {
                     }
                     None => b"default".to_vec(),
                 };
+                let name = String::from_utf8_lossy(&user).into_owned();
                 if self.backend.authenticate(user, pass).await {
                     self.authenticated = true;
+                    self.client.set_user(&name);
                     Reply::ok()
                 } else {
                     wrongpass()
@@ -386,18 +392,34 @@ impl<B: Backend> Conn<'_, B> {
             ConnCmd::Quit => return (Reply::ok(), Then::Close),
             ConnCmd::Reset => {
                 self.proto = Proto::Resp2;
-                self.name = None;
+                self.client.set_name(None);
+                self.client.set_resp(2);
+                self.client.set_user("default");
                 self.authenticated = !self.backend.auth_required();
                 self.readonly = false;
+                self.client.set_readonly(false);
                 self.redirects = false;
                 Reply::Simple("RESET".into())
             }
-            ConnCmd::ClientId => Reply::Int(self.id as i64),
+            ConnCmd::ClientId => Reply::Int(self.client.id as i64),
             ConnCmd::ClientSetName(name) => {
-                self.name = (!name.is_empty()).then_some(name);
+                self.client.set_name((!name.is_empty()).then_some(name));
                 Reply::ok()
             }
-            ConnCmd::ClientGetName => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            ConnCmd::ClientGetName => self.client.name().map_or(Reply::Null, Reply::Bulk),
+            ConnCmd::ClientInfo => {
+                let mut line = self.client.info_line();
+                line.push('\n');
+                Reply::Verbatim { format: *b"txt", text: line.into_bytes() }
+            }
+            ConnCmd::ClientList(filter) => {
+                let text = match filter {
+                    ClientFilter::All => clients::list(None),
+                    ClientFilter::Type(t) => clients::list(Some(t)),
+                    ClientFilter::Ids(ids) => clients::list_ids(&ids),
+                };
+                Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
+            }
             ConnCmd::Time => {
                 let ms = cairn_types::clock::wall_ms();
                 Reply::Array(vec![Reply::bulk((ms / 1000).to_string()), Reply::bulk(((ms % 1000) * 1000).to_string())])
@@ -439,6 +461,7 @@ impl<B: Backend> Conn<'_, B> {
                         ConnCmd::ReadWrite => self.readonly = false,
                         _ => {}
                     }
+                    self.client.set_readonly(self.readonly);
                     Reply::ok()
                 }
                 None => Reply::err(CLUSTER_DISABLED),
@@ -594,7 +617,7 @@ fn info_sections(cluster: bool) -> Vec<(&'static str, Vec<(&'static str, String)
             "Server",
             vec![("redis_version", REDIS_VERSION.into()), ("redis_mode", mode.into()), ("arch_bits", "64".into())],
         ),
-        ("Clients", vec![("connected_clients", CONNECTED.load(Ordering::Relaxed).to_string())]),
+        ("Clients", vec![("connected_clients", clients::count().to_string())]),
         ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
         ("Cluster", vec![("cluster_enabled", if cluster { "1" } else { "0" }.into())]),
     ]

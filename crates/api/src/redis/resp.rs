@@ -30,6 +30,9 @@ pub struct Limits {
     /// The most commands run from one read before their replies are written, so that a
     /// client pipelining without reading cannot grow the reply buffer without bound.
     pub pipeline_commands_max: usize,
+    /// `maxclients`: the most connections open at once on this node; past it a new one is
+    /// answered `-ERR max number of clients reached` and closed.
+    pub clients_max: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             args_max: 1024 * 1024,
             query_bytes_max: 1024 * 1024 * 1024,
             pipeline_commands_max: 1024,
+            clients_max: 10_000,
         }
     }
 }

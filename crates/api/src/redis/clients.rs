@@ -1,0 +1,234 @@
+//! The node's open Redis connections, for CLIENT LIST, CLIENT INFO, INFO's `connected_clients`
+//! and the `maxclients` limit.
+//!
+//! One registry per process, as Redis keeps one client list per server: a cairn node is one
+//! process, and on a cluster each node lists the clients connected to it (as a Redis Cluster
+//! node does). A connection registers when it starts and leaves when it ends; while it lives it
+//! publishes what CLIENT LIST shows through atomics and two small locks, so listing never
+//! waits for a connection's command.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Where a connection comes from and goes to, as CLIENT LIST reports it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub laddr: Option<SocketAddr>,
+    /// The socket's file descriptor (`-1`: not a socket of this process, as Redis shows for
+    /// its internal clients).
+    pub fd: Option<i32>,
+}
+
+/// Client types CLIENT LIST TYPE filters by (Redis's `getClientTypeByName`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientType {
+    Normal,
+    Replica,
+    PubSub,
+    Master,
+}
+
+impl ClientType {
+    pub fn by_name(name: &[u8]) -> Option<ClientType> {
+        let n = String::from_utf8_lossy(name).to_ascii_lowercase();
+        Some(match n.as_str() {
+            "normal" => ClientType::Normal,
+            "slave" | "replica" => ClientType::Replica,
+            "pubsub" => ClientType::PubSub,
+            "master" => ClientType::Master,
+            _ => return None,
+        })
+    }
+}
+
+/// What one connection shows to CLIENT LIST, updated by the connection as it runs.
+pub struct Client {
+    pub id: u64,
+    peer: Peer,
+    created: Instant,
+    /// Milliseconds after `created` of the last command.
+    last_ms: AtomicU64,
+    name: Mutex<Option<Vec<u8>>>,
+    /// The full name of the last command looked up (`client|list`), Redis's `lastcmd`.
+    cmd: Mutex<Option<&'static str>>,
+    user: Mutex<String>,
+    readonly: AtomicBool,
+    resp: AtomicU8,
+    /// The read buffer: bytes not yet run, and its free room.
+    qbuf: AtomicU64,
+    qbuf_free: AtomicU64,
+    /// Argument bytes of the commands being run now.
+    argv_mem: AtomicU64,
+    /// The reply buffer's size, and the most bytes one read's replies took in it.
+    rbs: AtomicU64,
+    rbp: AtomicU64,
+}
+
+impl Client {
+    pub fn name(&self) -> Option<Vec<u8>> {
+        self.name.lock().clone()
+    }
+
+    pub fn set_name(&self, name: Option<Vec<u8>>) {
+        *self.name.lock() = name;
+    }
+
+    /// A command named `cmd` (None: no such command) is about to run.
+    pub fn command(&self, cmd: Option<&'static str>) {
+        *self.cmd.lock() = cmd;
+        self.last_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_user(&self, user: &str) {
+        let mut u = self.user.lock();
+        if *u != user {
+            *u = user.to_string();
+        }
+    }
+
+    pub fn set_readonly(&self, on: bool) {
+        self.readonly.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_resp(&self, version: u8) {
+        self.resp.store(version, Ordering::Relaxed);
+    }
+
+    /// The read buffer after a read or a decode: `len` bytes held, `free` more fit.
+    pub fn query_buffer(&self, len: usize, free: usize) {
+        self.qbuf.store(len as u64, Ordering::Relaxed);
+        self.qbuf_free.store(free as u64, Ordering::Relaxed);
+    }
+
+    pub fn running(&self, argv_bytes: usize) {
+        self.argv_mem.store(argv_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// One read's replies took `used` bytes of a reply buffer of `size`.
+    pub fn replied(&self, used: usize, size: usize) {
+        self.rbs.store(size as u64, Ordering::Relaxed);
+        self.rbp.fetch_max(used as u64, Ordering::Relaxed);
+    }
+
+    /// Redis 7.0's `catClientInfoString` line, without its newline. Fields cairn has no
+    /// counterpart for keep Redis's value for a client without them (no pub/sub, no MULTI,
+    /// no reply list: replies are written before the next read).
+    pub fn info_line(&self) -> String {
+        let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let now = self.created.elapsed();
+        let idle_ms = (now.as_millis() as u64).saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        let name = self.name.lock().clone().unwrap_or_default();
+        let cmd = self.cmd.lock().unwrap_or("NULL");
+        let (qbuf, qfree) = (self.qbuf.load(Ordering::Relaxed), self.qbuf_free.load(Ordering::Relaxed));
+        let argv = self.argv_mem.load(Ordering::Relaxed);
+        let (rbs, rbp) = (self.rbs.load(Ordering::Relaxed), self.rbp.load(Ordering::Relaxed));
+        let tot = qbuf + qfree + argv + rbs + std::mem::size_of::<Client>() as u64;
+        let mut s = String::with_capacity(320);
+        let _ = write!(
+            s,
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 \
+             qbuf={qbuf} qbuf-free={qfree} argv-mem={argv} multi-mem=0 rbs={rbs} rbp={rbp} obl=0 oll=0 omem=0 \
+             tot-mem={tot} events=r cmd={cmd} user={} redir=-1 resp={}",
+            self.id,
+            addr(self.peer.addr),
+            addr(self.peer.laddr),
+            self.peer.fd.unwrap_or(-1),
+            String::from_utf8_lossy(&name),
+            now.as_secs(),
+            idle_ms / 1000,
+            if self.readonly.load(Ordering::Relaxed) { "r" } else { "N" },
+            self.user.lock(),
+            self.resp.load(Ordering::Relaxed),
+        );
+        s
+    }
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+static CLIENTS: LazyLock<Mutex<BTreeMap<u64, Arc<Client>>>> = LazyLock::new(Default::default);
+
+/// A connection's place in the registry; it leaves when this drops.
+pub struct Registered(Arc<Client>);
+
+impl std::ops::Deref for Registered {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        CLIENTS.lock().remove(&self.0.id);
+    }
+}
+
+/// Registers a new connection, or answers `None` when `max` connections are open already
+/// (Redis's `maxclients`).
+pub fn register(peer: Peer, max: usize) -> Option<Registered> {
+    let mut all = CLIENTS.lock();
+    if all.len() >= max {
+        return None;
+    }
+    let c = Arc::new(Client {
+        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        peer,
+        created: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        name: Mutex::new(None),
+        cmd: Mutex::new(None),
+        user: Mutex::new("default".into()),
+        readonly: AtomicBool::new(false),
+        resp: AtomicU8::new(2),
+        qbuf: AtomicU64::new(0),
+        qbuf_free: AtomicU64::new(0),
+        argv_mem: AtomicU64::new(0),
+        rbs: AtomicU64::new(0),
+        rbp: AtomicU64::new(0),
+    });
+    all.insert(c.id, c.clone());
+    Some(Registered(c))
+}
+
+/// Open connections.
+pub fn count() -> usize {
+    CLIENTS.lock().len()
+}
+
+/// CLIENT LIST's text: one line per open connection of `kind` (all are normal clients for
+/// now), oldest first, each ending in a newline.
+pub fn list(kind: Option<ClientType>) -> String {
+    if !matches!(kind, None | Some(ClientType::Normal)) {
+        return String::new();
+    }
+    let all: Vec<Arc<Client>> = CLIENTS.lock().values().cloned().collect();
+    let mut s = String::new();
+    for c in all {
+        s.push_str(&c.info_line());
+        s.push('\n');
+    }
+    s
+}
+
+/// CLIENT LIST ID's text: the lines of the connections with these ids, in the order asked
+/// (an id with no connection is skipped).
+pub fn list_ids(ids: &[u64]) -> String {
+    let found: Vec<Arc<Client>> = {
+        let all = CLIENTS.lock();
+        ids.iter().filter_map(|id| all.get(id).cloned()).collect()
+    };
+    let mut s = String::new();
+    for c in found {
+        s.push_str(&c.info_line());
+        s.push('\n');
+    }
+    s
+}
