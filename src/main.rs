@@ -93,6 +93,10 @@ fn main() -> std::process::ExitCode {
             Cmd::Node(c) => tier::node(c).await,
         }
     });
+    // Tasks still running on the blocking pool (such as a log write stuck on a failing disk)
+    // must not keep the process alive once it has decided to exit: what was acknowledged is
+    // on disk, and a restart recovers from there.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -550,7 +550,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                  A range whose Raft panicked found its state inconsistent (such as a follower's log gone \
                  back, which only lost durable data causes): check the disks before restarting"
             );
-            cluster.shutdown().await;
+            bounded("the meta group", FATAL_SHUTDOWN_MAX, cluster.shutdown()).await;
             return Ok(ExitCode::FAILURE);
         }
         reason = fatal => {
@@ -559,7 +559,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                 "Raft stopped on a fatal error; exiting. Nothing written after the failure was acknowledged; \
                  fix the cause (the disk, its space) and restart: the member recovers from its log and catches up"
             );
-            cluster.shutdown().await;
+            bounded("the meta group", FATAL_SHUTDOWN_MAX, cluster.shutdown()).await;
             return Ok(ExitCode::FAILURE);
         }
         _ = removed => {
@@ -576,9 +576,23 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
     };
-    ranges.shutdown().await;
-    cluster.shutdown().await;
+    bounded("the ranges", SHUTDOWN_MAX, ranges.shutdown()).await;
+    bounded("the meta group", SHUTDOWN_MAX, cluster.shutdown()).await;
     Ok(code)
+}
+
+/// How long a clean stop (SIGTERM) waits for the ranges, then the meta group, to stop.
+const SHUTDOWN_MAX: Duration = Duration::from_secs(10);
+/// How long a node that cannot go on (a fatal Raft or storage error) waits for its Raft to
+/// stop before it exits anyway. Nothing is lost by not waiting: nothing after the failure was
+/// acknowledged, and what was is on disk; a node that lingers deaf only delays its restart.
+const FATAL_SHUTDOWN_MAX: Duration = Duration::from_secs(2);
+
+/// Waits for `stop` for at most `max`; past it, says so and goes on exiting.
+async fn bounded(what: &str, max: Duration, stop: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(max, stop).await.is_err() {
+        tracing::warn!("{what} did not stop within {max:?}; exiting without waiting for it");
+    }
 }
 
 /// How long a rediss:// client may take to finish its TLS handshake.

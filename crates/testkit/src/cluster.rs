@@ -468,16 +468,16 @@ impl ProcessCluster {
     pub async fn wait_leader(&self, timeout: Duration) -> Result<usize, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            for (i, m) in self.members.iter().enumerate() {
-                if !m.is_running() || m.paused {
-                    continue;
-                }
-                if let Some(s) = status_of(&m.client_url, Duration::from_millis(500)).await {
+            // Every member at once: one that does not answer costs a pass its timeout once,
+            // not once per member after it.
+            let asked =
+                self.members.iter().enumerate().filter(|(_, m)| m.is_running() && !m.paused).map(|(i, m)| async move {
+                    let s = status_of(&m.client_url, Duration::from_millis(500)).await?;
                     let id = s.header.as_ref().map_or(0, |h| h.member_id);
-                    if s.leader != 0 && s.leader == id {
-                        return Ok(i);
-                    }
-                }
+                    (s.leader != 0 && s.leader == id).then_some(i)
+                });
+            if let Some(i) = futures::future::join_all(asked).await.into_iter().flatten().next() {
+                return Ok(i);
             }
             if Instant::now() > deadline {
                 return Err(format!("no leader within {timeout:?}\n{}", self.logs_tail(30)));

@@ -75,11 +75,17 @@ impl ProcessRuntime {
     async fn set_faults(&self, i: usize, faults: serde_json::Value) -> Result<(), String> {
         let url = &self.cluster.members[i].client_url;
         // A member restarted a moment ago may not listen yet: connection refused is retried
-        // for a few seconds (a soak run once cut links just as a restarted member came up).
+        // for a few seconds (a soak run once cut links just as a restarted member came up),
+        // while its process runs (one that exited by itself never will: waiting for it made
+        // a power-cut run's steps 5 s late).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let answer = loop {
             match http(host_port(url), "POST", "/debug/faults", &faults.to_string()).await {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline
+                        && self.cluster.members[i].is_running() =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 other => break other,
@@ -195,10 +201,12 @@ impl ProcessRuntime {
 
     /// Cuts member `i`'s power: it dies at once, losing (or, with `tear`, tearing) every write
     /// it has not synced. A member that cannot be asked (paused) is SIGKILLed, which in a
-    /// failpoints build loses the same writes.
-    pub async fn power_cut(&mut self, i: usize, tear: bool, seed: u64) {
+    /// failpoints build loses the same writes. Answers false when the member had already
+    /// exited by itself (a fatal error): there is nothing to cut, and it is not asked.
+    pub async fn power_cut(&mut self, i: usize, tear: bool, seed: u64) -> bool {
         let mode = if tear { "tear" } else { "drop" };
-        if !self.cluster.members[i].is_paused() {
+        let running = self.cluster.members[i].is_running();
+        if running && !self.cluster.members[i].is_paused() {
             // The member dies before it answers: an error here is the expected outcome.
             let _ = self.set_faults(i, serde_json::json!({ "power_cut": mode, "seed": seed })).await;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -207,6 +215,7 @@ impl ProcessRuntime {
             }
         }
         self.cluster.kill(i);
+        running
     }
 
     /// Clears link faults and clock offsets everywhere reachable.
