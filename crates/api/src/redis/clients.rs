@@ -210,12 +210,7 @@ pub fn list(kind: Option<ClientType>) -> String {
         return String::new();
     }
     let all: Vec<Arc<Client>> = CLIENTS.lock().values().cloned().collect();
-    let mut s = String::new();
-    for c in all {
-        s.push_str(&c.info_line());
-        s.push('\n');
-    }
-    s
+    lines(&all)
 }
 
 /// CLIENT LIST ID's text: the lines of the connections with these ids, in the order asked
@@ -225,8 +220,13 @@ pub fn list_ids(ids: &[u64]) -> String {
         let all = CLIENTS.lock();
         ids.iter().filter_map(|id| all.get(id).cloned()).collect()
     };
+    lines(&found)
+}
+
+/// Each client's line, each ending in a newline (built after the registry's lock is let go).
+fn lines(clients: &[Arc<Client>]) -> String {
     let mut s = String::new();
-    for c in found {
+    for c in clients {
         s.push_str(&c.info_line());
         s.push('\n');
     }
