@@ -169,7 +169,10 @@ async fn client_list_shows_the_open_connections_and_maxclients_refuses_one_too_m
     assert_eq!(field(b.call(&format!("CLIENT LIST ID {a_id}")).await.trim_end(), "cmd"), "get");
 
     // INFO counts them.
-    assert!(b.call("INFO clients").await.contains("connected_clients:2\r\n"));
+    let info = b.call("INFO clients").await;
+    assert!(info.contains("connected_clients:2\r\nmaxclients:2\r\n"), "{info}");
+    assert_eq!(b.call("CONFIG GET maxclients").await, "*2");
+    assert_eq!((b.next().await, b.next().await), ("maxclients".to_string(), "2".to_string()));
 
     // Two are open: a third is refused as Redis refuses one past maxclients, and closed.
     let mut c = Client::open(Peer::default(), limits.clone());

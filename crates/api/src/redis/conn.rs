@@ -442,7 +442,7 @@ impl<B: Backend> Conn<'_, B> {
             }
             ConnCmd::ConfigGet(patterns) => Reply::Map(self.config_get(&patterns)),
             ConnCmd::Info(sections) => {
-                let text = info(&sections, self.backend.cluster().is_some());
+                let text = info(&sections, self.backend.cluster().is_some(), self.limits.clients_max);
                 Reply::Verbatim { format: *b"txt", text: text.into_bytes() }
             }
             ConnCmd::Cluster(c) => match self.backend.cluster() {
@@ -477,6 +477,7 @@ impl<B: Backend> Conn<'_, B> {
             ("client-query-buffer-limit", self.limits.query_bytes_max.to_string()),
             ("cluster-enabled", if self.backend.cluster().is_some() { "yes" } else { "no" }.into()),
             ("databases", "1".into()),
+            ("maxclients", self.limits.clients_max.to_string()),
             ("maxmemory", "0".into()),
             ("maxmemory-policy", "noeviction".into()),
             ("notify-keyspace-events", "".into()),
@@ -610,14 +611,22 @@ fn cluster_reply(view: &ClusterView, c: ClusterCmd) -> Reply {
 
 /// INFO's sections that cairn fills, in Redis's order, as `(name, lines)`. Only what does not
 /// need the data tier: the version clients gate features on, the mode, the role.
-fn info_sections(cluster: bool) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+fn info_sections(cluster: bool, clients_max: usize) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     let mode = if cluster { "cluster" } else { "standalone" };
     vec![
         (
             "Server",
             vec![("redis_version", REDIS_VERSION.into()), ("redis_mode", mode.into()), ("arch_bits", "64".into())],
         ),
-        ("Clients", vec![("connected_clients", clients::count().to_string())]),
+        (
+            "Clients",
+            vec![
+                ("connected_clients", clients::count().to_string()),
+                ("maxclients", clients_max.to_string()),
+                // No blocking commands yet.
+                ("blocked_clients", "0".into()),
+            ],
+        ),
         ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
         ("Cluster", vec![("cluster_enabled", if cluster { "1" } else { "0" }.into())]),
     ]
@@ -626,11 +635,11 @@ fn info_sections(cluster: bool) -> Vec<(&'static str, Vec<(&'static str, String)
 /// INFO's text (`server.c` `genRedisInfoString`): `# Section` headers, `key:value` lines,
 /// a blank line between sections. No argument, `default`, `all` or `everything` give every
 /// section; unknown sections give nothing.
-fn info(asked: &[Vec<u8>], cluster: bool) -> String {
+fn info(asked: &[Vec<u8>], cluster: bool, clients_max: usize) -> String {
     let all = asked.is_empty()
         || asked.iter().any(|a| ["default", "all", "everything"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
     let mut out = String::new();
-    for (name, lines) in info_sections(cluster) {
+    for (name, lines) in info_sections(cluster, clients_max) {
         if !all && !asked.iter().any(|a| a.eq_ignore_ascii_case(name.as_bytes())) {
             continue;
         }
