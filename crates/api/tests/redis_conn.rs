@@ -82,11 +82,17 @@ async fn commands_wait_for_authentication() {
     let out = exchange(
         Arc::new(Locked(MemBackend::new())),
         Limits::default(),
-        b"GET k\r\nHELLO 3\r\nAUTH wrong\r\nAUTH secret\r\nGET k\r\nRESET\r\nGET k\r\nHELLO 3 AUTH default secret\r\nGET k\r\n",
+        b"NOSUCH x\r\nGET\r\nCLIENT FOO\r\nCLIENT LIST x\r\nGET k\r\nHELLO 3\r\nAUTH wrong\r\nAUTH secret\r\nGET k\r\nRESET\r\nGET k\r\nHELLO 3 AUTH default secret\r\nGET k\r\n",
     )
     .await;
     let text = String::from_utf8_lossy(&out);
-    let expected_start = "-NOAUTH Authentication required.\r\n\
+    // As redis-server 7.0 with requirepass answers: an unknown command or subcommand and a
+    // wrong arity before NOAUTH; a subcommand's own syntax after it.
+    let expected_start = "-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n\
+        -ERR wrong number of arguments for 'get' command\r\n\
+        -ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n\
+        -NOAUTH Authentication required.\r\n\
+        -NOAUTH Authentication required.\r\n\
         -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
         -WRONGPASS invalid username-password pair or user is disabled.\r\n\
         +OK\r\n\

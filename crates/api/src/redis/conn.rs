@@ -263,10 +263,17 @@ impl<B: Backend> Conn<'_, B> {
         }
     }
 
-    /// The command, or the reply refusing it (not authenticated, not parsed).
+    /// The command, or the reply refusing it. In Redis's order (`server.c` `processCommand`):
+    /// an unknown command and a wrong number of arguments are answered as such before a
+    /// connection that has not authenticated is answered NOAUTH; then the command's own
+    /// parsing.
     fn prepare(&self, args: Vec<Vec<u8>>) -> Result<Command, Reply> {
         let spec = command::find_spec(&args);
         self.client.command(spec.as_ref().ok().map(|s| s.name));
+        let spec = spec?;
+        if !spec.arity_ok(args.len()) {
+            return Err(command::arity_error(spec.name));
+        }
         if !self.authenticated {
             let name = &args[0];
             let open = ["auth", "hello", "quit", "reset"].iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
@@ -274,7 +281,7 @@ impl<B: Backend> Conn<'_, B> {
                 return Err(Reply::err("NOAUTH Authentication required."));
             }
         }
-        command::parse_found(spec?, args)
+        command::parse_found(spec, args)
     }
 
     /// A data command. On a connection that asked for the cluster's layout (a cluster-aware
