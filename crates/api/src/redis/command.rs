@@ -164,13 +164,13 @@ pub fn find_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
     }
 }
 
-/// The table entry for `args`, checked for existence and arity.
-pub fn resolve_spec(args: &[Vec<u8>]) -> Result<&'static CommandSpec, Reply> {
-    let spec = find_spec(args)?;
-    if !spec.arity_ok(args.len()) {
-        return Err(arity_error(spec.name));
+/// Redis's arity check of `args` against the command's table entry.
+pub fn check_arity(spec: &CommandSpec, args: &[Vec<u8>]) -> Result<(), Reply> {
+    if spec.arity_ok(args.len()) {
+        Ok(())
+    } else {
+        Err(arity_error(spec.name))
     }
-    Ok(spec)
 }
 
 /// Parse one command. `args` is non-empty (the decoder skips empty commands).
@@ -182,9 +182,7 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
 
 /// Parse one command whose table entry [`find_spec`] found.
 pub fn parse_found(spec: &'static CommandSpec, args: Vec<Vec<u8>>) -> Result<Command, Reply> {
-    if !spec.arity_ok(args.len()) {
-        return Err(arity_error(spec.name));
-    }
+    check_arity(spec, &args)?;
     let mut args = args.into_iter();
     let _name = args.next();
     let a: Vec<Vec<u8>> = args.collect();

@@ -271,9 +271,7 @@ impl<B: Backend> Conn<'_, B> {
         let spec = command::find_spec(&args);
         self.client.command(spec.as_ref().ok().map(|s| s.name));
         let spec = spec?;
-        if !spec.arity_ok(args.len()) {
-            return Err(command::arity_error(spec.name));
-        }
+        command::check_arity(spec, &args)?;
         if !self.authenticated {
             let name = &args[0];
             let open = ["auth", "hello", "quit", "reset"].iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
