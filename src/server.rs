@@ -364,10 +364,10 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("opening the data tier's storage")?;
-    let ranges_service = cairn_raft::range::mux::RangesService::new(identity.cluster_id, ranges.clone())
-        .with_meta(cairn_raft::server::MetaReceiver::new(node.raft.clone(), node.contact.clone()));
     let peer_limits = cairn_raft::PeerLimits::for_quota(identity.cluster_id, limits.quota_backend_bytes);
     let peer_service = PeerService::new(node.raft.clone(), node.sm.clone(), node.contact.clone(), peer_limits);
+    let ranges_service = cairn_raft::range::mux::RangesService::new(identity.cluster_id, ranges.clone())
+        .with_meta(peer_service.meta_receiver());
     let max_peer = cairn_raft::network::PEER_MESSAGE_BYTES_MAX;
     for (l, tls) in peer_listeners {
         let svc = PeerServer::new(peer_service.clone())

@@ -34,6 +34,29 @@ fn put(key: &str, value: &str) -> Option<Fq> {
     Some(Fq::Put(pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }))
 }
 
+/// Sends `req` as the members do now: one request of a forwarded batch (message kind 8 of
+/// the meta group, `u64::MAX`) on the range transport's `Ranges/Batch` call; its own result.
+async fn forward_batched(
+    r: &mut RangesClient<Channel>,
+    req: ForwardRequest,
+    cluster: Option<String>,
+) -> Result<cairn_proto::peer::ForwardReply, tonic::Status> {
+    use cairn_proto::peer::{forward_result::Result as R, ForwardBatchReply, ForwardBatchRequest};
+    use prost::Message;
+    let data = ForwardBatchRequest { requests: vec![req] }.encode_to_vec();
+    let msg = RangeMessage { group: u64::MAX, kind: 8, data: data.into() };
+    let reply = r.batch(call(RangeBatchRequest { messages: vec![msg] }, cluster)).await?.into_inner();
+    assert_eq!(reply.results.len(), 1, "{reply:?}");
+    let result = &reply.results[0];
+    assert_eq!(result.error, "", "the meta group takes forwarded batches");
+    let mut results = ForwardBatchReply::decode(&result.data[..]).expect("a forwarded batch's answer").results;
+    assert_eq!(results.len(), 1, "{results:?}");
+    match results.pop().and_then(|r| r.result).expect("a result") {
+        R::Reply(reply) => Ok(reply),
+        R::Error(e) => Err(tonic::Status::new(Code::from_i32(e.code), e.message)),
+    }
+}
+
 fn assert_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, msg: &str) {
     let s = r.expect_err("the call should be refused");
     assert_eq!(s.code(), code, "{s:?}");
@@ -207,6 +230,7 @@ async fn forwarded_writes_are_believed_only_with_the_clients_token() {
     let revision = rc.auth_status(status).await.unwrap().into_inner().auth_revision;
 
     let mut p = peer(&tc.members[0].peer_url).await;
+    let mut batched = RangesClient::connect(tc.members[0].peer_url.clone()).await.expect("connect to the peer port");
     let fwd = |value: &str, auth_revision: Option<u64>, user: &str, token: &str| ForwardRequest {
         request: put("secret", value),
         auth_revision,
@@ -214,37 +238,29 @@ async fn forwarded_writes_are_believed_only_with_the_clients_token() {
         auth_token: token.into(),
         ..Default::default()
     };
-    // Names root, proves nothing.
-    assert_refused(
-        p.forward(call(fwd("forged", Some(revision), "root", ""), ours.clone())).await,
-        Code::InvalidArgument,
-        "user name is empty",
-    );
-    // Names root with a made-up token, or with alice's.
-    assert_refused(
-        p.forward(call(fwd("forged", Some(revision), "root", "eyJ1.c2ln"), ours.clone())).await,
-        Code::Unauthenticated,
-        "invalid auth token",
-    );
-    assert_refused(
-        p.forward(call(fwd("forged", Some(revision), "root", &alice), ours.clone())).await,
-        Code::Unauthenticated,
-        "invalid auth token",
-    );
-    // Names nobody: not proposed unguarded.
-    assert_refused(
-        p.forward(call(fwd("forged", None, "", ""), ours.clone())).await,
-        Code::PermissionDenied,
-        "names no client",
-    );
-    // Alice proves herself, but may not write there (apply's guard, as for any client).
-    assert_refused(
-        p.forward(call(fwd("forged", Some(revision), "alice", &alice), ours.clone())).await,
-        Code::PermissionDenied,
-        "permission denied",
-    );
+    let refused = [
+        // Names root, proves nothing.
+        (fwd("forged", Some(revision), "root", ""), Code::InvalidArgument, "user name is empty"),
+        // Names root with a made-up token, or with alice's.
+        (fwd("forged", Some(revision), "root", "eyJ1.c2ln"), Code::Unauthenticated, "invalid auth token"),
+        (fwd("forged", Some(revision), "root", &alice), Code::Unauthenticated, "invalid auth token"),
+        // Names nobody: not proposed unguarded.
+        (fwd("forged", None, "", ""), Code::PermissionDenied, "names no client"),
+        // Alice proves herself, but may not write there (apply's guard, as for any client).
+        (fwd("forged", Some(revision), "alice", &alice), Code::PermissionDenied, "permission denied"),
+    ];
+    // Alike as a call of its own and as one of a batch on the range transport (how members
+    // forward now): a connection without a client certificate proves nothing either way.
+    for (req, code, msg) in refused {
+        assert_refused(p.forward(call(req.clone(), ours.clone())).await, code, msg);
+        assert_refused(forward_batched(&mut batched, req, ours.clone()).await, code, msg);
+    }
     let ok = p.forward(call(fwd("root's", Some(revision), "root", &root), ours.clone())).await;
     assert!(matches!(ok.expect("root's own forwarded put").into_inner().response, Some(Fr::Put(_))));
+    let mut batched_put = fwd("root's, batched", Some(revision), "root", &root);
+    batched_put.request = put("secret-batched", "root's, batched");
+    let ok = forward_batched(&mut batched, batched_put, ours.clone()).await;
+    assert!(matches!(ok.expect("root's own batched put").response, Some(Fr::Put(_))));
 
     let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::connect(ep[0].clone()).await.unwrap();
     let mut get = tonic::Request::new(pb::RangeRequest { key: b"secret".to_vec(), ..Default::default() });
@@ -253,6 +269,11 @@ async fn forwarded_writes_are_believed_only_with_the_clients_token() {
     assert_eq!(r.kvs.len(), 1);
     assert_eq!(r.kvs[0].value, b"root's", "only the proven write was applied");
     assert_eq!(r.kvs[0].version, 1, "and only once");
+    let mut get = tonic::Request::new(pb::RangeRequest { key: b"secret-batched".to_vec(), ..Default::default() });
+    get.metadata_mut().insert("token", root.parse().unwrap());
+    let r = kv.range(get).await.unwrap().into_inner();
+    assert_eq!(r.kvs.len(), 1);
+    assert_eq!(r.kvs[0].value, b"root's, batched");
 }
 
 /// Bytes under `dir`, recursively.

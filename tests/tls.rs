@@ -234,42 +234,63 @@ fn client_and_peer_traffic_over_tls_with_client_certificates() {
     let status: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("endpoint status JSON");
     let cluster = status[0]["Status"]["header"]["cluster_id"].as_u64().expect("cluster id");
     let accepted = tokio::runtime::Runtime::new().unwrap().block_on(forward_without_token(&pki, &m.peer_urls, cluster));
-    assert_eq!(accepted, 1, "exactly the leader ran the certificate-authenticated forward");
+    assert_eq!(accepted, (1, 1), "exactly the leader ran the certificate-authenticated forward, each way");
     let o = ctl(&m.client_urls, &good, &["--user=root:pw", "get", "by-member", "--print-value-only"]);
     assert_eq!(stdout(&o).trim(), "trusted", "{}", stderr(&o));
 }
 
 /// Sends every member a forwarded put for root without root's token, over peer TLS with a
-/// certificate the peer CA signed; how many ran it (only the leader runs forwarded requests).
-async fn forward_without_token(pki: &Pki, peer_urls: &[String], cluster: u64) -> usize {
-    use cairn_proto::peer::{forward_request::Request as Fq, peer_client::PeerClient, ForwardRequest};
+/// certificate the peer CA signed, as a `Peer/Forward` call and as a batch on the range
+/// transport (members forward that way now); how many ran it each way (only the leader runs
+/// forwarded requests).
+async fn forward_without_token(pki: &Pki, peer_urls: &[String], cluster: u64) -> (usize, usize) {
+    use cairn_proto::peer::{
+        forward_request::Request as Fq, forward_result::Result as R, peer_client::PeerClient,
+        ranges_client::RangesClient, ForwardBatchReply, ForwardBatchRequest, ForwardRequest, RangeBatchRequest,
+        RangeMessage,
+    };
+    use prost::Message;
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let read = |n: &str| std::fs::read(pki.path(n)).unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
         .identity(Identity::from_pem(read("client.pem"), read("client-key.pem")));
-    let mut accepted = 0;
+    let (mut accepted, mut batched) = (0, 0);
     for url in peer_urls {
         let ch = Endpoint::from_shared(url.clone()).unwrap().tls_config(tls.clone()).unwrap().connect().await;
-        let mut p = PeerClient::new(ch.expect("peer TLS with a client certificate"));
+        let ch = ch.expect("peer TLS with a client certificate");
+        let mut p = PeerClient::new(ch.clone());
         let put = cairn_proto::etcdserverpb::PutRequest {
             key: "by-member".into(),
             value: "trusted".into(),
             ..Default::default()
         };
-        let mut req = tonic::Request::new(ForwardRequest {
+        let fwd = ForwardRequest {
             request: Some(Fq::Put(put)),
             auth_revision: Some(u64::MAX),
             auth_user: "root".into(),
             ..Default::default()
-        });
+        };
+        let mut req = tonic::Request::new(fwd.clone());
         req.metadata_mut().insert("x-etcd-cluster-id", format!("{cluster:x}").parse().unwrap());
         match p.forward(req).await {
             Ok(_) => accepted += 1,
             Err(s) => assert!(s.message().contains("not leader"), "only 'not leader' may refuse it: {s:?}"),
         }
+        // Message kind 8 of the meta group (u64::MAX): a forwarded batch.
+        let data = ForwardBatchRequest { requests: vec![fwd] }.encode_to_vec();
+        let msg = RangeMessage { group: u64::MAX, kind: 8, data: data.into() };
+        let mut req = tonic::Request::new(RangeBatchRequest { messages: vec![msg] });
+        req.metadata_mut().insert("x-etcd-cluster-id", format!("{cluster:x}").parse().unwrap());
+        let reply = RangesClient::new(ch).batch(req).await.expect("a batch on the range transport").into_inner();
+        let data = &reply.results[0].data;
+        match ForwardBatchReply::decode(&data[..]).expect("a forwarded batch's answer").results[0].result.clone() {
+            Some(R::Reply(_)) => batched += 1,
+            Some(R::Error(e)) => assert!(e.message.contains("not leader"), "only 'not leader' may refuse it: {e:?}"),
+            None => panic!("an empty result"),
+        }
     }
-    accepted
+    (accepted, batched)
 }
 
 #[test]

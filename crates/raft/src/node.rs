@@ -121,6 +121,9 @@ pub struct RaftNode {
     pub contact: Arc<crate::group::LeaderContact>,
     /// One connection per peer, for everything this node sends it.
     pub channels: crate::network::PeerChannels,
+    /// The batched transport on those connections (the meta group's messages and forwarded
+    /// etcd requests travel on it).
+    pub mux: crate::range::mux::Mux,
     _lock: File,
 }
 
@@ -196,6 +199,7 @@ impl RaftNode {
             data_dir: opts.data_dir,
             contact: Default::default(),
             channels: opts.mux.channels().clone(),
+            mux: opts.mux,
             _lock: lock,
         })
     }

@@ -37,7 +37,7 @@ pub enum Sender {
 }
 
 impl Sender {
-    fn of<T>(req: &Request<T>) -> Sender {
+    pub(crate) fn of<T>(req: &Request<T>) -> Sender {
         // The TLS acceptor only completes a handshake with a client certificate the trusted CA
         // signed, and only asks for one under --peer-client-cert-auth.
         match req.peer_certs() {
@@ -111,6 +111,31 @@ impl PeerService {
     fn handler(&self) -> Result<&Arc<dyn PeerHandler>, Status> {
         self.handler.get().ok_or_else(|| Status::unavailable("etcdserver: server stopped"))
     }
+
+    /// The meta group's side of the range transport, sharing this service's handler for
+    /// forwarded requests.
+    pub fn meta_receiver(&self) -> MetaReceiver {
+        MetaReceiver { raft: self.raft.clone(), contact: self.contact.clone(), handler: self.handler.clone() }
+    }
+}
+
+/// A forwarded batch's answer: one result per request, in order, an error as its gRPC status.
+async fn forward_batch(handler: &dyn PeerHandler, reqs: Vec<ForwardRequest>, sender: Sender) -> ForwardBatchReply {
+    let results = handler
+        .forward_batch(reqs, sender)
+        .await
+        .into_iter()
+        .map(|r| ForwardResult {
+            result: Some(match r {
+                Ok(reply) => forward_result::Result::Reply(reply),
+                Err(s) => forward_result::Result::Error(ErrorStatus {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                }),
+            }),
+        })
+        .collect();
+    ForwardBatchReply { results }
 }
 
 /// Logs a refused call, at most once every 10 s (a member of another cluster retries often).
@@ -281,20 +306,7 @@ impl Peer for PeerService {
     async fn forward_batch(&self, req: Request<ForwardBatchRequest>) -> Result<Response<ForwardBatchReply>, Status> {
         self.check(&req)?;
         let sender = Sender::of(&req);
-        let results = self.handler()?.forward_batch(req.into_inner().requests, sender).await;
-        let results = results
-            .into_iter()
-            .map(|r| ForwardResult {
-                result: Some(match r {
-                    Ok(reply) => forward_result::Result::Reply(reply),
-                    Err(s) => forward_result::Result::Error(ErrorStatus {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    }),
-                }),
-            })
-            .collect();
-        Ok(Response::new(ForwardBatchReply { results }))
+        Ok(Response::new(forward_batch(&**self.handler()?, req.into_inner().requests, sender).await))
     }
 
     async fn cluster_info(&self, req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
@@ -304,28 +316,27 @@ impl Peer for PeerService {
     }
 }
 
-/// The meta group's side of the range transport ([`crate::range::mux`]): its Raft messages
-/// come in the same batches as the ranges', under [`crate::range::mux::META_GROUP`]. (The
-/// `Peer` service's own Raft calls above stay served, for a member of an older build.)
+/// The meta group's side of the range transport ([`crate::range::mux`]): its Raft messages,
+/// and etcd requests forwarded to its leader, come in the same batches as the ranges', under
+/// [`crate::range::mux::META_GROUP`]. (The `Peer` service's own Raft and forwarding calls
+/// above stay served, for a member of an older build.) Made by [`PeerService::meta_receiver`].
 #[derive(Clone)]
 pub struct MetaReceiver {
     raft: Raft,
     contact: Arc<crate::group::LeaderContact>,
+    handler: Arc<OnceLock<Arc<dyn PeerHandler>>>,
 }
 
 impl MetaReceiver {
-    pub fn new(raft: Raft, contact: Arc<crate::group::LeaderContact>) -> Self {
-        MetaReceiver { raft, contact }
-    }
-
     /// Starts answering one message: an append is handed to `appends` now (so appends reach
     /// Raft in the order they came in) and answered when the meta group has it on disk; without
-    /// `appends` it is refused.
+    /// `appends` it is refused. `sender` is who the connection it came on proved to be.
     pub(crate) fn message(
         &self,
         kind: u32,
         data: bytes::Bytes,
         appends: Option<&AppendPipe>,
+        sender: Sender,
     ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
         use crate::range::mux::Kind;
         use futures::FutureExt;
@@ -354,6 +365,29 @@ impl MetaReceiver {
             Some(Kind::PreVote) => async move { encode(raft.pre_vote(decode(&data)?).await) }.boxed(),
             Some(Kind::TransferLeader) => {
                 async move { encode(raft.handle_transfer_leader(decode(&data)?).await) }.boxed()
+            }
+            Some(Kind::Forward) => {
+                let handler = self.handler.get().cloned();
+                async move {
+                    let reqs = <ForwardBatchRequest as prost::Message>::decode(&data[..])
+                        .map_err(|e| format!("bad forwarded batch: {e}"))?
+                        .requests;
+                    let reply = match handler {
+                        Some(h) => forward_batch(&*h, reqs, sender).await,
+                        // As the `Peer/ForwardBatch` call answers before the services exist.
+                        None => {
+                            let stopped = ForwardResult {
+                                result: Some(forward_result::Result::Error(ErrorStatus {
+                                    code: tonic::Code::Unavailable as i32,
+                                    message: "etcdserver: server stopped".into(),
+                                })),
+                            };
+                            ForwardBatchReply { results: vec![stopped; reqs.len()] }
+                        }
+                    };
+                    Ok(prost::Message::encode_to_vec(&reply))
+                }
+                .boxed()
             }
             _ => futures::future::ready(Err(format!("message kind {kind} is not one of the meta group's"))).boxed(),
         }

@@ -1471,6 +1471,7 @@ impl RangeHandler for RangeHost {
             Kind::Beat => Ok(vec![]),
             // `RangesService` runs forwarded requests itself.
             Kind::Execute => Err("a forwarded request is not a Raft message".into()),
+            Kind::Forward => Err("forwarded etcd requests go to the meta group".into()),
             Kind::Snapshot => {
                 let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;
                 let snapshot = openraft::alias::SnapshotOf::<RangeConfig, SnapshotBytes> {

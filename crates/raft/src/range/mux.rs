@@ -86,6 +86,9 @@ pub enum Kind {
     /// A client request forwarded to the range's leader: a protobuf-encoded
     /// `RangeExecuteRequest`, answered with its reply's `outcome`.
     Execute = 7,
+    /// etcd requests forwarded to the meta group's leader (group [`META_GROUP`]): a
+    /// protobuf-encoded `ForwardBatchRequest`, answered with a `ForwardBatchReply`.
+    Forward = 8,
 }
 
 impl Kind {
@@ -98,6 +101,7 @@ impl Kind {
             5 => Kind::Snapshot,
             6 => Kind::Beat,
             7 => Kind::Execute,
+            8 => Kind::Forward,
             _ => return None,
         })
     }
@@ -116,7 +120,7 @@ struct Pending {
 
 /// Why a message got no answer.
 #[derive(Debug, Clone)]
-pub(crate) enum CallError {
+pub enum CallError {
     /// It never reached the node (a cut link, no URL, a connection never made): nothing ran.
     NotSent(String),
     /// It may have reached the node.
@@ -124,7 +128,7 @@ pub(crate) enum CallError {
 }
 
 impl CallError {
-    pub(crate) fn message(self) -> String {
+    pub fn message(self) -> String {
         match self {
             CallError::NotSent(m) | CallError::Failed(m) => m,
         }
@@ -303,6 +307,22 @@ impl Mux {
             Err(CallError::NotSent(e)) => all(Outcome::Unavailable(e)),
             Err(CallError::Failed(e)) => all(Outcome::Unknown(e)),
         }
+    }
+
+    /// Sends a batch of etcd requests to `target`, the meta group's leader (see
+    /// `PeerHandler::forward_batch`): they share the batches and the stream of the ranges'
+    /// messages instead of an HTTP/2 call each.
+    pub async fn forward_meta(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        batch: &cairn_proto::peer::ForwardBatchRequest,
+        ttl: Duration,
+    ) -> Result<cairn_proto::peer::ForwardBatchReply, CallError> {
+        let data = prost::Message::encode_to_vec(batch);
+        let b = self.send(target, node, Lane::Writes, META_GROUP, Kind::Forward, data, ttl).await?;
+        prost::Message::decode(&b[..])
+            .map_err(|e| CallError::Failed(format!("undecodable forward answer from node {target:x}: {e}")))
     }
 
     /// Asks `target` for its replicas' figures.
@@ -786,6 +806,7 @@ impl RangesService {
         &self,
         msgs: Vec<RangeMessage>,
         appends: Option<&crate::server::AppendPipe>,
+        sender: crate::server::Sender,
     ) -> impl std::future::Future<Output = Vec<RangeResult>> + Send + 'static {
         use futures::future::Either;
         use futures::FutureExt;
@@ -798,7 +819,7 @@ impl RangesService {
                     return Either::Left(async move { handle_message(&*h, m).await });
                 }
                 Either::Right(match &self.meta {
-                    Some(meta) => meta.message(m.kind, m.data, appends),
+                    Some(meta) => meta.message(m.kind, m.data, appends, sender),
                     None => futures::future::ready(Err("this node serves no meta group".to_string())).boxed(),
                 })
             })
@@ -825,6 +846,7 @@ impl Ranges for RangesService {
         req: tonic::Request<tonic::Streaming<RangeStreamRequest>>,
     ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
+        let sender = crate::server::Sender::of(&req);
         let mut batches = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BATCHES_MAX);
         let svc = self.clone();
@@ -844,7 +866,7 @@ impl Ranges for RangesService {
                 let Ok(Some(RangeStreamRequest { id, batch })) = next else { break };
                 let Ok(permit) = running.clone().acquire_owned().await else { break };
                 let tx = tx.clone();
-                let answer = svc.start_batch(batch.map(|b| b.messages).unwrap_or_default(), Some(&appends));
+                let answer = svc.start_batch(batch.map(|b| b.messages).unwrap_or_default(), Some(&appends), sender);
                 tokio::spawn(async move {
                     let results = answer.await;
                     let _ = tx.send(Ok(RangeStreamReply { id, reply: Some(RangeBatchReply { results }) })).await;
@@ -860,7 +882,8 @@ impl Ranges for RangesService {
         req: tonic::Request<RangeBatchRequest>,
     ) -> Result<tonic::Response<RangeBatchReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
-        let results = self.start_batch(req.into_inner().messages, None).await;
+        let sender = crate::server::Sender::of(&req);
+        let results = self.start_batch(req.into_inner().messages, None, sender).await;
         Ok(tonic::Response::new(RangeBatchReply { results }))
     }
 

@@ -1,16 +1,15 @@
-//! Forwarding: a member that does not lead sends requests to the leader over the peer
-//! listener, batched (everything queued when a batch leaves goes in it), and learns from each
+//! Forwarding: a member that does not lead sends requests to the leader on the node's batched
+//! peer transport (`cairn_raft::range::mux`), batched (everything queued when a batch leaves goes in it), and learns from each
 //! failure whether the request may have run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_proto::peer::peer_client::PeerClient;
 use cairn_proto::peer::{forward_result, ForwardBatchRequest, ForwardReply, ForwardRequest};
+use cairn_raft::range::mux::CallError;
 use cairn_types::Error;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 use super::Router;
 
@@ -38,23 +37,6 @@ pub(super) enum ForwardFailure {
 }
 
 impl Router {
-    fn peer(&self, id: u64) -> Result<PeerClient<Channel>, Error> {
-        let url =
-            self.node.membership().nodes.get(&id).and_then(|n| n.peer_urls.first().cloned()).ok_or(Error::NoLeader)?;
-        let mut peers = self.peers.lock();
-        if let Some((u, c)) = peers.get(&id) {
-            if *u == url {
-                return Ok(c.clone());
-            }
-        }
-        let ch = self.node.channels.get(&url).map_err(Error::Internal)?;
-        let c = PeerClient::new(ch)
-            .max_decoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(cairn_raft::network::PEER_MESSAGE_BYTES_MAX);
-        peers.insert(id, (url, c.clone()));
-        Ok(c)
-    }
-
     /// Sends `req` to `leader` in the next forward batch.
     pub(super) async fn forward_once(
         &self,
@@ -82,27 +64,26 @@ impl Router {
             cairn_types::faults::Link::Delay(d) => tokio::time::sleep(d).await,
             cairn_types::faults::Link::Pass => {}
         }
-        let mut client = match self.peer(leader) {
-            Ok(c) => c,
-            Err(_) => {
-                for j in jobs {
-                    let _ = j.tx.send(Err(ForwardFailure::NotExecuted));
-                }
-                return;
+        let Some(node) = self.node.member_node(leader) else {
+            for j in jobs {
+                let _ = j.tx.send(Err(ForwardFailure::NotExecuted));
             }
+            return;
         };
         let deadline = jobs.iter().map(|j| j.deadline).max().unwrap_or_else(Instant::now);
         let (reqs, txs): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.req, j.tx)).unzip();
         let n = reqs.len();
-        let mut request = tonic::Request::new(ForwardBatchRequest { requests: reqs });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        cairn_raft::network::stamp(&mut request);
+        let batch = ForwardBatchRequest { requests: reqs };
         let t = Instant::now();
-        let reply = client.forward_batch(request).await;
+        let ttl = deadline.saturating_duration_since(t);
+        // On the node's batched transport: with the meta group's appends and the ranges'
+        // messages to the same node, on one long-lived stream (BENCHMARKS.md, "forwarded etcd
+        // requests on the range transport").
+        let reply = self.node.mux.forward_meta(leader, &node, &batch, ttl).await;
         self.metrics.forward_batch_seconds.observe(t.elapsed().as_secs_f64());
         match reply {
             Ok(reply) => {
-                let results = reply.into_inner().results;
+                let results = reply.results;
                 if results.len() != n {
                     for tx in txs {
                         let _ =
@@ -121,9 +102,15 @@ impl Router {
                     let _ = tx.send(r);
                 }
             }
-            Err(s) => {
+            Err(e) => {
+                let failure = || match &e {
+                    // The batch never left this member: nothing ran.
+                    CallError::NotSent(_) => ForwardFailure::NotExecuted,
+                    CallError::Failed(_) if Instant::now() >= deadline => ForwardFailure::Unknown(Error::Timeout),
+                    CallError::Failed(_) => ForwardFailure::Unknown(Error::TimeoutDueToConnectionLost),
+                };
                 for tx in txs {
-                    let _ = tx.send(Err(classify(&s)));
+                    let _ = tx.send(Err(failure()));
                 }
             }
         }

@@ -13,19 +13,15 @@
 //! - `read`: the shared read-index rounds behind [`Router::read_barrier`];
 //! - `waiters`: forwarded writes waiting for this member's own apply of them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb as pb;
-use cairn_proto::peer::peer_client::PeerClient;
 use cairn_proto::peer::{forward_reply, forward_request, ForwardReply, ForwardRequest};
 use cairn_raft::{LogId, RaftNode};
 use cairn_state::{Response, Store};
 use cairn_types::{Error, Limits};
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
 use forward::{forward_loop, ForwardFailure, ForwardJob};
@@ -69,7 +65,6 @@ pub struct Router {
     pub metrics: Arc<Metrics>,
     /// Forwarded writes waiting for this member's apply (etcd's wait registry).
     waiters: Arc<Waiters>,
-    peers: Mutex<HashMap<u64, (String, PeerClient<Channel>)>>,
     read_index_tx: mpsc::Sender<oneshot::Sender<Result<LogId, Error>>>,
     forward_tx: mpsc::Sender<ForwardJob>,
     propose_tx: mpsc::Sender<ProposeJob>,
@@ -96,7 +91,6 @@ impl Router {
             node,
             metrics,
             waiters,
-            peers: Mutex::new(HashMap::new()),
             read_index_tx: tx,
             forward_tx: ftx,
             propose_tx: ptx,
