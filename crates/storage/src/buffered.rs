@@ -24,11 +24,11 @@
 //!   cache bounded in bytes ([`BufferLimits::read_cache_bytes`]): a GET of a key the buffer does
 //!   not hold was a redb B-tree walk, 30 % of a node's CPU under `redis-benchmark --cluster -t
 //!   get -P 16` (BENCHMARKS.md). A cached value is the engine's as of the flush count it was read
-//!   under (`Cached::flushes`). Before the count moves on, a flush caches each key it wrote
-//!   with the new value, under the new count; and a value read from the engine is cached only
-//!   under the current count. So a cached value stays the engine's value from its count until
-//!   now, and a reader uses it only if its own view is at that count or later. A reader whose
-//!   layers hold the key never asks the engine.
+//!   under (`Cached::flushes`). Before the count moves on, a flush gives each key it wrote
+//!   that the cache holds the new value, under the new count; and a value read from the engine
+//!   is cached only under the current count. So a cached value stays the engine's value from
+//!   its count until now, and a reader uses it only if its own view is at that count or later.
+//!   A reader whose layers hold the key never asks the engine.
 //! - [`Engine::sync`] writes out everything buffered, then syncs the engine: what was written
 //!   before it is durable after it, as the trait says. A write with [`WriteOp::Clear`] first
 //!   writes out the buffer and then goes to the engine as is, under the lock.
@@ -178,20 +178,22 @@ impl ReadCache {
         }
     }
 
-    /// Before flush count `next` is made current: each key `layer` wrote gets the value the
-    /// flush wrote, as of `next` (readers of older views no longer use it); with no layer,
-    /// every key goes.
+    /// Before flush count `next` is made current: each key `layer` wrote that is cached now
+    /// gets the value the flush wrote, as of `next` (readers of older views no longer use it);
+    /// with no layer, every key goes.
     ///
-    /// Every written key is cached, not only those cached already: a key read soon after it
-    /// was written (a cache filled, then read) is then found here instead of in redb. New keys
-    /// enter the cache's cold part, so a write-heavy load does not push out keys read often.
+    /// Only keys cached now: caching every written key (tried on 2026-12-06) made a flush a
+    /// fifth more expensive (quick_cache's inserts and evictions: 21 % of the flush thread's
+    /// samples, 8 % of a node's CPU under `redis-benchmark -t set -P 16`) and did not move GET
+    /// figures. A key read often stays warm across the flushes of its writes.
     fn flushed(&self, layer: Option<&Layer>, next: u64) {
         let mut current = self.filling_under.write();
         match layer {
             Some(l) => {
                 for (k, v) in l.tables[slot(Table::Kv)].iter() {
-                    // A value too heavy for the cache is not kept, and the key's old one goes.
-                    self.map.insert(k.clone(), Cached { flushes: next, value: v.clone() });
+                    // Refused when the key is not cached (nothing stale stays) or when the value
+                    // is too heavy for the cache, in which case quick_cache drops the old one.
+                    let _ = self.map.replace(k.clone(), Cached { flushes: next, value: v.clone() }, true);
                 }
             }
             None => self.map.clear(),
