@@ -34,8 +34,9 @@ fn put(key: &str, value: &str) -> Option<Fq> {
     Some(Fq::Put(pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }))
 }
 
-/// Sends `req` as the members do now: one request of a forwarded batch (message kind 8 of
-/// the meta group, `u64::MAX`) on the range transport's `Ranges/Batch` call; its own result.
+/// Sends `req` as one request of a forwarded batch (message kind 8 of the meta group,
+/// `u64::MAX`), the message members send on the range transport's stream, here on its
+/// `Ranges/Batch` call; its own result.
 async fn forward_batched(
     r: &mut RangesClient<Channel>,
     req: ForwardRequest,

@@ -283,6 +283,8 @@ async fn forward_without_token(pki: &Pki, peer_urls: &[String], cluster: u64) ->
         let mut req = tonic::Request::new(RangeBatchRequest { messages: vec![msg] });
         req.metadata_mut().insert("x-etcd-cluster-id", format!("{cluster:x}").parse().unwrap());
         let reply = RangesClient::new(ch).batch(req).await.expect("a batch on the range transport").into_inner();
+        assert_eq!(reply.results.len(), 1, "{reply:?}");
+        assert_eq!(reply.results[0].error, "", "the meta group takes forwarded batches");
         let data = &reply.results[0].data;
         match ForwardBatchReply::decode(&data[..]).expect("a forwarded batch's answer").results[0].result.clone() {
             Some(R::Reply(_)) => batched += 1,

@@ -119,6 +119,10 @@ impl PeerService {
     }
 }
 
+/// The most requests one forwarded batch on the range transport may hold (members send at most
+/// 512).
+const FORWARD_BATCH_REQUESTS_MAX: usize = 4096;
+
 /// A forwarded batch's answer: one result per request, in order, an error as its gRPC status.
 async fn forward_batch(handler: &dyn PeerHandler, reqs: Vec<ForwardRequest>, sender: Sender) -> ForwardBatchReply {
     let results = handler
@@ -369,9 +373,23 @@ impl MetaReceiver {
             Some(Kind::Forward) => {
                 let handler = self.handler.get().cloned();
                 async move {
+                    // The bounds of a `Peer/ForwardBatch` call (members send far smaller ones).
+                    if data.len() > crate::network::PEER_MESSAGE_BYTES_MAX {
+                        return Err(format!(
+                            "forwarded batch of {} bytes refused: at most {} bytes",
+                            data.len(),
+                            crate::network::PEER_MESSAGE_BYTES_MAX
+                        ));
+                    }
                     let reqs = <ForwardBatchRequest as prost::Message>::decode(&data[..])
                         .map_err(|e| format!("bad forwarded batch: {e}"))?
                         .requests;
+                    if reqs.len() > FORWARD_BATCH_REQUESTS_MAX {
+                        return Err(format!(
+                            "forwarded batch of {} requests refused: at most {FORWARD_BATCH_REQUESTS_MAX}",
+                            reqs.len()
+                        ));
+                    }
                     let reply = match handler {
                         Some(h) => forward_batch(&*h, reqs, sender).await,
                         // As the `Peer/ForwardBatch` call answers before the services exist.

@@ -154,8 +154,8 @@ impl quick_cache::Weighter<Bytes, Cached> for CachedWeight {
 /// weight, with CLOCK-Pro eviction (a scan does not flush out the hot keys).
 struct ReadCache {
     map: quick_cache::sync::Cache<Bytes, Cached, CachedWeight>,
-    /// The flush count values are cached under. A flush caches the keys it wrote under the
-    /// write lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
+    /// The flush count values are cached under. A flush refreshes the cached keys it wrote under
+    /// the write lock, which then moves it on; a fill holds the read lock (or gives up, never waits).
     filling_under: parking_lot::RwLock<u64>,
 }
 

@@ -18,7 +18,9 @@
 //! waits for its commit, which must not hold up the Raft messages that commit it, nor reads.
 //! Batching them matters: a node proxying a pipeline sends the leaders several requests per
 //! pipeline, and as calls of their own their HTTP/2 streams cost more than the requests
-//! (BENCHMARKS.md, "forwarded requests share the batches").
+//! (BENCHMARKS.md, "forwarded requests share the batches"). etcd requests forwarded to the meta
+//! group's leader ([`Kind::Forward`]) have a lane of their own as well: the meta group's
+//! commits must not hold up the ranges' forwarded writes, nor theirs the meta group's.
 //!
 //! The receiving side is [`RangeHandler`]: the node's [`crate::range::RangeHost`] answers each
 //! message of a batch concurrently.
@@ -125,12 +127,15 @@ pub enum CallError {
     NotSent(String),
     /// It may have reached the node.
     Failed(String),
+    /// The node answered it with an error of its own (the receiver's handler refused it; what
+    /// that means depends on the message's kind).
+    Refused(String),
 }
 
 impl CallError {
     pub fn message(self) -> String {
         match self {
-            CallError::NotSent(m) | CallError::Failed(m) => m,
+            CallError::NotSent(m) | CallError::Failed(m) | CallError::Refused(m) => m,
         }
     }
 }
@@ -147,6 +152,9 @@ pub enum Lane {
     Writes = 2,
     /// Whole snapshots, each a `Ranges/Batch` call of its own.
     Snapshots = 3,
+    /// etcd requests forwarded to the meta group's leader ([`Kind::Forward`]): answered when
+    /// the meta group has run them.
+    Forwards = 4,
 }
 
 /// One lane's queue to a node.
@@ -160,7 +168,7 @@ struct LaneQueue {
 struct PeerQueue {
     /// For the node's figures, asked for by calls of their own.
     client: RangesClient<Channel>,
-    lanes: [LaneQueue; 4],
+    lanes: [LaneQueue; 5],
 }
 
 /// Queues by target node and its peer URL (a node that moved gets a new queue).
@@ -221,7 +229,7 @@ impl Mux {
             LaneQueue { tx, budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX / 1024)) }
         };
         let stream = || Way::Stream(Arc::new(BatchStream::new(client.clone())));
-        let lanes = [stream(), stream(), stream(), Way::Calls(client.clone())].map(lane);
+        let lanes = [stream(), stream(), stream(), Way::Calls(client.clone()), stream()].map(lane);
         let q = Arc::new(PeerQueue { client, lanes });
         peers.insert((target, url), q.clone());
         Some(q)
@@ -256,8 +264,8 @@ impl Mux {
             Ok(b) => postcard::from_bytes(&b)
                 .unwrap_or_else(|e| Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
             Err(CallError::NotSent(e)) => Outcome::Unavailable(e),
-            Err(CallError::Failed(e)) if read => Outcome::Unavailable(e),
-            Err(CallError::Failed(e)) => Outcome::Unknown(e),
+            Err(CallError::Failed(e) | CallError::Refused(e)) if read => Outcome::Unavailable(e),
+            Err(CallError::Failed(e) | CallError::Refused(e)) => Outcome::Unknown(e),
         }
     }
 
@@ -277,7 +285,7 @@ impl Mux {
         match self.execute_call(target, node, req, timeout).await {
             Ok(b) => postcard::from_bytes(&b)
                 .unwrap_or_else(|e| Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}")))),
-            Err(CallError::NotSent(e) | CallError::Failed(e)) => Err(Outcome::Unavailable(e)),
+            Err(CallError::NotSent(e) | CallError::Failed(e) | CallError::Refused(e)) => Err(Outcome::Unavailable(e)),
         }
     }
 
@@ -305,13 +313,14 @@ impl Mux {
                 Err(e) => all(Outcome::Unknown(format!("undecodable answer from node {target:x}: {e}"))),
             },
             Err(CallError::NotSent(e)) => all(Outcome::Unavailable(e)),
-            Err(CallError::Failed(e)) => all(Outcome::Unknown(e)),
+            Err(CallError::Failed(e) | CallError::Refused(e)) => all(Outcome::Unknown(e)),
         }
     }
 
     /// Sends a batch of etcd requests to `target`, the meta group's leader (see
-    /// `PeerHandler::forward_batch`): they share the batches and the stream of the ranges'
-    /// messages instead of an HTTP/2 call each.
+    /// `PeerHandler::forward_batch`), as a message of the [`Lane::Forwards`] stream instead of
+    /// an HTTP/2 call of its own. Within `ttl` in all: a batch that cannot be queued in time
+    /// (the lane's byte budget is spent) is not sent.
     pub async fn forward_meta(
         &self,
         target: u64,
@@ -320,7 +329,12 @@ impl Mux {
         ttl: Duration,
     ) -> Result<cairn_proto::peer::ForwardBatchReply, CallError> {
         let data = prost::Message::encode_to_vec(batch);
-        let b = self.send(target, node, Lane::Writes, META_GROUP, Kind::Forward, data, ttl).await?;
+        let start = std::time::Instant::now();
+        let queued = self.enqueue(target, node, Lane::Forwards, META_GROUP, Kind::Forward, data, ttl);
+        let answer = tokio::time::timeout(ttl, queued).await.map_err(|_| {
+            CallError::NotSent(format!("the transport to node {target:x} had no room within {ttl:?}"))
+        })??;
+        let b = Mux::wait(answer, target, ttl.saturating_sub(start.elapsed())).await?;
         prost::Message::decode(&b[..])
             .map_err(|e| CallError::Failed(format!("undecodable forward answer from node {target:x}: {e}")))
     }
@@ -613,7 +627,7 @@ async fn sender(way: Way, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<M
                     for (reply, _) in waiters {
                         let r = match results.next() {
                             Some(RangeResult { data, error }) if error.is_empty() => Ok(data.to_vec()),
-                            Some(RangeResult { error, .. }) => Err(CallError::Failed(error)),
+                            Some(RangeResult { error, .. }) => Err(CallError::Refused(error)),
                             None => Err(CallError::Failed(format!("the batch's answer holds {n} results, too few"))),
                         };
                         let _ = reply.send(r);

@@ -20,7 +20,7 @@ use super::Router;
 /// messages.
 const FORWARD_BATCH_MAX: usize = 512;
 /// Encoded bytes of the requests in one batch, at most (a larger request goes alone). A batch
-/// is one message of the shared peer stream, which carries the meta group's appends too.
+/// is one message of a stream shared by the batches in flight to that leader.
 const FORWARD_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 const FORWARD_BATCHES_IN_FLIGHT: usize = 4;
 
@@ -85,9 +85,8 @@ impl Router {
         let batch = ForwardBatchRequest { requests: reqs };
         let t = Instant::now();
         let ttl = deadline.saturating_duration_since(t);
-        // On the node's batched transport: with the meta group's appends and the ranges'
-        // messages to the same node, on one long-lived stream (BENCHMARKS.md, "forwarded etcd
-        // requests on the range transport").
+        // A message of the node's batched transport, on the long-lived stream of its forwards
+        // lane (BENCHMARKS.md, "forwarded etcd requests on the range transport").
         let reply = self.node.mux.forward_meta(leader, &node, &batch, ttl).await;
         self.metrics.forward_batch_seconds.observe(t.elapsed().as_secs_f64());
         match reply {
@@ -115,6 +114,10 @@ impl Router {
                 let failure = || match &e {
                     // The batch never left this member: nothing ran.
                     CallError::NotSent(_) => ForwardFailure::NotExecuted,
+                    // The leader refused the batch as a whole, before running any of it: it
+                    // could not decode it, serves no meta group, or is of a build that does not
+                    // know forwarded batches on this transport.
+                    CallError::Refused(_) => ForwardFailure::NotExecuted,
                     CallError::Failed(_) if Instant::now() >= deadline => ForwardFailure::Unknown(Error::Timeout),
                     CallError::Failed(_) => ForwardFailure::Unknown(Error::TimeoutDueToConnectionLost),
                 };

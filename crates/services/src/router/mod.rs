@@ -1,7 +1,7 @@
 //! The router: this member's view of the cluster, and where each request runs.
 //!
 //! Every member accepts every request. A write is proposed through Raft on the leader; any other
-//! member forwards it to the leader over the peer listener (`cairn.peer.Peer/Forward`). A
+//! member forwards it to the leader, in batches on the node's peer transport (`forward`). A
 //! linearizable read needs a read index from the leader (Raft's ReadIndex: the leader confirms
 //! with a quorum that it still leads); the serving member then waits until it has applied up to
 //! that index and reads its own state. Concurrent reads on one member share one read-index round.
