@@ -119,10 +119,8 @@ pub struct RaftNode {
     /// When a leader was last heard from (see [`crate::group::LeaderContact`]); the peer
     /// service records it.
     pub contact: Arc<crate::group::LeaderContact>,
-    /// One connection per peer, for everything this node sends it.
-    pub channels: crate::network::PeerChannels,
-    /// The batched transport on those connections (the meta group's messages and forwarded
-    /// etcd requests travel on it).
+    /// The batched transport on the node's one connection per peer (`mux.channels()`): the meta
+    /// group's messages and forwarded etcd requests travel on it.
     pub mux: crate::range::mux::Mux,
     _lock: File,
 }
@@ -198,7 +196,6 @@ impl RaftNode {
             wal,
             data_dir: opts.data_dir,
             contact: Default::default(),
-            channels: opts.mux.channels().clone(),
             mux: opts.mux,
             _lock: lock,
         })

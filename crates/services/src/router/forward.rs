@@ -112,12 +112,10 @@ impl Router {
             }
             Err(e) => {
                 let failure = || match &e {
-                    // The batch never left this member: nothing ran.
-                    CallError::NotSent(_) => ForwardFailure::NotExecuted,
-                    // The leader refused the batch as a whole, before running any of it: it
-                    // could not decode it, serves no meta group, or is of a build that does not
-                    // know forwarded batches on this transport.
-                    CallError::Refused(_) => ForwardFailure::NotExecuted,
+                    // Nothing ran: the batch never left this member, or the leader refused it as
+                    // a whole before running any of it (it could not decode it, serves no meta
+                    // group, or is of a build that does not know forwarded batches here).
+                    CallError::NotSent(_) | CallError::Refused(_) => ForwardFailure::NotExecuted,
                     CallError::Failed(_) if Instant::now() >= deadline => ForwardFailure::Unknown(Error::Timeout),
                     CallError::Failed(_) => ForwardFailure::Unknown(Error::TimeoutDueToConnectionLost),
                 };
