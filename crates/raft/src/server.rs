@@ -160,7 +160,12 @@ pub fn free_disk_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 
 /// Whether `more` bytes may still be written under `dir` leaving `reserve` free.
 fn check_disk(dir: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<()> {
-    let free = free_disk_bytes(dir)?;
+    disk_verdict(dir, free_disk_bytes(dir)?, more, reserve)
+}
+
+/// [`check_disk`]'s decision, given the free bytes measured (apart, so that it is tested with exact
+/// figures: a disk's free space moves under a test while others run beside it).
+fn disk_verdict(dir: &std::path::Path, free: u64, more: u64, reserve: u64) -> std::io::Result<()> {
     if free < more.saturating_add(reserve) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::StorageFull,
@@ -502,14 +507,20 @@ mod tests {
     #[test]
     fn a_snapshot_needs_free_disk_space_beyond_the_reserve() {
         let d = tempfile::tempdir().unwrap();
-        let free = free_disk_bytes(d.path()).unwrap();
-        assert!(free > 0);
+        assert!(free_disk_bytes(d.path()).unwrap() > 0);
         check_disk(d.path(), 0, 0).expect("nothing needed");
-        let e = check_disk(d.path(), free, 1).unwrap_err();
+        // No disk here has 2^63 bytes free, whatever other tests write or delete meanwhile.
+        let e = check_disk(d.path(), 1 << 63, 0).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
         assert!(e.to_string().contains("not enough free disk space"), "{e}");
-        let e = check_disk(d.path(), 0, free.saturating_add(1)).unwrap_err();
+        let e = check_disk(d.path(), 0, 1 << 63).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "the reserve counts");
+        // The boundary, with exact figures.
+        let free = 1000;
+        disk_verdict(d.path(), free, 600, 400).expect("exactly enough");
+        assert!(disk_verdict(d.path(), free, 601, 400).is_err(), "one byte short");
+        assert!(disk_verdict(d.path(), free, 600, 401).is_err(), "one byte of reserve short");
+        assert!(disk_verdict(d.path(), free, u64::MAX, 1).is_err(), "no overflow");
     }
 
     #[test]
