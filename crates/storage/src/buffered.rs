@@ -289,6 +289,21 @@ impl Inner {
         Self::failed(st)
     }
 
+    /// Whether a write would wait for the flush in flight: `filling` is full meanwhile.
+    fn full(&self, st: &State) -> bool {
+        st.flushing.is_some() && st.failed.is_none() && st.filling.full(self.limits)
+    }
+
+    /// Back-pressure: a second full buffer waits for the first to reach the engine. (Letting
+    /// it grow past the limit meanwhile made the next buffer in flight that much larger too:
+    /// a test saw four times the limit held.)
+    fn wait_for_room(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+        while self.full(st) {
+            self.flushed.wait(st);
+        }
+        Self::failed(st)
+    }
+
     fn count_buffered(&self, st: &State) {
         let bytes = st.filling.bytes + st.flushing.as_ref().map_or(0, |l| l.bytes);
         self.stats.buffered_bytes.store(bytes, Ordering::Relaxed);
@@ -393,13 +408,7 @@ impl Engine for BufferedEngine {
             inner.count_buffered(&st);
             return out;
         }
-        // Back-pressure: a second full buffer waits for the first to reach the engine. (Letting
-        // it grow past the limit meanwhile made the next buffer in flight that much larger too:
-        // a test saw four times the limit held.)
-        while st.flushing.is_some() && st.failed.is_none() && st.filling.full(inner.limits) {
-            inner.flushed.wait(&mut st);
-        }
-        Inner::failed(&st)?;
+        inner.wait_for_room(&mut st)?;
         for op in batch.ops {
             match op {
                 WriteOp::Put { table, key, value } => st.filling.change(table, key, Some(value)),
@@ -428,6 +437,14 @@ impl Engine for BufferedEngine {
     fn sync(&self) -> Result<()> {
         self.inner.flush_now()?;
         self.inner.base.sync()
+    }
+
+    fn is_full(&self) -> bool {
+        self.inner.full(&self.inner.state.lock())
+    }
+
+    fn wait_for_room(&self) -> Result<()> {
+        self.inner.wait_for_room(&mut self.inner.state.lock())
     }
 
     /// The engine's size plus what the buffer holds for it.
@@ -754,5 +771,72 @@ mod tests {
         e.sync().unwrap();
         assert_eq!(everything(&*base.reader().unwrap()).len(), 1000);
         assert_eq!(e.stats().buffered_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// An engine whose writes wait until the gate opens.
+    struct Gated {
+        inner: MemEngine,
+        open: parking_lot::Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Engine for Gated {
+        fn reader(&self) -> Result<Box<dyn Reader + Send + Sync>> {
+            self.inner.reader()
+        }
+        fn write(&self, batch: WriteBatch) -> Result<()> {
+            let mut open = self.open.lock();
+            while !*open {
+                self.opened.wait(&mut open);
+            }
+            self.inner.write(batch)
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn live_bytes(&self) -> u64 {
+            self.inner.live_bytes()
+        }
+        fn defragment(&self) -> Result<(u64, u64)> {
+            self.inner.defragment()
+        }
+    }
+
+    /// A caller that must not block (an async runtime's thread) can tell that a write would
+    /// wait for the flush in flight, and wait for room elsewhere.
+    #[test]
+    fn a_write_that_would_wait_for_the_flush_is_told_and_can_wait_for_room() {
+        let base = Arc::new(Gated { inner: MemEngine::new(), open: Default::default(), opened: Condvar::new() });
+        let e = Arc::new(BufferedEngine::new(
+            base.clone(),
+            BufferLimits { bytes: 1 << 30, entries: 2, ..Default::default() },
+        ));
+        let put = |k: &[u8]| {
+            let mut wb = WriteBatch::new();
+            wb.put(Table::Kv, k.to_vec(), b"v".to_vec());
+            e.write(wb).unwrap();
+        };
+        put(b"a");
+        assert!(!e.is_full());
+        put(b"b"); // full: goes to the engine, whose write waits at the gate
+        assert!(!e.is_full(), "room in the next buffer");
+        put(b"c");
+        put(b"d");
+        assert!(e.is_full(), "the next buffer is full while the first is in flight");
+        let waiter = {
+            let e = e.clone();
+            std::thread::spawn(move || e.wait_for_room())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "room before the flush in flight ended");
+        *base.open.lock() = true;
+        base.opened.notify_all();
+        waiter.join().unwrap().unwrap();
+        assert!(!e.is_full());
+        e.sync().unwrap();
+        assert_eq!(everything(&*base.reader().unwrap()).len(), 4);
     }
 }

@@ -135,6 +135,19 @@ pub trait Engine: Send + Sync + 'static {
     /// fails with [`crate::Error::Busy`] while a reader opened earlier is still alive.
     fn defragment(&self) -> Result<(u64, u64)>;
 
+    /// Whether a write now would wait for the engine: a write buffer that is full while its
+    /// previous batch is still being written out ([`crate::BufferedEngine`]). A caller on an
+    /// async runtime first waits for room with [`Engine::wait_for_room`] off the runtime's
+    /// threads, so that the wait does not stall every other task of that thread.
+    fn is_full(&self) -> bool {
+        false
+    }
+
+    /// Blocks until a write would not wait (see [`Engine::is_full`]), or the engine failed.
+    fn wait_for_room(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Convenience: a point read through a fresh reader.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.reader()?.get(table, key)

@@ -762,8 +762,11 @@ impl RangeHost {
     }
 
     async fn start(&self, id: RangeId, desc: Option<RangeDesc>) -> io::Result<Arc<RangeReplica>> {
-        let sm =
-            RangeStateMachine::open(self.engine.clone(), self.applier.clone(), id, desc, Some(self.events.clone()))?;
+        // It may write and sync the engine (a flush of its write buffer): off the runtime.
+        let (engine, applier, events) = (self.engine.clone(), self.applier.clone(), self.events.clone());
+        let sm = tokio::task::spawn_blocking(move || RangeStateMachine::open(engine, applier, id, desc, Some(events)))
+            .await
+            .map_err(io_err)??;
         let net = RangeNetwork { group: id, mux: self.mux.clone() };
         let log = RangeLog::new(self.log.clone(), id);
         // State with an applied position over an empty log (a range made by a split, or a
@@ -822,7 +825,10 @@ impl RangeHost {
         if let (Some(v), None) = (voters, &stored) {
             let ids: std::collections::BTreeSet<u64> = v.keys().copied().collect();
             let m = openraft::Membership::new(vec![ids], v).map_err(io_err)?;
-            RangeStateMachine::write_start(&*self.engine, &desc, m)?;
+            let (engine, start) = (self.engine.clone(), desc.clone());
+            tokio::task::spawn_blocking(move || RangeStateMachine::write_start(&*engine, &start, m))
+                .await
+                .map_err(io_err)??;
         }
         self.start(desc.id, Some(desc)).await
     }
@@ -846,9 +852,22 @@ impl RangeHost {
         // Keys another replica here holds stay (a merged range's keys are its left
         // neighbour's now).
         let others: Vec<RangeDesc> = self.replicas().iter().map(|o| o.sm.desc()).collect();
+        // A scan of the range and a sync of the engine (a flush of its write buffer, seconds
+        // under load): on a blocking thread, not one of the runtime's.
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, id, &desc, &others))
+            .await
+            .map_err(io_err)??;
+        self.log.clean(id).await?;
+        tracing::info!(range = id, "range replica removed from this node");
+        Ok(())
+    }
+
+    /// Deletes range `id`'s keys (but those in `others`) and its state from `engine`, durably.
+    fn delete_replica(engine: &dyn Engine, id: RangeId, desc: &RangeDesc, others: &[RangeDesc]) -> io::Result<()> {
         let mut wb = cairn_storage::WriteBatch::new();
         {
-            let reader = self.engine.reader().map_err(io_err)?;
+            let reader = engine.reader().map_err(io_err)?;
             let end = if desc.end.is_empty() { Bound::Unbounded } else { Bound::Excluded(desc.end.as_slice()) };
             reader
                 .scan(Table::Kv, Bound::Included(desc.start.as_slice()), end, &mut |k, _| {
@@ -873,11 +892,8 @@ impl RangeHost {
                 )
                 .map_err(io_err)?;
         }
-        self.engine.write(wb).map_err(io_err)?;
-        self.engine.sync().map_err(io_err)?;
-        self.log.clean(id).await?;
-        tracing::info!(range = id, "range replica removed from this node");
-        Ok(())
+        engine.write(wb).map_err(io_err)?;
+        engine.sync().map_err(io_err)
     }
 
     pub fn get(&self, id: RangeId) -> Option<Arc<RangeReplica>> {
@@ -1476,7 +1492,7 @@ impl RangeHandler for RangeHost {
                 let (vote, meta, bytes): (Vote, SnapshotMeta, serde_bytes::ByteBuf) = decode(data)?;
                 let snapshot = openraft::alias::SnapshotOf::<RangeConfig, SnapshotBytes> {
                     meta,
-                    snapshot: std::io::Cursor::new(bytes.into_vec()),
+                    snapshot: SnapshotBytes::Encoded(bytes.into_vec()),
                 };
                 reply(r.raft.install_full_snapshot(vote, snapshot).await)
             }

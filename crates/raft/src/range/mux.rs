@@ -720,7 +720,12 @@ impl RaftNetworkV2<RangeConfig> for RangeConn {
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<RangeConfig>, StreamingError<RangeConfig>> {
-        let data = snapshot.snapshot.into_inner();
+        // Read and encoded now (see `SnapshotBytes`), off the runtime's threads.
+        let data = match tokio::task::spawn_blocking(move || snapshot.snapshot.into_bytes()).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::from_string(e))),
+            Err(e) => return Err(StreamingError::Network(NetworkError::from_string(e))),
+        };
         let stats = self.mux.stats();
         stats.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.snapshot_bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -11,7 +11,7 @@
 //! at `--range-split-bytes`) and refused past [`SNAPSHOT_BYTES_MAX`].
 
 use std::collections::BTreeMap;
-use std::io::{self, Cursor};
+use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -27,8 +27,40 @@ use crate::range::types::{
     StoredMembership,
 };
 
-/// A snapshot's data: its encoded bytes.
-pub type SnapshotBytes = Cursor<Vec<u8>>;
+/// A range snapshot's data, as openraft carries it: encoded bytes, or a view of the range not
+/// encoded yet.
+///
+/// Why a view: openraft asks for the current snapshot twice whenever a replica starts (every
+/// range at start-up, the new range of each split), keeps only its meta, and asks again only
+/// to send it to a follower. Built eagerly, each ask was a sync of the data engine (a flush of
+/// its write buffer to redb) and a scan and encoding of the range: under `redis-benchmark -t set
+/// -P 16` on a fresh cluster, the splits by load made that a third of the nodes' CPU
+/// (BENCHMARKS.md). A view is an engine reader and the descriptor it holds; its keys are read
+/// and encoded ([`SnapshotBytes::into_bytes`]) only when the snapshot is sent.
+pub enum SnapshotBytes {
+    /// Encoded: received from a leader, or empty (what building a snapshot answers: its meta).
+    Encoded(Vec<u8>),
+    /// The range as `reader` holds it, `desc` being the descriptor the reader holds.
+    View { id: RangeId, desc: RangeDesc, reader: Box<dyn Reader + Send + Sync> },
+}
+
+impl SnapshotBytes {
+    /// The encoded snapshot: the range's keys with a CRC-32C. A view is read and encoded here,
+    /// a scan of the range: call it from a blocking context.
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        let (id, desc, reader) = match self {
+            SnapshotBytes::Encoded(b) => return Ok(b),
+            SnapshotBytes::View { id, desc, reader } => (id, desc, reader),
+        };
+        let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
+            io_err(format!("range {id} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)"))
+        })?;
+        let mut data = encode(&RangeSnapshot { desc, pairs });
+        let crc = crc32c::crc32c(&data);
+        data.extend_from_slice(&crc.to_be_bytes());
+        Ok(data)
+    }
+}
 
 /// Largest range snapshot built or accepted.
 pub const SNAPSHOT_BYTES_MAX: usize = 512 * 1024 * 1024;
@@ -376,28 +408,26 @@ impl RangeStateMachine {
         engine.sync().map_err(io_err)?;
         let meta = self.meta_of(&*reader)?;
         self.inner.state.lock().has_snapshot = true;
-        Ok(Snapshot { meta, snapshot: Cursor::new(Vec::new()) })
+        Ok(Snapshot { meta, snapshot: SnapshotBytes::Encoded(Vec::new()) })
     }
 
-    /// The range's snapshot as of now, for a follower: its keys with a CRC-32C, and the meta
-    /// the same reader holds (durable first, as [`Self::mark_snapshot`] does).
+    /// The range's snapshot as of now: the meta a reader holds, and that reader as the data,
+    /// encoded only if the snapshot is sent ([`SnapshotBytes`]).
+    ///
+    /// Not synced, unlike [`Self::mark_snapshot`]: openraft keeps this meta only as its
+    /// snapshot when the replica starts, and then the replica has applied nothing yet, so its
+    /// state is what the engine held at open (durable) or what a split just wrote (the first
+    /// state of the new range, behind which there is no log to purge). Sent to a follower,
+    /// it is the follower that makes it durable before its log is cut.
     fn snapshot(&self) -> io::Result<Snapshot> {
-        let engine = &self.inner.engine;
-        let reader = engine.reader().map_err(io_err)?;
-        engine.sync().map_err(io_err)?;
+        let reader = self.inner.engine.reader().map_err(io_err)?;
         // The descriptor the reader holds: a split applied since has not cut its keys.
         let desc = match reader.get(Table::Meta, &meta_key(self.inner.id, DESC)).map_err(io_err)? {
             Some(b) => decode(&b, "a range descriptor")?,
             None => self.desc(),
         };
-        let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
-            io_err(format!("range {} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)", self.inner.id))
-        })?;
         let meta = self.meta_of(&*reader)?;
-        let mut data = encode(&RangeSnapshot { desc, pairs });
-        let crc = crc32c::crc32c(&data);
-        data.extend_from_slice(&crc.to_be_bytes());
-        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+        Ok(Snapshot { meta, snapshot: SnapshotBytes::View { id: self.inner.id, desc, reader } })
     }
 
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
@@ -476,6 +506,15 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         }
         if items.is_empty() {
             return Ok(());
+        }
+        if self.inner.engine.is_full() {
+            // The write below would block this thread until the engine's write buffer has
+            // room, a flush into redb that takes up to seconds under load, and with it every
+            // task of this runtime thread: the meta group's heartbeats among them (a loaded
+            // node's members then lost the meta group's leadership every few seconds). So the
+            // wait is on a blocking thread; this group waits without holding a worker.
+            let engine = self.inner.engine.clone();
+            tokio::task::spawn_blocking(move || engine.wait_for_room()).await.map_err(io_err)?.map_err(io_err)?;
         }
         let id = self.inner.id;
         let engine = &self.inner.engine;
@@ -633,7 +672,7 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotBytes) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || this.install(&meta, snapshot.into_inner())).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || this.install(&meta, snapshot.into_bytes()?)).await.map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
@@ -642,5 +681,67 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.snapshot()).await.map_err(io_err)?.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::{BufferLimits, BufferedEngine, MemEngine};
+    use std::sync::atomic::Ordering;
+
+    /// Applies nothing: these tests write the engine themselves.
+    struct Nothing;
+
+    impl Applier for Nothing {
+        fn apply(&self, _: &RangeDesc, _: &mut dyn DataWrite, _: u64, _: &[u8]) -> io::Result<RangeReply> {
+            Ok(RangeReply::default())
+        }
+        fn read(&self, _: &RangeDesc, _: &dyn DataView, _: &[u8], _: u64) -> io::Result<RangeReply> {
+            Ok(RangeReply::default())
+        }
+    }
+
+    fn put(engine: &dyn Engine, key: &[u8], value: &[u8]) {
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Kv, key.to_vec(), value.to_vec());
+        engine.write(wb).unwrap();
+    }
+
+    /// openraft asks for the current snapshot whenever a replica starts and keeps only its meta:
+    /// that ask neither flushes the engine's write buffer nor reads the range; sent later, the
+    /// snapshot holds the range as it was when asked, not as it is when sent.
+    #[tokio::test]
+    async fn the_current_snapshot_is_read_only_when_sent() {
+        let buffer = Arc::new(BufferedEngine::new(Arc::new(MemEngine::new()), BufferLimits::default()));
+        let engine: Arc<dyn Engine> = buffer.clone();
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
+        let mut sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        put(&*engine, b"a", b"outside");
+        put(&*engine, b"c", b"1");
+        put(&*engine, b"x", b"2");
+        let flushes = buffer.stats().flushes.load(Ordering::Relaxed);
+
+        let snap = sm.get_current_snapshot().await.unwrap().expect("a started range has a snapshot");
+        assert_eq!(snap.meta.last_log_id, Some(split_start()));
+        assert_eq!(buffer.stats().flushes.load(Ordering::Relaxed), flushes, "asking flushed the write buffer");
+        assert!(matches!(snap.snapshot, SnapshotBytes::View { .. }), "asking read the range");
+
+        // Written after the ask: not in the snapshot.
+        put(&*engine, b"d", b"3");
+        put(&*engine, b"c", b"changed");
+        let bytes = snap.snapshot.into_bytes().unwrap();
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        assert_eq!(crc32c::crc32c(body).to_be_bytes(), crc);
+        let decoded: RangeSnapshot = decode(body, "a range snapshot").unwrap();
+        assert_eq!(decoded.desc, desc);
+        let pairs: Vec<(&[u8], &[u8])> = decoded.pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        assert_eq!(pairs, vec![(&b"c"[..], &b"1"[..]), (b"x", b"2")]);
+
+        // Encoded bytes pass through as they are.
+        assert_eq!(SnapshotBytes::Encoded(vec![1, 2]).into_bytes().unwrap(), vec![1, 2]);
     }
 }
