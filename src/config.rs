@@ -190,6 +190,15 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_BACKEND_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub backend_cache_bytes: usize,
 
+    /// Memory for the data tier's engine page cache (redb's, of the node's one data file), in
+    /// bytes. A write buffer's flush rewrites the B-tree pages its keys fall in: a page not
+    /// cached is read from the file first, so with data sets larger than this cache flushes
+    /// slow down and writes wait for them (under 1 KB SETs to 900 MB per node, p99 was
+    /// 0.7-0.9 s with 256 MiB and 0.1-0.3 s with 1 GiB; BENCHMARKS.md). Filled as pages are
+    /// used, so a small data set does not take it all.
+    #[arg(long, env = "CAIRN_RANGE_ENGINE_CACHE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub range_engine_cache_bytes: usize,
+
     /// Memory for the data tier's read cache, in bytes: values its ranges read from the data
     /// engine (keys, values and about 100 bytes each), so that a GET of a key read before
     /// skips the engine's B-tree. 0 turns it off. Counted in `cairn_range_read_cache_bytes`.

@@ -352,7 +352,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             },
             snapshot_count: a.snapshot_count,
             unsafe_no_fsync,
-            engine_cache_bytes: a.backend_cache_bytes,
+            engine_cache_bytes: a.range_engine_cache_bytes,
             engine_buffer: cairn_storage::BufferLimits {
                 bytes: a.backend_batch_bytes,
                 read_cache_bytes: a.range_read_cache_bytes,

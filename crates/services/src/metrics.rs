@@ -85,6 +85,9 @@ pub struct Metrics {
     range_engine_flushes: Gauge,
     range_read_cache_bytes: Gauge,
     range_read_cache_hits: Gauge,
+    range_engine_cache_bytes: Gauge,
+    range_engine_cache_misses: Gauge,
+    range_engine_cache_evictions: Gauge,
     range_read_cache_misses: Gauge,
     range_read_rounds: Gauge,
     range_reads_leased: Gauge,
@@ -153,6 +156,9 @@ impl Metrics {
             range_engine_flushes: Gauge::default(),
             range_read_cache_bytes: Gauge::default(),
             range_read_cache_hits: Gauge::default(),
+            range_engine_cache_bytes: Gauge::default(),
+            range_engine_cache_misses: Gauge::default(),
+            range_engine_cache_evictions: Gauge::default(),
             range_read_cache_misses: Gauge::default(),
             range_read_rounds: Gauge::default(),
             range_reads_leased: Gauge::default(),
@@ -291,6 +297,21 @@ impl Metrics {
             m.range_read_cache_bytes.clone(),
         );
         r.register(
+            "cairn_range_engine_cache_bytes",
+            "Bytes of the data file's pages the data engine's page cache holds (--range-engine-cache-bytes bounds it)",
+            m.range_engine_cache_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_engine_cache_misses",
+            "Pages the data engine read from its file because its page cache did not hold them",
+            m.range_engine_cache_misses.clone(),
+        );
+        r.register(
+            "cairn_range_engine_cache_evictions",
+            "Pages the data engine's page cache dropped to make room",
+            m.range_engine_cache_evictions.clone(),
+        );
+        r.register(
             "cairn_range_read_cache_hits",
             "Reads of the data engine answered by the read cache",
             m.range_read_cache_hits.clone(),
@@ -418,6 +439,10 @@ impl Metrics {
             self.range_engine_flushes.set(get(&eb.flushes));
             self.range_read_cache_bytes.set(host.read_cache_bytes() as i64);
             self.range_read_cache_hits.set(get(&eb.cache_hits));
+            let pc = host.engine_page_cache();
+            self.range_engine_cache_bytes.set(pc.used_bytes as i64);
+            self.range_engine_cache_misses.set(pc.read_misses as i64);
+            self.range_engine_cache_evictions.set(pc.evictions as i64);
             self.range_read_cache_misses.set(get(&eb.cache_misses));
             let rs = host.read_stats();
             self.range_read_rounds.set(get(&rs.rounds));

@@ -35,7 +35,7 @@ pub use buffered::{BufferLimits, BufferStats, BufferedEngine, CACHED_OVERHEAD_BY
 pub use engine::{Engine, Reader, Table, WriteBatch, WriteOp};
 pub use mem::MemEngine;
 pub use overlay::scan_overlaid;
-pub use redb_engine::RedbEngine;
+pub use redb_engine::{PageCacheStats, RedbEngine};
 
 /// Storage errors. `Corruption` is fatal for the node: it must stop rather than serve data it
 /// cannot trust.

@@ -83,7 +83,22 @@ pub struct RedbEngine {
     readers: Mutex<ReaderCache>,
 }
 
+/// redb's page cache: what it holds and how often a page had to be read from the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageCacheStats {
+    pub used_bytes: u64,
+    pub read_misses: u64,
+    pub evictions: u64,
+}
+
 impl RedbEngine {
+    /// The page cache's figures (for metrics: a cache too small for the data set shows as
+    /// misses and evictions).
+    pub fn page_cache(&self) -> PageCacheStats {
+        let s = self.db.read().cache_stats();
+        PageCacheStats { used_bytes: s.used_bytes() as u64, read_misses: s.read_misses(), evictions: s.evictions() }
+    }
+
     /// Opens (or creates) the engine file. redb repairs itself after an unclean shutdown and
     /// verifies its page checksums while doing so; a file it cannot trust is an error.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {

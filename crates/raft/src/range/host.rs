@@ -228,11 +228,15 @@ struct Measured {
     written: u64,
 }
 
-/// A replica's size is measured again at most this often, once apply changed a quarter of it
-/// (a growing range), and at most every [`SIZE_EVERY_CHANGED`] after any change; a range apply
-/// did not touch is not measured again (its epoch changing forces it). Measuring is a scan of
-/// the range: every 10 s for every range, it read a node's whole data set again and again
-/// (7 GiB per node in the 10 GiB load, which slowed as it grew).
+/// A replica's size is measured again at most this often, once apply wrote as many bytes as
+/// it held (a range that doubled, or was written over once), and at most every
+/// [`SIZE_EVERY_CHANGED`] after any change; a range apply did not touch is not measured again
+/// (its epoch changing forces it). Measuring is a scan of the range, through the engine's page
+/// cache: every 10 s for every range, it read a node's whole data set again and again (7 GiB
+/// per node in the 10 GiB load, which slowed as it grew); after a quarter of it written, it
+/// was still 29 % of a node's CPU under `redis-benchmark -d 1000 -P 16` SETs to 300 MB ranges,
+/// and it pushed the pages the engine's flushes write out of that cache (BENCHMARKS.md). Once
+/// a whole range's worth is written, the scans read at most a byte per byte written.
 const SIZE_EVERY: Duration = Duration::from_secs(10);
 const SIZE_EVERY_CHANGED: Duration = Duration::from_secs(60);
 
@@ -554,7 +558,7 @@ impl RangeReplica {
                 let changed = written - m.written;
                 m.epoch != epoch
                     || (changed > 0 && since >= SIZE_EVERY_CHANGED)
-                    || (changed >= l.bytes / 4 && changed > 0 && since >= SIZE_EVERY)
+                    || (changed >= l.bytes && changed > 0 && since >= SIZE_EVERY)
             })
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };
@@ -604,6 +608,8 @@ pub struct RangeHost {
     engine: Arc<dyn Engine>,
     /// The same engine, for its buffer's figures.
     buffer: Arc<BufferedEngine>,
+    /// The engine under the buffer, for its page cache's figures.
+    redb: Arc<RedbEngine>,
     /// How its replicas cleared their reads.
     reads: Arc<ReadStats>,
     applier: Arc<dyn Applier>,
@@ -639,7 +645,8 @@ impl RangeHost {
         let redb =
             RedbEngine::open(&path, opts.engine_cache_bytes).map_err(|e| io_err(format!("{}: {e}", path.display())))?;
         // Every range's apply writes through one buffer, which reaches redb in large batches.
-        let buffer = Arc::new(BufferedEngine::new(Arc::new(redb), opts.engine_buffer));
+        let redb = Arc::new(redb);
+        let buffer = Arc::new(BufferedEngine::new(redb.clone(), opts.engine_buffer));
         let engine: Arc<dyn Engine> = buffer.clone();
         let t = opts.timers;
         let config = Config {
@@ -667,6 +674,7 @@ impl RangeHost {
             log,
             engine,
             buffer,
+            redb,
             reads: Arc::default(),
             applier,
             mux,
@@ -1006,6 +1014,11 @@ impl RangeHost {
                 let _ = r.raft.trigger().purge_log(to).await;
             }
         }
+    }
+
+    /// The data engine's page cache (redb's, bounded by `--range-engine-cache-bytes`).
+    pub fn engine_page_cache(&self) -> cairn_storage::PageCacheStats {
+        self.redb.page_cache()
     }
 
     /// The data engine's write buffer: what it holds and how its writes to redb went.
