@@ -228,16 +228,29 @@ struct Measured {
     written: u64,
 }
 
-/// A replica's size is measured again at most this often, once apply wrote as many bytes as
-/// it held (a range that doubled, or was written over once), and at most every
+/// A replica's size is measured again at most this often, once apply wrote a quarter of what
+/// it held, or as many bytes as it held past [`SIZE_CLOSE_BYTES`], and at most every
 /// [`SIZE_EVERY_CHANGED`] after any change; a range apply did not touch is not measured again
 /// (its epoch changing forces it). Measuring is a scan of the range, through the engine's page
 /// cache: every 10 s for every range, it read a node's whole data set again and again (7 GiB
 /// per node in the 10 GiB load, which slowed as it grew); after a quarter of it written, it
 /// was still 29 % of a node's CPU under `redis-benchmark -d 1000 -P 16` SETs to 300 MB ranges,
-/// and it pushed the pages the engine's flushes write out of that cache (BENCHMARKS.md). Once
-/// a whole range's worth is written, the scans read at most a byte per byte written.
+/// and it pushed the pages the engine's flushes write out of that cache (BENCHMARKS.md). Past
+/// that size the scans read at most a byte per byte written.
 const SIZE_EVERY: Duration = Duration::from_secs(10);
+
+/// Up to this size a range is measured again once a quarter of it was written, so that a
+/// split by size (64 MiB by default) does not come late; past it, once as much as it holds.
+const SIZE_CLOSE_BYTES: u64 = 64 << 20;
+
+/// Bytes written to a range of `bytes` after which it is measured again (see [`SIZE_EVERY`]).
+fn rescan_after(bytes: u64) -> u64 {
+    if bytes <= SIZE_CLOSE_BYTES {
+        bytes / 4
+    } else {
+        bytes
+    }
+}
 const SIZE_EVERY_CHANGED: Duration = Duration::from_secs(60);
 
 /// Why a write or read on a range replica did not happen.
@@ -558,7 +571,7 @@ impl RangeReplica {
                 let changed = written - m.written;
                 m.epoch != epoch
                     || (changed > 0 && since >= SIZE_EVERY_CHANGED)
-                    || (changed >= l.bytes && changed > 0 && since >= SIZE_EVERY)
+                    || (changed >= rescan_after(l.bytes) && changed > 0 && since >= SIZE_EVERY)
             })
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };

@@ -720,10 +720,24 @@ impl RaftNetworkV2<RangeConfig> for RangeConn {
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<RangeConfig>, StreamingError<RangeConfig>> {
-        // Read and encoded now (see `SnapshotBytes`), off the runtime's threads.
+        // Read and encoded now (see `SnapshotBytes`), off the runtime's threads. A range too
+        // large to send is retried after a back-off (a split may shrink it); an engine that
+        // cannot be read is a storage error, which stops the group as it stopped it when the
+        // snapshot was read on openraft's ask.
+        let signature = snapshot.meta.signature();
         let data = match tokio::task::spawn_blocking(move || snapshot.snapshot.into_bytes()).await {
             Ok(Ok(data)) => data,
-            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::from_string(e))),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                tracing::warn!(range = self.group, error = %e, "a snapshot cannot be sent");
+                return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+            }
+            Ok(Err(e)) => {
+                return Err(StreamingError::StorageError(openraft::StorageError::from_io_error(
+                    openraft::ErrorSubject::Snapshot(Some(signature)),
+                    openraft::ErrorVerb::Read,
+                    e,
+                )))
+            }
             Err(e) => return Err(StreamingError::Network(NetworkError::from_string(e))),
         };
         let stats = self.mux.stats();

@@ -46,14 +46,19 @@ pub enum SnapshotBytes {
 
 impl SnapshotBytes {
     /// The encoded snapshot: the range's keys with a CRC-32C. A view is read and encoded here,
-    /// a scan of the range: call it from a blocking context.
+    /// a scan of the range: call it from a blocking context. A range too large for a snapshot
+    /// is an error of kind [`io::ErrorKind::FileTooLarge`] (it may fit once split); any other
+    /// error is the engine's.
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         let (id, desc, reader) = match self {
             SnapshotBytes::Encoded(b) => return Ok(b),
             SnapshotBytes::View { id, desc, reader } => (id, desc, reader),
         };
         let pairs = scan_pairs(&*reader, &desc, SNAPSHOT_BYTES_MAX)?.ok_or_else(|| {
-            io_err(format!("range {id} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)"))
+            io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("range {id} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)"),
+            )
         })?;
         let mut data = encode(&RangeSnapshot { desc, pairs });
         let crc = crc32c::crc32c(&data);
@@ -414,11 +419,18 @@ impl RangeStateMachine {
     /// The range's snapshot as of now: the meta a reader holds, and that reader as the data,
     /// encoded only if the snapshot is sent ([`SnapshotBytes`]).
     ///
-    /// Not synced, unlike [`Self::mark_snapshot`]: openraft keeps this meta only as its
-    /// snapshot when the replica starts, and then the replica has applied nothing yet, so its
-    /// state is what the engine held at open (durable) or what a split just wrote (the first
-    /// state of the new range, behind which there is no log to purge). Sent to a follower,
-    /// it is the follower that makes it durable before its log is cut.
+    /// Not synced, unlike [`Self::mark_snapshot`]. openraft asks for it when the replica starts
+    /// and before sending a snapshot; only the first is kept, as its snapshot, and the log may
+    /// then be purged up to it (`gc_pass`), so that meta must be durable. It is, because a
+    /// replica starts only in two ways:
+    /// - when the node opens the engine: redb then shows only durable state (an orderly close
+    ///   made its last commits durable; after a crash it rolled back to the last durable one);
+    /// - as the new range of a split: its meta is [`split_start`], and its log is seeded as
+    ///   purged up to there (`RangeLog::seed`), so no entry lies behind it.
+    ///
+    /// A replica started again while the node runs (without [`crate::range::RangeHost`]
+    /// removing it first) would break this and would need the sync back. Sent to a follower,
+    /// it is the follower that makes the snapshot durable before its log is cut.
     fn snapshot(&self) -> io::Result<Snapshot> {
         let reader = self.inner.engine.reader().map_err(io_err)?;
         // The descriptor the reader holds: a split applied since has not cut its keys.
@@ -512,7 +524,10 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             // room, a flush into redb that takes up to seconds under load, and with it every
             // task of this runtime thread: the meta group's heartbeats among them (a loaded
             // node's members then lost the meta group's leadership every few seconds). So the
-            // wait is on a blocking thread; this group waits without holding a worker.
+            // wait is on a blocking thread; this group waits without holding a worker. (The
+            // buffer is the node's: another range's apply may still fill it between this check
+            // and the write below, which then waits as every write did before; rare, since a
+            // buffer holds thousands of entries.)
             let engine = self.inner.engine.clone();
             tokio::task::spawn_blocking(move || engine.wait_for_room()).await.map_err(io_err)?.map_err(io_err)?;
         }
