@@ -694,17 +694,39 @@ mod tests {
         }
     }
 
-    /// An engine whose writes fail once `fail` is set.
-    struct Failing {
+    /// An engine whose writes fail once `fail` is set, and wait while `open` is not.
+    struct Controlled {
         inner: MemEngine,
         fail: std::sync::atomic::AtomicBool,
+        open: parking_lot::Mutex<bool>,
+        opened: Condvar,
     }
 
-    impl Engine for Failing {
+    impl Controlled {
+        fn new(open: bool) -> Controlled {
+            Controlled {
+                inner: MemEngine::new(),
+                fail: Default::default(),
+                open: parking_lot::Mutex::new(open),
+                opened: Condvar::new(),
+            }
+        }
+
+        fn open_gate(&self) {
+            *self.open.lock() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Engine for Controlled {
         fn reader(&self) -> Result<Box<dyn Reader + Send + Sync>> {
             self.inner.reader()
         }
         fn write(&self, batch: WriteBatch) -> Result<()> {
+            let mut open = self.open.lock();
+            while !*open {
+                self.opened.wait(&mut open);
+            }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(Error::Io(std::io::Error::other("injected write error")));
             }
@@ -726,7 +748,7 @@ mod tests {
 
     #[test]
     fn a_failed_flush_refuses_every_later_write_and_sync_and_readers_keep_the_data() {
-        let base = Arc::new(Failing { inner: MemEngine::new(), fail: Default::default() });
+        let base = Arc::new(Controlled::new(true));
         let e =
             BufferedEngine::new(base.clone(), BufferLimits { bytes: 1 << 20, entries: 1 << 20, ..Default::default() });
         let mut wb = WriteBatch::new();
@@ -773,43 +795,11 @@ mod tests {
         assert_eq!(e.stats().buffered_bytes.load(Ordering::Relaxed), 0);
     }
 
-    /// An engine whose writes wait until the gate opens.
-    struct Gated {
-        inner: MemEngine,
-        open: parking_lot::Mutex<bool>,
-        opened: Condvar,
-    }
-
-    impl Engine for Gated {
-        fn reader(&self) -> Result<Box<dyn Reader + Send + Sync>> {
-            self.inner.reader()
-        }
-        fn write(&self, batch: WriteBatch) -> Result<()> {
-            let mut open = self.open.lock();
-            while !*open {
-                self.opened.wait(&mut open);
-            }
-            self.inner.write(batch)
-        }
-        fn sync(&self) -> Result<()> {
-            self.inner.sync()
-        }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
-        fn live_bytes(&self) -> u64 {
-            self.inner.live_bytes()
-        }
-        fn defragment(&self) -> Result<(u64, u64)> {
-            self.inner.defragment()
-        }
-    }
-
     /// A caller that must not block (an async runtime's thread) can tell that a write would
     /// wait for the flush in flight, and wait for room elsewhere.
     #[test]
     fn a_write_that_would_wait_for_the_flush_is_told_and_can_wait_for_room() {
-        let base = Arc::new(Gated { inner: MemEngine::new(), open: Default::default(), opened: Condvar::new() });
+        let base = Arc::new(Controlled::new(false));
         let e = Arc::new(BufferedEngine::new(
             base.clone(),
             BufferLimits { bytes: 1 << 30, entries: 2, ..Default::default() },
@@ -832,8 +822,7 @@ mod tests {
         };
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!waiter.is_finished(), "room before the flush in flight ended");
-        *base.open.lock() = true;
-        base.opened.notify_all();
+        base.open_gate();
         waiter.join().unwrap().unwrap();
         assert!(!e.is_full());
         e.sync().unwrap();
