@@ -142,31 +142,37 @@ pub async fn identify(o: &BootOptions) -> Result<Identity, BootError> {
                 return Err(BootError::Join("--initial-cluster lists no other member to ask".into()));
             }
             let mut last_err = String::new();
+            let mut not_listed = false;
             // The cluster may be busy (a leader election, the member add itself): keep asking.
+            // A member that does not list this one yet may itself be new and behind (two nodes
+            // joining at once each ask the other): only if none lists it is that the answer.
             for _attempt in 0..20 {
                 for url in &others {
                     match ask(url).await {
                         Ok(reply) => {
                             let me = reply.members.iter().find(|m| same(&m.peer_ur_ls, &o.advertise_peer_urls));
-                            return match me {
-                                Some(m) => Ok(Identity {
+                            if let Some(m) = me {
+                                return Ok(Identity {
                                     name: o.name.clone(),
                                     member_id: m.id,
                                     cluster_id: reply.cluster_id,
                                     initial: None,
-                                }),
-                                None => Err(BootError::Join(format!(
-                                    "no member with peer URLs {} in the cluster; add it first (etcdctl member add {} --peer-urls={})",
-                                    o.advertise_peer_urls.join(","),
-                                    o.name,
-                                    o.advertise_peer_urls.join(",")
-                                ))),
-                            };
+                                });
+                            }
+                            not_listed = true;
                         }
                         Err(e) => last_err = format!("{url}: {e}"),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if not_listed {
+                return Err(BootError::Join(format!(
+                    "no member with peer URLs {} in the cluster; add it first (etcdctl member add {} --peer-urls={})",
+                    o.advertise_peer_urls.join(","),
+                    o.name,
+                    o.advertise_peer_urls.join(",")
+                )));
             }
             Err(BootError::Join(format!("no member of --initial-cluster answered ({last_err})")))
         }
