@@ -92,6 +92,12 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_RANGE_SPLIT_QPS", default_value_t = 2500.0)]
     pub range_split_qps: f64,
 
+    /// Two small neighbouring ranges merge only once both have been cold (under 100 requests
+    /// per second) for this long, so a load that pauses and comes back does not merge and
+    /// split them again and again.
+    #[arg(long, env = "CAIRN_RANGE_MERGE_DELAY", default_value = "5m", value_parser = parse_merge_delay)]
+    pub range_merge_delay: std::time::Duration,
+
     /// A node silent this long is dead: its range replicas are re-created on other nodes.
     #[arg(long, env = "CAIRN_DEAD_NODE_TIMEOUT", default_value = "5m", value_parser = parse_dead_node_timeout)]
     pub dead_node_timeout: std::time::Duration,
@@ -259,6 +265,10 @@ fn parse_dead_node_timeout(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s} is below the minimum of 10s (a node restarting is not dead)"));
     }
     Ok(d)
+}
+
+fn parse_merge_delay(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (like 5m, 30s, 0s): {e}"))
 }
 
 fn parse_placement_interval(s: &str) -> Result<std::time::Duration, String> {

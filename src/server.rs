@@ -441,6 +441,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             split_bytes: a.range_split_bytes,
             split_qps: a.range_split_qps,
             merge_bytes: a.range_split_bytes / 4,
+            merge_delay_ms: a.range_merge_delay.as_millis() as u64,
             dead_node_timeout_ms: a.dead_node_timeout.as_millis() as u64,
             keep: cairn_services::data::initial_boundaries(a.initial_ranges),
             ..Default::default()

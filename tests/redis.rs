@@ -601,6 +601,114 @@ async fn the_placement_driver_splits_growing_ranges_and_spreads_them() {
     all_hold(&nodes, &acked, |_| value.clone()).await;
 }
 
+/// The Redis range (from `cairn range list`'s slot intervals, "A-B") holding hash slot `slot`.
+fn range_of_slot(ranges: &serde_json::Value, slot: u64) -> Option<(u64, String)> {
+    ranges.as_array()?.iter().find_map(|r| {
+        let s = r["slots"].as_str()?;
+        let (a, b) = s.split_once('-')?;
+        (a.parse::<u64>().ok()? <= slot && slot <= b.parse::<u64>().ok()?)
+            .then(|| (r["id"].as_u64().unwrap(), s.into()))
+    })
+}
+
+/// A key of `prefix` whose hash slot lies in `slots` (CLUSTER KEYSLOT), and that slot.
+fn key_in_slots(addr: &str, prefix: &str, slots: std::ops::Range<u64>) -> (String, u64) {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find_map(|k| {
+            let slot: u64 = cli(addr, &["CLUSTER", "KEYSLOT", &k]).parse().unwrap();
+            slots.contains(&slot).then_some((k, slot))
+        })
+        .unwrap()
+}
+
+/// GETs of `keys`, in turn, through `addr` until `stop` is set (about 2,000/s or more here).
+fn hammer(
+    addr: String,
+    keys: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut c = Conn::open(&addr).await.unwrap();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let k = &keys[n as usize % keys.len()];
+            assert_eq!(c.call(&[b"GET", k.as_bytes()]).await.unwrap(), R::Bulk(Some(b"v".to_vec())), "{k}");
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A split by load cuts where the load divides: a hot range whose requests all go to one hash
+/// slot does not split (it would only set an empty, cold range beside itself, which merged back
+/// and split again for as long as the load came and went); one whose requests go to two slots
+/// splits between them. Once cold for `--range-merge-delay`, the halves merge again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_by_load_cuts_where_the_load_divides() {
+    let t =
+        common::start(3, &["--range-split-qps", "300", "--placement-interval", "300ms", "--range-merge-delay", "3s"])
+            .await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let ep = t.endpoints()[0].clone();
+    // Two keys of the first Redis range (slots 0-4095), far apart in it.
+    let (a, slot_a) = key_in_slots(&nodes[0], "a", 100..1000);
+    let (b, slot_b) = key_in_slots(&nodes[0], "b", 3000..4000);
+    for k in [&a, &b] {
+        assert_eq!(cli(&nodes[0], &["SET", k, "v"]), "OK");
+    }
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+    let (first, slots) = range_of_slot(&ranges, slot_a).unwrap();
+    assert_eq!(slots, "0-4095", "{ranges:#}");
+
+    // All the load on one slot: no split, however hot.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2).map(|_| hammer(nodes[0].clone(), vec![a.clone()], stop.clone())).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut gets = 0;
+    for h in load {
+        gets += h.await.unwrap();
+    }
+    assert!(gets > 300 * 5 * 2, "the load was not hot enough to test anything: {gets} GETs in 5 s");
+    let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+    assert_eq!(range_of_slot(&ranges, slot_a), Some((first, "0-4095".into())), "{ranges:#}");
+
+    // The load on two slots: the range splits between them.
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let load: Vec<_> = (0..2).map(|_| hammer(nodes[0].clone(), vec![a.clone(), b.clone()], stop.clone())).collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    let split = loop {
+        let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+        let (ra, rb) = (range_of_slot(&ranges, slot_a).unwrap(), range_of_slot(&ranges, slot_b).unwrap());
+        if ra.0 != rb.0 {
+            break (ra, rb);
+        }
+        assert!(Instant::now() < end, "the range never split between slots {slot_a} and {slot_b}: {ranges:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in load {
+        h.await.unwrap();
+    }
+    eprintln!("split by load: {split:?}");
+
+    // Cold for the merge delay, the halves merge back into slots 0-4095.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ranges = cairn_json(&ep, &["range", "list"]).unwrap();
+        if range_of_slot(&ranges, slot_a).is_some_and(|(_, s)| s == "0-4095") {
+            break;
+        }
+        assert!(Instant::now() < end, "the cold halves never merged: {ranges:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for k in [&a, &b] {
+        assert_eq!(cli(&nodes[1], &["GET", k]), "v");
+    }
+}
+
 /// Two data nodes join a loaded 3-node cluster with `--join`; the placement driver moves
 /// replicas onto them until counts are even, while clients write with no error; then
 /// `cairn node remove` moves one node's replicas off again and takes it out.

@@ -291,6 +291,55 @@ pub fn split_boundary(start: &[u8], end: &[u8], key: &[u8]) -> Option<Vec<u8>> {
     inside(&up).then_some(up)
 }
 
+/// The fewest sampled requests a split by load is placed by: fewer say too little about where
+/// the load is.
+pub const LOAD_SPLIT_SAMPLES_MIN: usize = 20;
+
+/// The least share of the sampled requests each half of a split by load must take.
+pub const LOAD_SPLIT_SHARE_MIN: f64 = 0.25;
+
+/// Where a range `[start, end)` may split so that its load divides best between the halves:
+/// `samples` are the keys of requests sampled from its recent load (one per request), and the
+/// boundaries tried are those [`split_boundary`] allows near each of them (under the Redis
+/// prefix, the start of a sampled key's slot and of the next slot). `None` unless each half
+/// would take at least [`LOAD_SPLIT_SHARE_MIN`] of the samples, or with fewer than
+/// [`LOAD_SPLIT_SAMPLES_MIN`] of them: a load on one key or one hash slot cannot be divided,
+/// and splitting it anyway (at the middle of the range's bytes) only set a cold range beside
+/// the hot one, which then merged back and split again. CockroachDB's load-based splitter
+/// refuses such a key the same way.
+pub fn load_split_boundary(start: &[u8], end: &[u8], samples: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let inside = |k: &[u8]| k > start && (end.is_empty() || k < end);
+    let mut keys: Vec<&[u8]> =
+        samples.iter().map(Vec::as_slice).filter(|k| *k >= start && (end.is_empty() || *k < end)).collect();
+    if keys.len() < LOAD_SPLIT_SAMPLES_MIN {
+        return None;
+    }
+    keys.sort_unstable();
+    let mut candidates: Vec<Vec<u8>> = Vec::new();
+    for k in &keys {
+        if k.first() == Some(&PREFIX_REDIS) {
+            let slot = slot_at(k);
+            candidates.push(slot_start(slot));
+            candidates.push(if slot + 1 < SLOTS { slot_start(slot + 1) } else { vec![PREFIX_REDIS + 1] });
+        } else {
+            candidates.push(k.to_vec());
+        }
+    }
+    candidates.retain(|b| inside(b));
+    candidates.sort_unstable();
+    candidates.dedup();
+    let n = keys.len();
+    // The boundary whose smaller half holds the most samples (the first such, in key order).
+    let (share, at) = candidates
+        .into_iter()
+        .map(|b| {
+            let left = keys.partition_point(|k| *k < b.as_slice());
+            (left.min(n - left), b)
+        })
+        .min_by(|(a, x), (b, y)| b.cmp(a).then(x.cmp(y)))?;
+    (share as f64 >= LOAD_SPLIT_SHARE_MIN * n as f64).then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +352,53 @@ mod tests {
         assert!(splittable(&slot_start(5), b""));
         assert!(splittable(b"", &slot_start(1)));
         assert!(splittable(b"a", b"b"));
+    }
+
+    /// A Redis key of `slot` (stored form), with `n` to tell keys of one slot apart.
+    fn key_in(slot: u16, n: u32) -> Vec<u8> {
+        let mut k = slot_start(slot);
+        k.extend_from_slice(format!("key:{n}").as_bytes());
+        k
+    }
+
+    #[test]
+    fn a_split_by_load_divides_the_sampled_requests() {
+        let (start, end) = (slot_start(0), slot_start(100));
+        // Half the requests on slot 10, half on slot 20: the split goes between them.
+        let mut samples: Vec<Vec<u8>> = (0..20).map(|i| key_in(10, i)).chain((0..20).map(|i| key_in(20, i))).collect();
+        assert_eq!(load_split_boundary(&start, &end, &samples), Some(slot_start(11)));
+        // 70/30 still divides well enough; 85/15 does not.
+        samples = (0..28).map(|i| key_in(10, i)).chain((0..12).map(|i| key_in(20, i))).collect();
+        assert_eq!(load_split_boundary(&start, &end, &samples), Some(slot_start(11)));
+        samples = (0..34).map(|i| key_in(10, i)).chain((0..6).map(|i| key_in(20, i))).collect();
+        assert_eq!(load_split_boundary(&start, &end, &samples), None);
+        // Spread evenly over slots 0-99: near the middle.
+        samples = (0..100).map(|s| key_in(s, 0)).collect();
+        let at = load_split_boundary(&start, &end, &samples).unwrap();
+        assert!((45..=55).contains(&slot_at(&at)), "{}", slot_at(&at));
+        // Keys outside the range count for nothing.
+        samples = (0..40).map(|i| key_in(200 + i as u16, 0)).collect();
+        assert_eq!(load_split_boundary(&start, &end, &samples), None);
+        // Outside the Redis prefix, the boundary is a sampled key itself.
+        samples = (0..40u8).map(|i| vec![b'a', i]).collect();
+        let at = load_split_boundary(b"a", b"b", &samples).unwrap();
+        assert!(at.as_slice() > b"a".as_slice() && at.as_slice() < b"b".as_slice());
+        assert_eq!(samples.iter().filter(|k| k.as_slice() < at.as_slice()).count(), 20);
+    }
+
+    #[test]
+    fn a_load_on_one_slot_or_too_few_samples_does_not_split() {
+        let (start, end) = (slot_start(0), slot_start(100));
+        // redis-benchmark --cluster gives every key it sends one node the same hash tag.
+        let one_slot: Vec<Vec<u8>> = (0..200).map(|i| key_in(42, i)).collect();
+        assert_eq!(load_split_boundary(&start, &end, &one_slot), None);
+        let few: Vec<Vec<u8>> = (0..LOAD_SPLIT_SAMPLES_MIN as u16 - 1).map(|s| key_in(s * 5, 0)).collect();
+        assert_eq!(load_split_boundary(&start, &end, &few), None);
+        let enough: Vec<Vec<u8>> = (0..LOAD_SPLIT_SAMPLES_MIN as u16).map(|s| key_in(s * 5, 0)).collect();
+        assert!(load_split_boundary(&start, &end, &enough).is_some());
+        // A range starting at the hot slot: the only boundary that could divide it is the
+        // next slot's start, which leaves nothing on the right.
+        assert_eq!(load_split_boundary(&slot_start(42), &end, &one_slot), None);
     }
 
     fn d(id: u64, start: &[u8], end: &[u8], epoch: u64) -> Descriptor {

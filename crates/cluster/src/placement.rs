@@ -8,12 +8,18 @@
 //! 1. **Repair**: a replica on a node dead for longer than `dead_node_timeout_ms`, or on a node
 //!    being removed, moves to the live node with the fewest replicas (then bytes) that does
 //!    not hold the range; a range with fewer than `replication_factor` replicas gets one.
-//! 2. **Split** a range past `split_bytes` (by size) or `split_qps` (by load). The range's
-//!    leader picks the key (its middle key, moved to a legal boundary).
+//! 2. **Split** a range past `split_bytes` (by size) or `split_qps` (by load). By size, at the
+//!    middle key its leader reports; by load, where the keys its leader sampled from its
+//!    requests divide best (`directory::load_split_boundary`), and not at all when no
+//!    boundary divides them (a load on one hash slot); either moved to a legal boundary.
 //! 3. **Merge** two adjacent ranges that are both small (under `merge_bytes`) and cold (under
-//!    `merge_qps`), and have the same replicas (a merge never copies data between nodes), unless
-//!    the key between them is one of `keep` (the first layout's boundaries: subsystem prefixes
-//!    and the initial Redis ranges stay apart).
+//!    `merge_qps`, without a break for `merge_delay_ms`), and have the same replicas (a merge
+//!    never copies data between nodes), unless the key between them is one of `keep` (the first
+//!    layout's boundaries: subsystem prefixes and the initial Redis ranges stay apart). The
+//!    delay is CockroachDB's `kv.range_split.by_load_merge_delay`: without it, a load that
+//!    comes and goes every few seconds split a range when it came and merged it back when it
+//!    paused, again and again, and every split and merge sends the range's clients a stale
+//!    route to retry.
 //! 4. **Rebalance** replicas: from the node with the most replicas to the one with the fewest,
 //!    when they differ by more than one; then by bytes, when a node holds more than the mean by
 //!    more than `bytes_tolerance`.
@@ -62,6 +68,10 @@ pub struct RangeView {
     pub qps: f64,
     /// Milliseconds since the range last served a request.
     pub idle_ms: u64,
+    /// How long the range has been cold (under `merge_qps`) without a break, in
+    /// milliseconds, as the driver saw it at this epoch (0: not cold now).
+    #[serde(default)]
+    pub cold_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -78,6 +88,8 @@ pub struct Config {
     pub split_qps: f64,
     pub merge_bytes: u64,
     pub merge_qps: f64,
+    /// How long both ranges must have been cold before they merge.
+    pub merge_delay_ms: u64,
     /// A node silent this long is dead: its replicas are re-created elsewhere.
     pub dead_node_timeout_ms: u64,
     /// A node silent this long is not live (no new replicas, no leaders go to it).
@@ -99,6 +111,7 @@ impl Default for Config {
             split_qps: 2500.0,
             merge_bytes: 16 << 20,
             merge_qps: 100.0,
+            merge_delay_ms: 5 * 60 * 1000,
             dead_node_timeout_ms: 5 * 60 * 1000,
             live_timeout_ms: 9_000,
             bytes_tolerance: 0.2,
@@ -251,7 +264,8 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
     // 3. Merge.
     for pair in view.ranges.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let small_cold = |r: &RangeView| r.bytes < cfg.merge_bytes && r.qps < cfg.merge_qps;
+        let small_cold =
+            |r: &RangeView| r.bytes < cfg.merge_bytes && r.qps < cfg.merge_qps && r.cold_ms >= cfg.merge_delay_ms;
         let same_replicas = {
             let (mut x, mut y) = (a.replicas.clone(), b.replicas.clone());
             x.sort_unstable();
@@ -471,6 +485,7 @@ mod tests {
             bytes,
             qps: 500.0,
             idle_ms: 0,
+            cold_ms: 0,
         }
     }
 
@@ -549,11 +564,15 @@ mod tests {
             range(4, &[1, 2, 4], MB),
         ];
         for r in &mut rs {
-            r.qps = 1.0;
+            (r.qps, r.cold_ms) = (1.0, cfg().merge_delay_ms);
         }
         // A hot one does not merge.
-        rs[3].qps = 1000.0;
-        let view = View { nodes: (1..=4).map(node).collect(), ranges: rs };
+        (rs[3].qps, rs[3].cold_ms) = (1000.0, 0);
+        let mut view = View { nodes: (1..=4).map(node).collect(), ranges: rs };
+        // Not before both were cold for the delay: a load that paused may come back.
+        view.ranges[1].cold_ms = cfg().merge_delay_ms - 1;
+        assert!(!plan(&view, &cfg()).iter().any(|m| matches!(m, Move::Merge { .. })), "{:?}", plan(&view, &cfg()));
+        view.ranges[1].cold_ms = cfg().merge_delay_ms;
         let moves = plan(&view, &cfg());
         assert!(moves.contains(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
         // Not across a boundary to keep.

@@ -138,6 +138,16 @@ impl Applier for RedisApplier {
         let reply = cairn_range::read(&cmd, &KvRo(data), now_ms as i64).map_err(io_err)?;
         Ok(RangeReply::Done(encode(&reply)))
     }
+
+    fn key_of(&self, cmd: &[u8], read: bool) -> Option<Vec<u8>> {
+        if read {
+            let c: ReadCmd = postcard::from_bytes(cmd).ok()?;
+            c.keys().first().map(|k| keys::encode(k))
+        } else {
+            let w: WriteReq = postcard::from_bytes(cmd).ok()?;
+            w.keys().first().map(|k| keys::encode(k))
+        }
+    }
 }
 
 /// Rebuilds a multi-key read for a subset of its keys.

@@ -120,6 +120,10 @@ pub enum TierError {
 /// How often the directory is re-read and replicas reconciled.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The first wait for the directory to show a range's change, after a request found its route
+/// stale; it doubles up to [`TICK`].
+const STALE_ROUTE_WAIT_MIN: Duration = Duration::from_millis(2);
+
 pub struct DataTier {
     c: Arc<Router>,
     host: Arc<RangeHost>,
@@ -511,18 +515,30 @@ impl DataTier {
     /// Runs a request for `key` on its range's leader. `cmd` is the applier's encoding.
     pub async fn execute(&self, key: &[u8], read: bool, cmd: Vec<u8>) -> Result<Vec<u8>, TierError> {
         let deadline = Instant::now() + self.c.cfg.request_timeout;
+        let mut wait = STALE_ROUTE_WAIT_MIN;
         loop {
             let dir = self.directory().ok_or(TierError::NotReady)?;
             let d = dir.lookup(key).clone();
             match self.execute_range(&d, read, cmd.clone(), deadline).await? {
                 Some(b) => return Ok(b),
-                // A stale route: the directory moved on; read it again.
+                // A stale route (the range split, merged or moved): read the directory again,
+                // and wait for it to show the change only if it does not yet. The split's
+                // descriptors reach it one meta commit later; a fixed 100 ms wait here held
+                // every client of a range that split for 100 ms.
                 None => {
                     if Instant::now() >= deadline {
                         return Err(TierError::Unavailable(d.id));
                     }
-                    tokio::time::sleep(TICK).await;
                     self.refresh();
+                    let moved_on = self.directory().is_some_and(|now| {
+                        let n = now.lookup(key);
+                        (n.id, n.epoch) != (d.id, d.epoch)
+                    });
+                    if !moved_on {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(TICK);
+                        self.refresh();
+                    }
                 }
             }
         }
@@ -792,6 +808,29 @@ impl DataTier {
             return Err(TierError::Invalid(format!("range {id} is empty")));
         }
         self.split_at(&mid).await.map(|(_, new)| new)
+    }
+
+    /// Splits range `id` (still at `epoch`) where its recent load divides best between the
+    /// halves (`cairn_cluster::directory::load_split_boundary`, over the keys its leader
+    /// sampled from its requests); answers the new range. Refused when no boundary divides it
+    /// well enough: a split that leaves the load on one side only adds a cold range.
+    pub async fn split_range_by_load(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        if d.epoch != epoch {
+            return Err(TierError::Invalid(format!("range {id} changed since it was looked at")));
+        }
+        let req = RangeRequest::admin(d.id, d.epoch, Admin::LoadKeys);
+        let answer = self.run(&d, req, deadline).await?.ok_or(TierError::Unavailable(id))?;
+        let samples: Vec<Vec<u8>> =
+            postcard::from_bytes(&answer).map_err(|e| TierError::Unknown(format!("undecodable load samples: {e}")))?;
+        let Some(at) = cairn_cluster::directory::load_split_boundary(&d.start, &d.end, &samples) else {
+            return Err(TierError::Invalid(format!(
+                "range {id}: no boundary divides its load ({} requests sampled)",
+                samples.len()
+            )));
+        };
+        self.split_at(&at).await.map(|(_, new)| new)
     }
 
     /// Merges range `id` with the range on its right (see [`DataTier::merge`]); answers the

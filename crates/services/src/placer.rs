@@ -4,8 +4,9 @@
 //! one after the other through the data tier's operator changes (the same as `cairn range
 //! split|move|transfer-leader`).
 //!
-//! Carried out: splits (by size or load, at the middle key the range's leader reports, moved
-//! to a legal boundary), relocations (rebalance, and repair of a dead or draining node's
+//! Carried out: splits (by size at the middle key the range's leader reports, by load where
+//! the request keys it sampled divide best, either moved to a legal boundary; a load no
+//! boundary divides is not split), relocations (rebalance, and repair of a dead or draining node's
 //! replicas), replicas added to ranges with fewer than the replication factor (a cluster
 //! started on fewer nodes, grown since), merges of small cold neighbours and leader transfers;
 //! a draining data node left with no replica leaves the meta group.
@@ -15,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use cairn_cluster::placement::Config;
-use cairn_cluster::placement::{plan, Move, NodeView, RangeView, View};
+use cairn_cluster::placement::{plan, Move, NodeView, RangeView, SplitReason, View};
 use cairn_raft::range::ReplicaStats;
 use parking_lot::Mutex;
 
-use crate::data::DataTier;
+use crate::data::{DataTier, TierError};
 
 /// How long a node's stats call may take.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,13 +33,23 @@ pub struct Placer {
     /// When this node began driving placement (a node not heard since counts as silent from
     /// then: a new meta leader does not declare nodes dead at once).
     driving_since: Mutex<Option<Instant>>,
+    /// Since when each range, at its epoch, has been seen cold (under `merge_qps`) at every
+    /// pass: how long it must stay so before it merges (`merge_delay_ms`). A split or merge
+    /// changes the epoch, so a range just split starts over.
+    cold_since: Mutex<HashMap<(u64, u64), Instant>>,
 }
 
 impl Placer {
     /// Starts driving placement whenever this node leads the meta group, for as long as the
     /// process runs.
     pub fn start(tier: Arc<DataTier>, cfg: Config, every: Duration) {
-        let p = Placer { tier, cfg, heard: Mutex::new(HashMap::new()), driving_since: Mutex::new(None) };
+        let p = Placer {
+            tier,
+            cfg,
+            heard: Mutex::new(HashMap::new()),
+            driving_since: Mutex::new(None),
+            cold_since: Mutex::new(HashMap::new()),
+        };
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -100,10 +111,21 @@ impl Placer {
                 draining: n.draining,
             })
             .collect();
+        let mut cold_since = self.cold_since.lock();
+        let mut cold_now = HashMap::new();
         let ranges = dir
             .iter()
             .map(|d| {
                 let s = by_range.get(&d.id);
+                // A range no replica reported on is not known to be cold.
+                let cold_ms = match s {
+                    Some(s) if s.qps < self.cfg.merge_qps => {
+                        let t = cold_since.get(&(d.id, d.epoch)).copied().unwrap_or(now);
+                        cold_now.insert((d.id, d.epoch), t);
+                        now.duration_since(t).as_millis() as u64
+                    }
+                    _ => 0,
+                };
                 RangeView {
                     id: d.id,
                     epoch: d.epoch,
@@ -114,17 +136,34 @@ impl Placer {
                     bytes: s.map_or(0, |s| s.bytes),
                     qps: s.map_or(0.0, |s| s.qps),
                     idle_ms: s.map_or(0, |s| s.idle_ms),
+                    cold_ms,
                 }
             })
             .collect();
+        // Only the ranges cold now, at their current epochs, keep their clocks.
+        *cold_since = cold_now;
         Some(View { nodes, ranges })
     }
 
     async fn carry_out(&self, view: &View, m: Move) {
         let r = match &m {
-            Move::Split { range, epoch, reason } => {
-                tracing::info!(range, epoch, ?reason, "placement: splitting a range");
+            Move::Split { range, epoch, reason: SplitReason::Size } => {
+                tracing::info!(range, epoch, reason = "size", "placement: splitting a range");
                 self.tier.split_range(*range, *epoch).await.map(|_| ())
+            }
+            Move::Split { range, epoch, reason: SplitReason::Load } => {
+                match self.tier.split_range_by_load(*range, *epoch).await {
+                    Ok(new) => {
+                        tracing::info!(range, epoch, new, reason = "load", "placement: split a range");
+                        Ok(())
+                    }
+                    // A load on one key or hash slot: asked again at the next pass, while hot.
+                    Err(TierError::Invalid(why)) => {
+                        tracing::debug!(range, why, "placement: no split by load");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Move::Relocate { range, from, to, .. } => {
                 tracing::info!(range, from = %format!("{from:x}"), to = %format!("{to:x}"), "placement: moving a replica");

@@ -24,6 +24,7 @@ use crate::range::gc;
 use crate::range::hibernate::{self, Beat, Liveness, Role};
 use crate::range::log::{RangeLog, SharedLog};
 use crate::range::mux::{Kind, Mux, RangeHandler, RangeNetwork};
+use crate::range::sample::KeySample;
 use crate::range::sm::{self, Applier, DataView, RangeEvent, RangeStateMachine, SnapshotBytes};
 use crate::range::types::{
     Admin, Outcome, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeRaft, RangeReply, RangeRequest, Routed,
@@ -215,6 +216,10 @@ struct Load {
     requests: u64,
     since: Option<std::time::Instant>,
     last_request: Option<std::time::Instant>,
+    /// A sample of the keys of the requests since the last report, and the keys sampled in
+    /// the window before: where a split by load should cut ([`Admin::LoadKeys`]).
+    sample: KeySample,
+    last_sample: Vec<Vec<u8>>,
     /// Bytes, and when they were measured (a scan), at which epoch and at which count of
     /// bytes written (see [`RangeReplica::size`]).
     bytes: u64,
@@ -500,10 +505,22 @@ impl RangeReplica {
             && self.handed_over.lock().as_ref() != Some(&m.vote)
     }
 
-    fn count_requests(&self, n: u64) {
+    /// Counts client requests (`cmds`, the applier's encodings; `read`: reads) and samples
+    /// their keys for a split by load (a key is decoded only when sampled, see [`KeySample`]).
+    fn count_requests<'a>(&self, cmds: impl IntoIterator<Item = &'a [u8]>, read: bool, applier: &dyn Applier) {
         let mut l = self.load.lock();
-        l.requests += n;
+        for cmd in cmds {
+            l.requests += 1;
+            l.sample.offer(|| applier.key_of(cmd, read));
+        }
         l.last_request = Some(cairn_types::clock::now());
+    }
+
+    /// The keys of the requests sampled in this report window and the one before (see
+    /// `Load::sample`).
+    pub fn load_keys(&self) -> Vec<Vec<u8>> {
+        let l = self.load.lock();
+        l.last_sample.iter().chain(l.sample.keys()).cloned().collect()
     }
 
     /// Starts its Raft timer again for a client request. A leader that slept sent no
@@ -592,6 +609,7 @@ impl RangeReplica {
         let secs = l.since.map_or(0.0, |s| now.duration_since(s).as_secs_f64());
         let qps = if secs > 0.0 { l.requests as f64 / secs } else { 0.0 };
         l.requests = 0;
+        l.last_sample = l.sample.take();
         l.since = Some(now);
         crate::range::ReplicaStats {
             id: self.id,
@@ -1105,7 +1123,8 @@ impl RangeHost {
     pub async fn execute(&self, req: RangeRequest) -> Outcome {
         let RangeRequest { group, epoch, read, cmd, admin } = req;
         let Some(r) = self.get(group) else { return Outcome::NotHere };
-        r.count_requests(1);
+        let sampled = if admin.is_some() { None } else { Some(cmd.as_slice()) };
+        r.count_requests(sampled, read, &*self.applier);
         r.wake(self.read_lease).await;
         if let Some(a) = admin {
             return self.admin(&r, epoch, a).await;
@@ -1140,7 +1159,7 @@ impl RangeHost {
     /// its own outcome.
     pub async fn execute_writes(&self, group: RangeId, epoch: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome> {
         let Some(r) = self.get(group) else { return vec![Outcome::NotHere; cmds.len()] };
-        r.count_requests(cmds.len() as u64);
+        r.count_requests(cmds.iter().map(Vec::as_slice), false, &*self.applier);
         r.wake(self.read_lease).await;
         futures::future::join_all(cmds.into_iter().map(|cmd| Self::write_on(&r, epoch, cmd))).await
     }
@@ -1152,7 +1171,7 @@ impl RangeHost {
     /// here or does not lead, the epoch is stale, no barrier).
     pub async fn execute_reads(&self, group: RangeId, epoch: u64, cmds: &[Vec<u8>]) -> Result<Vec<Outcome>, Outcome> {
         let Some(r) = self.get(group) else { return Err(Outcome::NotHere) };
-        r.count_requests(cmds.len() as u64);
+        r.count_requests(cmds.iter().map(Vec::as_slice), true, &*self.applier);
         r.wake(self.read_lease).await;
         self.read_on(&r, epoch, cmds).await
     }
@@ -1184,7 +1203,7 @@ impl RangeHost {
     /// replica's descriptor must still be `epoch`.
     pub fn read_local(&self, group: RangeId, epoch: u64, cmd: &[u8]) -> Outcome {
         let Some(r) = self.get(group) else { return Outcome::NotHere };
-        r.count_requests(1);
+        r.count_requests([cmd], true, &*self.applier);
         let desc = r.sm.desc();
         if (epoch != 0 && epoch != desc.epoch) || r.sm.frozen() {
             return Outcome::WrongRange(desc);
@@ -1209,6 +1228,7 @@ impl RangeHost {
         }
         let (voters, learners, _) = r.members();
         match a {
+            Admin::LoadKeys => Outcome::Done(postcard::to_allocvec(&r.load_keys()).expect("serializable")),
             Admin::MiddleKey => {
                 let r = r.clone();
                 match tokio::task::spawn_blocking(move || r.sm.middle_key()).await {

@@ -25,6 +25,7 @@ pub mod hibernate;
 pub mod host;
 pub mod log;
 pub mod mux;
+pub mod sample;
 pub mod sm;
 pub mod types;
 

@@ -94,6 +94,14 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Answers a read over the range's applied state; `now_ms` is the serving node's clock.
     fn read(&self, desc: &RangeDesc, data: &dyn DataView, cmd: &[u8], now_ms: u64) -> io::Result<RangeReply>;
+
+    /// The first key a client request touches, as the range stores it (`read`: `cmd` is a
+    /// read's encoding, else a write's), for the load samples a split by load is placed by;
+    /// `None` when it names no key or cannot be decoded.
+    fn key_of(&self, cmd: &[u8], read: bool) -> Option<Vec<u8>> {
+        let _ = (cmd, read);
+        None
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {

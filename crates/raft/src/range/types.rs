@@ -163,6 +163,9 @@ pub enum Admin {
     /// replication factor; refused once it has as many): `to` joins as a learner, is caught
     /// up as in a move, and is made a voter.
     AddReplica { to: u64, to_peer: PeerNode, factor: usize },
+    /// No change: answers the keys of the client requests the leader sampled lately (a
+    /// postcard `Vec<Vec<u8>>`), where a split by load should cut.
+    LoadKeys,
 }
 
 /// Keys and values, as a frozen range's are carried into a merge.
