@@ -105,5 +105,48 @@ fn overwrites(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, reads, overwrites);
+/// The write buffer itself, with nothing flushed (its limits above the load): 100,000 writes
+/// of distinct keys, with a reader taken (and dropped) every 16 writes, as reads between a
+/// range's applies take them; then point reads of keys it holds, through one reader. Its maps
+/// are what a read of a recently written key and every write pay for.
+fn buffer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("buffer");
+    g.sample_size(10);
+    let big = BufferLimits { bytes: 1 << 30, entries: 1 << 20, read_cache_bytes: 0 };
+    let fill = |e: &BufferedEngine| {
+        for i in 0..KEYS {
+            let mut w = WriteBatch::new();
+            w.put(Table::Kv, key(i), vec![9u8; 256]);
+            e.write(w).unwrap();
+            if i % 16 == 0 {
+                drop(e.reader().unwrap());
+            }
+        }
+    };
+    g.bench_function("100,000 writes, a reader every 16", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let e = BufferedEngine::new(Arc::new(cairn_storage::MemEngine::new()), big);
+                let start = std::time::Instant::now();
+                fill(&e);
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    let e = BufferedEngine::new(Arc::new(cairn_storage::MemEngine::new()), big);
+    fill(&e);
+    let reader = e.reader().unwrap();
+    let mut i = 0u32;
+    g.bench_function("get of a buffered key (one reader)", |b| {
+        b.iter(|| {
+            i = (i.wrapping_mul(2_654_435_761).wrapping_add(12_345)) % KEYS;
+            reader.get(Table::Kv, &key(i)).unwrap().unwrap()
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, reads, overwrites, buffer);
 criterion_main!(benches);

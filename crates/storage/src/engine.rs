@@ -148,7 +148,9 @@ pub trait Engine: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Convenience: a point read through a fresh reader.
+    /// A point read of what was written so far (through a fresh reader, unless the engine
+    /// has a cheaper way: [`crate::BufferedEngine`] looks in its buffer without taking a
+    /// version of it, which would make the next writes copy the map nodes they change).
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.reader()?.get(table, key)
     }
