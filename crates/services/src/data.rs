@@ -794,16 +794,24 @@ impl DataTier {
         }
     }
 
-    /// Splits range `id` (at `epoch`) at the middle of its bytes, as its leader measures them,
-    /// moved to a legal boundary. Answers the new range.
-    pub async fn split_range(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
+    /// Asks range `id`'s leader a question that changes nothing (`Admin::MiddleKey`,
+    /// `Admin::LoadKeys`), refused if the range is no longer at `epoch`: its descriptor and the
+    /// answer.
+    async fn ask_leader(&self, id: u64, epoch: u64, question: Admin) -> Result<(Descriptor, Vec<u8>), TierError> {
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         let d = self.range_by_id(id)?;
         if d.epoch != epoch {
             return Err(TierError::Invalid(format!("range {id} changed since it was looked at")));
         }
-        let req = RangeRequest::admin(d.id, d.epoch, Admin::MiddleKey);
-        let mid = self.run(&d, req, deadline).await?.ok_or(TierError::Unavailable(id))?;
+        let req = RangeRequest::admin(d.id, d.epoch, question);
+        let answer = self.run(&d, req, deadline).await?.ok_or(TierError::Unavailable(id))?;
+        Ok((d, answer))
+    }
+
+    /// Splits range `id` (at `epoch`) at the middle of its bytes, as its leader measures them,
+    /// moved to a legal boundary. Answers the new range.
+    pub async fn split_range(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
+        let (_, mid) = self.ask_leader(id, epoch, Admin::MiddleKey).await?;
         if mid.is_empty() {
             return Err(TierError::Invalid(format!("range {id} is empty")));
         }
@@ -815,13 +823,7 @@ impl DataTier {
     /// sampled from its requests); answers the new range. Refused when no boundary divides it
     /// well enough: a split that leaves the load on one side only adds a cold range.
     pub async fn split_range_by_load(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
-        let deadline = Instant::now() + ADMIN_TIMEOUT;
-        let d = self.range_by_id(id)?;
-        if d.epoch != epoch {
-            return Err(TierError::Invalid(format!("range {id} changed since it was looked at")));
-        }
-        let req = RangeRequest::admin(d.id, d.epoch, Admin::LoadKeys);
-        let answer = self.run(&d, req, deadline).await?.ok_or(TierError::Unavailable(id))?;
+        let (d, answer) = self.ask_leader(id, epoch, Admin::LoadKeys).await?;
         let samples: Vec<Vec<u8>> =
             postcard::from_bytes(&answer).map_err(|e| TierError::Unknown(format!("undecodable load samples: {e}")))?;
         let Some(at) = cairn_cluster::directory::load_split_boundary(&d.start, &d.end, &samples) else {
