@@ -72,6 +72,10 @@ pub struct RangeView {
     /// milliseconds, as the driver saw it at this epoch (0: not cold now).
     #[serde(default)]
     pub cold_ms: u64,
+    /// A split by load found no boundary dividing its load lately (a load on one hash slot):
+    /// not split by load again for now.
+    #[serde(default)]
+    pub no_load_split: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -251,7 +255,7 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
     for r in view.ranges.iter().filter(|r| crate::directory::splittable(&r.start, &r.end)) {
         let reason = if r.bytes > cfg.split_bytes {
             Some(SplitReason::Size)
-        } else if r.qps > cfg.split_qps {
+        } else if r.qps > cfg.split_qps && !r.no_load_split {
             Some(SplitReason::Load)
         } else {
             None
@@ -486,6 +490,7 @@ mod tests {
             qps: 500.0,
             idle_ms: 0,
             cold_ms: 0,
+            no_load_split: false,
         }
     }
 
@@ -540,6 +545,27 @@ mod tests {
                 Move::Split { range: 2, epoch: 1, reason: SplitReason::Load },
             ]
         );
+    }
+
+    /// A hot range whose split by load found no boundary (its load on one hash slot) is not
+    /// planned a split again, so its leadership can still move for load: a planned split took
+    /// the range's one move of the plan at every pass.
+    #[test]
+    fn a_hot_range_no_boundary_divides_is_not_split_again_and_its_leader_may_move() {
+        let mut rs: Vec<RangeView> = (1..=4).map(|id| range(id, &[1, 2, 3], MB)).collect();
+        for (r, (leader, qps)) in rs.iter_mut().zip([(1, 3000.0), (1, 3000.0), (2, 0.0), (3, 0.0)]) {
+            (r.leader, r.qps) = (Some(leader), qps);
+        }
+        let cfg = Config { leader_qps_tolerance: 1.0, ..cfg() };
+        let mut view = View { nodes: (1..=3).map(node).collect(), ranges: rs };
+        let split = |r: u64| Move::Split { range: r, epoch: 1, reason: SplitReason::Load };
+        let moves = plan(&view, &cfg);
+        assert!(moves.contains(&split(1)) && moves.contains(&split(2)), "{moves:?}");
+        assert!(!moves.iter().any(|m| matches!(m, Move::TransferLeader { .. })), "{moves:?}");
+        view.ranges[0].no_load_split = true;
+        let moves = plan(&view, &cfg);
+        assert!(!moves.contains(&split(1)) && moves.contains(&split(2)), "{moves:?}");
+        assert!(moves.iter().any(|m| matches!(m, Move::TransferLeader { range: 1, .. })), "{moves:?}");
     }
 
     #[test]

@@ -820,19 +820,16 @@ impl DataTier {
 
     /// Splits range `id` (still at `epoch`) where its recent load divides best between the
     /// halves (`cairn_cluster::directory::load_split_boundary`, over the keys its leader
-    /// sampled from its requests); answers the new range. Refused when no boundary divides it
-    /// well enough: a split that leaves the load on one side only adds a cold range.
-    pub async fn split_range_by_load(&self, id: u64, epoch: u64) -> Result<u64, TierError> {
+    /// sampled from its requests); answers the new range, or `None` when no boundary divides
+    /// it well enough (a split that leaves the load on one side only adds a cold range).
+    pub async fn split_range_by_load(&self, id: u64, epoch: u64) -> Result<Option<u64>, TierError> {
         let (d, answer) = self.ask_leader(id, epoch, Admin::LoadKeys).await?;
         let samples: Vec<Vec<u8>> =
             postcard::from_bytes(&answer).map_err(|e| TierError::Unknown(format!("undecodable load samples: {e}")))?;
         let Some(at) = cairn_cluster::directory::load_split_boundary(&d.start, &d.end, &samples) else {
-            return Err(TierError::Invalid(format!(
-                "range {id}: no boundary divides its load ({} requests sampled)",
-                samples.len()
-            )));
+            return Ok(None);
         };
-        self.split_at(&at).await.map(|(_, new)| new)
+        self.split_at(&at).await.map(|(_, new)| Some(new))
     }
 
     /// Merges range `id` with the range on its right (see [`DataTier::merge`]); answers the

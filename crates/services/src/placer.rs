@@ -20,7 +20,7 @@ use cairn_cluster::placement::{plan, Move, NodeView, RangeView, SplitReason, Vie
 use cairn_raft::range::ReplicaStats;
 use parking_lot::Mutex;
 
-use crate::data::{DataTier, TierError};
+use crate::data::DataTier;
 
 /// How long a node's stats call may take.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,7 +37,16 @@ pub struct Placer {
     /// pass: how long it must stay so before it merges (`merge_delay_ms`). A split or merge
     /// changes the epoch, so a range just split starts over.
     cold_since: Mutex<HashMap<(u64, u64), Instant>>,
+    /// Ranges (at an epoch) whose split by load found no boundary dividing the load, and
+    /// when: not asked again for [`NO_LOAD_SPLIT_FOR`], so that the plan does not spend a move
+    /// on them at every pass (a range with a move planned gets no other, not even the leader
+    /// transfer that is all a load on one hash slot can get).
+    no_load_split: Mutex<HashMap<(u64, u64), Instant>>,
 }
+
+/// How long a range whose load no boundary divided is not split by load again (at the same
+/// epoch): its load may have spread since.
+const NO_LOAD_SPLIT_FOR: Duration = Duration::from_secs(30);
 
 impl Placer {
     /// Starts driving placement whenever this node leads the meta group, for as long as the
@@ -49,6 +58,7 @@ impl Placer {
             heard: Mutex::new(HashMap::new()),
             driving_since: Mutex::new(None),
             cold_since: Mutex::new(HashMap::new()),
+            no_load_split: Mutex::new(HashMap::new()),
         };
         tokio::spawn(async move {
             loop {
@@ -61,6 +71,9 @@ impl Placer {
     async fn tick(&self) {
         if !self.tier.is_meta_leader() {
             *self.driving_since.lock() = None;
+            // Cold clocks are this leadership's: a later one starts them again.
+            self.cold_since.lock().clear();
+            self.no_load_split.lock().clear();
             return;
         }
         let since = *self.driving_since.lock().get_or_insert_with(Instant::now);
@@ -113,6 +126,8 @@ impl Placer {
             .collect();
         let mut cold_since = self.cold_since.lock();
         let mut cold_now = HashMap::new();
+        let mut no_load_split = self.no_load_split.lock();
+        no_load_split.retain(|_, at| now.duration_since(*at) < NO_LOAD_SPLIT_FOR);
         let ranges = dir
             .iter()
             .map(|d| {
@@ -137,6 +152,7 @@ impl Placer {
                     qps: s.map_or(0.0, |s| s.qps),
                     idle_ms: s.map_or(0, |s| s.idle_ms),
                     cold_ms,
+                    no_load_split: no_load_split.contains_key(&(d.id, d.epoch)),
                 }
             })
             .collect();
@@ -153,13 +169,14 @@ impl Placer {
             }
             Move::Split { range, epoch, reason: SplitReason::Load } => {
                 match self.tier.split_range_by_load(*range, *epoch).await {
-                    Ok(new) => {
+                    Ok(Some(new)) => {
                         tracing::info!(range, epoch, new, reason = "load", "placement: split a range");
                         Ok(())
                     }
-                    // A load on one key or hash slot: asked again at the next pass, while hot.
-                    Err(TierError::Invalid(why)) => {
-                        tracing::debug!(range, why, "placement: no split by load");
+                    // A load on one key or hash slot.
+                    Ok(None) => {
+                        tracing::debug!(range, epoch, "placement: no boundary divides the range's load");
+                        self.no_load_split.lock().insert((*range, *epoch), Instant::now());
                         Ok(())
                     }
                     Err(e) => Err(e),

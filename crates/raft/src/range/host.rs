@@ -600,7 +600,7 @@ impl RangeReplica {
         l.bytes
     }
 
-    /// The replica's figures; resets the request count.
+    /// The replica's figures; starts a new window of request counts and key samples.
     pub fn stats(&self) -> crate::range::ReplicaStats {
         let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;

@@ -176,7 +176,8 @@ fn scan_pairs(reader: &dyn Reader, desc: &RangeDesc, max: usize) -> io::Result<O
     Ok((bytes <= max).then_some(pairs))
 }
 
-/// The engine as of a reader, plus the changes made so far in this apply batch.
+/// The engine (a reader's version of it, or as written so far: see [`Base`]), plus the changes
+/// made so far in this apply batch.
 struct Overlay<'a> {
     base: Base<'a>,
     desc: RangeDesc,
@@ -189,10 +190,12 @@ struct Overlay<'a> {
 enum Base<'a> {
     /// A reader's version: a read's view, all its keys as of one point.
     Reader(&'a dyn Reader),
-    /// The engine as written so far, for apply (it alone writes the range's keys, one batch
-    /// after another): point reads need no version of the engine's buffer, whose next writes
-    /// would then copy every map node they change while the version lives; a scan takes a
-    /// reader when it is asked for.
+    /// The engine as written so far, for apply (its batches write the range's keys one after
+    /// another; the one other writer is a merge on the left taking them over, which the
+    /// `ABSORBED` check at the start of a batch guards, as it did when apply read a reader
+    /// taken at that point): point reads need no version of the engine's buffer, whose next
+    /// writes would then copy every map node they change while the version lives; a scan
+    /// takes a reader when it is asked for.
     Engine(&'a dyn Engine, OnceLock<Box<dyn Reader + Send + Sync>>),
 }
 
