@@ -358,6 +358,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                 read_cache_bytes: a.range_read_cache_bytes,
                 ..Default::default()
             },
+            split_bytes: a.range_split_bytes,
             mux: peer_mux,
         },
         Arc::new(cairn_services::cache::RedisApplier),

@@ -94,6 +94,7 @@ fn options(id: u64, dir: &std::path::Path) -> RangeHostOptions {
         unsafe_no_fsync: false,
         engine_cache_bytes: 1 << 20,
         engine_buffer: Default::default(),
+        split_bytes: 64 << 20,
         mux: cairn_raft::range::mux::Mux::new(Default::default()),
     }
 }

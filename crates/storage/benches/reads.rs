@@ -113,28 +113,45 @@ fn buffer(c: &mut Criterion) {
     let mut g = c.benchmark_group("buffer");
     g.sample_size(10);
     let big = BufferLimits { bytes: 1 << 30, entries: 1 << 20, read_cache_bytes: 0 };
-    let fill = |e: &BufferedEngine| {
+    let fill_with = |e: &BufferedEngine, key: &dyn Fn(u32) -> Vec<u8>, reader_every: u32| {
         for i in 0..KEYS {
             let mut w = WriteBatch::new();
             w.put(Table::Kv, key(i), vec![9u8; 256]);
             e.write(w).unwrap();
-            if i % 16 == 0 {
+            if i % reader_every == 0 {
                 drop(e.reader().unwrap());
             }
         }
     };
-    g.bench_function("100,000 writes, a reader every 16", |b| {
-        b.iter_custom(|iters| {
-            let mut total = std::time::Duration::ZERO;
-            for _ in 0..iters {
-                let e = BufferedEngine::new(Arc::new(cairn_storage::MemEngine::new()), big);
-                let start = std::time::Instant::now();
-                fill(&e);
-                total += start.elapsed();
-            }
-            total
+    let fill = |e: &BufferedEngine| fill_with(e, &key, 16);
+    let mut timed = |name: &str, key: &dyn Fn(u32) -> Vec<u8>, reader_every: u32| {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let e = BufferedEngine::new(Arc::new(cairn_storage::MemEngine::new()), big);
+                    let start = std::time::Instant::now();
+                    fill_with(&e, key, reader_every);
+                    total += start.elapsed();
+                }
+                total
+            });
         });
-    });
+    };
+    timed("100,000 writes, a reader every 16", &key, 16);
+    // As the data tier stores Redis keys: a prefix byte and the key's hash slot first, in
+    // the order a load of random keys writes them; with readers between, and with none (a
+    // SET load: apply and GETs read without taking a reader).
+    let slotted = |i: u32| {
+        let i = i.wrapping_mul(2_654_435_761) % KEYS;
+        let slot = (i.wrapping_mul(40_503) >> 4) as u16 % 16_384;
+        let mut k = vec![b'r'];
+        k.extend_from_slice(&slot.to_be_bytes());
+        k.extend_from_slice(&key(i));
+        k
+    };
+    timed("100,000 writes of slotted keys in random order, a reader every 16", &slotted, 16);
+    timed("100,000 writes of slotted keys in random order, no reader", &slotted, KEYS);
     let e = BufferedEngine::new(Arc::new(cairn_storage::MemEngine::new()), big);
     fill(&e);
     let reader = e.reader().unwrap();

@@ -46,6 +46,9 @@ pub struct RangeHostOptions {
     pub engine_cache_bytes: usize,
     /// When the data engine's write buffer goes to redb (see [`BufferedEngine`]).
     pub engine_buffer: BufferLimits,
+    /// `--range-split-bytes`: a range that may have grown past it is measured again sooner
+    /// (see [`SIZE_EVERY`]).
+    pub split_bytes: u64,
     /// The node's transport to its peers, the meta group's too: every group's messages to a
     /// node share its batches and its one connection.
     pub mux: Mux,
@@ -57,6 +60,8 @@ pub struct RangeReplica {
     pub raft: RangeRaft,
     pub sm: RangeStateMachine,
     load: Mutex<Load>,
+    /// [`RangeHostOptions::split_bytes`].
+    split_bytes: u64,
     /// Its Raft timer is stopped (see [`hibernate`]).
     asleep: std::sync::atomic::AtomicBool,
     /// A leader stays awake until then, whatever its load (a peer came back).
@@ -233,15 +238,33 @@ struct Measured {
     written: u64,
 }
 
+impl Measured {
+    /// Whether a replica measured at `bytes` then is to be measured again, at `epoch` after
+    /// apply wrote up to `written` (see [`SIZE_EVERY`]).
+    fn stale(&self, now: std::time::Instant, epoch: u64, written: u64, bytes: u64, split_bytes: u64) -> bool {
+        let since = now.duration_since(self.at);
+        let changed = written - self.written;
+        self.epoch != epoch
+            || (changed > 0 && since >= SIZE_EVERY_CHANGED)
+            || (changed > 0
+                && changed >= rescan_after(bytes)
+                && bytes.saturating_add(changed) > split_bytes
+                && since >= SIZE_EVERY)
+    }
+}
+
 /// A replica's size is measured again at most this often, once apply wrote a quarter of what
-/// it held, or as many bytes as it held past [`SIZE_CLOSE_BYTES`], and at most every
-/// [`SIZE_EVERY_CHANGED`] after any change; a range apply did not touch is not measured again
+/// it held (as many bytes as it held past [`SIZE_CLOSE_BYTES`]) and it may have grown past
+/// `--range-split-bytes` (what it held plus what apply wrote since); else at most every
+/// [`SIZE_EVERY_CHANGED`] after any change. A range apply did not touch is not measured again
 /// (its epoch changing forces it). Measuring is a scan of the range, through the engine's page
 /// cache: every 10 s for every range, it read a node's whole data set again and again (7 GiB
 /// per node in the 10 GiB load, which slowed as it grew); after a quarter of it written, it
 /// was still 29 % of a node's CPU under `redis-benchmark -d 1000 -P 16` SETs to 300 MB ranges,
-/// and it pushed the pages the engine's flushes write out of that cache (BENCHMARKS.md). Past
-/// that size the scans read at most a byte per byte written.
+/// and it pushed the pages the engine's flushes write out of that cache (BENCHMARKS.md); and
+/// 8 % of the nodes' CPU under `-d 256 -P 16` SETs over 30 MB, where no range could reach the
+/// split size between two 10 s scans. Past that size the scans read at most a byte per byte
+/// written.
 const SIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Up to this size a range is measured again once a quarter of it was written, so that a
@@ -583,13 +606,7 @@ impl RangeReplica {
         let written = self.sm.written();
         let stale = {
             let l = self.load.lock();
-            l.measured.is_none_or(|m| {
-                let since = now.duration_since(m.at);
-                let changed = written - m.written;
-                m.epoch != epoch
-                    || (changed > 0 && since >= SIZE_EVERY_CHANGED)
-                    || (changed >= rescan_after(l.bytes) && changed > 0 && since >= SIZE_EVERY)
-            })
+            l.measured.is_none_or(|m| m.stale(now, epoch, written, l.bytes, self.split_bytes))
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };
         let mut l = self.load.lock();
@@ -821,6 +838,7 @@ impl RangeHost {
             raft,
             sm,
             load: Mutex::new(Load::default()),
+            split_bytes: self.opts.split_bytes,
             asleep: std::sync::atomic::AtomicBool::new(false),
             awake_until: Mutex::new(None),
             handed_over: Mutex::new(None),
@@ -1463,7 +1481,9 @@ impl RangeHost {
             let _ = r.raft.shutdown().await;
         }
         self.log.close();
-        let _ = self.engine.sync();
+        // The sync writes the buffer out to redb, seconds under load: not on a runtime thread.
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.sync()).await;
     }
 }
 
@@ -1543,5 +1563,36 @@ impl RangeHandler for RangeHost {
                 reply(r.raft.install_full_snapshot(vote, snapshot).await)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_measured_again_when_it_may_have_reached_the_split_size_or_a_minute_on() {
+        let t0 = std::time::Instant::now();
+        let m = Measured { at: t0, epoch: 3, written: 1_000 };
+        let split = 64 << 20;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mb = 1 << 20;
+        // Its descriptor changed (split, merge, move): at once.
+        assert!(m.stale(at(0), 4, 1_000, 10 * mb, split));
+        // Nothing written: never.
+        assert!(!m.stale(at(3_600), 3, 1_000, 10 * mb, split));
+        // 10 MB, a quarter of it written, but it cannot have reached 64 MiB: only a minute on.
+        assert!(!m.stale(at(11), 3, 1_000 + 3 * mb, 10 * mb, split));
+        assert!(m.stale(at(61), 3, 1_000 + 3 * mb, 10 * mb, split));
+        // 60 MB and a quarter of it written: it may be past 64 MiB, so after 10 s.
+        assert!(!m.stale(at(9), 3, 1_000 + 15 * mb, 60 * mb, split));
+        assert!(m.stale(at(11), 3, 1_000 + 15 * mb, 60 * mb, split));
+        // ... but not before a quarter of it was written.
+        assert!(!m.stale(at(11), 3, 1_000 + 5 * mb, 60 * mb, split));
+        // A small split size (tests, small clusters) makes a small range's scans timely.
+        assert!(m.stale(at(11), 3, 1_000 + 3 * mb, 10 * mb, 12 * mb));
+        // Past the split size (one hash slot's range cannot split): after as much as it holds.
+        assert!(!m.stale(at(11), 3, 1_000 + 50 * mb, 100 * mb, split));
+        assert!(m.stale(at(11), 3, 1_000 + 100 * mb, 100 * mb, split));
     }
 }

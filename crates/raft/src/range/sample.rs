@@ -14,7 +14,9 @@ pub const LOAD_SAMPLES: usize = 64;
 /// range decodes a few hundred of its requests' keys per window, not all of them.
 pub struct KeySample {
     seen: u64,
-    keys: Vec<Vec<u8>>,
+    /// A slot holds `None` when the request sampled there named no key (a SCAN): it still
+    /// takes its share of the sample, or a key it replaced would be over-weighted.
+    keys: Vec<Option<Vec<u8>>>,
     rng: StdRng,
 }
 
@@ -30,7 +32,8 @@ impl KeySample {
         KeySample { seen: 0, keys: Vec::new(), rng: StdRng::seed_from_u64(seed) }
     }
 
-    /// Counts one request; `key` gives its key if it is sampled (`None`: it names none).
+    /// Counts one request; `key` gives its key if it is sampled (`None`: it names none). The
+    /// caller may hold a lock: `key` runs for a few hundred requests per window (see above).
     pub fn offer(&mut self, key: impl FnOnce() -> Option<Vec<u8>>) {
         self.seen += 1;
         let at = if self.keys.len() < LOAD_SAMPLES {
@@ -41,23 +44,23 @@ impl KeySample {
                 _ => return,
             }
         };
-        if let Some(k) = key() {
-            if at == self.keys.len() {
-                self.keys.push(k);
-            } else {
-                self.keys[at] = k;
-            }
+        let k = key();
+        if at == self.keys.len() {
+            self.keys.push(k);
+        } else {
+            self.keys[at] = k;
         }
     }
 
-    pub fn keys(&self) -> &[Vec<u8>] {
-        &self.keys
+    /// The keys sampled in this window.
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.keys.iter().flatten()
     }
 
     /// The keys sampled, and a new window begun.
     pub fn take(&mut self) -> Vec<Vec<u8>> {
         self.seen = 0;
-        std::mem::take(&mut self.keys)
+        std::mem::take(&mut self.keys).into_iter().flatten().collect()
     }
 }
 
@@ -78,16 +81,28 @@ mod tests {
                 Some(key)
             });
         }
-        assert_eq!(s.keys().len(), LOAD_SAMPLES);
-        let a = s.keys().iter().filter(|k| k.as_slice() == b"a").count();
+        assert_eq!(s.keys().count(), LOAD_SAMPLES);
+        let a = s.keys().filter(|k| k.as_slice() == b"a").count();
         assert!((16..=48).contains(&a), "{a} of {LOAD_SAMPLES} samples on the key with half the load");
         // About LOAD_SAMPLES * (1 + ln(100_000 / LOAD_SAMPLES)) keys decoded, not 100,000.
         assert!(asked < 1_000, "{asked} keys asked for");
         assert_eq!(s.take().len(), LOAD_SAMPLES);
-        assert!(s.keys().is_empty());
+        assert_eq!(s.keys().count(), 0);
         // A new window fills from its own requests.
         s.offer(|| Some(b"b".to_vec()));
         s.offer(|| None);
-        assert_eq!(s.keys(), &[b"b".to_vec()]);
+        assert_eq!(s.keys().collect::<Vec<_>>(), [&b"b".to_vec()]);
+    }
+
+    #[test]
+    fn requests_that_name_no_key_take_their_share_of_the_sample() {
+        // One request in two names no key (a SCAN): about half the slots hold none. A sample
+        // that kept the replaced key in such a slot would fill with keys again.
+        let mut s = KeySample::seeded(11);
+        for i in 0..100_000u32 {
+            s.offer(|| (i % 2 == 0).then(|| i.to_be_bytes().to_vec()));
+        }
+        let keyed = s.keys().count();
+        assert!((16..=48).contains(&keyed), "{keyed} of {LOAD_SAMPLES} slots hold a key");
     }
 }
