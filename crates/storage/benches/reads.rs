@@ -143,7 +143,8 @@ fn buffer(c: &mut Criterion) {
     // the order a load of random keys writes them; with readers between, and with none (a
     // SET load: apply and GETs read without taking a reader).
     let slotted = |i: u32| {
-        let i = i.wrapping_mul(2_654_435_761) % KEYS;
+        // A permutation of 0..KEYS (the factor is prime to it): every key once.
+        let i = (u64::from(i) * 2_654_435_761 % u64::from(KEYS)) as u32;
         let slot = (i.wrapping_mul(40_503) >> 4) as u16 % 16_384;
         let mut k = vec![b'r'];
         k.extend_from_slice(&slot.to_be_bytes());

@@ -47,7 +47,7 @@ pub struct RangeHostOptions {
     /// When the data engine's write buffer goes to redb (see [`BufferedEngine`]).
     pub engine_buffer: BufferLimits,
     /// `--range-split-bytes`: a range that may have grown past it is measured again sooner
-    /// (see [`SIZE_EVERY`]).
+    /// than one that cannot have (see `RangeReplica::size`).
     pub split_bytes: u64,
     /// The node's transport to its peers, the meta group's too: every group's messages to a
     /// node share its batches and its one connection.
@@ -236,15 +236,20 @@ struct Measured {
     at: std::time::Instant,
     epoch: u64,
     written: u64,
+    installs: u64,
 }
 
 impl Measured {
-    /// Whether a replica measured at `bytes` then is to be measured again, at `epoch` after
-    /// apply wrote up to `written` (see [`SIZE_EVERY`]).
-    fn stale(&self, now: std::time::Instant, epoch: u64, written: u64, bytes: u64, split_bytes: u64) -> bool {
+    /// Whether a replica measured at `bytes` then is to be measured again now, when its
+    /// descriptor is at `epoch`, apply wrote up to `written` and `installs` snapshots were
+    /// installed (see [`SIZE_EVERY`]).
+    fn stale(&self, now: std::time::Instant, at: Measured, bytes: u64, split_bytes: u64) -> bool {
         let since = now.duration_since(self.at);
-        let changed = written - self.written;
-        self.epoch != epoch
+        // Two measures may race (status and the placement driver's stats): the one stored
+        // last may have read `written` first.
+        let changed = at.written.saturating_sub(self.written);
+        self.epoch != at.epoch
+            || self.installs != at.installs
             || (changed > 0 && since >= SIZE_EVERY_CHANGED)
             || (changed > 0
                 && changed >= rescan_after(bytes)
@@ -256,8 +261,9 @@ impl Measured {
 /// A replica's size is measured again at most this often, once apply wrote a quarter of what
 /// it held (as many bytes as it held past [`SIZE_CLOSE_BYTES`]) and it may have grown past
 /// `--range-split-bytes` (what it held plus what apply wrote since); else at most every
-/// [`SIZE_EVERY_CHANGED`] after any change. A range apply did not touch is not measured again
-/// (its epoch changing forces it). Measuring is a scan of the range, through the engine's page
+/// [`SIZE_EVERY_CHANGED`] after any change (the placement driver's byte balance sees sizes that
+/// old). A range apply did not touch is not measured again (its epoch changing, or a snapshot
+/// installed, forces it). Measuring is a scan of the range, through the engine's page
 /// cache: every 10 s for every range, it read a node's whole data set again and again (7 GiB
 /// per node in the 10 GiB load, which slowed as it grew); after a quarter of it written, it
 /// was still 29 % of a node's CPU under `redis-benchmark -d 1000 -P 16` SETs to 300 MB ranges,
@@ -603,16 +609,16 @@ impl RangeReplica {
         let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;
         // Read before the scan: what apply writes during it counts towards the next one.
-        let written = self.sm.written();
+        let at = Measured { at: now, epoch, written: self.sm.written(), installs: self.sm.installs() };
         let stale = {
             let l = self.load.lock();
-            l.measured.is_none_or(|m| m.stale(now, epoch, written, l.bytes, self.split_bytes))
+            l.measured.is_none_or(|m| m.stale(now, at, l.bytes, self.split_bytes))
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };
         let mut l = self.load.lock();
         if let Some(b) = fresh {
             l.bytes = b;
-            l.measured = Some(Measured { at: now, epoch, written });
+            l.measured = Some(at);
         }
         l.bytes
     }
@@ -1481,9 +1487,10 @@ impl RangeHost {
             let _ = r.raft.shutdown().await;
         }
         self.log.close();
-        // The sync writes the buffer out to redb, seconds under load: not on a runtime thread.
-        let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.sync()).await;
+        // On this thread, blocking it: the node is stopping, and its callers bound the
+        // shutdown with a timeout, which must not end the process in the middle of this sync
+        // (what was applied is safe either way, but the next start would replay the log).
+        let _ = self.engine.sync();
     }
 }
 
@@ -1573,26 +1580,31 @@ mod tests {
     #[test]
     fn a_range_is_measured_again_when_it_may_have_reached_the_split_size_or_a_minute_on() {
         let t0 = std::time::Instant::now();
-        let m = Measured { at: t0, epoch: 3, written: 1_000 };
+        let m = Measured { at: t0, epoch: 3, written: 1_000, installs: 0 };
         let split = 64 << 20;
         let at = |s: u64| t0 + Duration::from_secs(s);
+        let now = |epoch: u64, written: u64| Measured { at: t0, epoch, written, installs: 0 };
         let mb = 1 << 20;
         // Its descriptor changed (split, merge, move): at once.
-        assert!(m.stale(at(0), 4, 1_000, 10 * mb, split));
+        assert!(m.stale(at(0), now(4, 1_000), 10 * mb, split));
+        // A snapshot was installed (a new replica caught up; a follower far behind): at once.
+        assert!(m.stale(at(0), Measured { installs: 1, ..now(3, 1_000) }, 0, split));
         // Nothing written: never.
-        assert!(!m.stale(at(3_600), 3, 1_000, 10 * mb, split));
+        assert!(!m.stale(at(3_600), now(3, 1_000), 10 * mb, split));
         // 10 MB, a quarter of it written, but it cannot have reached 64 MiB: only a minute on.
-        assert!(!m.stale(at(11), 3, 1_000 + 3 * mb, 10 * mb, split));
-        assert!(m.stale(at(61), 3, 1_000 + 3 * mb, 10 * mb, split));
+        assert!(!m.stale(at(11), now(3, 1_000 + 3 * mb), 10 * mb, split));
+        assert!(m.stale(at(61), now(3, 1_000 + 3 * mb), 10 * mb, split));
         // 60 MB and a quarter of it written: it may be past 64 MiB, so after 10 s.
-        assert!(!m.stale(at(9), 3, 1_000 + 15 * mb, 60 * mb, split));
-        assert!(m.stale(at(11), 3, 1_000 + 15 * mb, 60 * mb, split));
+        assert!(!m.stale(at(9), now(3, 1_000 + 15 * mb), 60 * mb, split));
+        assert!(m.stale(at(11), now(3, 1_000 + 15 * mb), 60 * mb, split));
         // ... but not before a quarter of it was written.
-        assert!(!m.stale(at(11), 3, 1_000 + 5 * mb, 60 * mb, split));
+        assert!(!m.stale(at(11), now(3, 1_000 + 5 * mb), 60 * mb, split));
         // A small split size (tests, small clusters) makes a small range's scans timely.
-        assert!(m.stale(at(11), 3, 1_000 + 3 * mb, 10 * mb, 12 * mb));
+        assert!(m.stale(at(11), now(3, 1_000 + 3 * mb), 10 * mb, 12 * mb));
         // Past the split size (one hash slot's range cannot split): after as much as it holds.
-        assert!(!m.stale(at(11), 3, 1_000 + 50 * mb, 100 * mb, split));
-        assert!(m.stale(at(11), 3, 1_000 + 100 * mb, 100 * mb, split));
+        assert!(!m.stale(at(11), now(3, 1_000 + 50 * mb), 100 * mb, split));
+        assert!(m.stale(at(11), now(3, 1_000 + 100 * mb), 100 * mb, split));
+        // A measure stored by a racing call that read `written` later: no underflow.
+        assert!(!m.stale(at(11), now(3, 500), 10 * mb, split));
     }
 }

@@ -277,6 +277,8 @@ struct Inner {
     /// Bytes of keys and values apply has written or deleted since the replica opened: how much
     /// the range may have changed (see [`RangeStateMachine::written`]).
     written: std::sync::atomic::AtomicU64,
+    /// Snapshots installed since the replica opened (see [`RangeStateMachine::installs`]).
+    installs: std::sync::atomic::AtomicU64,
 }
 
 /// A range's state machine; clones share state.
@@ -322,6 +324,7 @@ impl RangeStateMachine {
                 state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some(), frozen }),
                 events,
                 written: Default::default(),
+                installs: Default::default(),
             }),
         })
     }
@@ -381,6 +384,12 @@ impl RangeStateMachine {
     /// moved enough, so an idle range is never scanned twice.
     pub fn written(&self) -> u64 {
         self.inner.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Snapshots installed here so far: an install replaces the range's keys without counting
+    /// in [`Self::written`], and often under the same epoch, so it makes a measure stale too.
+    pub fn installs(&self) -> u64 {
+        self.inner.installs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of the range's keys and values (a full scan: for status, not hot paths).
@@ -522,6 +531,7 @@ impl RangeStateMachine {
         st.membership = meta.last_membership.clone();
         st.desc = snap.desc;
         st.has_snapshot = true;
+        self.inner.installs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
