@@ -775,6 +775,46 @@ async fn an_under_replicated_range_gets_replicas_added() {
     }
 }
 
+/// A range holding more than a merge can carry is not frozen: frozen, nothing could read its
+/// keys into a merge, and nothing thaws it, so it would refuse every write for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_too_big_to_merge_is_not_frozen() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_all(&dirs).await;
+    let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
+    for n in &nodes {
+        n.host.create(range(1), Some(voters.clone())).await.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let big = "x".repeat(1 << 20);
+    let n = cairn_raft::range::types::MERGE_BYTES_MAX / (1 << 20) + 1;
+    for i in 0..n {
+        write(&all, 1, &key(1, i), &big).await;
+    }
+    match admin(&all, 1, 0, Admin::Freeze).await {
+        Outcome::Done(b) => assert!(b.is_empty(), "a range of {n} MiB was frozen"),
+        other => panic!("freeze: {other:?}"),
+    }
+    // Still at its epoch, and still writable.
+    assert_eq!(
+        write_op(&all, 1, RangeOp { epoch: 1, ..put(&key(1, 0), "after") }).await,
+        RangeReply::Done(big.into_bytes())
+    );
+    // Smaller again, it freezes.
+    for i in 1..n {
+        write(&all, 1, &key(1, i), "").await;
+    }
+    match admin(&all, 1, 0, Admin::Freeze).await {
+        Outcome::Done(b) => {
+            assert_eq!(postcard::from_bytes::<RangeDesc>(&b).unwrap(), RangeDesc { epoch: 2, ..range(1) })
+        }
+        other => panic!("freeze: {other:?}"),
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_range_merges_into_its_left_neighbour() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -863,7 +863,20 @@ impl DataTier {
                 "ranges {left} and {right} are not on the same nodes: move a replica first"
             )));
         }
-        self.run(&r, RangeRequest::admin(right, 0, Admin::Freeze), deadline).await?;
+        match self.run(&r, RangeRequest::admin(right, 0, Admin::Freeze), deadline).await? {
+            Some(b) if b.is_empty() => {
+                return Err(TierError::Invalid(format!(
+                    "range {right} holds more than {} MiB: too big to merge",
+                    cairn_raft::range::types::MERGE_BYTES_MAX >> 20
+                )))
+            }
+            Some(_) => {}
+            None => {
+                return Err(TierError::Invalid(format!(
+                    "range {right} changed while the merge was asked for: try again"
+                )))
+            }
+        }
         let frozen = self
             .run(&r, RangeRequest::admin(right, 0, Admin::ReadFrozen), deadline)
             .await?

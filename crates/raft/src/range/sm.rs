@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::range::types::{
     LogId, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta,
-    StoredMembership,
+    StoredMembership, MERGE_BYTES_MAX,
 };
 
 /// A range snapshot's data, as openraft carries it: encoded bytes, or a view of the range not
@@ -164,6 +164,17 @@ fn upper(to: &[u8]) -> Bound<&[u8]> {
 }
 
 /// The keys and values of `desc`'s span as `reader` sees them; `None` past `max` bytes.
+/// Whether the range's keys and values, as `view` holds them, fit in a merge
+/// ([`MERGE_BYTES_MAX`], as `ReadFrozen` counts them).
+fn fits_a_merge(view: &Overlay) -> io::Result<bool> {
+    let mut bytes = 0usize;
+    view.scan(&view.desc.start, &view.desc.end, &mut |k, v| {
+        bytes += k.len() + v.len();
+        bytes <= MERGE_BYTES_MAX
+    })?;
+    Ok(bytes <= MERGE_BYTES_MAX)
+}
+
 fn scan_pairs(reader: &dyn Reader, desc: &RangeDesc, max: usize) -> io::Result<Option<Pairs>> {
     let (mut pairs, mut bytes) = (Vec::new(), 0usize);
     reader
@@ -603,14 +614,22 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                     RangeReply::WrongRange(view.desc.clone())
                 }
                 EntryPayload::Normal(RangeOp { cmd: RangeCmd::Freeze, .. }) => {
-                    if !st.frozen {
+                    if !st.frozen && !fits_a_merge(&view)? {
+                        // Nothing could carry its keys into a merge (`ReadFrozen` refuses
+                        // them), and nothing thaws a frozen range: frozen, it would refuse
+                        // every write for good. Every replica decides this alike, at this
+                        // point of the log.
+                        RangeReply::Done(Vec::new())
+                    } else if !st.frozen {
                         st.frozen = true;
                         view.desc.epoch += 1;
                         st.desc = view.desc.clone();
                         meta.push((meta_key(id, FROZEN), vec![1]));
                         meta.push((meta_key(id, DESC), encode(&view.desc)));
+                        RangeReply::Done(encode(&view.desc))
+                    } else {
+                        RangeReply::Done(encode(&view.desc))
                     }
-                    RangeReply::Done(encode(&view.desc))
                 }
                 EntryPayload::Normal(_) if st.frozen => RangeReply::WrongRange(view.desc.clone()),
                 EntryPayload::Normal(RangeOp { cmd: RangeCmd::Merge { right, pairs }, .. }) => {

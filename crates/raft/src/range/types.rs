@@ -152,7 +152,8 @@ pub enum Admin {
     /// No change: answers the key at the middle of the range's bytes (empty: the range is
     /// empty), where a split by size should cut.
     MiddleKey,
-    /// Freeze the range for a merge (see [`RangeCmd::Freeze`]); answers its descriptor.
+    /// Freeze the range for a merge (see [`RangeCmd::Freeze`]); answers its descriptor, or
+    /// nothing when the range holds more than [`MERGE_BYTES_MAX`] (it is then not frozen).
     Freeze,
     /// Of a frozen range: answers its descriptor and every key and value (at most
     /// [`MERGE_BYTES_MAX`]).
