@@ -76,6 +76,9 @@ pub struct RangeView {
     /// not split by load again for now.
     #[serde(default)]
     pub no_load_split: bool,
+    /// Frozen for a merge that was cut short (see [`plan`], rule 0).
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +235,37 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             .min_by_key(|(id, l)| (l.replicas, l.bytes, **id))
             .map(|(id, _)| *id)
     };
+
+    // 0. Finish merges cut short: a frozen range refuses every request until its left
+    // neighbour takes it over (`DataTier::merge` runs again from where it stopped), and
+    // nothing else is done to it meanwhile. If the two no longer have the same nodes (a
+    // replica moved or was repaired since the freeze), one of the frozen range's replicas
+    // moves to the node of the left one's it lacks first (a frozen range still changes its
+    // members), and the left one stays as it is.
+    for pair in view.ranges.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if !b.frozen || a.end != b.start {
+            continue;
+        }
+        let from = b.replicas.iter().find(|n| !a.replicas.contains(n)).copied();
+        let to = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
+        match (from, to) {
+            (None, None) => {
+                p.push(Move::Merge { left: a.id, right: b.id });
+            }
+            (Some(from), Some(to)) => {
+                if p.push(Move::Relocate { range: b.id, epoch: b.epoch, from, to }) {
+                    shift(&mut load, b, Some(from), to);
+                }
+                // Its neighbour's nodes are the ones to match: they stay.
+                p.busy.insert(a.id);
+            }
+            // Different replica counts: repair evens them first (below, for the left one).
+            _ => {}
+        }
+        // Nothing else is done to the frozen range meanwhile.
+        p.busy.insert(b.id);
+    }
 
     // 1. Repair.
     for r in &view.ranges {
@@ -491,6 +525,7 @@ mod tests {
             idle_ms: 0,
             cold_ms: 0,
             no_load_split: false,
+            frozen: false,
         }
     }
 
@@ -519,6 +554,31 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A range left frozen by a merge cut short is merged into its left neighbour at the next
+    /// pass, and nothing else is done to it; if its nodes differ from its neighbour's, a
+    /// replica moves to match first.
+    #[test]
+    fn a_frozen_range_is_merged_into_its_left_neighbour_first() {
+        let mut frozen = range(2, &[2, 3, 1], 70 * MB);
+        frozen.frozen = true;
+        frozen.qps = 10_000.0;
+        let view = View {
+            nodes: (1..=4).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 70 * MB), frozen.clone(), range(3, &[1, 2, 3], MB)],
+        };
+        let moves = plan(&view, &cfg());
+        assert_eq!(moves.first(), Some(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
+        assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
+        // Its left neighbour's replica on node 3 moved to node 4 since the freeze.
+        let view = View {
+            nodes: (1..=4).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 4], 70 * MB), frozen, range(3, &[1, 2, 3], MB)],
+        };
+        let moves = plan(&view, &cfg());
+        assert_eq!(moves.first(), Some(&Move::Relocate { range: 2, epoch: 1, from: 3, to: 4 }), "{moves:?}");
+        assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl Placer {
                     idle_ms: s.map_or(0, |s| s.idle_ms),
                     cold_ms,
                     no_load_split: no_load_split.contains_key(&(d.id, d.epoch)),
+                    frozen: s.is_some_and(|s| s.frozen),
                 }
             })
             .collect();

@@ -641,6 +641,7 @@ impl RangeReplica {
             bytes: l.bytes,
             qps,
             idle_ms: l.last_request.map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64),
+            frozen: self.sm.frozen(),
         }
     }
 

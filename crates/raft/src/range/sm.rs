@@ -60,7 +60,8 @@ impl SnapshotBytes {
                 format!("range {id} is larger than a snapshot may be ({SNAPSHOT_BYTES_MAX} bytes)"),
             )
         })?;
-        let mut data = encode(&RangeSnapshot { desc, pairs });
+        let frozen = reader.get(Table::Meta, &meta_key(id, FROZEN)).map_err(io_err)?.is_some();
+        let mut data = encode(&RangeSnapshot { desc, pairs, frozen });
         let crc = crc32c::crc32c(&data);
         data.extend_from_slice(&crc.to_be_bytes());
         Ok(data)
@@ -266,6 +267,9 @@ impl DataWrite for Overlay<'_> {
 struct RangeSnapshot {
     desc: RangeDesc,
     pairs: Pairs,
+    /// Frozen for a merge (a replica that catches up by snapshot, a new one among them, must
+    /// refuse requests as the others do: unfrozen, it applied the writes they refused).
+    frozen: bool,
 }
 
 struct SmState {
@@ -535,12 +539,18 @@ impl RangeStateMachine {
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&meta.last_log_id));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&meta.last_membership));
         wb.put(Table::Meta, meta_key(id, DESC), encode(&snap.desc));
+        if snap.frozen {
+            wb.put(Table::Meta, meta_key(id, FROZEN), vec![1]);
+        } else {
+            wb.delete(Table::Meta, meta_key(id, FROZEN));
+        }
         engine.write(wb).map_err(io_err)?;
         engine.sync().map_err(io_err)?;
         let mut st = self.inner.state.lock();
         st.applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.desc = snap.desc;
+        st.frozen = snap.frozen;
         st.has_snapshot = true;
         self.inner.installs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -828,5 +838,34 @@ mod tests {
 
         // Encoded bytes pass through as they are.
         assert_eq!(SnapshotBytes::Encoded(vec![1, 2]).into_bytes().unwrap(), vec![1, 2]);
+    }
+
+    /// A frozen range's snapshot freezes the replica that installs it (a replica added to the
+    /// range, or one far behind): unfrozen, it would apply the writes the others refuse, and
+    /// lead them if elected.
+    #[tokio::test]
+    async fn a_frozen_range_stays_frozen_on_a_replica_caught_up_by_snapshot() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let open = |engine: &Arc<dyn Engine>| RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None);
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*engine, &desc, members.clone()).unwrap();
+        put(&*engine, b"c", b"1");
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Meta, meta_key(7, FROZEN), vec![1]);
+        engine.write(wb).unwrap();
+        let mut sm = open(&engine).unwrap();
+        assert!(sm.frozen());
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+        let (meta, bytes) = (snap.meta.clone(), snap.snapshot.into_bytes().unwrap());
+
+        let other: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*other, &desc, members).unwrap();
+        let theirs = open(&other).unwrap();
+        assert!(!theirs.frozen());
+        theirs.install(&meta, bytes).unwrap();
+        assert!(theirs.frozen(), "installing a frozen range's snapshot left the replica unfrozen");
+        assert!(open(&other).unwrap().frozen(), "not frozen once reopened");
     }
 }

@@ -131,6 +131,9 @@ pub struct ReplicaStats {
     pub qps: f64,
     /// Milliseconds since it last ran a client request.
     pub idle_ms: u64,
+    /// Frozen for a merge ([`RangeCmd::Freeze`]): it refuses requests until the merge is
+    /// finished, which the placement driver does if the merge was cut short.
+    pub frozen: bool,
 }
 
 /// Changes to a range, run by its leader.
