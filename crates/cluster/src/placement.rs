@@ -5,6 +5,9 @@
 //! The rules, in order of urgency; a range gets at most one move per plan, and a plan holds at
 //! most `max_moves`:
 //!
+//! 0. **Finish a merge cut short**: a range frozen for a merge (it refuses every request) is
+//!    merged into its left neighbour, after one of its replicas moves to match the neighbour's
+//!    nodes if they changed since the freeze.
 //! 1. **Repair**: a replica on a node dead for longer than `dead_node_timeout_ms`, or on a node
 //!    being removed, moves to the live node with the fewest replicas (then bytes) that does
 //!    not hold the range; a range with fewer than `replication_factor` replicas gets one.
@@ -240,8 +243,10 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
     // neighbour takes it over (`DataTier::merge` runs again from where it stopped), and
     // nothing else is done to it meanwhile. If the two no longer have the same nodes (a
     // replica moved or was repaired since the freeze), one of the frozen range's replicas
-    // moves to the node of the left one's it lacks first (a frozen range still changes its
-    // members), and the left one stays as it is.
+    // moves to a live node of the left one's that it lacks first (a frozen range still changes
+    // its members), and the left one stays as it is. A left one with a replica on a leaving
+    // or silent node is repaired first (rule 1); a frozen one with fewer replicas gets them
+    // there too.
     for pair in view.ranges.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if !b.frozen || a.end != b.start {
@@ -249,21 +254,20 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         }
         let from = b.replicas.iter().find(|n| !a.replicas.contains(n)).copied();
         let to = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
+        let a_settled = a.replicas.iter().all(|n| live.contains(n));
         match (from, to) {
             (None, None) => {
                 p.push(Move::Merge { left: a.id, right: b.id });
             }
-            (Some(from), Some(to)) => {
+            (Some(from), Some(to)) if a_settled => {
                 if p.push(Move::Relocate { range: b.id, epoch: b.epoch, from, to }) {
                     shift(&mut load, b, Some(from), to);
                 }
-                // Its neighbour's nodes are the ones to match: they stay.
                 p.busy.insert(a.id);
             }
-            // Different replica counts: repair evens them first (below, for the left one).
-            _ => {}
+            // Repair first, below.
+            _ => continue,
         }
-        // Nothing else is done to the frozen range meanwhile.
         p.busy.insert(b.id);
     }
 
@@ -571,14 +575,34 @@ mod tests {
         let moves = plan(&view, &cfg());
         assert_eq!(moves.first(), Some(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
         assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
-        // Its left neighbour's replica on node 3 moved to node 4 since the freeze.
+        // Its left neighbour's replica on node 3 moved to node 4 since the freeze: the frozen
+        // range's follows, and the neighbour stays as it is.
         let view = View {
             nodes: (1..=4).map(node).collect(),
-            ranges: vec![range(1, &[1, 2, 4], 70 * MB), frozen, range(3, &[1, 2, 3], MB)],
+            ranges: vec![range(1, &[1, 2, 4], 70 * MB), frozen.clone(), range(3, &[1, 2, 3], MB)],
         };
         let moves = plan(&view, &cfg());
         assert_eq!(moves.first(), Some(&Move::Relocate { range: 2, epoch: 1, from: 3, to: 4 }), "{moves:?}");
-        assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
+        assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2) && !m.ranges().contains(&1)), "{moves:?}");
+        // ... unless node 4 is dead: the neighbour is repaired first, not followed there.
+        let mut dead = node(4);
+        dead.silent_ms = cfg().dead_node_timeout_ms;
+        let view = View {
+            nodes: vec![node(1), node(2), node(3), dead, node(5)],
+            ranges: vec![range(1, &[1, 2, 4], 70 * MB), frozen.clone(), range(3, &[1, 2, 3], MB)],
+        };
+        let moves = plan(&view, &cfg());
+        assert!(moves.iter().all(|m| !matches!(m, Move::Relocate { range: 2, .. })), "{moves:?}");
+        assert!(moves.iter().any(|m| matches!(m, Move::Relocate { range: 1, from: 4, .. })), "{moves:?}");
+        // A frozen range with fewer replicas than its neighbour gets one by repair.
+        let mut short = frozen;
+        short.replicas = vec![2, 1];
+        let view = View {
+            nodes: (1..=4).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 70 * MB), short, range(3, &[1, 2, 3], MB)],
+        };
+        let moves = plan(&view, &cfg());
+        assert!(moves.iter().any(|m| matches!(m, Move::AddReplica { range: 2, .. })), "{moves:?}");
     }
 
     #[test]

@@ -795,6 +795,16 @@ async fn a_range_too_big_to_merge_is_not_frozen() {
         Outcome::Done(b) => assert!(b.is_empty(), "a range of {n} MiB was frozen"),
         other => panic!("freeze: {other:?}"),
     }
+    // Not frozen on any replica: each decided so at the same point of the log.
+    for node in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        let r = node.host.get(1).expect("a replica");
+        while r.sm.applied() < all[leader(&all, 1).await].host.get(1).unwrap().sm.applied() {
+            assert!(Instant::now() < end, "node {} did not catch up", node.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!r.sm.frozen(), "node {} froze the range", node.id);
+    }
     // Still at its epoch, and still writable.
     assert_eq!(
         write_op(&all, 1, RangeOp { epoch: 1, ..put(&key(1, 0), "after") }).await,

@@ -1263,7 +1263,7 @@ impl RangeHost {
                 }
             }
             Admin::Split { key, child } => self.propose(r, epoch, RangeCmd::Split { key, child }).await,
-            Admin::Freeze => self.propose(r, epoch, RangeCmd::Freeze).await,
+            Admin::Freeze => self.propose(r, epoch, RangeCmd::FreezeIfItFits).await,
             Admin::Merge { right, pairs } => self.propose(r, epoch, RangeCmd::Merge { right, pairs }).await,
             Admin::ReadFrozen => {
                 if !r.sm.frozen() {

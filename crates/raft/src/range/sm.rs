@@ -6,7 +6,8 @@
 //! and its applied log id in one atomic engine write, not fsynced (the log is); building a
 //! snapshot syncs the engine, after which openraft may purge the log up to it.
 //!
-//! A snapshot is the range's descriptor and its keys and values, with a CRC-32C: it is checked
+//! A snapshot is the range's descriptor, its keys and values, and whether it is frozen for a
+//! merge, with a CRC-32C: it is checked
 //! before anything is replaced. It is held in memory, bounded by the range's size (ranges split
 //! at `--range-split-bytes`) and refused past [`SNAPSHOT_BYTES_MAX`].
 
@@ -164,7 +165,6 @@ fn upper(to: &[u8]) -> Bound<&[u8]> {
     }
 }
 
-/// The keys and values of `desc`'s span as `reader` sees them; `None` past `max` bytes.
 /// Whether the range's keys and values, as `view` holds them, fit in a merge
 /// ([`MERGE_BYTES_MAX`], as `ReadFrozen` counts them).
 fn fits_a_merge(view: &Overlay) -> io::Result<bool> {
@@ -176,6 +176,7 @@ fn fits_a_merge(view: &Overlay) -> io::Result<bool> {
     Ok(bytes <= MERGE_BYTES_MAX)
 }
 
+/// The keys and values of `desc`'s span as `reader` sees them; `None` past `max` bytes.
 fn scan_pairs(reader: &dyn Reader, desc: &RangeDesc, max: usize) -> io::Result<Option<Pairs>> {
     let (mut pairs, mut bytes) = (Vec::new(), 0usize);
     reader
@@ -623,12 +624,12 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                 EntryPayload::Normal(op) if (op.epoch != 0 && op.epoch != view.desc.epoch) || absorbed => {
                     RangeReply::WrongRange(view.desc.clone())
                 }
-                EntryPayload::Normal(RangeOp { cmd: RangeCmd::Freeze, .. }) => {
-                    if !st.frozen && !fits_a_merge(&view)? {
-                        // Nothing could carry its keys into a merge (`ReadFrozen` refuses
-                        // them), and nothing thaws a frozen range: frozen, it would refuse
-                        // every write for good. Every replica decides this alike, at this
-                        // point of the log.
+                EntryPayload::Normal(RangeOp { cmd: cmd @ (RangeCmd::Freeze | RangeCmd::FreezeIfItFits), .. }) => {
+                    let checked = matches!(cmd, RangeCmd::FreezeIfItFits);
+                    if checked && !st.frozen && !fits_a_merge(&view)? {
+                        // Every replica decides this alike, at this point of the log (the
+                        // scan holds this state machine's lock: a merge is of small ranges,
+                        // and this is rare).
                         RangeReply::Done(Vec::new())
                     } else if !st.frozen {
                         st.frozen = true;

@@ -46,6 +46,13 @@ pub enum RangeCmd {
     /// Each is routed with its own epoch and answered on its own ([`RangeReply::Batch`], in
     /// order); the entry's own epoch is 0. Never holds a split, freeze or merge.
     Batch(Vec<Routed>),
+    /// [`RangeCmd::Freeze`], unless the range holds more than [`MERGE_BYTES_MAX`] of keys and
+    /// values: frozen, nothing could carry them into a merge (`ReadFrozen` refuses them), and
+    /// nothing thaws a range, so it would refuse every request for good. Then nothing changes
+    /// and the answer is empty. What `Admin::Freeze` proposes; a command of its own because a
+    /// log entry means what it meant when it was written (a replica replaying an older log's
+    /// `Freeze` freezes, as the others did).
+    FreezeIfItFits,
 }
 
 /// One data command in a [`RangeCmd::Batch`], with the epoch it was routed with.
@@ -70,6 +77,7 @@ impl std::fmt::Display for RangeOp {
             RangeCmd::Data(c) => write!(f, "RangeOp({} bytes @{})", c.len(), self.stamp_ms),
             RangeCmd::Split { child, .. } => write!(f, "RangeOp(split off {child} @{})", self.stamp_ms),
             RangeCmd::Freeze => write!(f, "RangeOp(freeze @{})", self.stamp_ms),
+            RangeCmd::FreezeIfItFits => write!(f, "RangeOp(freeze if it fits @{})", self.stamp_ms),
             RangeCmd::Batch(ops) => write!(f, "RangeOp({} commands @{})", ops.len(), self.stamp_ms),
             RangeCmd::Merge { right, pairs } => {
                 write!(f, "RangeOp(merge {} with {} keys @{})", right.id, pairs.len(), self.stamp_ms)
@@ -155,8 +163,9 @@ pub enum Admin {
     /// No change: answers the key at the middle of the range's bytes (empty: the range is
     /// empty), where a split by size should cut.
     MiddleKey,
-    /// Freeze the range for a merge (see [`RangeCmd::Freeze`]); answers its descriptor, or
-    /// nothing when the range holds more than [`MERGE_BYTES_MAX`] (it is then not frozen).
+    /// Freeze the range for a merge (see [`RangeCmd::FreezeIfItFits`]); answers its
+    /// descriptor, or nothing when the range holds more than [`MERGE_BYTES_MAX`] (it is then
+    /// not frozen).
     Freeze,
     /// Of a frozen range: answers its descriptor and every key and value (at most
     /// [`MERGE_BYTES_MAX`]).
