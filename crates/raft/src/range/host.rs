@@ -240,16 +240,15 @@ struct Measured {
 }
 
 impl Measured {
-    /// Whether a replica measured at `bytes` then is to be measured again now, when its
-    /// descriptor is at `epoch`, apply wrote up to `written` and `installs` snapshots were
-    /// installed (see [`SIZE_EVERY`]).
-    fn stale(&self, now: std::time::Instant, at: Measured, bytes: u64, split_bytes: u64) -> bool {
-        let since = now.duration_since(self.at);
+    /// Whether a replica measured at `bytes` then is to be measured again as it stands `now`
+    /// (see [`SIZE_EVERY`]).
+    fn stale(&self, now: Measured, bytes: u64, split_bytes: u64) -> bool {
+        let since = now.at.duration_since(self.at);
         // Two measures may race (status and the placement driver's stats): the one stored
         // last may have read `written` first.
-        let changed = at.written.saturating_sub(self.written);
-        self.epoch != at.epoch
-            || self.installs != at.installs
+        let changed = now.written.saturating_sub(self.written);
+        self.epoch != now.epoch
+            || self.installs != now.installs
             || (changed > 0 && since >= SIZE_EVERY_CHANGED)
             || (changed > 0
                 && changed >= rescan_after(bytes)
@@ -606,13 +605,16 @@ impl RangeReplica {
     /// The range's bytes, measured again when they may have changed enough (see
     /// `SIZE_EVERY`). A scan: call it from a blocking context.
     pub fn size(&self) -> u64 {
-        let now = cairn_types::clock::now();
-        let epoch = self.sm.desc().epoch;
         // Read before the scan: what apply writes during it counts towards the next one.
-        let at = Measured { at: now, epoch, written: self.sm.written(), installs: self.sm.installs() };
+        let at = Measured {
+            at: cairn_types::clock::now(),
+            epoch: self.sm.desc().epoch,
+            written: self.sm.written(),
+            installs: self.sm.installs(),
+        };
         let stale = {
             let l = self.load.lock();
-            l.measured.is_none_or(|m| m.stale(now, at, l.bytes, self.split_bytes))
+            l.measured.is_none_or(|m| m.stale(at, l.bytes, self.split_bytes))
         };
         let fresh = if stale { self.sm.bytes().ok() } else { None };
         let mut l = self.load.lock();
@@ -1583,29 +1585,34 @@ mod tests {
         let t0 = std::time::Instant::now();
         let m = Measured { at: t0, epoch: 3, written: 1_000, installs: 0 };
         let split = 64 << 20;
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let now = |epoch: u64, written: u64| Measured { at: t0, epoch, written, installs: 0 };
+        // The replica `s` seconds on, at `epoch`, apply having written up to `written`.
+        let now = |s: u64, epoch: u64, written: u64| Measured {
+            at: t0 + Duration::from_secs(s),
+            epoch,
+            written,
+            installs: 0,
+        };
         let mb = 1 << 20;
         // Its descriptor changed (split, merge, move): at once.
-        assert!(m.stale(at(0), now(4, 1_000), 10 * mb, split));
+        assert!(m.stale(now(0, 4, 1_000), 10 * mb, split));
         // A snapshot was installed (a new replica caught up; a follower far behind): at once.
-        assert!(m.stale(at(0), Measured { installs: 1, ..now(3, 1_000) }, 0, split));
+        assert!(m.stale(Measured { installs: 1, ..now(0, 3, 1_000) }, 0, split));
         // Nothing written: never.
-        assert!(!m.stale(at(3_600), now(3, 1_000), 10 * mb, split));
+        assert!(!m.stale(now(3_600, 3, 1_000), 10 * mb, split));
         // 10 MB, a quarter of it written, but it cannot have reached 64 MiB: only a minute on.
-        assert!(!m.stale(at(11), now(3, 1_000 + 3 * mb), 10 * mb, split));
-        assert!(m.stale(at(61), now(3, 1_000 + 3 * mb), 10 * mb, split));
+        assert!(!m.stale(now(11, 3, 1_000 + 3 * mb), 10 * mb, split));
+        assert!(m.stale(now(61, 3, 1_000 + 3 * mb), 10 * mb, split));
         // 60 MB and a quarter of it written: it may be past 64 MiB, so after 10 s.
-        assert!(!m.stale(at(9), now(3, 1_000 + 15 * mb), 60 * mb, split));
-        assert!(m.stale(at(11), now(3, 1_000 + 15 * mb), 60 * mb, split));
+        assert!(!m.stale(now(9, 3, 1_000 + 15 * mb), 60 * mb, split));
+        assert!(m.stale(now(11, 3, 1_000 + 15 * mb), 60 * mb, split));
         // ... but not before a quarter of it was written.
-        assert!(!m.stale(at(11), now(3, 1_000 + 5 * mb), 60 * mb, split));
+        assert!(!m.stale(now(11, 3, 1_000 + 5 * mb), 60 * mb, split));
         // A small split size (tests, small clusters) makes a small range's scans timely.
-        assert!(m.stale(at(11), now(3, 1_000 + 3 * mb), 10 * mb, 12 * mb));
+        assert!(m.stale(now(11, 3, 1_000 + 3 * mb), 10 * mb, 12 * mb));
         // Past the split size (one hash slot's range cannot split): after as much as it holds.
-        assert!(!m.stale(at(11), now(3, 1_000 + 50 * mb), 100 * mb, split));
-        assert!(m.stale(at(11), now(3, 1_000 + 100 * mb), 100 * mb, split));
+        assert!(!m.stale(now(11, 3, 1_000 + 50 * mb), 100 * mb, split));
+        assert!(m.stale(now(11, 3, 1_000 + 100 * mb), 100 * mb, split));
         // A measure stored by a racing call that read `written` later: no underflow.
-        assert!(!m.stale(at(11), now(3, 500), 10 * mb, split));
+        assert!(!m.stale(now(11, 3, 500), 10 * mb, split));
     }
 }

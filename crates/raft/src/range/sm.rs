@@ -7,9 +7,9 @@
 //! snapshot syncs the engine, after which openraft may purge the log up to it.
 //!
 //! A snapshot is the range's descriptor, its keys and values, and whether it is frozen for a
-//! merge, with a CRC-32C: it is checked
-//! before anything is replaced. It is held in memory, bounded by the range's size (ranges split
-//! at `--range-split-bytes`) and refused past [`SNAPSHOT_BYTES_MAX`].
+//! merge, with a CRC-32C: it is checked before anything is replaced. It is held in memory,
+//! bounded by the range's size (ranges split at `--range-split-bytes`) and refused past
+//! [`SNAPSHOT_BYTES_MAX`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -631,14 +631,14 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                         // scan holds this state machine's lock: a merge is of small ranges,
                         // and this is rare).
                         RangeReply::Done(Vec::new())
-                    } else if !st.frozen {
-                        st.frozen = true;
-                        view.desc.epoch += 1;
-                        st.desc = view.desc.clone();
-                        meta.push((meta_key(id, FROZEN), vec![1]));
-                        meta.push((meta_key(id, DESC), encode(&view.desc)));
-                        RangeReply::Done(encode(&view.desc))
                     } else {
+                        if !st.frozen {
+                            st.frozen = true;
+                            view.desc.epoch += 1;
+                            st.desc = view.desc.clone();
+                            meta.push((meta_key(id, FROZEN), vec![1]));
+                            meta.push((meta_key(id, DESC), encode(&view.desc)));
+                        }
                         RangeReply::Done(encode(&view.desc))
                     }
                 }
