@@ -5,9 +5,13 @@
 //! The rules, in order of urgency; a range gets at most one move per plan, and a plan holds at
 //! most `max_moves`:
 //!
-//! 0. **Finish a merge cut short**: a range frozen for a merge (it refuses every request) is
-//!    merged into its left neighbour, after one of its replicas moves to match the neighbour's
-//!    nodes if they changed since the freeze.
+//! 0. **Clear what changes cut short left behind**:
+//!    - a learner kept longer than `learner_timeout_ms` (longer than any move keeps one: a move
+//!      whose leader lost its leadership or died before promoting it) is removed; a merge needs
+//!      ranges without learners, and nothing else would remove one;
+//!    - a range frozen for a merge (it refuses every request) is merged into its left
+//!      neighbour, after one of its replicas moves to match the neighbour's nodes if they
+//!      changed since the freeze.
 //! 1. **Repair**: a replica on a node dead for longer than `dead_node_timeout_ms`, or on a node
 //!    being removed, moves to the live node with the fewest replicas (then bytes) that does
 //!    not hold the range; a range with fewer than `replication_factor` replicas gets one.
@@ -82,6 +86,14 @@ pub struct RangeView {
     /// Frozen for a merge that was cut short (see [`plan`], rule 0).
     #[serde(default)]
     pub frozen: bool,
+    /// Nodes that hold a learner of the range: a replica being added by a move, or one left
+    /// behind by a move cut short.
+    #[serde(default)]
+    pub learners: Vec<u64>,
+    /// How long the range has had these same learners without a break, in milliseconds, as the
+    /// driver saw it (0: none).
+    #[serde(default)]
+    pub learners_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +123,9 @@ pub struct Config {
     pub max_moves: usize,
     /// Boundaries never merged across.
     pub keep: Vec<Vec<u8>>,
+    /// A learner kept this long is left over from a move cut short (no move keeps one longer):
+    /// it is removed.
+    pub learner_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -128,6 +143,7 @@ impl Default for Config {
             leader_qps_tolerance: 0.25,
             max_moves: 8,
             keep: Vec::new(),
+            learner_timeout_ms: 3 * 60 * 1000,
         }
     }
 }
@@ -167,6 +183,11 @@ pub enum Move {
         epoch: u64,
         to: u64,
     },
+    /// Remove the range's learners (left over from a move cut short).
+    DropLearners {
+        range: u64,
+        epoch: u64,
+    },
 }
 
 impl Move {
@@ -177,7 +198,8 @@ impl Move {
             Move::Split { range, .. }
             | Move::Relocate { range, .. }
             | Move::AddReplica { range, .. }
-            | Move::TransferLeader { range, .. } => vec![range],
+            | Move::TransferLeader { range, .. }
+            | Move::DropLearners { range, .. } => vec![range],
         }
     }
 }
@@ -247,6 +269,9 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
     // its members), and the left one stays as it is. A left one with a replica on a leaving
     // or silent node is repaired first (rule 1); a frozen one with fewer replicas gets them
     // there too.
+    for r in view.ranges.iter().filter(|r| !r.learners.is_empty() && r.learners_ms >= cfg.learner_timeout_ms) {
+        p.push(Move::DropLearners { range: r.id, epoch: r.epoch });
+    }
     for pair in view.ranges.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if !b.frozen || a.end != b.start {
@@ -256,6 +281,8 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         let to = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
         let a_settled = a.replicas.iter().all(|n| live.contains(n));
         match (from, to) {
+            // A learner (a move under way, or one left over and removed above) first.
+            (None, None) if !a.learners.is_empty() || !b.learners.is_empty() => {}
             (None, None) => {
                 p.push(Move::Merge { left: a.id, right: b.id });
             }
@@ -320,6 +347,8 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             && small_cold(b)
             && a.bytes + b.bytes < cfg.split_bytes / 2
             && same_replicas
+            && a.learners.is_empty()
+            && b.learners.is_empty()
         {
             p.push(Move::Merge { left: a.id, right: b.id });
         }
@@ -530,6 +559,8 @@ mod tests {
             cold_ms: 0,
             no_load_split: false,
             frozen: false,
+            learners: vec![],
+            learners_ms: 0,
         }
     }
 
@@ -603,6 +634,43 @@ mod tests {
         };
         let moves = plan(&view, &cfg());
         assert!(moves.iter().any(|m| matches!(m, Move::AddReplica { range: 2, .. })), "{moves:?}");
+    }
+
+    /// A learner left over from a move cut short (its leader died before promoting it) is
+    /// removed once kept longer than any move keeps one; until then, and while it is there, a
+    /// merge that needs the range waits (it would be refused).
+    #[test]
+    fn a_learner_left_over_is_removed_and_merges_wait_for_it() {
+        let cfg = Config { merge_delay_ms: 0, ..cfg() };
+        let mut frozen = range(2, &[1, 2, 3], MB);
+        frozen.frozen = true;
+        frozen.learners = vec![4];
+        frozen.learners_ms = cfg.learner_timeout_ms - 1;
+        let mut cold = range(3, &[1, 2, 3], MB);
+        let mut colder = range(4, &[1, 2, 3], MB);
+        for r in [&mut cold, &mut colder] {
+            (r.qps, r.cold_ms) = (0.0, cfg.merge_delay_ms);
+        }
+        colder.learners = vec![4];
+        let mut view = View {
+            nodes: (1..=4).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 70 * MB), frozen, cold, colder],
+        };
+        // A move may still be under way: nothing is removed, and nothing merges into or with
+        // a range that has a learner.
+        let moves = plan(&view, &cfg);
+        assert!(moves.iter().all(|m| !matches!(m, Move::DropLearners { .. } | Move::Merge { .. })), "{moves:?}");
+        assert!(moves.iter().all(|m| !m.ranges().contains(&2)), "{moves:?}");
+        // Kept too long: removed, and the frozen range merges at the next pass.
+        view.ranges[1].learners_ms = cfg.learner_timeout_ms;
+        let moves = plan(&view, &cfg);
+        assert_eq!(moves.first(), Some(&Move::DropLearners { range: 2, epoch: 1 }), "{moves:?}");
+        assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
+        (view.ranges[1].learners, view.ranges[1].learners_ms) = (vec![], 0);
+        (view.ranges[3].learners, view.ranges[3].learners_ms) = (vec![], 0);
+        let moves = plan(&view, &cfg);
+        assert_eq!(moves.first(), Some(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
+        assert!(moves.contains(&Move::Merge { left: 3, right: 4 }), "{moves:?}");
     }
 
     #[test]

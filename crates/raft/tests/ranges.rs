@@ -775,6 +775,41 @@ async fn an_under_replicated_range_gets_replicas_added() {
     }
 }
 
+/// A learner left behind by a move cut short (its leader gone before promoting it; here one
+/// on a node that never answers) is removed by `DropLearners`, on every replica, and the range
+/// then takes a merge's precondition (no learners) and its writes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_left_over_is_dropped() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = cluster(&dirs).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let gone = PeerNode { peer_urls: vec!["http://127.0.0.1:9".into()] };
+    let l = leader(&all, 1).await;
+    let r = nodes[l].host.get(1).unwrap();
+    r.raft.add_learner(4, gone, false).await.unwrap();
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(1).map(|r| r.members().1) != Some(vec![4]) {
+            assert!(Instant::now() < end, "node {} never saw the learner", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(admin(&all, 1, 0, Admin::DropLearners).await, Outcome::Done(vec![]));
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(1).map(|r| r.members()).map(|(v, l, _)| (v, l)) != Some((vec![1, 2, 3], vec![])) {
+            assert!(Instant::now() < end, "node {} still sees a learner", n.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // None left: nothing to do.
+    assert_eq!(admin(&all, 1, 0, Admin::DropLearners).await, Outcome::Done(vec![]));
+    assert_eq!(write(&all, 1, &key(1, 0), "after").await, RangeReply::Done(vec![]));
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A range holding more than a merge can carry is not frozen: frozen, nothing could read its
 /// keys into a merge, and nothing thaws it, so it would refuse every write for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -965,6 +965,18 @@ impl DataTier {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Removes range `id`'s learners (left over from a move cut short), if it is still at
+    /// `epoch`.
+    pub async fn drop_learners(&self, id: u64, epoch: u64) -> Result<(), TierError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        let d = self.range_by_id(id)?;
+        match self.run(&d, RangeRequest::admin(id, epoch, Admin::DropLearners), deadline).await? {
+            Some(_) => Ok(()),
+            // Split or merged since: the placement driver looks again.
+            None => Err(TierError::Unavailable(id)),
+        }
+    }
 }
 
 /// How long an operator's split or leader transfer may take.

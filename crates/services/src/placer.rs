@@ -42,6 +42,9 @@ pub struct Placer {
     /// on them at every pass (a range with a move planned gets no other, not even the leader
     /// transfer that is all a load on one hash slot can get).
     no_load_split: Mutex<HashMap<(u64, u64), Instant>>,
+    /// Since when each range has been seen with the same learners at every pass (`plan`
+    /// removes those kept longer than any move keeps one).
+    learners_since: Mutex<HashMap<u64, (Vec<u64>, Instant)>>,
 }
 
 /// How long a range whose load no boundary divided is not split by load again (at the same
@@ -59,6 +62,7 @@ impl Placer {
             driving_since: Mutex::new(None),
             cold_since: Mutex::new(HashMap::new()),
             no_load_split: Mutex::new(HashMap::new()),
+            learners_since: Mutex::new(HashMap::new()),
         };
         tokio::spawn(async move {
             loop {
@@ -74,6 +78,7 @@ impl Placer {
             // Cold clocks are this leadership's: a later one starts them again.
             self.cold_since.lock().clear();
             self.no_load_split.lock().clear();
+            self.learners_since.lock().clear();
             return;
         }
         let since = *self.driving_since.lock().get_or_insert_with(Instant::now);
@@ -128,6 +133,8 @@ impl Placer {
         let mut cold_now = HashMap::new();
         let mut no_load_split = self.no_load_split.lock();
         no_load_split.retain(|_, at| now.duration_since(*at) < NO_LOAD_SPLIT_FOR);
+        let mut learners_since = self.learners_since.lock();
+        let mut learners_now = HashMap::new();
         let ranges = dir
             .iter()
             .map(|d| {
@@ -140,6 +147,16 @@ impl Placer {
                         now.duration_since(t).as_millis() as u64
                     }
                     _ => 0,
+                };
+                let learners_ms = if d.learners.is_empty() {
+                    0
+                } else {
+                    let t = match learners_since.get(&d.id) {
+                        Some((same, t)) if *same == d.learners => *t,
+                        _ => now,
+                    };
+                    learners_now.insert(d.id, (d.learners.clone(), t));
+                    now.duration_since(t).as_millis() as u64
                 };
                 RangeView {
                     id: d.id,
@@ -154,11 +171,15 @@ impl Placer {
                     cold_ms,
                     no_load_split: no_load_split.contains_key(&(d.id, d.epoch)),
                     frozen: s.is_some_and(|s| s.frozen),
+                    learners: d.learners.clone(),
+                    learners_ms,
                 }
             })
             .collect();
-        // Only the ranges cold now, at their current epochs, keep their clocks.
+        // Only the ranges cold now, at their current epochs, keep their clocks; and only those
+        // with the same learners, theirs.
         *cold_since = cold_now;
+        *learners_since = learners_now;
         Some(View { nodes, ranges })
     }
 
@@ -190,6 +211,10 @@ impl Placer {
             Move::Merge { left, right } => {
                 tracing::info!(left, right, "placement: merging two small, cold ranges");
                 self.tier.merge(*left, *right).await
+            }
+            Move::DropLearners { range, epoch } => {
+                tracing::info!(range, epoch, "placement: removing learners left over from a move cut short");
+                self.tier.drop_learners(*range, *epoch).await
             }
             Move::AddReplica { range, to, .. } => {
                 tracing::info!(range, to = %format!("{to:x}"), "placement: adding a replica to an under-replicated range");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cairn_storage::{BufferLimits, BufferedEngine, Engine, RedbEngine, Table};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Config, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 
 use crate::node::RaftTimers;
@@ -1327,6 +1327,15 @@ impl RangeHost {
                 }
                 self.swap_in(r, voters, &learners, None, to, to_peer).await
             }
+            Admin::DropLearners => {
+                if learners.is_empty() {
+                    return Outcome::Done(vec![]);
+                }
+                membership_changed(
+                    r.id,
+                    r.raft.change_membership(ChangeMembers::RemoveNodes(learners.into_iter().collect()), false).await,
+                )
+            }
         }
     }
 
@@ -1352,6 +1361,12 @@ impl RangeHost {
         let give_up = tokio::time::Instant::now() + MOVE_CATCH_UP_MAX;
         loop {
             if tokio::time::Instant::now() >= give_up {
+                // The learner goes (a merge needs none, and a leader keeps sending to it); a
+                // move that no longer leads leaves it to the placement driver (`plan`, rule 0).
+                let gone = r.raft.change_membership(ChangeMembers::RemoveNodes([to].into()), false).await;
+                if let Err(e) = gone {
+                    tracing::warn!(range = r.id, learner = %format!("{to:x}"), error = %e, "learner of a failed move not removed");
+                }
                 return Outcome::Unavailable(format!(
                     "range {}: node {to:x} did not catch up within {MOVE_CATCH_UP_MAX:?}",
                     r.id
@@ -1372,13 +1387,7 @@ impl RangeHost {
             next.remove(&from);
         }
         next.insert(to);
-        match r.raft.change_membership(next, false).await {
-            Ok(_) => Outcome::Done(vec![]),
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                Outcome::NotLeader { leader: f.leader_id }
-            }
-            Err(e) => Outcome::Unknown(format!("range {}: membership change: {e}", r.id)),
-        }
+        membership_changed(r.id, r.raft.change_membership(next, false).await)
     }
 
     /// Proposes an operator's command to `r`'s log and waits for its answer.
@@ -1514,6 +1523,20 @@ pub fn read_lease(config: &Config) -> Duration {
 
 /// How long a move waits for its new replica to catch up.
 const MOVE_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+
+/// The outcome of a membership change of range `id`.
+fn membership_changed<T>(
+    id: RangeId,
+    r: Result<T, openraft::error::RaftError<RangeConfig, openraft::error::ClientWriteError<RangeConfig>>>,
+) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Done(vec![]),
+        Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+            Outcome::NotLeader { leader: f.leader_id }
+        }
+        Err(e) => Outcome::Unknown(format!("range {id}: membership change: {e}")),
+    }
+}
 
 fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
     a.id != b.id && (b.end.is_empty() || a.start < b.end) && (a.end.is_empty() || b.start < a.end)

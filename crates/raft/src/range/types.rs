@@ -179,6 +179,9 @@ pub enum Admin {
     /// No change: answers the keys of the client requests the leader sampled lately (a
     /// postcard `Vec<Vec<u8>>`), where a split by load should cut.
     LoadKeys,
+    /// Remove the range's learners, in one membership change (none: no change). A move under
+    /// way then fails, and may be asked again.
+    DropLearners,
 }
 
 /// Keys and values, as a frozen range's are carried into a merge.
