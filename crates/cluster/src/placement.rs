@@ -6,9 +6,9 @@
 //! most `max_moves`:
 //!
 //! 0. **Clear what changes cut short left behind**:
-//!    - a learner kept longer than `learner_timeout_ms` (longer than any move keeps one: a move
-//!      whose leader lost its leadership or died before promoting it) is removed; a merge needs
-//!      ranges without learners, and nothing else would remove one;
+//!    - a learner kept longer than `learner_timeout_ms` (5 min: longer than a move keeps one;
+//!      left by a move whose leader lost its leadership or died before promoting it) is
+//!      removed; a merge needs ranges without learners, and nothing else would remove one;
 //!    - a range frozen for a merge (it refuses every request) is merged into its left
 //!      neighbour, after one of its replicas moves to match the neighbour's nodes if they
 //!      changed since the freeze.
@@ -86,14 +86,17 @@ pub struct RangeView {
     /// Frozen for a merge that was cut short (see [`plan`], rule 0).
     #[serde(default)]
     pub frozen: bool,
-    /// Nodes that hold a learner of the range: a replica being added by a move, or one left
-    /// behind by a move cut short.
+    /// The nodes that hold a learner of the range (a replica being added by a move, or one
+    /// left behind by a move cut short), each with how long it has been one without a break,
+    /// in milliseconds, as the driver saw it.
     #[serde(default)]
-    pub learners: Vec<u64>,
-    /// How long the range has had these same learners without a break, in milliseconds, as the
-    /// driver saw it (0: none).
-    #[serde(default)]
-    pub learners_ms: u64,
+    pub learners: Vec<(u64, u64)>,
+}
+
+impl RangeView {
+    fn has_learners(&self) -> bool {
+        !self.learners.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -123,8 +126,10 @@ pub struct Config {
     pub max_moves: usize,
     /// Boundaries never merged across.
     pub keep: Vec<Vec<u8>>,
-    /// A learner kept this long is left over from a move cut short (no move keeps one longer):
-    /// it is removed.
+    /// A learner kept this long is left over from a move cut short, and is removed. A move
+    /// keeps its learner for at most 2 minutes of catching up, and one cut short by a leader
+    /// change may be asked again of the new leader up to 150 s after it began: 5 minutes is
+    /// past both together.
     pub learner_timeout_ms: u64,
 }
 
@@ -143,7 +148,7 @@ impl Default for Config {
             leader_qps_tolerance: 0.25,
             max_moves: 8,
             keep: Vec::new(),
-            learner_timeout_ms: 3 * 60 * 1000,
+            learner_timeout_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -183,10 +188,11 @@ pub enum Move {
         epoch: u64,
         to: u64,
     },
-    /// Remove the range's learners (left over from a move cut short).
+    /// Remove those learners of the range (left over from moves cut short).
     DropLearners {
         range: u64,
         epoch: u64,
+        nodes: Vec<u64>,
     },
 }
 
@@ -261,17 +267,22 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             .map(|(id, _)| *id)
     };
 
-    // 0. Finish merges cut short: a frozen range refuses every request until its left
-    // neighbour takes it over (`DataTier::merge` runs again from where it stopped), and
-    // nothing else is done to it meanwhile. If the two no longer have the same nodes (a
-    // replica moved or was repaired since the freeze), one of the frozen range's replicas
-    // moves to a live node of the left one's that it lacks first (a frozen range still changes
-    // its members), and the left one stays as it is. A left one with a replica on a leaving
-    // or silent node is repaired first (rule 1); a frozen one with fewer replicas gets them
-    // there too.
-    for r in view.ranges.iter().filter(|r| !r.learners.is_empty() && r.learners_ms >= cfg.learner_timeout_ms) {
-        p.push(Move::DropLearners { range: r.id, epoch: r.epoch });
+    // 0. Clear what changes cut short left behind. First, learners kept past any move (each
+    // timed on its own, so that other moves of the range do not restart its clock).
+    for r in &view.ranges {
+        let stale: Vec<u64> =
+            r.learners.iter().filter(|(_, ms)| *ms >= cfg.learner_timeout_ms).map(|(n, _)| *n).collect();
+        if !stale.is_empty() {
+            p.push(Move::DropLearners { range: r.id, epoch: r.epoch, nodes: stale });
+        }
     }
+    // Then merges cut short: a frozen range refuses every request until its left neighbour
+    // takes it over (`DataTier::merge` runs again from where it stopped), and nothing else is
+    // done to it meanwhile. If the two no longer have the same nodes (a replica moved or was
+    // repaired since the freeze), one of the frozen range's replicas moves to a live node of
+    // the left one's that it lacks first (a frozen range still changes its members), and the
+    // left one stays as it is. A left one with a replica on a leaving or silent node is
+    // repaired first (rule 1); a frozen one with fewer replicas gets them there too.
     for pair in view.ranges.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if !b.frozen || a.end != b.start {
@@ -281,8 +292,11 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
         let to = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
         let a_settled = a.replicas.iter().all(|n| live.contains(n));
         match (from, to) {
-            // A learner (a move under way, or one left over and removed above) first.
-            (None, None) if !a.learners.is_empty() || !b.learners.is_empty() => {}
+            // A learner (a move under way, or one left over and removed above) first; the
+            // left one stays as it is meanwhile.
+            (None, None) if a.has_learners() || b.has_learners() => {
+                p.busy.insert(a.id);
+            }
             (None, None) => {
                 p.push(Move::Merge { left: a.id, right: b.id });
             }
@@ -347,8 +361,8 @@ pub fn plan(view: &View, cfg: &Config) -> Vec<Move> {
             && small_cold(b)
             && a.bytes + b.bytes < cfg.split_bytes / 2
             && same_replicas
-            && a.learners.is_empty()
-            && b.learners.is_empty()
+            && !a.has_learners()
+            && !b.has_learners()
         {
             p.push(Move::Merge { left: a.id, right: b.id });
         }
@@ -560,7 +574,6 @@ mod tests {
             no_load_split: false,
             frozen: false,
             learners: vec![],
-            learners_ms: 0,
         }
     }
 
@@ -637,37 +650,39 @@ mod tests {
     }
 
     /// A learner left over from a move cut short (its leader died before promoting it) is
-    /// removed once kept longer than any move keeps one; until then, and while it is there, a
-    /// merge that needs the range waits (it would be refused).
+    /// removed once kept longer than any move keeps one, and only that one; until then, and
+    /// while it is there, a merge that needs the range waits (it would be refused), and its
+    /// left neighbour stays as it is.
     #[test]
     fn a_learner_left_over_is_removed_and_merges_wait_for_it() {
         let cfg = Config { merge_delay_ms: 0, ..cfg() };
         let mut frozen = range(2, &[1, 2, 3], MB);
         frozen.frozen = true;
-        frozen.learners = vec![4];
-        frozen.learners_ms = cfg.learner_timeout_ms - 1;
+        frozen.learners = vec![(4, cfg.learner_timeout_ms - 1), (5, 10)];
         let mut cold = range(3, &[1, 2, 3], MB);
         let mut colder = range(4, &[1, 2, 3], MB);
         for r in [&mut cold, &mut colder] {
             (r.qps, r.cold_ms) = (0.0, cfg.merge_delay_ms);
         }
-        colder.learners = vec![4];
+        colder.learners = vec![(4, 0)];
         let mut view = View {
-            nodes: (1..=4).map(node).collect(),
-            ranges: vec![range(1, &[1, 2, 3], 70 * MB), frozen, cold, colder],
+            // Nodes 4 and 5 hold nothing: rebalancing would move replicas of any range free to.
+            nodes: (1..=5).map(node).collect(),
+            ranges: vec![range(1, &[1, 2, 3], 10 * MB), frozen, cold, colder],
         };
-        // A move may still be under way: nothing is removed, and nothing merges into or with
-        // a range that has a learner.
+        // A move may still be under way: nothing is removed, nothing merges into or with a
+        // range that has a learner, and the frozen range's left neighbour is not moved.
         let moves = plan(&view, &cfg);
         assert!(moves.iter().all(|m| !matches!(m, Move::DropLearners { .. } | Move::Merge { .. })), "{moves:?}");
-        assert!(moves.iter().all(|m| !m.ranges().contains(&2)), "{moves:?}");
-        // Kept too long: removed, and the frozen range merges at the next pass.
-        view.ranges[1].learners_ms = cfg.learner_timeout_ms;
+        assert!(moves.iter().all(|m| !m.ranges().contains(&2) && !m.ranges().contains(&1)), "{moves:?}");
+        // Kept too long: that learner is removed (not the other), and the frozen range merges
+        // once it has none.
+        view.ranges[1].learners[0].1 = cfg.learner_timeout_ms;
         let moves = plan(&view, &cfg);
-        assert_eq!(moves.first(), Some(&Move::DropLearners { range: 2, epoch: 1 }), "{moves:?}");
+        assert_eq!(moves.first(), Some(&Move::DropLearners { range: 2, epoch: 1, nodes: vec![4] }), "{moves:?}");
         assert!(moves.iter().skip(1).all(|m| !m.ranges().contains(&2)), "{moves:?}");
-        (view.ranges[1].learners, view.ranges[1].learners_ms) = (vec![], 0);
-        (view.ranges[3].learners, view.ranges[3].learners_ms) = (vec![], 0);
+        view.ranges[1].learners.clear();
+        view.ranges[3].learners.clear();
         let moves = plan(&view, &cfg);
         assert_eq!(moves.first(), Some(&Move::Merge { left: 1, right: 2 }), "{moves:?}");
         assert!(moves.contains(&Move::Merge { left: 3, right: 4 }), "{moves:?}");

@@ -966,12 +966,12 @@ impl DataTier {
         }
     }
 
-    /// Removes range `id`'s learners (left over from a move cut short), if it is still at
-    /// `epoch`.
-    pub async fn drop_learners(&self, id: u64, epoch: u64) -> Result<(), TierError> {
+    /// Removes those of `nodes` that are still learners of range `id` (left over from moves
+    /// cut short), if it is still at `epoch`.
+    pub async fn drop_learners(&self, id: u64, epoch: u64, nodes: Vec<u64>) -> Result<(), TierError> {
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         let d = self.range_by_id(id)?;
-        match self.run(&d, RangeRequest::admin(id, epoch, Admin::DropLearners), deadline).await? {
+        match self.run(&d, RangeRequest::admin(id, epoch, Admin::DropLearners { nodes }), deadline).await? {
             Some(_) => Ok(()),
             // Split or merged since: the placement driver looks again.
             None => Err(TierError::Unavailable(id)),

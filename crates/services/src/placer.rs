@@ -42,9 +42,9 @@ pub struct Placer {
     /// on them at every pass (a range with a move planned gets no other, not even the leader
     /// transfer that is all a load on one hash slot can get).
     no_load_split: Mutex<HashMap<(u64, u64), Instant>>,
-    /// Since when each range has been seen with the same learners at every pass (`plan`
+    /// Since when each range has been seen with a learner on each node at every pass (`plan`
     /// removes those kept longer than any move keeps one).
-    learners_since: Mutex<HashMap<u64, (Vec<u64>, Instant)>>,
+    learners_since: Mutex<HashMap<(u64, u64), Instant>>,
 }
 
 /// How long a range whose load no boundary divided is not split by load again (at the same
@@ -148,16 +148,15 @@ impl Placer {
                     }
                     _ => 0,
                 };
-                let learners_ms = if d.learners.is_empty() {
-                    0
-                } else {
-                    let t = match learners_since.get(&d.id) {
-                        Some((same, t)) if *same == d.learners => *t,
-                        _ => now,
-                    };
-                    learners_now.insert(d.id, (d.learners.clone(), t));
-                    now.duration_since(t).as_millis() as u64
-                };
+                let learners = d
+                    .learners
+                    .iter()
+                    .map(|&n| {
+                        let t = learners_since.get(&(d.id, n)).copied().unwrap_or(now);
+                        learners_now.insert((d.id, n), t);
+                        (n, now.duration_since(t).as_millis() as u64)
+                    })
+                    .collect();
                 RangeView {
                     id: d.id,
                     epoch: d.epoch,
@@ -171,13 +170,12 @@ impl Placer {
                     cold_ms,
                     no_load_split: no_load_split.contains_key(&(d.id, d.epoch)),
                     frozen: s.is_some_and(|s| s.frozen),
-                    learners: d.learners.clone(),
-                    learners_ms,
+                    learners,
                 }
             })
             .collect();
-        // Only the ranges cold now, at their current epochs, keep their clocks; and only those
-        // with the same learners, theirs.
+        // Only the ranges cold now, at their current epochs, keep their clocks; and only the
+        // learners there now, theirs.
         *cold_since = cold_now;
         *learners_since = learners_now;
         Some(View { nodes, ranges })
@@ -212,9 +210,9 @@ impl Placer {
                 tracing::info!(left, right, "placement: merging two small, cold ranges");
                 self.tier.merge(*left, *right).await
             }
-            Move::DropLearners { range, epoch } => {
-                tracing::info!(range, epoch, "placement: removing learners left over from a move cut short");
-                self.tier.drop_learners(*range, *epoch).await
+            Move::DropLearners { range, epoch, nodes } => {
+                tracing::info!(range, epoch, ?nodes, "placement: removing learners left over from moves cut short");
+                self.tier.drop_learners(*range, *epoch, nodes.clone()).await
             }
             Move::AddReplica { range, to, .. } => {
                 tracing::info!(range, to = %format!("{to:x}"), "placement: adding a replica to an under-replicated range");

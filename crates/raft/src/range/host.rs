@@ -1327,14 +1327,13 @@ impl RangeHost {
                 }
                 self.swap_in(r, voters, &learners, None, to, to_peer).await
             }
-            Admin::DropLearners => {
-                if learners.is_empty() {
+            Admin::DropLearners { nodes } => {
+                let drop: std::collections::BTreeSet<u64> =
+                    nodes.into_iter().filter(|n| learners.contains(n)).collect();
+                if drop.is_empty() {
                     return Outcome::Done(vec![]);
                 }
-                membership_changed(
-                    r.id,
-                    r.raft.change_membership(ChangeMembers::RemoveNodes(learners.into_iter().collect()), false).await,
-                )
+                membership_changed(r.id, r.raft.change_membership(ChangeMembers::RemoveNodes(drop), false).await)
             }
         }
     }
@@ -1375,6 +1374,12 @@ impl RangeHost {
             let m = r.metrics.borrow_watched().clone();
             if m.current_leader != Some(me) {
                 return Outcome::NotLeader { leader: m.current_leader };
+            }
+            if !m.membership_config.membership().learner_ids().any(|l| l == to) && !r.members().1.contains(&to) {
+                // Removed meanwhile (the placement driver's `DropLearners`, after a move cut
+                // short left it; neither the leader's latest membership nor the one applied
+                // holds it): this move ends here rather than wait for it.
+                return Outcome::Unavailable(format!("range {}: node {to:x} is no longer a learner of it", r.id));
             }
             let matched = m.replication.as_ref().and_then(|rep| rep.get(&to).cloned().flatten()).map_or(0, |l| l.index);
             if matched >= target {

@@ -179,9 +179,10 @@ pub enum Admin {
     /// No change: answers the keys of the client requests the leader sampled lately (a
     /// postcard `Vec<Vec<u8>>`), where a split by load should cut.
     LoadKeys,
-    /// Remove the range's learners, in one membership change (none: no change). A move under
-    /// way then fails, and may be asked again.
-    DropLearners,
+    /// Remove those of `nodes` that are still learners of the range, in one membership change
+    /// (none: no change). A move still catching one of them up then fails at once, and may be
+    /// asked again.
+    DropLearners { nodes: Vec<u64> },
 }
 
 /// Keys and values, as a frozen range's are carried into a merge.
