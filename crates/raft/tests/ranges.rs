@@ -805,6 +805,7 @@ async fn a_learner_left_over_is_dropped() {
     }
     // Only the nodes named: none here.
     assert_eq!(admin(&all, 1, 0, Admin::DropLearners { nodes: vec![5] }).await, Outcome::Done(vec![]));
+    let l = leader(&all, 1).await;
     assert_eq!(nodes[l].host.get(1).unwrap().members().1, vec![4]);
     assert_eq!(admin(&all, 1, 0, Admin::DropLearners { nodes: vec![4, 5] }).await, Outcome::Done(vec![]));
     for n in &all {
@@ -817,6 +818,25 @@ async fn a_learner_left_over_is_dropped() {
     // None left: nothing to do.
     assert_eq!(admin(&all, 1, 0, Admin::DropLearners { nodes: vec![4] }).await, Outcome::Done(vec![]));
     assert_eq!(write(&all, 1, &key(1, 0), "after").await, RangeReply::Done(vec![]));
+
+    // A move to that node (which never answers, so it never catches up) ends as soon as its
+    // learner is removed, not at its 2-minute limit.
+    let l = leader(&all, 1).await;
+    let from = [1u64, 2, 3].into_iter().find(|v| *v != nodes[l].id).unwrap();
+    let host = nodes[l].host.clone();
+    let moving = tokio::spawn(async move {
+        host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 4, to_peer: gone })).await
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while nodes[l].host.get(1).map(|r| r.members().1) != Some(vec![4]) {
+        assert!(Instant::now() < end, "the move added no learner");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admin(&all, 1, 0, Admin::DropLearners { nodes: vec![4] }).await, Outcome::Done(vec![]));
+    match tokio::time::timeout(Duration::from_secs(10), moving).await {
+        Ok(Ok(Outcome::Unavailable(why))) => assert!(why.contains("no longer a member"), "{why}"),
+        other => panic!("the move did not end when its learner was removed: {other:?}"),
+    }
     for n in nodes {
         n.stop().await;
     }

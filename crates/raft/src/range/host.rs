@@ -1375,11 +1375,16 @@ impl RangeHost {
             if m.current_leader != Some(me) {
                 return Outcome::NotLeader { leader: m.current_leader };
             }
-            if !m.membership_config.membership().learner_ids().any(|l| l == to) && !r.members().1.contains(&to) {
+            let (voters_now, learners_now, _) = r.members();
+            if m.membership_config.membership().get_node(&to).is_none()
+                && !voters_now.contains(&to)
+                && !learners_now.contains(&to)
+            {
                 // Removed meanwhile (the placement driver's `DropLearners`, after a move cut
                 // short left it; neither the leader's latest membership nor the one applied
-                // holds it): this move ends here rather than wait for it.
-                return Outcome::Unavailable(format!("range {}: node {to:x} is no longer a learner of it", r.id));
+                // holds it): this move ends here rather than wait for it. (Made a voter
+                // meanwhile, by another change, it is still a member and this move goes on.)
+                return Outcome::Unavailable(format!("range {}: node {to:x} is no longer a member of it", r.id));
             }
             let matched = m.replication.as_ref().and_then(|rep| rep.get(&to).cloned().flatten()).map_or(0, |l| l.index);
             if matched >= target {
