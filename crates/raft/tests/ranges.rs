@@ -787,15 +787,15 @@ async fn a_learner_left_over_is_dropped() {
     // A move adds it so (an idle range sleeps, and its leader's lease must be renewed first,
     // as a request does: retried until the leader takes it).
     let end = Instant::now() + Duration::from_secs(20);
-    let l = loop {
+    loop {
         write(&all, 1, &key(1, 1), "wake").await;
         let l = leader(&all, 1).await;
         match nodes[l].host.get(1).unwrap().raft.add_learner(4, gone.clone(), false).await {
-            Ok(_) => break l,
+            Ok(_) => break,
             Err(e) => assert!(Instant::now() < end, "no learner added: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
     for n in &all {
         let end = Instant::now() + Duration::from_secs(10);
         while n.host.get(1).map(|r| r.members().1) != Some(vec![4]) {
