@@ -360,6 +360,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
             },
             split_bytes: a.range_split_bytes,
             mux: peer_mux,
+            move_catch_up_max: cairn_raft::range::host::MOVE_CATCH_UP_MAX,
         },
         Arc::new(cairn_services::cache::RedisApplier),
     )

@@ -96,14 +96,20 @@ fn options(id: u64, dir: &std::path::Path) -> RangeHostOptions {
         engine_buffer: Default::default(),
         split_bytes: 64 << 20,
         mux: cairn_raft::range::mux::Mux::new(Default::default()),
+        move_catch_up_max: cairn_raft::range::host::MOVE_CATCH_UP_MAX,
     }
 }
 
 async fn start(id: u64, dir: &std::path::Path, addr: Option<SocketAddr>) -> Node {
+    start_with(options(id, dir), addr).await
+}
+
+async fn start_with(opts: RangeHostOptions, addr: Option<SocketAddr>) -> Node {
     cairn_raft::network::set_cluster_id(CLUSTER);
     let listener = tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let host = RangeHost::open(options(id, dir), Arc::new(Puts)).await.unwrap();
+    let (id, dir) = (opts.node_id, opts.dir.clone());
+    let host = RangeHost::open(opts, Arc::new(Puts)).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let svc = RangesService::new(CLUSTER, host.clone()).server();
     let served = tokio::spawn(async move {
@@ -115,7 +121,7 @@ async fn start(id: u64, dir: &std::path::Path, addr: Option<SocketAddr>) -> Node
             .await
             .unwrap();
     });
-    Node { id, dir: dir.to_path_buf(), addr, host, stop: Some(stop), served }
+    Node { id, dir, addr, host, stop: Some(stop), served }
 }
 
 impl Node {
@@ -837,6 +843,61 @@ async fn a_learner_left_over_is_dropped() {
         Ok(Ok(Outcome::Unavailable(why))) => assert!(why.contains("no longer a member"), "{why}"),
         other => panic!("the move did not end when its learner was removed: {other:?}"),
     }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// A move whose new replica does not catch up within the move's limit removes it and fails:
+/// the learner does not stay in the membership (where the leader keeps sending to it and a
+/// merge would refuse the range), and the range keeps its voters and serves writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_learner_never_catches_up_gives_up_and_removes_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let limit = Duration::from_secs(1);
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let opts = RangeHostOptions { move_catch_up_max: limit, ..options(i as u64 + 1, d.path()) };
+        nodes.push(start_with(opts, None).await);
+    }
+    let voters: BTreeMap<u64, PeerNode> = nodes.iter().map(|n| (n.id, n.peer())).collect();
+    for n in &nodes {
+        n.host.create(range(1), Some(voters.clone())).await.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    // A node that never answers: its learner never catches up.
+    let gone = PeerNode { peer_urls: vec!["http://127.0.0.1:9".into()] };
+    let end = Instant::now() + Duration::from_secs(20);
+    let started = loop {
+        // An idle range sleeps: a write wakes its leader, as a client's request would.
+        write(&all, 1, &key(1, 0), "before").await;
+        let l = leader(&all, 1).await;
+        let from = [1u64, 2, 3].into_iter().find(|v| *v != nodes[l].id).unwrap();
+        let started = Instant::now();
+        let moved =
+            nodes[l].host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 4, to_peer: gone.clone() })).await;
+        match moved {
+            Outcome::Unavailable(why) if why.contains("did not catch up") => break started,
+            other => assert!(Instant::now() < end, "the move did not give up on its learner: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // It waited for its limit, not for openraft or a timeout of the request.
+    let took = started.elapsed();
+    assert!(took >= limit && took < limit * 8, "the move gave up after {took:?}");
+    for n in &all {
+        let end = Instant::now() + Duration::from_secs(10);
+        while n.host.get(1).map(|r| r.members()).map(|(v, l, _)| (v, l)) != Some((vec![1, 2, 3], vec![])) {
+            assert!(
+                Instant::now() < end,
+                "node {} still sees the learner: {:?}",
+                n.id,
+                n.host.get(1).map(|r| r.members())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(write(&all, 1, &key(1, 1), "after").await, RangeReply::Done(vec![]));
     for n in nodes {
         n.stop().await;
     }

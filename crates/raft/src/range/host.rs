@@ -52,6 +52,9 @@ pub struct RangeHostOptions {
     /// The node's transport to its peers, the meta group's too: every group's messages to a
     /// node share its batches and its one connection.
     pub mux: Mux,
+    /// How long a move waits for its new replica to catch up before it removes it and fails:
+    /// [`MOVE_CATCH_UP_MAX`] (the placement driver's learner timeout counts on it).
+    pub move_catch_up_max: Duration,
 }
 
 /// One range replica on this node.
@@ -148,7 +151,7 @@ fn written(
         Ok(Ok(r)) => Ok(r.data),
         Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RangeError::NotLeader { range, leader: f.leader_id }),
         Ok(Err(e)) => Err(RangeError::Raft { range, msg: e.to_string() }),
-        Err(_) => Err(RangeError::Raft { range, msg: "the write's proposal was cut short".into() }),
+        Err(_) => Err(RangeError::CutShort(range)),
     }
 }
 
@@ -185,6 +188,7 @@ fn answered(reply: RangeReply) -> Outcome {
         RangeReply::Done(b) => Outcome::Done(b),
         RangeReply::WrongRange(d) => Outcome::WrongRange(d),
         RangeReply::Batch(_) => Outcome::Unknown("a batch's answers for one command".into()),
+        RangeReply::Unknown(why) => Outcome::Unknown(why),
     }
 }
 
@@ -300,6 +304,10 @@ pub enum RangeError {
     /// write reached its core: the write was never proposed.
     #[error("range {0}: stopped before the write was proposed")]
     Stopped(RangeId),
+    /// The group stopped after the write was proposed and before it was answered (openraft
+    /// dropped its responder): it may have run.
+    #[error("range {0}: the write's proposal was cut short")]
+    CutShort(RangeId),
 }
 
 impl RangeReplica {
@@ -1174,9 +1182,11 @@ impl RangeHost {
             // reached it. The router re-routes it with the directory, as for a replica gone.
             Err(RangeError::Stopped(_)) => Outcome::NotHere,
             // A frozen range applies no write proposed after its freeze, and every write
-            // before it had its answer once the freeze applied: a write cut short now (its
-            // group stopped as the range merged away) never ran.
-            Err(_) if r.sm.frozen() => Outcome::WrongRange(r.sm.desc()),
+            // before it had its answer once this replica applied the freeze in order: a write
+            // cut short then (its group stopped as the range merged away) never ran. Any other
+            // failure, or a replica frozen by a snapshot (which skipped entries, and failed
+            // their writes as discarded though they may have run elsewhere), is unknown.
+            Err(RangeError::CutShort(_)) if r.sm.frozen_in_order() => Outcome::WrongRange(r.sm.desc()),
             Err(e) => Outcome::Unknown(e.to_string()),
         }
     }
@@ -1357,7 +1367,8 @@ impl RangeHost {
             }
         }
         let target = r.metrics.borrow_watched().last_log_index.unwrap_or(0);
-        let give_up = tokio::time::Instant::now() + MOVE_CATCH_UP_MAX;
+        let catch_up_max = self.opts.move_catch_up_max;
+        let give_up = tokio::time::Instant::now() + catch_up_max;
         loop {
             if tokio::time::Instant::now() >= give_up {
                 // The learner goes (a merge needs none, and a leader keeps sending to it); a
@@ -1367,7 +1378,7 @@ impl RangeHost {
                     tracing::warn!(range = r.id, learner = %format!("{to:x}"), error = %e, "learner of a failed move not removed");
                 }
                 return Outcome::Unavailable(format!(
-                    "range {}: node {to:x} did not catch up within {MOVE_CATCH_UP_MAX:?}",
+                    "range {}: node {to:x} did not catch up within {catch_up_max:?}",
                     r.id
                 ));
             }
@@ -1531,8 +1542,9 @@ pub fn read_lease(config: &Config) -> Duration {
     Duration::from_millis(config.election_timeout_max / 2)
 }
 
-/// How long a move waits for its new replica to catch up.
-const MOVE_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+/// How long a move waits for its new replica to catch up, by default
+/// ([`RangeHostOptions::move_catch_up_max`]).
+pub const MOVE_CATCH_UP_MAX: Duration = Duration::from_secs(120);
 
 /// The outcome of a membership change of range `id`.
 fn membership_changed<T>(

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::range::types::{
-    LogId, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta,
+    Entry, LogId, Pairs, RangeCmd, RangeConfig, RangeDesc, RangeId, RangeOp, RangeReply, Snapshot, SnapshotMeta,
     StoredMembership, MERGE_BYTES_MAX,
 };
 
@@ -282,6 +282,9 @@ struct SmState {
     has_snapshot: bool,
     /// Frozen for a merge: no more requests.
     frozen: bool,
+    /// Frozen by applying the freeze here, in log order, not by installing a frozen range's
+    /// snapshot (see [`RangeStateMachine::frozen_in_order`]).
+    frozen_in_order: bool,
 }
 
 struct Inner {
@@ -337,7 +340,15 @@ impl RangeStateMachine {
                 id,
                 engine,
                 applier,
-                state: Mutex::new(SmState { applied, membership, desc, has_snapshot: applied.is_some(), frozen }),
+                state: Mutex::new(SmState {
+                    applied,
+                    membership,
+                    desc,
+                    has_snapshot: applied.is_some(),
+                    frozen,
+                    // After a restart no write proposed before it waits for an answer.
+                    frozen_in_order: false,
+                }),
                 events,
                 written: Default::default(),
                 installs: Default::default(),
@@ -368,6 +379,16 @@ impl RangeStateMachine {
     /// Whether the range froze for a merge (it serves nothing more).
     pub fn frozen(&self) -> bool {
         self.inner.state.lock().frozen
+    }
+
+    /// Whether the range froze by this replica's own apply of the freeze, in log order, since
+    /// it opened. Then every entry before the freeze was applied here first, and answered, so
+    /// a write of this replica still unanswered comes after the freeze, and no replica runs it.
+    /// A replica frozen by a snapshot skipped entries: a write it proposed among them may have
+    /// run on the others (their effects are in the snapshot).
+    pub fn frozen_in_order(&self) -> bool {
+        let st = self.inner.state.lock();
+        st.frozen && st.frozen_in_order
     }
 
     /// Every key and value of the range (a frozen one's, for a merge), refused past `max`.
@@ -552,56 +573,21 @@ impl RangeStateMachine {
         st.membership = meta.last_membership.clone();
         st.desc = snap.desc;
         st.frozen = snap.frozen;
+        // Entries the snapshot covers were not applied here (see `frozen_in_order`).
+        st.frozen_in_order = st.frozen_in_order && snap.frozen;
         st.has_snapshot = true;
         self.inner.installs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
 
-impl RaftSnapshotBuilder<RangeConfig> for RangeStateMachine {
-    type SnapshotData = SnapshotBytes;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.mark_snapshot()).await.map_err(io_err)?
-    }
-}
-
-impl RaftStateMachine<RangeConfig> for RangeStateMachine {
-    type SnapshotData = SnapshotBytes;
-    type SnapshotBuilder = RangeStateMachine;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let st = self.inner.state.lock();
-        Ok((st.applied, st.membership.clone()))
-    }
-
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where
-        Strm: Stream<Item = Result<EntryResponder<RangeConfig>, io::Error>> + Unpin + OptionalSend,
-    {
-        let mut items = Vec::new();
-        while let Some(item) = entries.try_next().await? {
-            items.push(item);
-        }
-        if items.is_empty() {
-            return Ok(());
-        }
-        if self.inner.engine.is_full() {
-            // The write below would block this thread until the engine's write buffer has
-            // room, a flush into redb that takes up to seconds under load, and with it every
-            // task of this runtime thread: the meta group's heartbeats among them (a loaded
-            // node's members then lost the meta group's leadership every few seconds). So the
-            // wait is on a blocking thread; this group waits without holding a worker. (The
-            // buffer is the node's: another range's apply may still fill it between this check
-            // and the write below, which then waits as every write did before; rare, since a
-            // buffer holds thousands of entries.)
-            let engine = self.inner.engine.clone();
-            tokio::task::spawn_blocking(move || engine.wait_for_room()).await.map_err(io_err)?.map_err(io_err)?;
-        }
+impl RangeStateMachine {
+    /// Applies committed entries, in order, in one engine write; each entry's answer. (The
+    /// caller made sure the engine's write buffer has room.)
+    fn apply_entries(&self, entries: &[Entry]) -> io::Result<Vec<RangeReply>> {
         let id = self.inner.id;
         let engine = &self.inner.engine;
-        let mut replies = Vec::with_capacity(items.len());
+        let mut replies = Vec::with_capacity(entries.len());
         let mut st = self.inner.state.lock();
         let mut view = Overlay {
             base: Base::Engine(&**engine, OnceLock::new()),
@@ -613,7 +599,7 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         let mut events = Vec::new();
         // Taken over by the range on the left (on this node): its keys are that range's now.
         let absorbed = engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some();
-        for (entry, responder) in items {
+        for entry in entries {
             if let Some(applied) = &st.applied {
                 if entry.log_id.index <= applied.index {
                     return Err(io_err(format!("range {id}: apply of {} after {}", entry.log_id, applied)));
@@ -621,9 +607,19 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             }
             let reply = match &entry.payload {
                 EntryPayload::Blank => RangeReply::default(),
-                EntryPayload::Normal(op) if (op.epoch != 0 && op.epoch != view.desc.epoch) || absorbed => {
+                EntryPayload::Normal(op) if op.epoch != 0 && op.epoch != view.desc.epoch => {
                     RangeReply::WrongRange(view.desc.clone())
                 }
+                // This replica lags the merge that took its keys over: the entry is not
+                // applied here. Past the freeze, it ran nowhere; before it, it ran on the
+                // replicas that applied it in order (its effect is in the merge's keys). An
+                // absorbed replica skips the freeze too, so it tells them apart only once it
+                // was frozen before: else the entry's outcome is unknown, never a refusal a
+                // client could retry on.
+                EntryPayload::Normal(_) if absorbed && st.frozen => RangeReply::WrongRange(view.desc.clone()),
+                EntryPayload::Normal(_) if absorbed => RangeReply::Unknown(format!(
+                    "range {id} was merged into its left neighbour before this replica applied the write"
+                )),
                 EntryPayload::Normal(RangeOp { cmd: cmd @ (RangeCmd::Freeze | RangeCmd::FreezeIfItFits), .. }) => {
                     let checked = matches!(cmd, RangeCmd::FreezeIfItFits);
                     if checked && !st.frozen && !fits_a_merge(&view)? {
@@ -634,6 +630,7 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                     } else {
                         if !st.frozen {
                             st.frozen = true;
+                            st.frozen_in_order = true;
                             view.desc.epoch += 1;
                             st.desc = view.desc.clone();
                             meta.push((meta_key(id, FROZEN), vec![1]));
@@ -720,7 +717,7 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                 }
             };
             st.applied = Some(entry.log_id);
-            replies.push((responder, reply));
+            replies.push(reply);
         }
         if let Some(k) = view.outside {
             return Err(io_err(format!("range {id}: apply wrote key {k:?} outside the range")));
@@ -753,7 +750,54 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
                 let _ = tx.send(e);
             }
         }
-        for (responder, reply) in replies {
+        Ok(replies)
+    }
+}
+
+impl RaftSnapshotBuilder<RangeConfig> for RangeStateMachine {
+    type SnapshotData = SnapshotBytes;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.mark_snapshot()).await.map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<RangeConfig> for RangeStateMachine {
+    type SnapshotData = SnapshotBytes;
+    type SnapshotBuilder = RangeStateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let st = self.inner.state.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<RangeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut items = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            items.push(item);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        if self.inner.engine.is_full() {
+            // The write below would block this thread until the engine's write buffer has
+            // room, a flush into redb that takes up to seconds under load, and with it every
+            // task of this runtime thread: the meta group's heartbeats among them (a loaded
+            // node's members then lost the meta group's leadership every few seconds). So the
+            // wait is on a blocking thread; this group waits without holding a worker. (The
+            // buffer is the node's: another range's apply may still fill it between this check
+            // and the write below, which then waits as every write did before; rare, since a
+            // buffer holds thousands of entries.)
+            let engine = self.inner.engine.clone();
+            tokio::task::spawn_blocking(move || engine.wait_for_room()).await.map_err(io_err)?.map_err(io_err)?;
+        }
+        let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
+        let replies = self.apply_entries(&entries)?;
+        for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(r) = responder {
                 r.send(reply);
             }
@@ -867,6 +911,54 @@ mod tests {
         assert!(!theirs.frozen());
         theirs.install(&meta, bytes).unwrap();
         assert!(theirs.frozen(), "installing a frozen range's snapshot left the replica unfrozen");
+        // It skipped entries: a write it proposed among them may have run elsewhere.
+        assert!(!theirs.frozen_in_order());
         assert!(open(&other).unwrap().frozen(), "not frozen once reopened");
+    }
+
+    fn entry(index: u64, cmd: RangeCmd) -> Entry {
+        let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index);
+        Entry { log_id, payload: EntryPayload::Normal(RangeOp { stamp_ms: 1, epoch: 0, cmd }) }
+    }
+
+    /// A replica that lags a merge which took its keys over (the left range's replica on its
+    /// node applied the merge) applies no more entries. What it answers a write it proposed
+    /// while it led must not be a refusal, which the router retries elsewhere: an entry before
+    /// the freeze ran on the replicas that applied it in order, and its effect is in the
+    /// merge's keys. Only once the replica had itself frozen is every later entry one that
+    /// ran nowhere.
+    #[test]
+    fn a_replica_lagging_a_merge_answers_writes_before_the_freeze_as_unknown() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let absorb = |engine: &Arc<dyn Engine>| {
+            let mut wb = WriteBatch::new();
+            wb.put(Table::Meta, meta_key(7, ABSORBED), vec![1]);
+            engine.write(wb).unwrap();
+        };
+        let data = || RangeCmd::Data(bytes::Bytes::from_static(b"w"));
+
+        // Absorbed before it applied the freeze: the write may have run.
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*engine, &desc, members.clone()).unwrap();
+        let sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        assert_eq!(sm.apply_entries(&[entry(1, data())]).unwrap(), vec![RangeReply::Done(vec![])]);
+        absorb(&engine);
+        match &sm.apply_entries(&[entry(2, data()), entry(3, RangeCmd::Freeze)]).unwrap()[..] {
+            [RangeReply::Unknown(_), RangeReply::Unknown(_)] => {}
+            other => panic!("a lagging replica's answers: {other:?}"),
+        }
+        assert!(!sm.frozen_in_order());
+
+        // Frozen in order first: what comes after the freeze ran nowhere.
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
+        let sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        let frozen = RangeDesc { epoch: 4, ..desc.clone() };
+        assert_eq!(sm.apply_entries(&[entry(1, RangeCmd::Freeze)]).unwrap(), vec![RangeReply::Done(encode(&frozen))]);
+        assert!(sm.frozen_in_order());
+        absorb(&engine);
+        assert_eq!(sm.apply_entries(&[entry(2, data())]).unwrap(), vec![RangeReply::WrongRange(frozen)]);
     }
 }

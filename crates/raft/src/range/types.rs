@@ -96,6 +96,9 @@ pub enum RangeReply {
     WrongRange(RangeDesc),
     /// A [`RangeCmd::Batch`]'s answers, one per command, in order.
     Batch(Vec<RangeReply>),
+    /// Not applied on this replica, though it may have run on the others: an unknown outcome
+    /// (a replica that lags a merge which took its keys over).
+    Unknown(String),
 }
 
 impl Default for RangeReply {
