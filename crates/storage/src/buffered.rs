@@ -33,8 +33,8 @@
 //! - [`Engine::sync`] writes out everything buffered, then syncs the engine: what was written
 //!   before it is durable after it, as the trait says. A write with [`WriteOp::Clear`] first
 //!   writes out the buffer and then goes to the engine as is, under the lock.
-//! - A failed engine write fails the buffer for good ([`Error::Failed`] from every later write
-//!   and sync): the data it held is not in the engine, and retrying is not safe to assume
+//! - A failed engine write (an error, or a panic in it) fails the buffer for good
+//!   ([`Error::Failed`] from every later write and sync): the data it held is not in the engine, and retrying is not safe to assume
 //!   (the same reasoning as the log's fsync failure). Readers keep seeing it, so a failure never
 //!   makes data appear to go back in time.
 //!
@@ -381,18 +381,31 @@ impl Inner {
     }
 
     /// Writes the layer in flight to the engine, then retires it (or fails the buffer).
+    ///
+    /// A panic in the engine's write (or the cache's refresh) fails the buffer as an error
+    /// does: unwound past here, it would leave the layer in flight for good and every later
+    /// writer waiting for it.
     fn write_out(&self, layer: &Layer) -> Result<()> {
         let t = Instant::now();
-        let out = self.base.write(layer.batch());
-        let us = t.elapsed().as_micros() as u64;
-        if out.is_ok() {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.base.write(layer.batch())?;
             if let Some(c) = &self.cache {
                 // Only this thread (one flush in flight) and a whole-table write (which waits
                 // for it, under the lock) move the count.
                 let next = self.state.lock().flushes + 1;
                 c.flushed(Some(layer), next);
             }
-        }
+            Ok(())
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Failed(format!("the engine's write panicked: {what}")))
+        });
+        let us = t.elapsed().as_micros() as u64;
         let mut st = self.state.lock();
         match &out {
             Ok(()) => {
@@ -506,10 +519,13 @@ impl Engine for BufferedEngine {
                 let _ = me.write_out(&layer);
             });
             if let Err(e) = spawned {
-                // No thread: give the layer back, it goes out with the next flush.
-                let layer = st.flushing.take().expect("just set");
-                st.filling = Arc::unwrap_or_clone(layer);
-                tracing::warn!(error = %e, "cannot start the engine flush thread; the buffer is written later");
+                // No thread: this writer writes it out itself, so the buffer stays within
+                // its bounds (given back to `filling`, it would grow past them while the
+                // thread cannot start).
+                tracing::warn!(error = %e, "cannot start the engine flush thread; the writer flushes the buffer");
+                let layer = st.flushing.clone().expect("just set");
+                drop(st);
+                return inner.write_out(&layer);
             }
         }
         inner.count_buffered(&st);
@@ -854,6 +870,68 @@ mod tests {
         assert!(matches!(e.write(wb).unwrap_err(), Error::Failed(_)));
         assert!(matches!(e.sync().unwrap_err(), Error::Failed(_)));
         assert_eq!(base.inner.get(Table::Kv, b"a").unwrap(), Some(b"1".to_vec()));
+    }
+
+    /// An engine whose write panics.
+    struct Panics(MemEngine);
+
+    impl Engine for Panics {
+        fn reader(&self) -> Result<Box<dyn Reader + Send + Sync>> {
+            self.0.reader()
+        }
+        fn write(&self, _: WriteBatch) -> Result<()> {
+            panic!("injected panic");
+        }
+        fn sync(&self) -> Result<()> {
+            self.0.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.0.size_bytes()
+        }
+        fn live_bytes(&self) -> u64 {
+            self.0.live_bytes()
+        }
+        fn defragment(&self) -> Result<(u64, u64)> {
+            self.0.defragment()
+        }
+    }
+
+    /// A panic in the flush thread fails the buffer as an error does: writers that would wait
+    /// for that flush, and syncs, get an error instead of waiting for good.
+    #[test]
+    fn a_flush_that_panics_fails_the_buffer_instead_of_leaving_writers_waiting() {
+        let e = Arc::new(BufferedEngine::new(Arc::new(Panics(MemEngine::new())), tiny()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e2, done2) = (e.clone(), done.clone());
+        let writer = std::thread::spawn(move || {
+            // The third key fills the buffer and starts the flush; the next ones fill the
+            // second buffer, and then a write must wait for the flush, which panics.
+            let mut out = Ok(());
+            for i in 0..16u8 {
+                let mut wb = WriteBatch::new();
+                wb.put(Table::Kv, vec![b'k', i], vec![i]);
+                out = e2.write(wb);
+                if out.is_err() {
+                    break;
+                }
+            }
+            let synced = e2.sync();
+            done2.store(true, Ordering::SeqCst);
+            (out, synced)
+        });
+        let end = Instant::now() + std::time::Duration::from_secs(10);
+        while !done.load(Ordering::SeqCst) {
+            assert!(Instant::now() < end, "a writer waits for good for a flush that panicked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (written, synced) = writer.join().unwrap();
+        assert!(matches!(written, Err(Error::Failed(_))), "{written:?}");
+        match synced {
+            Err(Error::Failed(why)) => assert!(why.contains("injected panic"), "{why}"),
+            other => panic!("sync after a panicked flush: {other:?}"),
+        }
+        // Readers keep the buffered data.
+        assert_eq!(e.get(Table::Kv, &[b'k', 0]).unwrap(), Some(vec![0]));
     }
 
     #[test]
