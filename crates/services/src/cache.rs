@@ -169,6 +169,14 @@ fn tier_error(e: TierError) -> Reply {
     }
 }
 
+/// The error of a command run range by range whose part `failed` after others ran, and what
+/// had run. Never `TRYAGAIN`, which tells a client that nothing ran (the part's own error
+/// follows, without its "nothing was executed").
+fn after_some_ran(command: &str, done: &str, failed: &[u8]) -> Reply {
+    let failed = String::from_utf8_lossy(failed).replace("; nothing was executed", "");
+    Reply::err(format!("ERR {command} ran on some ranges ({done}), then failed on another: {failed}"))
+}
+
 /// Commands whose keys are all in one range (see `Cache::by_range`).
 struct RangeBatch<C> {
     desc: Descriptor,
@@ -235,11 +243,14 @@ impl Cache {
         }
         match req {
             WriteReq::Cmd(DataCmd::Del { keys }) => {
-                let mut total = 0i64;
+                // One range after the other, not atomically (as documented): a part that fails
+                // after others ran says so, rather than "nothing was executed".
+                let (mut total, mut ran) = (0i64, false);
                 for (k, _) in group(&keys, &ranges) {
                     let part = WriteReq::Cmd(DataCmd::Del { keys: k.clone() });
                     match self.one(&k[0], false, postcard::to_allocvec(&part).expect("serializable")).await {
-                        Reply::Int(n) => total += n,
+                        Reply::Int(n) => (total, ran) = (total + n, true),
+                        Reply::Error(e) if ran => return after_some_ran("DEL", &format!("{total} key(s) deleted"), &e),
                         other => return other,
                     }
                 }
@@ -478,20 +489,28 @@ impl Cache {
             Ok(r) => r,
             Err(e) => return e,
         };
-        for (d, span) in ranges {
+        for (i, (d, span)) in ranges.into_iter().enumerate() {
             let req = WriteReq::Cmd(DataCmd::Flush { span });
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            match self.tier.execute_range(&d, false, postcard::to_allocvec(&req).expect("serializable"), deadline).await
+            let failed = match self
+                .tier
+                .execute_range(&d, false, postcard::to_allocvec(&req).expect("serializable"), deadline)
+                .await
             {
-                Ok(Some(b)) => {
-                    let r = decode(&b);
-                    if r.is_error() {
-                        return r;
-                    }
-                }
+                Ok(Some(b)) => match decode(&b) {
+                    Reply::Error(e) => e,
+                    _ => continue,
+                },
                 Ok(None) => return Reply::err("TRYAGAIN the ranges changed during FLUSHALL; some were flushed"),
-                Err(e) => return tier_error(e),
+                Err(e) => match tier_error(e) {
+                    Reply::Error(e) => e,
+                    other => return other,
+                },
+            };
+            if i == 0 {
+                return Reply::Error(failed);
             }
+            return after_some_ran("FLUSHALL", &format!("{i} range(s) flushed"), &failed);
         }
         Reply::ok()
     }
@@ -602,4 +621,27 @@ fn group_positions(keys: &[Vec<u8>], ranges: &[u64]) -> Vec<(Vec<Vec<u8>>, Vec<u
         }
     }
     out.into_iter().map(|(_, k, p)| (k, p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part failing after others ran says what ran; it never claims that nothing was
+    /// executed (`TRYAGAIN`).
+    #[test]
+    fn a_failure_after_some_parts_ran_says_what_ran() {
+        let failed = tier_error(TierError::Unavailable(1));
+        let Reply::Error(e) = failed else { panic!("an error") };
+        assert_eq!(
+            after_some_ran("DEL", "2 key(s) deleted", &e),
+            Reply::err(
+                "ERR DEL ran on some ranges (2 key(s) deleted), then failed on another: TRYAGAIN no leader answered in time"
+            )
+        );
+        assert_eq!(
+            after_some_ran("FLUSHALL", "1 range(s) flushed", b"ERR timeout"),
+            Reply::err("ERR FLUSHALL ran on some ranges (1 range(s) flushed), then failed on another: ERR timeout")
+        );
+    }
 }
