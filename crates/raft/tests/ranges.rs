@@ -903,6 +903,52 @@ async fn a_move_whose_learner_never_catches_up_gives_up_and_removes_it() {
     }
 }
 
+/// A node that just started neither votes nor campaigns for the election timeout's maximum:
+/// a leader may still be serving reads on a lease that counted on this node's refusal of
+/// other candidates, which openraft forgot in the restart. Then it votes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_just_started_does_not_vote_until_a_lease_it_backed_ran_out() {
+    use cairn_raft::range::mux::{Kind, RangeHandler};
+    use cairn_raft::range::types::RangeConfig;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Node 1 has been up for longer than the window; node 2 starts now.
+    let one = start(1, dirs[0].path(), None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!one.host.quiet());
+    let two = start(2, dirs[1].path(), None).await;
+    let opened = Instant::now();
+    let voters: BTreeMap<u64, PeerNode> = [(1u64, one.peer()), (2, two.peer())].into();
+    two.host.create(range(1), Some(voters.clone())).await.unwrap();
+    one.host.create(range(1), Some(voters)).await.unwrap();
+
+    // It refuses votes and pre-votes.
+    let vote = openraft::alias::VoteOf::<RangeConfig>::new(5, 9);
+    let bytes = postcard::to_allocvec(&openraft::raft::VoteRequest::<RangeConfig>::new(vote, None)).unwrap();
+    for kind in [Kind::Vote, Kind::PreVote] {
+        match RangeHandler::handle(&*two.host, 1, kind, &bytes).await {
+            Err(why) => assert!(why.contains("does not vote yet"), "{why}"),
+            Ok(_) => panic!("a node that just started answered a {kind:?}"),
+        }
+    }
+    // Node 1 cannot win without node 2's vote, and node 2 does not campaign (node 1 would
+    // vote for it: it never heard of a leader) until its window ends.
+    let led = |n: &Node| n.host.get(1).and_then(|r| r.leader());
+    while two.host.quiet() {
+        assert_eq!((led(&one), led(&two)), (None, None), "a leader elected while node 2 was quiet");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The window is the range's election timeout maximum (half the configured timeout).
+    assert!(opened.elapsed() <= Duration::from_millis(300), "quiet for {:?}", opened.elapsed());
+    // Then it votes, and the range elects.
+    leader(&[&one, &two], 1).await;
+    match RangeHandler::handle(&*two.host, 1, Kind::Vote, &bytes).await {
+        Ok(_) => {}
+        Err(why) => panic!("no vote after the window: {why}"),
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
 /// A range holding more than a merge can carry is not frozen: frozen, nothing could read its
 /// keys into a merge, and nothing thaws it, so it would refuse every write for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -695,6 +695,8 @@ pub struct RangeHost {
     lifecycle: tokio::sync::Mutex<()>,
     /// Set when the host shuts down: the peers' open `Ranges/Stream`s then end.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Until then this node's replicas neither vote nor campaign (see [`RangeHost::quiet`]).
+    quiet_until: tokio::time::Instant,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -734,6 +736,7 @@ impl RangeHost {
         .map_err(io_err)?;
         let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
         let mux = opts.mux.clone();
+        let quiet_until = tokio::time::Instant::now() + Duration::from_millis(config.election_timeout_max);
         let host = Arc::new(RangeHost {
             opts,
             log,
@@ -752,6 +755,7 @@ impl RangeHost {
             events,
             closing: tokio::sync::watch::Sender::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
+            quiet_until,
         });
         for id in host.stored_ranges()? {
             host.start(id, None).await?;
@@ -834,6 +838,17 @@ impl RangeHost {
         Ok(ids)
     }
 
+    /// Whether this node's replicas must still neither vote nor campaign: for the election
+    /// timeout's maximum after the host opened. A range leader serves reads on a lease that
+    /// counts on each voter that acknowledged it refusing other candidates for that long
+    /// ([`read_lease`]); openraft keeps that refusal in memory only, so a voter that restarted
+    /// meanwhile would elect another leader while the old one still read on its lease (a
+    /// stale read). A node that was down for longer loses nothing by the wait but the
+    /// first election's speed.
+    pub fn quiet(&self) -> bool {
+        tokio::time::Instant::now() < self.quiet_until
+    }
+
     async fn start(&self, id: RangeId, desc: Option<RangeDesc>) -> io::Result<Arc<RangeReplica>> {
         // It may write and sync the engine (a flush of its write buffer): off the runtime.
         let (engine, applier, events) = (self.engine.clone(), self.applier.clone(), self.events.clone());
@@ -849,6 +864,14 @@ impl RangeHost {
         }
         let raft =
             RangeRaft::new(self.opts.node_id, self.config.clone(), net, log, sm.clone()).await.map_err(io_err)?;
+        if self.quiet() {
+            raft.runtime_config().elect(false);
+            let (raft, until) = (raft.clone(), self.quiet_until);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until).await;
+                raft.runtime_config().elect(true);
+            });
+        }
         let (server_metrics, metrics) = (raft.server_metrics(), raft.metrics());
         let r = Arc::new(RangeReplica {
             id,
@@ -1537,7 +1560,9 @@ impl RangeHost {
 /// stay linearizable while `lease / leader's clock rate <= election_timeout_max / replica's
 /// clock rate`, that is while no two nodes' clocks run at rates more than 2x apart (say one at
 /// 0.7x and one at 1.4x real time). Clock jumps do not matter (openraft measures with the
-/// monotonic clock); rate skew beyond 2x does, and is what the clock nemesis checks.
+/// monotonic clock); rate skew beyond 2x does, and is what the clock nemesis checks. The
+/// voters' refusal lives in openraft's memory: a restarted node keeps it by voting for no one
+/// for `election_timeout_max` after it starts ([`RangeHost::quiet`]).
 pub fn read_lease(config: &Config) -> Duration {
     Duration::from_millis(config.election_timeout_max / 2)
 }
@@ -1602,6 +1627,9 @@ impl RangeHandler for RangeHost {
         let r = self.get(group).ok_or_else(|| format!("range {group} is not on node {:x}", self.opts.node_id))?;
         match kind {
             Kind::Append => reply(r.raft.append_entries(decode(data)?).await),
+            Kind::Vote | Kind::PreVote if self.quiet() => {
+                Err(format!("node {:x} started moments ago and does not vote yet", self.opts.node_id))
+            }
             Kind::Vote => reply(r.raft.vote(decode(data)?).await),
             Kind::PreVote => reply(r.raft.pre_vote(decode(data)?).await),
             Kind::TransferLeader => reply(r.raft.handle_transfer_leader(decode(data)?).await),
