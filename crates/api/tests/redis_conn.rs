@@ -93,7 +93,7 @@ async fn commands_wait_for_authentication() {
         -ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n\
         -NOAUTH Authentication required.\r\n\
         -NOAUTH Authentication required.\r\n\
-        -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
+        -NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n\
         -WRONGPASS invalid username-password pair or user is disabled.\r\n\
         +OK\r\n\
         $-1\r\n\
@@ -103,6 +103,21 @@ async fn commands_wait_for_authentication() {
     assert!(text.starts_with(expected_start), "{text}");
     // After HELLO 3 the null is RESP3's.
     assert!(text.ends_with("$7\r\nmodules\r\n*0\r\n_\r\n"), "{text}");
+}
+
+/// Before AUTH a client may send only small commands (Redis 7's limits and lines); an AUTH
+/// lifts them for the commands after it in the same pipeline.
+#[tokio::test]
+async fn a_client_must_authenticate_before_sending_large_commands() {
+    let big = "x".repeat(20_000);
+    let set = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n{big}\r\n");
+    let out = exchange(Arc::new(Locked(MemBackend::new())), Limits::default(), set.as_bytes()).await;
+    assert_eq!(String::from_utf8_lossy(&out), "-ERR Protocol error: unauthenticated bulk length\r\n");
+    let out = exchange(Arc::new(Locked(MemBackend::new())), Limits::default(), b"*11\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&out), "-ERR Protocol error: unauthenticated multibulk length\r\n");
+    let input = format!("AUTH secret\r\n{set}*2\r\n$6\r\nSTRLEN\r\n$1\r\nk\r\n");
+    let out = exchange(Arc::new(Locked(MemBackend::new())), Limits::default(), input.as_bytes()).await;
+    assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n+OK\r\n:20000\r\n");
 }
 
 #[tokio::test]

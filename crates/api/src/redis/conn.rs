@@ -81,7 +81,12 @@ where
     loop {
         // Every complete command that has arrived, up to the batch limits.
         let (mut batch, mut bytes, mut stop) = (Vec::new(), 0usize, None);
-        while batch.len() < limits.pipeline_commands_max && bytes < DECODED_BYTES_MAX {
+        // A client that must still authenticate is held to Redis's small command limits, and
+        // its commands are decoded one at a time, as Redis does: an AUTH lifts the limits for
+        // the commands after it in the same pipeline.
+        decoder.set_authenticated(conn.authenticated);
+        let most = if conn.authenticated { limits.pipeline_commands_max } else { 1 };
+        while batch.len() < most && bytes < DECODED_BYTES_MAX {
             match decoder.decode(&mut buf) {
                 Ok(Some(args)) => {
                     bytes += args.iter().map(Vec::len).sum::<usize>();
@@ -94,7 +99,7 @@ where
                 }
             }
         }
-        let full = stop.is_none() && (batch.len() == limits.pipeline_commands_max || bytes >= DECODED_BYTES_MAX);
+        let full = stop.is_none() && (batch.len() == most || bytes >= DECODED_BYTES_MAX);
         conn.client.query_buffer(buf.len(), buf.capacity() - buf.len());
         conn.client.running(bytes);
         let then = conn.run_batch(batch, &mut out).await;
@@ -342,7 +347,7 @@ impl<B: Backend> Conn<'_, B> {
                     return (
                         Reply::err(
                             "NOAUTH HELLO must be called with the client already authenticated, \
-                             otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                             otherwise the HELLO AUTH <user> <pass> option can be used to \
                              authenticate the client and select the RESP protocol version at the \
                              same time",
                         ),

@@ -74,11 +74,26 @@ struct Partial {
 pub struct Decoder {
     limits: Limits,
     partial: Option<Partial>,
+    /// Whether the client may send large commands: Redis allows a client that must still
+    /// authenticate at most [`UNAUTHENTICATED_ARGS_MAX`] arguments of at most
+    /// [`UNAUTHENTICATED_BULK_MAX`] bytes each (CVE-2021-32675: else every connection could
+    /// make the server hold a 1 GB command before it proved who it is).
+    authenticated: bool,
 }
+
+/// The most arguments of a command from a client that has not authenticated (Redis's).
+pub const UNAUTHENTICATED_ARGS_MAX: i64 = 10;
+/// The longest argument from a client that has not authenticated (Redis's).
+pub const UNAUTHENTICATED_BULK_MAX: usize = 16 * 1024;
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
-        Decoder { limits, partial: None }
+        Decoder { limits, partial: None, authenticated: true }
+    }
+
+    /// Whether the client has authenticated (or needs not): see [`Decoder::authenticated`].
+    pub fn set_authenticated(&mut self, yes: bool) {
+        self.authenticated = yes;
     }
 
     /// The next complete command in `buf`, consuming its bytes; `Ok(None)` when more bytes
@@ -99,10 +114,18 @@ impl Decoder {
                 let Some(n) = self.header(buf, "too big mbulk count string")? else {
                     return Ok(None);
                 };
+                // Redis's checks in its order: the count, then the client's authentication,
+                // then cairn's own limit on arguments.
                 let n = match n {
-                    Some(n) if n <= self.limits.args_max as i64 => n,
+                    Some(n) if n <= i32::MAX as i64 => n,
                     _ => return Err(protocol("invalid multibulk length")),
                 };
+                if n > UNAUTHENTICATED_ARGS_MAX && !self.authenticated {
+                    return Err(protocol("unauthenticated multibulk length"));
+                }
+                if n > self.limits.args_max as i64 {
+                    return Err(protocol("invalid multibulk length"));
+                }
                 if n <= 0 {
                     continue;
                 }
@@ -179,6 +202,9 @@ impl Decoder {
                         Some(n) if n >= 0 && n as u64 <= bulk_max as u64 => n as usize,
                         _ => return Err(protocol("invalid bulk length")),
                     };
+                    if len > UNAUTHENTICATED_BULK_MAX && !self.authenticated {
+                        return Err(protocol("unauthenticated bulk length"));
+                    }
                     let partial = self.partial.as_mut().expect("checked above");
                     partial.bytes = partial.bytes.saturating_add(len);
                     if partial.bytes > self.limits.query_bytes_max {
@@ -485,6 +511,34 @@ mod tests {
         assert_eq!(err(b"*1\r\n$1111111111111", small), "ERR Protocol error: too big bulk count string");
         let tiny_query = Limits { query_bytes_max: 3, ..d() };
         assert_eq!(all(b"*2\r\n$2\r\nab\r\n$2\r\n", tiny_query).1, Some(DecodeError::QueryTooBig));
+    }
+
+    /// Redis 7's limits on a client that must still authenticate, and its error lines
+    /// (checked against redis-server 7.0.15 with `requirepass`).
+    #[test]
+    fn a_client_that_has_not_authenticated_sends_only_small_commands() {
+        let unauthenticated = |input: &[u8]| {
+            let mut d = Decoder::new(Limits::default());
+            d.set_authenticated(false);
+            let mut buf = BytesMut::from(input);
+            d.decode(&mut buf)
+        };
+        let line = |s: &str| Err(DecodeError::Protocol(s.as_bytes().to_vec()));
+        assert_eq!(unauthenticated(b"*11\r\n"), line("ERR Protocol error: unauthenticated multibulk length"));
+        assert_eq!(unauthenticated(b"*1\r\n$16385\r\n"), line("ERR Protocol error: unauthenticated bulk length"));
+        // Redis's own checks come first.
+        assert_eq!(unauthenticated(b"*1\r\n$-1\r\n"), line("ERR Protocol error: invalid bulk length"));
+        assert_eq!(unauthenticated(b"*2147483648\r\n"), line("ERR Protocol error: invalid multibulk length"));
+        // Within the limits, as for anyone.
+        let ten = format!("*10\r\n$16384\r\n{}\r\n", "x".repeat(16384));
+        let mut d = Decoder::new(Limits::default());
+        d.set_authenticated(false);
+        let mut buf = BytesMut::from(ten.as_bytes());
+        assert_eq!(d.decode(&mut buf), Ok(None), "a large argument still arriving");
+        assert_eq!(unauthenticated(b"*2\r\n$4\r\nAUTH\r\n$1\r\np\r\n"), Ok(Some(v(&["AUTH", "p"]))));
+        // Authenticated, the usual limits.
+        let (cmds, err) = all(b"*11\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n", Limits::default());
+        assert_eq!((cmds.len(), err), (1, None));
     }
 
     #[test]
