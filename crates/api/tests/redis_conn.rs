@@ -105,6 +105,20 @@ async fn commands_wait_for_authentication() {
     assert!(text.ends_with("$7\r\nmodules\r\n*0\r\n_\r\n"), "{text}");
 }
 
+/// A client that sends its whole pipeline before reading a reply (as redis-py's pipelines
+/// do) gets every reply: the connection keeps reading while its replies wait for room.
+#[tokio::test]
+async fn a_pipeline_sent_whole_before_any_reply_is_read_does_not_stall() {
+    let input = "GET k\r\n".repeat(400_000);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        exchange(Arc::new(MemBackend::new()), Limits::default(), input.as_bytes()),
+    )
+    .await
+    .expect("the connection and its client waited for each other");
+    assert_eq!(out.len(), 400_000 * "$-1\r\n".len());
+}
+
 /// Before AUTH a client may send only small commands (Redis 7's limits and lines); an AUTH
 /// lifts them for the commands after it in the same pipeline.
 #[tokio::test]

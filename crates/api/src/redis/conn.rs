@@ -124,16 +124,25 @@ where
             }
             None => {}
         }
+        // While the replies go out, what the client sends meanwhile is read ahead (within a
+        // bound: Redis's query buffer limit, or much less before AUTH).
+        let ahead = if conn.authenticated { limits.query_bytes_max } else { UNAUTHENTICATED_READ_AHEAD_BYTES };
         if full {
-            // More may be buffered: hand these replies over before decoding on.
-            stream.write_all(&out).await?;
+            // More may be buffered: hand these replies over before decoding on (flushed: a
+            // TLS stream may hold them otherwise, and if nothing complete follows, the next
+            // pass only reads, while the client may be waiting for them).
+            write_reading(&mut stream, &out, &mut buf, ahead).await?;
+            stream.flush().await?;
             out.clear();
             continue;
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            let more = write_reading(&mut stream, &out, &mut buf, ahead).await?;
             stream.flush().await?;
             out.clear();
+            if more {
+                continue;
+            }
         }
         buf.reserve(READ_CHUNK_BYTES);
         if stream.read_buf(&mut buf).await? == 0 {
@@ -141,6 +150,51 @@ where
         }
     }
 }
+
+/// Writes `out` to the client, reading what it sends meanwhile into `buf` until `buf` holds
+/// `ahead` bytes; whether anything was read (or the client closed its side). A client may send
+/// a whole pipeline before it reads a reply (redis-py's pipelines do): were this side to stop
+/// reading while its replies wait for room in the socket, both sides would wait for good.
+/// Redis keeps reading then too.
+async fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &[u8],
+    buf: &mut BytesMut,
+    ahead: usize,
+) -> io::Result<bool> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    let (mut written, mut read, mut closed) = (0, false, false);
+    std::future::poll_fn(|cx| loop {
+        while written < out.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &out[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if written == out.len() {
+            return Poll::Ready(Ok(()));
+        }
+        // The write waits for room (its waker is set): read meanwhile.
+        if closed || buf.len() >= ahead {
+            return Poll::Pending;
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+            Poll::Ready(Ok(0)) => (read, closed) = (true, true),
+            Poll::Ready(Ok(_)) => read = true,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    Ok(read)
+}
+
+/// What a client that must still authenticate may have read ahead while its replies go out.
+const UNAUTHENTICATED_READ_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// The most commands of one pipeline in flight at once.
 const WAVE_COMMANDS_MAX: usize = 64;
