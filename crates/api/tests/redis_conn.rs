@@ -212,6 +212,14 @@ struct Slow {
     inner: MemBackend,
     in_flight: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
+    /// Each key's range is its first byte (else one range holds every key).
+    ranges_by_first_byte: bool,
+}
+
+impl Slow {
+    fn new(ranges_by_first_byte: bool) -> Slow {
+        Slow { inner: MemBackend::new(), in_flight: Default::default(), most: Default::default(), ranges_by_first_byte }
+    }
 }
 
 impl Slow {
@@ -244,11 +252,37 @@ impl Backend for Slow {
     fn scan(&self, req: ScanReq) -> impl std::future::Future<Output = Reply> + Send {
         self.inner.scan(req)
     }
+    fn ranges_of(&self, keys: &[&[u8]]) -> Vec<u64> {
+        keys.iter()
+            .map(|k| if self.ranges_by_first_byte { k.first().copied().unwrap_or(0) as u64 } else { 0 })
+            .collect()
+    }
+}
+
+/// A read waits for the pipeline's writes before it in its range (and a write for the reads
+/// before it there), as on a Redis Cluster node; in another range it runs beside them.
+#[tokio::test]
+async fn a_pipeline_keeps_the_order_of_reads_and_writes_of_one_range() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for (by_first_byte, input, at_once) in [
+        (false, "SET slowa v\r\nGET slowb\r\n", 1),
+        (false, "GET slowb\r\nSET slowa v\r\n", 1),
+        (true, "SET slowa v\r\nGET slowb\r\n", 1),
+        (true, "SET slowa v\r\nGET xb\r\n", 2),
+        // Reads with reads, and writes with writes, run together in one range too.
+        (true, "GET slowa\r\nGET slowb\r\n", 2),
+        (true, "SET slowa v\r\nSET slowb v\r\n", 2),
+    ] {
+        let backend = Arc::new(Slow::new(by_first_byte));
+        let out = exchange(backend.clone(), Limits::default(), input.as_bytes()).await;
+        assert!(!out.is_empty());
+        assert_eq!(backend.most.load(SeqCst), at_once, "{input:?}, ranges by first byte: {by_first_byte}");
+    }
 }
 
 #[tokio::test]
 async fn a_pipeline_runs_commands_on_other_keys_concurrently_and_each_keys_in_order() {
-    let backend = Arc::new(Slow { inner: MemBackend::new(), in_flight: Default::default(), most: Default::default() });
+    let backend = Arc::new(Slow::new(false));
     // Ten slow SETs on distinct keys, then commands on the same keys, which must see them;
     // an INCR chain on one key must stay in order; PING waits for everything before it.
     let mut input = Vec::new();

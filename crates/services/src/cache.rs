@@ -207,7 +207,7 @@ impl Cache {
     }
 
     /// The range of each key, in order (`None` before the directory exists).
-    fn ranges_of(&self, user_keys: &[&[u8]]) -> Option<Vec<u64>> {
+    pub fn ranges_of(&self, user_keys: &[&[u8]]) -> Option<Vec<u64>> {
         let dir = self.tier.directory()?;
         Some(user_keys.iter().map(|k| dir.lookup(&keys::encode(k)).id).collect())
     }

@@ -56,6 +56,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The range holding each key, in order: a pipeline's reads and writes of one range keep
+    /// their order (see `Conn::run_batch`). The default: one range holds every key.
+    fn ranges_of(&self, keys: &[&[u8]]) -> Vec<u64> {
+        vec![0; keys.len()]
+    }
+
     /// For a cluster-aware connection: Redis Cluster's `MOVED slot host:port` when the
     /// range holding `keys` (all in one slot) is led by another node, and (with
     /// `replica_read`, a READONLY connection's read) has no replica here either. `None`: serve

@@ -207,6 +207,8 @@ const DECODED_BYTES_MAX: usize = 1024 * 1024;
 struct Pending {
     cmd: Command,
     keys: Vec<Vec<u8>>,
+    /// The ranges of its keys ([`Backend::ranges_of`]), once asked.
+    ranges: std::cell::OnceCell<Vec<u64>>,
 }
 
 impl Pending {
@@ -221,8 +223,23 @@ impl Pending {
         (!keys.is_empty()).then_some(keys)
     }
 
-    fn overlaps(&self, wave: &[Pending]) -> bool {
-        wave.iter().any(|p| p.keys.iter().any(|k| self.keys.contains(k)))
+    fn is_write(&self) -> bool {
+        matches!(self.cmd, Command::Write(_))
+    }
+
+    fn ranges<B: Backend>(&self, backend: &B) -> &[u64] {
+        self.ranges.get_or_init(|| backend.ranges_of(&self.keys.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+    }
+
+    /// Whether it must wait for `wave`: it touches one of the wave's keys, or it is a read
+    /// and the wave writes in one of its ranges, or the other way round (see
+    /// [`Conn::run_batch`]).
+    fn waits_for<B: Backend>(&self, wave: &[Pending], backend: &B) -> bool {
+        wave.iter().any(|p| {
+            p.keys.iter().any(|k| self.keys.contains(k))
+                || (p.is_write() != self.is_write()
+                    && p.ranges(backend).iter().any(|r| self.ranges(backend).contains(r)))
+        })
     }
 }
 
@@ -230,11 +247,17 @@ impl<B: Backend> Conn<'_, B> {
     /// Runs a pipeline's commands and encodes their replies in order. Data commands on
     /// disjoint keys run concurrently (a "wave": on the data tier, each is a round trip to its
     /// range's leader, and a pipeline's commands would otherwise wait for each other's
-    /// replication); a command touching a key of the wave, a command over the whole keyspace
-    /// and every connection command wait for the wave before them. So each key sees the
-    /// connection's commands in order, as Redis runs them; commands on different keys of one
-    /// pipeline are concurrent to the client anyway (it sent them before any reply), so any
-    /// order among them is one Redis could also have shown another client.
+    /// replication); a command touching a key of the wave, a read of a range the wave writes
+    /// (or a write of a range it reads), a command over the whole keyspace and every
+    /// connection command wait for the wave before them.
+    ///
+    /// So the commands of one range run in the connection's order, as a Redis Cluster node
+    /// runs those of its slots: a range's writes keep their order in its log, and its reads
+    /// of one wave share one read point. Commands on different ranges do not, as a Redis
+    /// Cluster client's pipeline over several nodes does not: another client may see a later
+    /// write of the pipeline before an earlier one in another range (keys that must keep
+    /// their order share a hash tag, so one slot and one range, or the client waits for the
+    /// earlier reply).
     async fn run_batch(&mut self, batch: Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) -> Then {
         let mut wave: Vec<Pending> = Vec::new();
         for args in batch {
@@ -248,8 +271,8 @@ impl<B: Backend> Conn<'_, B> {
             };
             match Pending::keys_of(&cmd) {
                 Some(keys) => {
-                    let p = Pending { cmd, keys };
-                    if wave.len() == WAVE_COMMANDS_MAX || p.overlaps(&wave) {
+                    let p = Pending { cmd, keys, ranges: Default::default() };
+                    if wave.len() == WAVE_COMMANDS_MAX || p.waits_for(&wave, self.backend) {
                         self.run_wave(&mut wave, out).await;
                     }
                     wave.push(p);

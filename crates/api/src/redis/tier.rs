@@ -111,6 +111,11 @@ impl Backend for TierBackend {
         Some(Reply::err(format!("MOVED {slot} {host}:{port}")))
     }
 
+    fn ranges_of(&self, keys: &[&[u8]]) -> Vec<u64> {
+        // Before the directory exists, nothing runs anyway: one range.
+        self.cache.ranges_of(keys).unwrap_or_else(|| vec![0; keys.len()])
+    }
+
     fn write(&self, req: WriteReq) -> impl Future<Output = Reply> + Send {
         let cache = self.cache.clone();
         async move { cache.write(req).await }
