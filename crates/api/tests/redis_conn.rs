@@ -117,6 +117,23 @@ async fn a_pipeline_sent_whole_before_any_reply_is_read_does_not_stall() {
     .await
     .expect("the connection and its client waited for each other");
     assert_eq!(out.len(), 400_000 * "$-1\r\n".len());
+
+    // The same over a stream that holds what is written until it is flushed, as TLS does.
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let server = tokio::io::BufWriter::with_capacity(64 * 1024, server);
+    let task = tokio::spawn(serve_connection(server, Arc::new(MemBackend::new()), Limits::default()));
+    let talk = async {
+        client.write_all(input.as_bytes()).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), talk)
+        .await
+        .expect("over a buffering stream, the connection and its client waited for each other");
+    assert_eq!(out.len(), 400_000 * "$-1\r\n".len());
+    task.await.unwrap().unwrap();
 }
 
 /// Before AUTH a client may send only small commands (Redis 7's limits and lines); an AUTH

@@ -132,13 +132,11 @@ where
             // TLS stream may hold them otherwise, and if nothing complete follows, the next
             // pass only reads, while the client may be waiting for them).
             write_reading(&mut stream, &out, &mut buf, ahead).await?;
-            stream.flush().await?;
             out.clear();
             continue;
         }
         if !out.is_empty() {
             let more = write_reading(&mut stream, &out, &mut buf, ahead).await?;
-            stream.flush().await?;
             out.clear();
             if more {
                 continue;
@@ -151,7 +149,7 @@ where
     }
 }
 
-/// Writes `out` to the client, reading what it sends meanwhile into `buf` until `buf` holds
+/// Writes `out` to the client and flushes it, reading what it sends meanwhile into `buf` until `buf` holds
 /// `ahead` bytes; whether anything was read (or the client closed its side). A client may send
 /// a whole pipeline before it reads a reply (redis-py's pipelines do): were this side to stop
 /// reading while its replies wait for room in the socket, both sides would wait for good.
@@ -174,10 +172,15 @@ async fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
                 Poll::Pending => break,
             }
         }
+        // Flushed here too, reading meanwhile: a TLS stream takes the bytes into its own buffer
+        // and only a flush sends them, which may wait for room as a write does.
         if written == out.len() {
-            return Poll::Ready(Ok(()));
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(r) => return Poll::Ready(r),
+                Poll::Pending => {}
+            }
         }
-        // The write waits for room (its waker is set): read meanwhile.
+        // The write or the flush waits for room (its waker is set): read meanwhile.
         if closed || buf.len() >= ahead {
             return Poll::Pending;
         }

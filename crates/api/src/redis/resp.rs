@@ -91,7 +91,8 @@ impl Decoder {
         Decoder { limits, partial: None, authenticated: true }
     }
 
-    /// Whether the client has authenticated (or needs not): see [`Decoder::authenticated`].
+    /// Whether the client has authenticated (or needs not). Before, it may send at most
+    /// [`UNAUTHENTICATED_ARGS_MAX`] arguments of at most [`UNAUTHENTICATED_BULK_MAX`] bytes.
     pub fn set_authenticated(&mut self, yes: bool) {
         self.authenticated = yes;
     }
