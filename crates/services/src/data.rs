@@ -382,7 +382,25 @@ impl DataTier {
         // it reports a newer membership than the replica holds, or the replica's own applied
         // membership has left this node out too.
         for r in self.host.replicas() {
-            let Some(d) = dir.get(r.id) else { continue };
+            let Some(d) = dir.get(r.id) else {
+                let desc = r.sm.desc();
+                // Not while a replica here of a range that took the span over still lags the
+                // merge: its apply of the merge writes the span's keys, which this removal
+                // would delete (a replica of it caught up to the directory's epoch already
+                // holds the span, and the removal leaves those keys alone).
+                let caught_up =
+                    over(dir, &desc).all(|d| self.host.get(d.id).is_none_or(|x| x.sm.desc().epoch >= d.epoch));
+                if caught_up && merged_away(dir, &desc) {
+                    tracing::info!(
+                        range = r.id,
+                        "removing the replica of a range merged away while this node missed it"
+                    );
+                    if let Err(e) = self.host.destroy(r.id).await {
+                        tracing::warn!(range = r.id, error = %e, "cannot remove a range replica");
+                    }
+                }
+                continue;
+            };
             if d.replicas.contains(&me) || d.learners.contains(&me) {
                 continue;
             }
@@ -863,7 +881,11 @@ impl DataTier {
                 "ranges {left} and {right} are not on the same nodes: move a replica first"
             )));
         }
-        match self.run(&r, RangeRequest::admin(right, 0, Admin::Freeze), deadline).await? {
+        // Frozen at the epoch checked above: a right range that split meanwhile (its split not
+        // yet in the directory) refuses, else the merged span would not tile the directory's
+        // ranges and no report could ever enter it. A range an earlier attempt froze is in
+        // the directory at its frozen epoch, and freezing it again answers as before.
+        match self.run(&r, RangeRequest::admin(right, r.epoch, Admin::Freeze), deadline).await? {
             Some(b) if b.is_empty() => {
                 return Err(TierError::Invalid(format!(
                     "range {right} holds more than {} MiB: too big to merge",
@@ -989,6 +1011,26 @@ fn within(a: &Descriptor, b: &Descriptor) -> bool {
     a.start >= b.start && (b.end.is_empty() || (!a.end.is_empty() && a.end <= b.end))
 }
 
+/// Whether a replica the directory does not list (`desc`, as the replica holds it) belongs to
+/// a range merged away: every range the directory has over its span has a later epoch. A
+/// merge's epoch is past both merged ranges' and epochs only grow from there, so that holds
+/// once a merge took the span over, whether or not this node applied it (it was down, or
+/// caught up by a snapshot past it). A range split off here and not yet reported is the
+/// other kind of replica the directory does not list: its parent, over its span in the
+/// directory, has an earlier epoch than it (a split raises both), so it stays.
+fn merged_away(dir: &Directory, desc: &RangeDesc) -> bool {
+    let mut over = over(dir, desc).peekable();
+    over.peek().is_some() && over.all(|d| d.id != desc.id && d.epoch > desc.epoch)
+}
+
+/// The directory's ranges over `desc`'s span.
+fn over<'a>(dir: &'a Directory, desc: &'a RangeDesc) -> impl Iterator<Item = &'a Descriptor> + 'a {
+    dir.iter().filter(move |d| {
+        (d.end.is_empty() || d.end.as_slice() > desc.start.as_slice())
+            && (desc.end.is_empty() || d.start.as_slice() < desc.end.as_slice())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,5 +1068,43 @@ mod tests {
         // Fewer members than the replication factor: one replica on each.
         let one = initial_directory(&[7], &opts);
         assert!(one.iter().all(|d| d.replicas == vec![7]));
+    }
+
+    /// A replica the directory does not list goes only once every range over its span has a
+    /// later epoch (a merge took it over); a split's child not yet reported stays.
+    #[test]
+    fn only_a_replica_merged_away_is_removed() {
+        let d = |id: u64, start: &[u8], end: &[u8], epoch: u64| Descriptor {
+            id,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            epoch,
+            replicas: vec![1, 2, 3],
+            learners: vec![],
+            conf: 0,
+        };
+        let r = |id: u64, start: &[u8], end: &[u8], epoch: u64| RangeDesc {
+            id,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            epoch,
+        };
+        // Range 2 ([m, t), frozen at epoch 4) merged into range 1, now [a, t) at epoch 5.
+        let merged = Directory::new([d(1, b"", b"t", 5), d(3, b"t", b"", 1)]).unwrap();
+        assert!(merged_away(&merged, &r(2, b"m", b"t", 4)));
+        assert!(merged_away(&merged, &r(2, b"m", b"t", 3)), "a replica that lagged the freeze too");
+        // ... and range 1 split since at p: still every range over [m, t) is later.
+        let split = Directory::new([d(1, b"", b"p", 6), d(4, b"p", b"t", 6), d(3, b"t", b"", 1)]).unwrap();
+        assert!(merged_away(&split, &r(2, b"m", b"t", 4)));
+        // Range 5 split off range 1 ([a, t) at epoch 5 -> [a, p) and [p, t) at 6) here, and
+        // not yet reported: the directory's range 1 over it is older.
+        assert!(!merged_away(&merged, &r(5, b"p", b"t", 6)));
+        // Part of its span under an older range: not merged away.
+        let mixed = Directory::new([d(1, b"", b"p", 6), d(4, b"p", b"t", 2), d(3, b"t", b"", 1)]).unwrap();
+        assert!(!merged_away(&mixed, &r(2, b"m", b"t", 4)));
+        // The last range (an empty end) too.
+        let last = Directory::new([d(1, b"", b"", 9)]).unwrap();
+        assert!(merged_away(&last, &r(3, b"t", b"", 1)));
+        assert!(!merged_away(&last, &r(3, b"t", b"", 10)));
     }
 }

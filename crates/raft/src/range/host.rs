@@ -1336,8 +1336,13 @@ impl RangeHost {
                     return Outcome::Unavailable(format!("node {to:x} already holds a replica of range {}", r.id));
                 }
                 if from == me {
-                    // Leadership goes first, to a voter that stays; the caller follows it.
-                    let Some(next) = voters.iter().copied().find(|v| *v != me) else {
+                    // Leadership goes first, to a voter that stays: the one that acknowledged
+                    // this leader last (a dead voter would leave the range leaderless until an
+                    // election); the caller follows it.
+                    let acked = r.metrics.borrow_watched().heartbeat.clone().unwrap_or_default();
+                    let Some(next) =
+                        voters.iter().copied().filter(|v| *v != me).max_by_key(|v| acked.get(v).cloned().flatten())
+                    else {
                         return Outcome::Unavailable(format!("range {} has no other voter to lead it", r.id));
                     };
                     return match self.hand_over(r, next).await {
@@ -1426,7 +1431,10 @@ impl RangeHost {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut next: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+        // The voters now, not those read before the catch-up: a change made meanwhile (another
+        // replica added) is kept.
+        let now: Vec<u64> = r.metrics.borrow_watched().membership_config.membership().voter_ids().collect();
+        let mut next: std::collections::BTreeSet<u64> = if now.is_empty() { voters } else { now }.into_iter().collect();
         if let Some(from) = from {
             next.remove(&from);
         }
