@@ -385,23 +385,38 @@ impl Cache {
             WriteReq::Cmd(DataCmd::Flush { .. }) => None,
             r => Some(r.keys()),
         });
+        // A batch's writes that provably did not run go again one by one, in their order: a
+        // pipeline's writes of one range keep their order (`Conn::run_batch`).
+        let mut again: Vec<Vec<(usize, WriteReq)>> = Vec::new();
         for b in batches {
             if b.cmds.len() < 2 {
                 alone.extend(b.cmds);
                 continue;
             }
             let answers = self.tier.execute_writes(&b.desc, &b.encoded).await;
+            let mut retry = Vec::new();
             for ((i, req), a) in b.cmds.into_iter().zip(answers) {
                 match a {
                     Some(Ok(bytes)) => replies[i] = Some(decode(&bytes)),
                     Some(Err(e)) => replies[i] = Some(tier_error(e)),
-                    None => alone.push((i, req)),
+                    None => retry.push((i, req)),
                 }
+            }
+            if !retry.is_empty() {
+                again.push(retry);
             }
         }
         let singles =
             futures::future::join_all(alone.into_iter().map(|(i, req)| async move { (i, self.write(req).await) }));
-        for (i, reply) in singles.await {
+        let in_order = futures::future::join_all(again.into_iter().map(|retry| async move {
+            let mut out = Vec::with_capacity(retry.len());
+            for (i, req) in retry {
+                out.push((i, self.write(req).await));
+            }
+            out
+        }));
+        let (singles, in_order) = futures::join!(singles, in_order);
+        for (i, reply) in singles.into_iter().chain(in_order.into_iter().flatten()) {
             replies[i] = Some(reply);
         }
         replies.into_iter().map(|r| r.expect("every write answered")).collect()
