@@ -559,6 +559,84 @@ async fn ranges_split_move_and_change_leaders_under_writes() {
     }
 }
 
+/// A node that was down while a range merged into its neighbour comes back and is caught up
+/// by a snapshot past the merge (its peers purged the log that held it): nothing tells it of
+/// the merge but the directory, which no longer lists the range merged away. It removes its
+/// replica of that range, and its copy of the merged range holds every acknowledged key,
+/// those written to the right range before the merge among them (the removal deletes only
+/// keys no other range here holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_merge_removes_the_merged_range_and_keeps_its_keys() {
+    // Snapshots every 100 entries; a follower 200 entries behind holds no log back.
+    let mut t = common::start(3, &["--placement-interval", "0", "--snapshot-count", "100"]).await;
+    let nodes = t.redis_addrs();
+    wait_tier(&nodes[0]).await;
+    let ep = t.endpoints()[0].clone();
+    let split = cairn_json(&ep, &["range", "split", "--slot", "2048"]).unwrap();
+    let (left, right) = (split["range"].as_u64().unwrap(), split["new"].as_u64().unwrap());
+    // Keys of one hash slot of the right range (2048-4095), and of the left one.
+    let (r_tag, _) = key_in_slots(&nodes[0], "r", 2048..4096);
+    let (l_tag, _) = key_in_slots(&nodes[0], "l", 0..2048);
+    let mut c = Conn::open(&nodes[0]).await.unwrap();
+    let mut acked = Vec::new();
+    let batch = |tag: &str, from: usize, n: usize| (from..from + n).map(|i| format!("{{{tag}}}:{i}")).collect();
+    set_each(&mut c, batch(&r_tag, 0, 100), &mut acked).await;
+    set_each(&mut c, batch(&l_tag, 0, 100), &mut acked).await;
+    // Node 2 goes down; the right range takes more writes, merges into the left one, and the
+    // merged range takes many more (one log entry each: its log is purged past the merge).
+    t.kill(2);
+    set_each(&mut c, batch(&r_tag, 100, 100), &mut acked).await;
+    let merged = cairn_json(&ep, &["range", "merge", &left.to_string()]).unwrap();
+    assert_eq!(merged["merged"], right);
+    set_each(&mut c, batch(&r_tag, 200, 500), &mut acked).await;
+    set_each(&mut c, batch(&l_tag, 100, 100), &mut acked).await;
+    // Purges run every second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    t.restart(2).unwrap();
+    // Node 2 runs as many replicas as the directory gives it: the merged-away one is gone.
+    let name = t.members[2].name.clone();
+    let url = t.members[2].client_url.trim_start_matches("http://").to_string();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = cairn_json(&ep, &["node", "list"]).unwrap();
+        let want = list.as_array().unwrap().iter().find(|n| n["name"] == name.as_str()).unwrap()["replicas"].as_i64();
+        let held = match cairn_testkit::http::request(&url, "GET", "/metrics", "").await {
+            Ok((_, body)) => {
+                body.lines().find_map(|l| l.strip_prefix("cairn_ranges ")).map(|v| v.trim().parse::<i64>().unwrap())
+            }
+            Err(_) => None,
+        };
+        if held.is_some() && held == want {
+            break;
+        }
+        assert!(Instant::now() < end, "{name} still runs {held:?} range replicas, the directory gives it {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its own copy of the merged range holds every key (READONLY reads its replica).
+    let mut ro = Conn::open(&nodes[2]).await.unwrap();
+    assert_eq!(ro.call(&[b"READONLY"]).await.unwrap(), R::Ok("OK".into()));
+    let end = Instant::now() + Duration::from_secs(20);
+    for k in &acked {
+        loop {
+            let got = ro.call(&[b"GET", k.as_bytes()]).await.unwrap();
+            if got == R::Bulk(Some(k.as_bytes().to_vec())) {
+                break;
+            }
+            assert!(Instant::now() < end, "node 2's replica lacks acknowledged key {k}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    all_there(&nodes, &acked).await;
+}
+
+/// SETs each key of `keys` to itself, one at a time, each acknowledged (added to `acked`).
+async fn set_each(c: &mut Conn, keys: Vec<String>, acked: &mut Vec<String>) {
+    for k in keys {
+        assert_eq!(c.call(&[b"SET", k.as_bytes(), k.as_bytes()]).await.unwrap(), R::Ok("OK".into()), "{k}");
+        acked.push(k);
+    }
+}
+
 /// The placement driver splits ranges that grow past `--range-split-bytes` and keeps replicas
 /// spread over the nodes, while clients write with no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,7 @@ impl StoreBuilder<cairn_raft::range::RangeConfig, RangeLog, RangeStateMachine, t
         let log = SharedLog::open(&dir.path().join("log"), true).unwrap();
         let engine = Arc::new(cairn_storage::RedbEngine::open(&dir.path().join("data.redb"), 1 << 20).unwrap());
         let desc = RangeDesc { id: 7, start: vec![], end: vec![], epoch: 1 };
-        let sm = RangeStateMachine::open(engine, Arc::new(Puts), 7, Some(desc), None).unwrap();
+        let sm = RangeStateMachine::open(engine, Arc::new(Puts), 7, Some(desc), None, Default::default()).unwrap();
         Ok((dir, RangeLog::new(log, 7), sm))
     }
 }

@@ -693,6 +693,9 @@ pub struct RangeHost {
     silent: Duration,
     /// Serializes creating and destroying replicas (the overlap check and the start).
     lifecycle: tokio::sync::Mutex<()>,
+    /// Serializes the span changes of replicas' applies with removals' deletes (see
+    /// [`sm::SpanLock`]).
+    spans: sm::SpanLock,
     /// Set when the host shuts down: the peers' open `Ranges/Stream`s then end.
     closing: tokio::sync::watch::Sender<bool>,
     /// Until then this node's replicas neither vote nor campaign (see [`RangeHost::quiet`]).
@@ -755,6 +758,7 @@ impl RangeHost {
             events,
             closing: tokio::sync::watch::Sender::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
+            spans: sm::SpanLock::default(),
             quiet_until,
         });
         for id in host.stored_ranges()? {
@@ -829,9 +833,7 @@ impl RangeHost {
         let mut ids = Vec::new();
         reader
             .scan(Table::Meta, Bound::Included(b"range/"), Bound::Excluded(b"range0"), &mut |k, _| {
-                if k.len() == 6 + 8 + 1 + sm::DESC.len() && k.ends_with(sm::DESC.as_bytes()) {
-                    ids.push(u64::from_be_bytes(k[6..14].try_into().expect("8 bytes")));
-                }
+                ids.extend(sm::desc_key_range(k));
                 true
             })
             .map_err(io_err)?;
@@ -852,9 +854,12 @@ impl RangeHost {
     async fn start(&self, id: RangeId, desc: Option<RangeDesc>) -> io::Result<Arc<RangeReplica>> {
         // It may write and sync the engine (a flush of its write buffer): off the runtime.
         let (engine, applier, events) = (self.engine.clone(), self.applier.clone(), self.events.clone());
-        let sm = tokio::task::spawn_blocking(move || RangeStateMachine::open(engine, applier, id, desc, Some(events)))
-            .await
-            .map_err(io_err)??;
+        let spans = self.spans.clone();
+        let sm = tokio::task::spawn_blocking(move || {
+            RangeStateMachine::open(engine, applier, id, desc, Some(events), spans)
+        })
+        .await
+        .map_err(io_err)??;
         let net = RangeNetwork { group: id, mux: self.mux.clone() };
         let log = RangeLog::new(self.log.clone(), id);
         // State with an applied position over an empty log (a range made by a split, or a
@@ -946,13 +951,10 @@ impl RangeHost {
         let Some(r) = self.replicas.write().remove(&id) else { return Ok(()) };
         let _ = r.raft.shutdown().await;
         let desc = r.sm.desc();
-        // Keys another replica here holds stay (a merged range's keys are its left
-        // neighbour's now).
-        let others = self.replicas();
         // A scan of the range and a sync of the engine (a flush of its write buffer, seconds
         // under load): on a blocking thread, not one of the runtime's.
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, id, &desc, &others))
+        let (engine, spans) = (self.engine.clone(), self.spans.clone());
+        tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
             .await
             .map_err(io_err)??;
         self.log.clean(id).await?;
@@ -960,19 +962,14 @@ impl RangeHost {
         Ok(())
     }
 
-    /// Deletes range `id`'s keys (but those the replicas `others` hold) and its state from
-    /// `engine`, durably. The others' spans are read again just before the write: one that
-    /// took keys of the span over meanwhile (a merge or a snapshot applied during the scan)
-    /// keeps them. (A span change landing between that reading and the write is not caught:
-    /// that window is a few microseconds, the scan's was up to its whole length.)
-    fn delete_replica(
-        engine: &dyn Engine,
-        id: RangeId,
-        desc: &RangeDesc,
-        others: &[Arc<RangeReplica>],
-    ) -> io::Result<()> {
-        let spans = || others.iter().map(|o| o.sm.desc()).collect::<Vec<RangeDesc>>();
-        let held = spans();
+    /// Deletes range `id`'s keys and its state from `engine`, durably, but for keys another
+    /// range's stored descriptor here covers: a merged range's keys are its left neighbour's
+    /// now, and a split's child may hold keys before its replica starts. Which keys those are
+    /// is decided again under `spans`, just before the deletes are written, so a merge or a
+    /// snapshot that took keys of the span over during the scan (it writes under the same
+    /// lock) keeps them, and one that comes after the deletes writes its keys after them.
+    fn delete_replica(engine: &dyn Engine, spans: &Mutex<()>, id: RangeId, desc: &RangeDesc) -> io::Result<()> {
+        let held = Self::other_spans(engine, id)?;
         let mut wb = cairn_storage::WriteBatch::new();
         {
             let reader = engine.reader().map_err(io_err)?;
@@ -1000,13 +997,50 @@ impl RangeHost {
                 )
                 .map_err(io_err)?;
         }
-        let now = spans();
-        wb.ops.retain(|op| match op {
-            cairn_storage::WriteOp::Delete { table: Table::Kv, key } => !now.iter().any(|o| o.contains(key)),
-            _ => true,
-        });
-        engine.write(wb).map_err(io_err)?;
+        // The write must not wait for a flush while it holds the lock (an apply on a runtime
+        // thread may be waiting for it): room first. (Another write may still fill the buffer
+        // meanwhile; then this one waits, as every write does.)
+        engine.wait_for_room().map_err(io_err)?;
+        {
+            let _spans = spans.lock();
+            let now = Self::other_spans(engine, id)?;
+            wb.ops.retain(|op| match op {
+                cairn_storage::WriteOp::Delete { table: Table::Kv, key } => !now.iter().any(|o| o.contains(key)),
+                _ => true,
+            });
+            engine.write(wb).map_err(io_err)?;
+        }
         engine.sync().map_err(io_err)
+    }
+
+    /// The spans of every range but `id` whose descriptor `engine` holds: the replicas here,
+    /// a split's child whose replica has not started yet, and ranges merged away whose
+    /// replicas are not removed yet (their keys are their left neighbour's, which covers
+    /// them too).
+    fn other_spans(engine: &dyn Engine, id: RangeId) -> io::Result<Vec<RangeDesc>> {
+        let reader = engine.reader().map_err(io_err)?;
+        let mut descs = Vec::new();
+        let mut bad = None;
+        reader
+            .scan(Table::Meta, Bound::Included(b"range/"), Bound::Excluded(b"range0"), &mut |k, v| {
+                let Some(at) = sm::desc_key_range(k) else { return true };
+                if at == id {
+                    return true;
+                }
+                match postcard::from_bytes::<RangeDesc>(v) {
+                    Ok(d) => descs.push(d),
+                    Err(e) => {
+                        bad = Some(io_err(format!("range {at}: stored descriptor unreadable: {e}")));
+                        return false;
+                    }
+                }
+                true
+            })
+            .map_err(io_err)?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(descs),
+        }
     }
 
     pub fn get(&self, id: RangeId) -> Option<Arc<RangeReplica>> {
@@ -1676,6 +1710,73 @@ impl RangeHandler for RangeHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine holding keys `keys` and the stored descriptors `descs`.
+    fn engine_with(keys: &[&str], descs: &[RangeDesc]) -> Arc<cairn_storage::MemEngine> {
+        let engine = Arc::new(cairn_storage::MemEngine::new());
+        let mut wb = cairn_storage::WriteBatch::new();
+        for k in keys {
+            wb.put(Table::Kv, k.as_bytes().to_vec(), b"v".to_vec());
+        }
+        for d in descs {
+            wb.put(Table::Meta, sm::meta_key(d.id, sm::DESC), postcard::to_allocvec(d).unwrap());
+        }
+        engine.write(wb).unwrap();
+        engine
+    }
+
+    fn desc(id: RangeId, start: &str, end: &str) -> RangeDesc {
+        RangeDesc { id, start: start.as_bytes().to_vec(), end: end.as_bytes().to_vec(), epoch: 1 }
+    }
+
+    fn kv_keys(engine: &dyn Engine) -> Vec<String> {
+        let mut keys = Vec::new();
+        engine
+            .reader()
+            .unwrap()
+            .scan(Table::Kv, Bound::Unbounded, Bound::Unbounded, &mut |k, _| {
+                keys.push(String::from_utf8(k.to_vec()).unwrap());
+                true
+            })
+            .unwrap();
+        keys
+    }
+
+    #[test]
+    fn a_removal_keeps_the_keys_another_stored_descriptor_covers() {
+        // Range 1 is removed; range 2 (a split's child whose replica has not started, or the
+        // left neighbour that merged part of it) holds [g, z) by its stored descriptor alone.
+        let removed = desc(1, "a", "m");
+        let engine = engine_with(&["a", "c", "g", "k", "n"], &[removed.clone(), desc(2, "g", "z")]);
+        RangeHost::delete_replica(&*engine, &Mutex::new(()), 1, &removed).unwrap();
+        assert_eq!(kv_keys(&*engine), ["g", "k", "n"]);
+        let reader = engine.reader().unwrap();
+        assert_eq!(reader.get(Table::Meta, &sm::meta_key(1, sm::DESC)).unwrap(), None);
+        assert!(reader.get(Table::Meta, &sm::meta_key(2, sm::DESC)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_merge_written_during_a_removal_keeps_the_keys_it_took_over() {
+        // A merge's apply writes range 3's wider span while range 1's removal runs: it holds
+        // the span lock, so the removal decides after it (and without the lock, the removal
+        // decided before the merge landed and deleted what it took over).
+        let removed = desc(1, "a", "m");
+        let engine = engine_with(&["a", "c", "k", "n"], &[removed.clone(), desc(3, "", "a")]);
+        let spans = sm::SpanLock::default();
+        let merge = spans.lock();
+        let removal = {
+            let (engine, spans, removed) = (engine.clone(), spans.clone(), removed.clone());
+            std::thread::spawn(move || RangeHost::delete_replica(&*engine, &spans, 1, &removed))
+        };
+        // The removal has scanned and waits for the lock.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut wb = cairn_storage::WriteBatch::new();
+        wb.put(Table::Meta, sm::meta_key(3, sm::DESC), postcard::to_allocvec(&desc(3, "", "g")).unwrap());
+        engine.write(wb).unwrap();
+        drop(merge);
+        removal.join().unwrap().unwrap();
+        assert_eq!(kv_keys(&*engine), ["a", "c", "n"]);
+    }
 
     #[test]
     fn a_range_is_measured_again_when_it_may_have_reached_the_split_size_or_a_minute_on() {

@@ -128,6 +128,13 @@ pub fn meta_key(id: RangeId, field: &str) -> Vec<u8> {
     k
 }
 
+/// The range whose descriptor `key` (of [`Table::Meta`]) is, if it is one.
+pub(crate) fn desc_key_range(key: &[u8]) -> Option<RangeId> {
+    let id = key.strip_prefix(b"range/")?.get(..8)?;
+    (key.len() == 6 + 8 + 1 + DESC.len() && key.ends_with(DESC.as_bytes()))
+        .then(|| u64::from_be_bytes(id.try_into().expect("8 bytes")))
+}
+
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 pub(crate) const DESC: &str = "desc";
@@ -298,7 +305,16 @@ struct Inner {
     written: std::sync::atomic::AtomicU64,
     /// Snapshots installed since the replica opened (see [`RangeStateMachine::installs`]).
     installs: std::sync::atomic::AtomicU64,
+    /// The node's lock on where its ranges' spans are (see [`SpanLock`]).
+    spans: SpanLock,
 }
+
+/// One per node, shared by its replicas' state machines: held while an engine write changes
+/// the spans the replicas' stored descriptors give (a merge's, a split's, a snapshot's), and
+/// while a replica's removal decides which keys of its span no other replica holds and
+/// deletes them. Without it a merge or snapshot written between that decision and the
+/// deletes lost the keys it had just taken over.
+pub type SpanLock = Arc<Mutex<()>>;
 
 /// A range's state machine; clones share state.
 #[derive(Clone)]
@@ -309,13 +325,14 @@ pub struct RangeStateMachine {
 impl RangeStateMachine {
     /// Opens range `id`'s state machine on `engine`. A range new to this node starts empty with
     /// `desc`; one it already holds keeps its stored descriptor. `events` hears of the ranges
-    /// its splits create.
+    /// its splits create; `spans` is the node's [`SpanLock`].
     pub fn open(
         engine: Arc<dyn Engine>,
         applier: Arc<dyn Applier>,
         id: RangeId,
         desc: Option<RangeDesc>,
         events: Option<tokio::sync::mpsc::UnboundedSender<RangeEvent>>,
+        spans: SpanLock,
     ) -> io::Result<RangeStateMachine> {
         let r = engine.reader().map_err(io_err)?;
         let get = |f: &str| r.get(Table::Meta, &meta_key(id, f)).map_err(io_err);
@@ -352,6 +369,7 @@ impl RangeStateMachine {
                 events,
                 written: Default::default(),
                 installs: Default::default(),
+                spans,
             }),
         })
     }
@@ -566,7 +584,11 @@ impl RangeStateMachine {
         } else {
             wb.delete(Table::Meta, meta_key(id, FROZEN));
         }
-        engine.write(wb).map_err(io_err)?;
+        {
+            // The snapshot's span may cover keys of a replica being removed here.
+            let _spans = self.inner.spans.lock();
+            engine.write(wb).map_err(io_err)?;
+        }
         engine.sync().map_err(io_err)?;
         let mut st = self.inner.state.lock();
         st.applied = meta.last_log_id;
@@ -588,6 +610,11 @@ impl RangeStateMachine {
         let id = self.inner.id;
         let engine = &self.inner.engine;
         let mut replies = Vec::with_capacity(entries.len());
+        let mut spans_change = false;
+        // Whether this batch froze the range: in order only once it is written (a write that
+        // fails stops the group, and the batch's writes before the freeze, unanswered, ran
+        // on the other replicas: never a refusal to retry).
+        let mut froze_here = false;
         let mut st = self.inner.state.lock();
         let mut view = Overlay {
             base: Base::Engine(&**engine, OnceLock::new()),
@@ -630,7 +657,7 @@ impl RangeStateMachine {
                     } else {
                         if !st.frozen {
                             st.frozen = true;
-                            st.frozen_in_order = true;
+                            froze_here = true;
                             view.desc.epoch += 1;
                             st.desc = view.desc.clone();
                             meta.push((meta_key(id, FROZEN), vec![1]));
@@ -667,6 +694,7 @@ impl RangeStateMachine {
                             view.put(k, v);
                         }
                         st.desc = merged.clone();
+                        spans_change = true;
                         meta.push((meta_key(id, DESC), encode(&merged)));
                         meta.push((meta_key(right.id, ABSORBED), vec![1]));
                         events.push(RangeEvent::Absorbed { left: id, right: right.id });
@@ -707,6 +735,7 @@ impl RangeStateMachine {
                         meta.push((meta_key(id, DESC), encode(&parent)));
                         view.desc = parent.clone();
                         st.desc = parent;
+                        spans_change = true;
                         events.push(RangeEvent::Split { parent: id, child: child_desc.clone() });
                         RangeReply::Done(encode(&child_desc))
                     }
@@ -741,8 +770,13 @@ impl RangeStateMachine {
         }
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&st.applied));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&st.membership));
+        // A merge's keys may be those of a replica being removed here (a split only divides a
+        // span, but it is as rare, and locked alike).
+        let _spans = spans_change.then(|| self.inner.spans.lock());
         // A failed engine write is fatal: openraft stops the group on this error.
         engine.write(wb).map_err(io_err)?;
+        drop(_spans);
+        st.frozen_in_order |= froze_here;
         drop(st);
         if let Some(tx) = &self.inner.events {
             for e in events {
@@ -859,7 +893,8 @@ mod tests {
         let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
         let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
         RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
-        let mut sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        let mut sm =
+            RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
         put(&*engine, b"a", b"outside");
         put(&*engine, b"c", b"1");
         put(&*engine, b"x", b"2");
@@ -893,7 +928,9 @@ mod tests {
         let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
         let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
         let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
-        let open = |engine: &Arc<dyn Engine>| RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None);
+        let open = |engine: &Arc<dyn Engine>| {
+            RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None, SpanLock::default())
+        };
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         RangeStateMachine::write_start(&*engine, &desc, members.clone()).unwrap();
         put(&*engine, b"c", b"1");
@@ -942,7 +979,8 @@ mod tests {
         // Absorbed before it applied the freeze: the write may have run.
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         RangeStateMachine::write_start(&*engine, &desc, members.clone()).unwrap();
-        let sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        let sm =
+            RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
         assert_eq!(sm.apply_entries(&[entry(1, data())]).unwrap(), vec![RangeReply::Done(vec![])]);
         absorb(&engine);
         match &sm.apply_entries(&[entry(2, data()), entry(3, RangeCmd::Freeze)]).unwrap()[..] {
@@ -954,11 +992,60 @@ mod tests {
         // Frozen in order first: what comes after the freeze ran nowhere.
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
-        let sm = RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None).unwrap();
+        let sm =
+            RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
         let frozen = RangeDesc { epoch: 4, ..desc.clone() };
         assert_eq!(sm.apply_entries(&[entry(1, RangeCmd::Freeze)]).unwrap(), vec![RangeReply::Done(encode(&frozen))]);
         assert!(sm.frozen_in_order());
         absorb(&engine);
         assert_eq!(sm.apply_entries(&[entry(2, data())]).unwrap(), vec![RangeReply::WrongRange(frozen)]);
+    }
+
+    /// An engine whose writes fail once `fail` is set.
+    struct Failing {
+        inner: MemEngine,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Engine for Failing {
+        fn reader(&self) -> cairn_storage::Result<Box<dyn Reader + Send + Sync>> {
+            self.inner.reader()
+        }
+        fn write(&self, batch: WriteBatch) -> cairn_storage::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(cairn_storage::Error::Io(io::Error::other("disk gone")));
+            }
+            self.inner.write(batch)
+        }
+        fn sync(&self) -> cairn_storage::Result<()> {
+            self.inner.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn live_bytes(&self) -> u64 {
+            self.inner.live_bytes()
+        }
+        fn defragment(&self) -> cairn_storage::Result<(u64, u64)> {
+            self.inner.defragment()
+        }
+    }
+
+    /// A batch that froze the range but could not be written stops the group with its writes
+    /// unanswered, those before the freeze among them, which ran on the other replicas: the
+    /// replica is not frozen in order then, so they are never refused (and retried).
+    #[test]
+    fn a_freeze_that_could_not_be_written_is_not_in_order() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let failing = Arc::new(Failing { inner: MemEngine::new(), fail: Default::default() });
+        let engine: Arc<dyn Engine> = failing.clone();
+        RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
+        let sm = RangeStateMachine::open(engine, Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
+        failing.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let data = RangeCmd::Data(bytes::Bytes::from_static(b"w"));
+        assert!(sm.apply_entries(&[entry(1, data), entry(2, RangeCmd::Freeze)]).is_err());
+        assert!(!sm.frozen_in_order(), "a freeze never written counts as applied in order");
     }
 }
