@@ -398,12 +398,7 @@ impl Inner {
             Ok(())
         }))
         .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(Error::Failed(format!("the engine's write panicked: {what}")))
+            Err(Error::Failed(format!("the engine's write panicked: {}", crate::panic_text(&*panic))))
         });
         let us = t.elapsed().as_micros() as u64;
         let mut st = self.state.lock();

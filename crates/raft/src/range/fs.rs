@@ -24,13 +24,21 @@ pub struct LogFs {
     /// (a test cannot switch that on beside other tests), and once it is set, syncs reach
     /// nothing (the power is off; raft-engine's clean close would otherwise sync).
     power_off: Option<Arc<AtomicBool>>,
+    /// Tests' switch that makes every sync fail (a disk that stopped accepting writes).
+    sync_fails: Option<Arc<AtomicBool>>,
 }
 
 impl LogFs {
     /// Volatile files and the switch that cuts their power.
     pub fn volatile() -> (LogFs, Arc<AtomicBool>) {
         let off = Arc::new(AtomicBool::new(false));
-        (LogFs { power_off: Some(off.clone()) }, off)
+        (LogFs { power_off: Some(off.clone()), sync_fails: None }, off)
+    }
+
+    /// Plain files and the switch that makes their syncs fail.
+    pub fn failing() -> (LogFs, Arc<AtomicBool>) {
+        let fail = Arc::new(AtomicBool::new(false));
+        (LogFs { power_off: None, sync_fails: Some(fail.clone()) }, fail)
     }
 
     fn file(&self, f: std::fs::File) -> io::Result<LogFile> {
@@ -38,7 +46,7 @@ impl LogFs {
             Some(_) => DataFile::Volatile(cairn_storage::volatile::VolatileFile::new(f)?),
             None => DataFile::new(f)?,
         };
-        Ok(LogFile { data, power_off: self.power_off.clone() })
+        Ok(LogFile { data, power_off: self.power_off.clone(), sync_fails: self.sync_fails.clone() })
     }
 }
 
@@ -47,6 +55,7 @@ impl LogFs {
 pub struct LogFile {
     data: DataFile,
     power_off: Option<Arc<AtomicBool>>,
+    sync_fails: Option<Arc<AtomicBool>>,
 }
 
 impl Handle for LogFile {
@@ -61,6 +70,9 @@ impl Handle for LogFile {
     fn sync(&self) -> io::Result<()> {
         if self.power_off.as_ref().is_some_and(|o| o.load(Ordering::Relaxed)) {
             return Ok(());
+        }
+        if self.sync_fails.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            return Err(io::Error::other("fsync failed (injected)"));
         }
         self.data.sync_data()
     }

@@ -951,13 +951,20 @@ impl RangeHost {
         let Some(r) = self.replicas.write().remove(&id) else { return Ok(()) };
         let _ = r.raft.shutdown().await;
         let desc = r.sm.desc();
+        // openraft's shutdown stops the group's core; a state machine worker applying or
+        // installing is fenced off here.
+        r.sm.close();
+        // The log goes first: a crash before the state is deleted leaves a replica whose
+        // state starts over an empty log (as a split's child does) and that reconcile removes
+        // again. The other way round, a replica of the range added here later would have
+        // started with no state over the old log.
+        self.log.clean(id).await?;
         // A scan of the range and a sync of the engine (a flush of its write buffer, seconds
         // under load): on a blocking thread, not one of the runtime's.
         let (engine, spans) = (self.engine.clone(), self.spans.clone());
         tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
             .await
             .map_err(io_err)??;
-        self.log.clean(id).await?;
         tracing::info!(range = id, "range replica removed from this node");
         Ok(())
     }
@@ -965,11 +972,11 @@ impl RangeHost {
     /// Deletes range `id`'s keys and its state from `engine`, durably, but for keys another
     /// range's stored descriptor here covers: a merged range's keys are its left neighbour's
     /// now, and a split's child may hold keys before its replica starts. Which keys those are
-    /// is decided again under `spans`, just before the deletes are written, so a merge or a
-    /// snapshot that took keys of the span over during the scan (it writes under the same
-    /// lock) keeps them, and one that comes after the deletes writes its keys after them.
-    fn delete_replica(engine: &dyn Engine, spans: &Mutex<()>, id: RangeId, desc: &RangeDesc) -> io::Result<()> {
-        let held = Self::other_spans(engine, id)?;
+    /// is decided again under `spans` (see [`sm::SpanLock`]), just before the deletes are
+    /// written, so a merge or a snapshot that took keys of the span over during the scan
+    /// keeps them, and one that comes after the deletes writes its keys after them.
+    fn delete_replica(engine: &dyn Engine, spans: &Mutex<u64>, id: RangeId, desc: &RangeDesc) -> io::Result<()> {
+        let held = sm::stored_descs(engine, id, desc)?;
         let mut wb = cairn_storage::WriteBatch::new();
         {
             let reader = engine.reader().map_err(io_err)?;
@@ -997,50 +1004,25 @@ impl RangeHost {
                 )
                 .map_err(io_err)?;
         }
-        // The write must not wait for a flush while it holds the lock (an apply on a runtime
-        // thread may be waiting for it): room first. (Another write may still fill the buffer
-        // meanwhile; then this one waits, as every write does.)
-        engine.wait_for_room().map_err(io_err)?;
-        {
-            let _spans = spans.lock();
-            let now = Self::other_spans(engine, id)?;
+        // Under the lock once the engine's buffer has room: a write waiting for a flush under
+        // it would hold up every apply on the node.
+        let _spans = loop {
+            engine.wait_for_room().map_err(io_err)?;
+            let spans = spans.lock();
+            if !engine.is_full() {
+                break spans;
+            }
+        };
+        let now = sm::stored_descs(engine, id, desc)?;
+        if now != held {
             wb.ops.retain(|op| match op {
                 cairn_storage::WriteOp::Delete { table: Table::Kv, key } => !now.iter().any(|o| o.contains(key)),
                 _ => true,
             });
-            engine.write(wb).map_err(io_err)?;
         }
+        engine.write(wb).map_err(io_err)?;
+        drop(_spans);
         engine.sync().map_err(io_err)
-    }
-
-    /// The spans of every range but `id` whose descriptor `engine` holds: the replicas here,
-    /// a split's child whose replica has not started yet, and ranges merged away whose
-    /// replicas are not removed yet (their keys are their left neighbour's, which covers
-    /// them too).
-    fn other_spans(engine: &dyn Engine, id: RangeId) -> io::Result<Vec<RangeDesc>> {
-        let reader = engine.reader().map_err(io_err)?;
-        let mut descs = Vec::new();
-        let mut bad = None;
-        reader
-            .scan(Table::Meta, Bound::Included(b"range/"), Bound::Excluded(b"range0"), &mut |k, v| {
-                let Some(at) = sm::desc_key_range(k) else { return true };
-                if at == id {
-                    return true;
-                }
-                match postcard::from_bytes::<RangeDesc>(v) {
-                    Ok(d) => descs.push(d),
-                    Err(e) => {
-                        bad = Some(io_err(format!("range {at}: stored descriptor unreadable: {e}")));
-                        return false;
-                    }
-                }
-                true
-            })
-            .map_err(io_err)?;
-        match bad {
-            Some(e) => Err(e),
-            None => Ok(descs),
-        }
     }
 
     pub fn get(&self, id: RangeId) -> Option<Arc<RangeReplica>> {
@@ -1644,7 +1626,7 @@ fn membership_changed<T>(
 }
 
 fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
-    a.id != b.id && (b.end.is_empty() || a.start < b.end) && (a.end.is_empty() || b.start < a.end)
+    a.id != b.id && sm::overlaps(a, b)
 }
 
 fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
@@ -1748,7 +1730,7 @@ mod tests {
         // left neighbour that merged part of it) holds [g, z) by its stored descriptor alone.
         let removed = desc(1, "a", "m");
         let engine = engine_with(&["a", "c", "g", "k", "n"], &[removed.clone(), desc(2, "g", "z")]);
-        RangeHost::delete_replica(&*engine, &Mutex::new(()), 1, &removed).unwrap();
+        RangeHost::delete_replica(&*engine, &Mutex::new(0), 1, &removed).unwrap();
         assert_eq!(kv_keys(&*engine), ["g", "k", "n"]);
         let reader = engine.reader().unwrap();
         assert_eq!(reader.get(Table::Meta, &sm::meta_key(1, sm::DESC)).unwrap(), None);

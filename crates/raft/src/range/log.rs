@@ -255,7 +255,16 @@ fn writer(
         } else {
             stats.writes.fetch_add(1, Ordering::Relaxed);
             stats.operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            engine.write(&mut batch, sync).map(|_| ()).map_err(io_err)
+            // raft-engine panics where an fsync fails (its page cache cannot be trusted
+            // then): that is a failed write too, answered as one, not a writer gone silent.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.write(&mut batch, sync)))
+                .unwrap_or_else(|panic| {
+                    Err(raft_engine::Error::Other(
+                        format!("the log's write panicked: {}", cairn_storage::panic_text(&*panic)).into(),
+                    ))
+                })
+                .map(|_| ())
+                .map_err(io_err)
         };
         if let Err(e) = &r {
             if !failed.swap(true, Ordering::AcqRel) {
@@ -265,6 +274,12 @@ fn writer(
         for done in jobs {
             done(r.as_ref().map(|_| ()).map_err(io_err));
         }
+    }
+    if failed.load(Ordering::Acquire) {
+        // raft-engine's drop syncs its files again, which panics on the failed disk, and a
+        // second panic while unwinding aborts the process: the engine is left as it is (the
+        // node stops anyway).
+        std::mem::forget(engine);
     }
 }
 
@@ -537,6 +552,30 @@ mod tests {
             let kept = l.try_get_log_entries(0..50).await.unwrap().len();
             assert_eq!(kept, if sync { 50 } else { 0 }, "sync {sync}");
         }
+    }
+
+    /// raft-engine panics where an fsync fails: the writer answers that write and every later
+    /// one as failed, and the log says it failed (the node reports it and must stop), instead
+    /// of a writer gone with its callers' appends never answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_fails_the_log_instead_of_killing_its_writer() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (fs, fail) = LogFs::failing();
+        let log = SharedLog::open_with(dir.path(), true, fs).unwrap();
+        let mut l = RangeLog::new(log.clone(), 7);
+        let (tx, rx) = RangeConfig::oneshot();
+        l.append((0..5).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = RangeConfig::oneshot();
+        l.append((5..10).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await.expect("never answered");
+        assert!(flushed.expect("the writer is gone").is_err(), "an append whose fsync failed was flushed");
+        assert!(log.failed(), "the log does not say it failed");
+        let (tx, _rx) = RangeConfig::oneshot();
+        let later = l.append((10..11).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await;
+        assert!(later.is_err(), "a later append was taken");
     }
 
     /// Appends queued faster than the writer writes them (openraft appends again before the

@@ -411,7 +411,11 @@ impl Mux {
             .ok_or_else(|| CallError::NotSent(format!("node {target:x} has no usable peer URL")))?;
         let q = &q.lanes[lane as usize];
         let kib = (data.len() / 1024 + 1).min(QUEUED_BYTES_MAX / 1024) as u32;
-        let permit = q.budget.clone().acquire_many_owned(kib).await.map_err(|e| CallError::NotSent(e.to_string()))?;
+        // Not sent at all if the lane stays full for the message's whole time to live.
+        let permit = match tokio::time::timeout(ttl, q.budget.clone().acquire_many_owned(kib)).await {
+            Ok(p) => p.map_err(|e| CallError::NotSent(e.to_string()))?,
+            Err(_) => return Err(CallError::NotSent(format!("the queue to node {target:x} stayed full for {ttl:?}"))),
+        };
         let (reply, rx) = oneshot::channel();
         let msg = RangeMessage { group, kind: kind as u32, data: data.into() };
         q.tx.send(Pending { msg, ttl, reply, _permit: permit })

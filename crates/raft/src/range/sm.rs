@@ -135,6 +135,39 @@ pub(crate) fn desc_key_range(key: &[u8]) -> Option<RangeId> {
         .then(|| u64::from_be_bytes(id.try_into().expect("8 bytes")))
 }
 
+/// The stored descriptors in `engine` of every range but `id` whose span overlaps `span`.
+pub(crate) fn stored_descs(engine: &dyn Engine, id: RangeId, span: &RangeDesc) -> io::Result<Vec<RangeDesc>> {
+    let reader = engine.reader().map_err(io_err)?;
+    let mut descs = Vec::new();
+    let mut bad = None;
+    reader
+        .scan(Table::Meta, Bound::Included(b"range/"), Bound::Excluded(b"range0"), &mut |k, v| {
+            let Some(at) = desc_key_range(k) else { return true };
+            if at == id {
+                return true;
+            }
+            match postcard::from_bytes::<RangeDesc>(v) {
+                Ok(d) if overlaps(&d, span) => descs.push(d),
+                Ok(_) => {}
+                Err(e) => {
+                    bad = Some(io_err(format!("range {at}: stored descriptor unreadable: {e}")));
+                    return false;
+                }
+            }
+            true
+        })
+        .map_err(io_err)?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(descs),
+    }
+}
+
+/// Whether two ranges' spans share a key (an empty end is the keyspace's end).
+pub(crate) fn overlaps(a: &RangeDesc, b: &RangeDesc) -> bool {
+    (a.end.is_empty() || b.start < a.end) && (b.end.is_empty() || a.start < b.end)
+}
+
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 pub(crate) const DESC: &str = "desc";
@@ -307,14 +340,24 @@ struct Inner {
     installs: std::sync::atomic::AtomicU64,
     /// The node's lock on where its ranges' spans are (see [`SpanLock`]).
     spans: SpanLock,
+    /// Set when the replica is being removed: nothing more is written (see
+    /// [`RangeStateMachine::close`]).
+    closed: std::sync::atomic::AtomicBool,
 }
 
-/// One per node, shared by its replicas' state machines: held while an engine write changes
-/// the spans the replicas' stored descriptors give (a merge's, a split's, a snapshot's), and
-/// while a replica's removal decides which keys of its span no other replica holds and
-/// deletes them. Without it a merge or snapshot written between that decision and the
-/// deletes lost the keys it had just taken over.
-pub type SpanLock = Arc<Mutex<()>>;
+/// One per node, shared by its replicas' state machines, so that no replica's write lands in
+/// keys another replica here took over. Held:
+/// - by every apply's engine write: a replica lagging the merge that took its keys over
+///   (the left range applied it here first) must not write them after the merge did; it
+///   checks whether it was absorbed again under the lock when a merge was written since its
+///   batch began (the value counts merges and snapshot installs that took a span over);
+/// - by a snapshot install's write: it marks other ranges whose stored spans it covers as
+///   absorbed (merged away while this node missed it), and a range absorbed or removed
+///   meanwhile installs nothing;
+/// - by a replica's removal while it decides which keys of its span no other replica holds
+///   and deletes them: a merge or snapshot written between that decision and the deletes
+///   lost the keys it had just taken over.
+pub type SpanLock = Arc<Mutex<u64>>;
 
 /// A range's state machine; clones share state.
 #[derive(Clone)]
@@ -370,6 +413,7 @@ impl RangeStateMachine {
                 written: Default::default(),
                 installs: Default::default(),
                 spans,
+                closed: Default::default(),
             }),
         })
     }
@@ -392,6 +436,19 @@ impl RangeStateMachine {
 
     pub fn desc(&self) -> RangeDesc {
         self.inner.state.lock().desc.clone()
+    }
+
+    /// Fences the replica off before its removal: once this returns, no apply or snapshot
+    /// install writes anything more (openraft's shutdown stops the group's core, not a state
+    /// machine worker that is applying or installing). One that was writing has written: the
+    /// removal decides what to delete after it.
+    pub fn close(&self) {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.inner.spans.lock());
+    }
+
+    fn closed_error(&self) -> io::Error {
+        io_err(format!("range {}: the replica is being removed from this node", self.inner.id))
     }
 
     /// Whether the range froze for a merge (it serves nothing more).
@@ -554,11 +611,17 @@ impl RangeStateMachine {
         if snap.desc.id != self.inner.id {
             return Err(io_err(format!("range {}: snapshot of range {} refused", self.inner.id, snap.desc.id)));
         }
+        for (k, _) in &snap.pairs {
+            if !snap.desc.contains(k) {
+                return Err(io_err(format!("range {}: snapshot holds a key outside the range", self.inner.id)));
+            }
+        }
+        let id = self.inner.id;
         let engine = &self.inner.engine;
-        let mut wb = WriteBatch::new();
-        {
+        let old = self.desc();
+        let batch = || -> io::Result<WriteBatch> {
+            let mut wb = WriteBatch::new();
             // What the range held, under both the old and the new bounds, goes first.
-            let old = self.desc();
             let reader = engine.reader().map_err(io_err)?;
             for d in [&old, &snap.desc] {
                 reader
@@ -568,14 +631,41 @@ impl RangeStateMachine {
                     })
                     .map_err(io_err)?;
             }
-        }
-        for (k, v) in &snap.pairs {
-            if !snap.desc.contains(k) {
-                return Err(io_err(format!("range {}: snapshot holds a key outside the range", self.inner.id)));
+            for (k, v) in &snap.pairs {
+                wb.put(Table::Kv, k.to_vec(), v.to_vec());
             }
-            wb.put(Table::Kv, k.to_vec(), v.to_vec());
+            Ok(wb)
+        };
+        let mut wb = batch()?;
+        // The write is under the span lock (see [`SpanLock`]), taken when the engine's buffer
+        // has room: a write waiting for a flush under it would hold up every apply on the node.
+        let mut spans = loop {
+            engine.wait_for_room().map_err(io_err)?;
+            let spans = self.inner.spans.lock();
+            if !engine.is_full() {
+                break spans;
+            }
+        };
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.closed_error());
         }
-        let id = self.inner.id;
+        if engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some() {
+            return Err(io_err(format!("range {id}: merged into its left neighbour here, no snapshot installed")));
+        }
+        // Other ranges whose stored spans the snapshot covers were merged away while this
+        // node missed it: their replicas here (until removed) write nothing more. One of them
+        // may have written keys of the span since the scan above: then it is scanned again,
+        // under the lock (rare: no other range's span overlaps this one's as a rule).
+        let stale = stored_descs(&**engine, id, &snap.desc)?;
+        if !stale.is_empty() || !stored_descs(&**engine, id, &old)?.is_empty() {
+            wb = batch()?;
+        }
+        for d in &stale {
+            wb.put(Table::Meta, meta_key(d.id, ABSORBED), vec![1]);
+        }
+        if !stale.is_empty() {
+            *spans += 1;
+        }
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&meta.last_log_id));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&meta.last_membership));
         wb.put(Table::Meta, meta_key(id, DESC), encode(&snap.desc));
@@ -584,11 +674,8 @@ impl RangeStateMachine {
         } else {
             wb.delete(Table::Meta, meta_key(id, FROZEN));
         }
-        {
-            // The snapshot's span may cover keys of a replica being removed here.
-            let _spans = self.inner.spans.lock();
-            engine.write(wb).map_err(io_err)?;
-        }
+        engine.write(wb).map_err(io_err)?;
+        drop(spans);
         engine.sync().map_err(io_err)?;
         let mut st = self.inner.state.lock();
         st.applied = meta.last_log_id;
@@ -610,7 +697,8 @@ impl RangeStateMachine {
         let id = self.inner.id;
         let engine = &self.inner.engine;
         let mut replies = Vec::with_capacity(entries.len());
-        let mut spans_change = false;
+        // Whether the batch merges a range into this one (see [`SpanLock`]).
+        let mut absorbs = false;
         // Whether this batch froze the range: in order only once it is written (a write that
         // fails stops the group, and the batch's writes before the freeze, unanswered, ran
         // on the other replicas: never a refusal to retry).
@@ -625,6 +713,8 @@ impl RangeStateMachine {
         let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut events = Vec::new();
         // Taken over by the range on the left (on this node): its keys are that range's now.
+        // (Checked again before the write if a merge was written meanwhile: see [`SpanLock`].)
+        let merges = *self.inner.spans.lock();
         let absorbed = engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some();
         for entry in entries {
             if let Some(applied) = &st.applied {
@@ -694,7 +784,7 @@ impl RangeStateMachine {
                             view.put(k, v);
                         }
                         st.desc = merged.clone();
-                        spans_change = true;
+                        absorbs = true;
                         meta.push((meta_key(id, DESC), encode(&merged)));
                         meta.push((meta_key(right.id, ABSORBED), vec![1]));
                         events.push(RangeEvent::Absorbed { left: id, right: right.id });
@@ -735,7 +825,6 @@ impl RangeStateMachine {
                         meta.push((meta_key(id, DESC), encode(&parent)));
                         view.desc = parent.clone();
                         st.desc = parent;
-                        spans_change = true;
                         events.push(RangeEvent::Split { parent: id, child: child_desc.clone() });
                         RangeReply::Done(encode(&child_desc))
                     }
@@ -770,12 +859,23 @@ impl RangeStateMachine {
         }
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&st.applied));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&st.membership));
-        // A merge's keys may be those of a replica being removed here (a split only divides a
-        // span, but it is as rare, and locked alike).
-        let _spans = spans_change.then(|| self.inner.spans.lock());
+        let mut spans = self.inner.spans.lock();
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.closed_error());
+        }
+        if !absorbed && *spans != merges && engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some()
+        {
+            // The range on the left took this one's keys over while the batch was applied: its
+            // writes are not this replica's to make (an error stops the group; its writes'
+            // outcome is unknown to their clients, as a lagging absorbed replica answers).
+            return Err(io_err(format!("range {id}: merged into its left neighbour here while applying")));
+        }
+        if absorbs {
+            *spans += 1;
+        }
         // A failed engine write is fatal: openraft stops the group on this error.
         engine.write(wb).map_err(io_err)?;
-        drop(_spans);
+        drop(spans);
         st.frozen_in_order |= froze_here;
         drop(st);
         if let Some(tx) = &self.inner.events {
@@ -1047,5 +1147,138 @@ mod tests {
         let data = RangeCmd::Data(bytes::Bytes::from_static(b"w"));
         assert!(sm.apply_entries(&[entry(1, data), entry(2, RangeCmd::Freeze)]).is_err());
         assert!(!sm.frozen_in_order(), "a freeze never written counts as applied in order");
+    }
+
+    /// Writes key `cmd` with value "v".
+    struct Writes;
+
+    impl Applier for Writes {
+        fn apply(&self, _: &RangeDesc, view: &mut dyn DataWrite, _: u64, cmd: &[u8]) -> io::Result<RangeReply> {
+            view.put(cmd, b"v");
+            Ok(RangeReply::default())
+        }
+        fn read(&self, _: &RangeDesc, _: &dyn DataView, _: &[u8], _: u64) -> io::Result<RangeReply> {
+            Ok(RangeReply::default())
+        }
+    }
+
+    /// An engine on which the range on the left merges range 7 (marks it absorbed, under the
+    /// span lock) right after range 7's apply first looked whether it was absorbed.
+    struct MergedMeanwhile {
+        inner: MemEngine,
+        spans: SpanLock,
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    impl Engine for MergedMeanwhile {
+        fn reader(&self) -> cairn_storage::Result<Box<dyn Reader + Send + Sync>> {
+            self.inner.reader()
+        }
+        fn write(&self, batch: WriteBatch) -> cairn_storage::Result<()> {
+            self.inner.write(batch)
+        }
+        fn sync(&self) -> cairn_storage::Result<()> {
+            self.inner.sync()
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn live_bytes(&self) -> u64 {
+            self.inner.live_bytes()
+        }
+        fn defragment(&self) -> cairn_storage::Result<(u64, u64)> {
+            self.inner.defragment()
+        }
+        fn get(&self, table: Table, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+            let r = self.inner.get(table, key)?;
+            if key == meta_key(7, ABSORBED) && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let mut spans = self.spans.lock();
+                let mut wb = WriteBatch::new();
+                wb.put(Table::Meta, key.to_vec(), vec![1]);
+                self.inner.write(wb)?;
+                *spans += 1;
+            }
+            Ok(r)
+        }
+    }
+
+    /// A replica lagging the merge that took its keys over must not write them once the
+    /// merge did: a batch that began before the merge was written looks again before its own
+    /// write, and writes nothing.
+    #[test]
+    fn a_replica_absorbed_while_its_batch_applied_writes_nothing() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let spans = SpanLock::default();
+        let engine =
+            Arc::new(MergedMeanwhile { inner: MemEngine::new(), spans: spans.clone(), armed: Default::default() });
+        RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
+        let sm = RangeStateMachine::open(engine.clone(), Arc::new(Writes), 7, None, None, spans).unwrap();
+        let write = |i, k: &'static [u8]| entry(i, RangeCmd::Data(bytes::Bytes::from_static(k)));
+        sm.apply_entries(&[write(1, b"c")]).unwrap();
+        engine.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(sm.apply_entries(&[write(2, b"d")]).is_err());
+        assert_eq!(engine.inner.get(Table::Kv, b"c").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            engine.inner.get(Table::Kv, b"d").unwrap(),
+            None,
+            "an absorbed replica wrote the merged range's keys"
+        );
+    }
+
+    /// A snapshot is installed neither on a replica that is being removed nor on one whose keys
+    /// the range on its left took over here; one that covers other ranges' stored spans (merged
+    /// away while this node missed it) marks them absorbed, so their replicas write nothing more.
+    #[tokio::test]
+    async fn snapshots_install_only_where_no_other_range_holds_the_keys() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let open = |engine: &Arc<dyn Engine>| {
+            RangeStateMachine::open(engine.clone(), Arc::new(Writes), 7, None, None, SpanLock::default()).unwrap()
+        };
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*engine, &desc, members.clone()).unwrap();
+        put(&*engine, b"c", b"1");
+        let snap = open(&engine).get_current_snapshot().await.unwrap().unwrap();
+        let (meta, bytes) = (snap.meta.clone(), snap.snapshot.into_bytes().unwrap());
+        let fresh = |stale: Option<RangeDesc>| {
+            let e: Arc<dyn Engine> = Arc::new(MemEngine::new());
+            RangeStateMachine::write_start(&*e, &desc, members.clone()).unwrap();
+            if let Some(d) = stale {
+                let mut wb = WriteBatch::new();
+                wb.put(Table::Meta, meta_key(d.id, DESC), encode(&d));
+                e.write(wb).unwrap();
+            }
+            e
+        };
+
+        // Range 9's stored span [c, e) lies in the snapshot's: it is marked absorbed.
+        let e = fresh(Some(RangeDesc { id: 9, start: b"c".to_vec(), end: b"e".to_vec(), epoch: 2 }));
+        open(&e).install(&meta, bytes.clone()).unwrap();
+        assert_eq!(e.get(Table::Kv, b"c").unwrap(), Some(b"1".to_vec()));
+        assert!(e.get(Table::Meta, &meta_key(9, ABSORBED)).unwrap().is_some());
+        // Range 3's [y, z) does not overlap it: untouched.
+        let e = fresh(Some(RangeDesc { id: 3, start: b"y".to_vec(), end: b"z".to_vec(), epoch: 2 }));
+        open(&e).install(&meta, bytes.clone()).unwrap();
+        assert!(e.get(Table::Meta, &meta_key(3, ABSORBED)).unwrap().is_none());
+
+        // Absorbed here: nothing installed.
+        let e = fresh(None);
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Meta, meta_key(7, ABSORBED), vec![1]);
+        e.write(wb).unwrap();
+        assert!(open(&e).install(&meta, bytes.clone()).is_err());
+        assert_eq!(e.get(Table::Kv, b"c").unwrap(), None);
+
+        // Being removed: neither an install nor an apply writes.
+        let e = fresh(None);
+        let sm = open(&e);
+        sm.close();
+        assert!(sm.install(&meta, bytes).is_err());
+        assert!(sm.apply_entries(&[entry(1, RangeCmd::Data(bytes::Bytes::from_static(b"d")))]).is_err());
+        assert_eq!(e.get(Table::Kv, b"c").unwrap(), None);
+        assert_eq!(e.get(Table::Kv, b"d").unwrap(), None);
     }
 }
