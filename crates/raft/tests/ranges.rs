@@ -707,6 +707,40 @@ async fn a_range_splits_in_its_own_log_and_its_replicas_move() {
     }
 }
 
+/// A node that stopped while it removed a replica (its removal marked, the log or the state
+/// not yet deleted) finishes the removal when it starts again, instead of starting the replica
+/// over whatever is left of its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_cut_short_by_a_stop_is_finished_at_the_next_start() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = cluster(&dirs).await;
+    for i in 0..10 {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        write(&refs, 3, &key(3, i), "v").await;
+    }
+    converged(&nodes[2], 3, &key(3, 9), "v").await;
+    let (id, dir, addr) = nodes.remove(2).stop().await;
+    // As a removal leaves it if the node stops right after marking it.
+    {
+        let engine = cairn_storage::RedbEngine::open(&dir.join("data.redb"), 1 << 20).unwrap();
+        let mut wb = cairn_storage::WriteBatch::new();
+        let marker = cairn_raft::range::sm::meta_key(3, cairn_raft::range::sm::REMOVING);
+        wb.put(cairn_storage::Table::Meta, marker, vec![1]);
+        cairn_storage::Engine::write(&engine, wb).unwrap();
+        cairn_storage::Engine::sync(&engine).unwrap();
+    }
+    let back = start(id, &dir, Some(addr)).await;
+    assert!(back.host.get(3).is_none(), "the replica whose removal was cut short started again");
+    assert!(back.host.get(4).is_some(), "another range did not start");
+    assert!(!back.host.log().groups().contains(&3), "its log is still there");
+    assert_eq!(keys_in_engine(&back, &range(3).start, &range(3).end), 0, "its keys are still there");
+    assert_eq!(keys_in_engine(&back, &[0], &[0xff]), 0, "no other range held keys here");
+    nodes.push(back);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A leader asked to hand its leadership to a node that has just died proposes nothing and
 /// sends no heartbeat for the rest of its term (openraft), counting on the followers' election
 /// timers. Followers asleep on its node's beats must not wait for it: the beats stop naming

@@ -762,6 +762,17 @@ impl RangeHost {
             quiet_until,
         });
         for id in host.stored_ranges()? {
+            if host.engine.get(Table::Meta, &sm::meta_key(id, sm::REMOVING)).map_err(io_err)?.is_some() {
+                // A removal the node stopped in: finished, not started again.
+                let desc = host.stored_desc(id)?.ok_or_else(|| io_err(format!("range {id}: no descriptor")))?;
+                host.log.clean(id).await?;
+                let (engine, spans) = (host.engine.clone(), host.spans.clone());
+                tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
+                    .await
+                    .map_err(io_err)??;
+                tracing::info!(range = id, "range replica removal finished after a restart");
+                continue;
+            }
             host.start(id, None).await?;
         }
         // A split applied here starts the new range's group at once.
@@ -954,13 +965,23 @@ impl RangeHost {
         // openraft's shutdown stops the group's core; a state machine worker applying or
         // installing is fenced off here.
         r.sm.close();
-        // The log goes first: a crash before the state is deleted leaves a replica whose
-        // state starts over an empty log (as a split's child does) and that reconcile removes
-        // again. The other way round, a replica of the range added here later would have
-        // started with no state over the old log.
+        // Marked durably first, then the log goes, then the state: a restart in between
+        // finishes the removal (a replica started again over an emptied log would have voted
+        // again with no memory of its votes; with the state deleted first, a replica of the
+        // range added here later would have started with no state over the old log). The
+        // syncs of the engine (a flush of its write buffer, seconds under load) and the scan
+        // of the range run on a blocking thread, not one of the runtime's.
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut wb = cairn_storage::WriteBatch::new();
+            wb.put(Table::Meta, sm::meta_key(id, sm::REMOVING), vec![1]);
+            engine.write(wb)?;
+            engine.sync()
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)?;
         self.log.clean(id).await?;
-        // A scan of the range and a sync of the engine (a flush of its write buffer, seconds
-        // under load): on a blocking thread, not one of the runtime's.
         let (engine, spans) = (self.engine.clone(), self.spans.clone());
         tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
             .await
@@ -1179,6 +1200,10 @@ impl RangeHost {
             return None;
         }
         for r in self.replicas() {
+            if r.sm.retired() {
+                // Stopped by a write refused as its removal comes (see `retired`).
+                continue;
+            }
             let stopped = {
                 let m = &r.metrics;
                 let m = m.borrow_watched();

@@ -175,6 +175,8 @@ pub(crate) const DESC: &str = "desc";
 const FROZEN: &str = "frozen";
 /// Set (on this node) when the range on the left took this one over: apply changes nothing more.
 const ABSORBED: &str = "absorbed";
+/// Set (on this node) when the replica's removal began: a restart finishes it.
+pub const REMOVING: &str = "removing";
 
 /// Where every range's group starts: as if its log had been purged up to index 0, which its
 /// state covers (nothing for a new range, the keys it inherited for one made by a split).
@@ -343,6 +345,9 @@ struct Inner {
     /// Set when the replica is being removed: nothing more is written (see
     /// [`RangeStateMachine::close`]).
     closed: std::sync::atomic::AtomicBool,
+    /// Set when a write was refused because the replica is being removed or another range
+    /// took its keys over here (see [`RangeStateMachine::retired`]).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// One per node, shared by its replicas' state machines, so that no replica's write lands in
@@ -414,6 +419,7 @@ impl RangeStateMachine {
                 installs: Default::default(),
                 spans,
                 closed: Default::default(),
+                retired: Default::default(),
             }),
         })
     }
@@ -447,8 +453,21 @@ impl RangeStateMachine {
         drop(self.inner.spans.lock());
     }
 
+    /// Whether this replica refused a write because it is being removed, or because the range
+    /// on its left took its keys over here: the storage error that stopped its group then is
+    /// no failure of the node's (its removal follows).
+    pub fn retired(&self) -> bool {
+        self.inner.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Refuses a write of a replica that is being removed or was absorbed (see [`Self::retired`]).
+    fn retire(&self, why: String) -> io::Error {
+        self.inner.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+        io_err(format!("range {}: {why}", self.inner.id))
+    }
+
     fn closed_error(&self) -> io::Error {
-        io_err(format!("range {}: the replica is being removed from this node", self.inner.id))
+        self.retire("the replica is being removed from this node".into())
     }
 
     /// Whether the range froze for a merge (it serves nothing more).
@@ -619,24 +638,38 @@ impl RangeStateMachine {
         let id = self.inner.id;
         let engine = &self.inner.engine;
         let old = self.desc();
-        let batch = || -> io::Result<WriteBatch> {
+        // Other ranges stored here over the old or the new span: those the snapshot's range
+        // took over by a merge this node missed have earlier epochs than the snapshot's
+        // (`stale`); their replicas here (until removed) write nothing more, and their keys in
+        // the span are replaced. Any other is a range that holds its keys (one split off after
+        // the snapshot was taken, already here): they are neither deleted nor written.
+        let others = || -> io::Result<(Vec<RangeDesc>, Vec<RangeDesc>)> {
+            let mut all = stored_descs(&**engine, id, &snap.desc)?;
+            all.extend(stored_descs(&**engine, id, &old)?);
+            Ok(all.into_iter().partition(|d| overlaps(d, &snap.desc) && d.epoch < snap.desc.epoch))
+        };
+        let batch = |keep: &[RangeDesc]| -> io::Result<WriteBatch> {
+            let theirs = |k: &[u8]| keep.iter().any(|d| d.contains(k));
             let mut wb = WriteBatch::new();
             // What the range held, under both the old and the new bounds, goes first.
             let reader = engine.reader().map_err(io_err)?;
             for d in [&old, &snap.desc] {
                 reader
                     .scan(Table::Kv, Bound::Included(&d.start), upper(&d.end), &mut |k, _| {
-                        wb.delete(Table::Kv, k.to_vec());
+                        if !theirs(k) {
+                            wb.delete(Table::Kv, k.to_vec());
+                        }
                         true
                     })
                     .map_err(io_err)?;
             }
-            for (k, v) in &snap.pairs {
+            for (k, v) in snap.pairs.iter().filter(|(k, _)| !theirs(k)) {
                 wb.put(Table::Kv, k.to_vec(), v.to_vec());
             }
             Ok(wb)
         };
-        let mut wb = batch()?;
+        let (_, keep) = others()?;
+        let mut wb = batch(&keep)?;
         // The write is under the span lock (see [`SpanLock`]), taken when the engine's buffer
         // has room: a write waiting for a flush under it would hold up every apply on the node.
         let mut spans = loop {
@@ -650,22 +683,19 @@ impl RangeStateMachine {
             return Err(self.closed_error());
         }
         if engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some() {
-            return Err(io_err(format!("range {id}: merged into its left neighbour here, no snapshot installed")));
+            return Err(self.retire("merged into its left neighbour here, no snapshot installed".into()));
         }
-        // Other ranges whose stored spans the snapshot covers were merged away while this
-        // node missed it: their replicas here (until removed) write nothing more. One of them
-        // may have written keys of the span since the scan above: then it is scanned again,
-        // under the lock (rare: no other range's span overlaps this one's as a rule).
-        let stale = stored_descs(&**engine, id, &snap.desc)?;
-        if !stale.is_empty() || !stored_descs(&**engine, id, &old)?.is_empty() {
-            wb = batch()?;
+        // Another range here may have written keys of the span since the scan above: then it
+        // is scanned again, under the lock (rare: as a rule no other range's span overlaps).
+        let (stale, keep) = others()?;
+        if !stale.is_empty() || !keep.is_empty() {
+            wb = batch(&keep)?;
         }
         for d in &stale {
             wb.put(Table::Meta, meta_key(d.id, ABSORBED), vec![1]);
         }
-        if !stale.is_empty() {
-            *spans += 1;
-        }
+        // A merge applied here whose scan came before this write scans again (see `apply_entries`).
+        *spans += 1;
         wb.put(Table::Meta, meta_key(id, APPLIED), encode(&meta.last_log_id));
         wb.put(Table::Meta, meta_key(id, MEMBERSHIP), encode(&meta.last_membership));
         wb.put(Table::Meta, meta_key(id, DESC), encode(&snap.desc));
@@ -697,8 +727,9 @@ impl RangeStateMachine {
         let id = self.inner.id;
         let engine = &self.inner.engine;
         let mut replies = Vec::with_capacity(entries.len());
-        // Whether the batch merges a range into this one (see [`SpanLock`]).
+        // Whether the batch merges a range into this one (see [`SpanLock`]), and which.
         let mut absorbs = false;
+        let mut merged_rights: Vec<RangeDesc> = Vec::new();
         // Whether this batch froze the range: in order only once it is written (a write that
         // fails stops the group, and the batch's writes before the freeze, unanswered, ran
         // on the other replicas: never a refusal to retry).
@@ -785,6 +816,7 @@ impl RangeStateMachine {
                         }
                         st.desc = merged.clone();
                         absorbs = true;
+                        merged_rights.push(right.clone());
                         meta.push((meta_key(id, DESC), encode(&merged)));
                         meta.push((meta_key(right.id, ABSORBED), vec![1]));
                         events.push(RangeEvent::Absorbed { left: id, right: right.id });
@@ -816,12 +848,22 @@ impl RangeStateMachine {
                         let epoch = d.epoch + 1;
                         let child_desc = RangeDesc { id: *child, start: key.clone(), end: d.end.clone(), epoch };
                         let parent = RangeDesc { id, start: d.start.clone(), end: key.clone(), epoch };
-                        // The child starts with the parent's membership, at `split_start`.
-                        let start = Some(split_start());
-                        let m = StoredMembership::new(start, st.membership.membership().clone());
-                        meta.push((meta_key(*child, DESC), encode(&child_desc)));
-                        meta.push((meta_key(*child, APPLIED), encode(&start)));
-                        meta.push((meta_key(*child, MEMBERSHIP), encode(&m)));
+                        // The child starts with the parent's membership, at `split_start`;
+                        // unless its replica is here already, at this epoch or later (this
+                        // replica lagged the split and the child was caught up by snapshot):
+                        // its state is not to be written over.
+                        let stored: Option<RangeDesc> = engine
+                            .get(Table::Meta, &meta_key(*child, DESC))
+                            .map_err(io_err)?
+                            .map(|b| decode(&b, "a range descriptor"))
+                            .transpose()?;
+                        if stored.is_none_or(|d| d.epoch < epoch) {
+                            let start = Some(split_start());
+                            let m = StoredMembership::new(start, st.membership.membership().clone());
+                            meta.push((meta_key(*child, DESC), encode(&child_desc)));
+                            meta.push((meta_key(*child, APPLIED), encode(&start)));
+                            meta.push((meta_key(*child, MEMBERSHIP), encode(&m)));
+                        }
                         meta.push((meta_key(id, DESC), encode(&parent)));
                         view.desc = parent.clone();
                         st.desc = parent;
@@ -845,6 +887,14 @@ impl RangeStateMachine {
         // of a SET run spent 15 % of node CPU in those copies).
         let Overlay { changes, base, .. } = view;
         drop(base);
+        // What a merge leaves in the right range's span: if a snapshot install was written
+        // between this batch's scan and its write, what it put there and the merge did not
+        // see goes too (below).
+        let merge_keeps: std::collections::HashSet<Vec<u8>> = changes
+            .iter()
+            .filter(|(k, v)| v.is_some() && merged_rights.iter().any(|r| r.contains(k)))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut wb = WriteBatch::with_capacity(changes.len() + 2 + meta.len());
         let changed: usize = changes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
         self.inner.written.fetch_add(changed as u64, std::sync::atomic::Ordering::Relaxed);
@@ -868,7 +918,20 @@ impl RangeStateMachine {
             // The range on the left took this one's keys over while the batch was applied: its
             // writes are not this replica's to make (an error stops the group; its writes'
             // outcome is unknown to their clients, as a lagging absorbed replica answers).
-            return Err(io_err(format!("range {id}: merged into its left neighbour here while applying")));
+            return Err(self.retire("merged into its left neighbour here while applying".into()));
+        }
+        if *spans != merges {
+            let reader = engine.reader().map_err(io_err)?;
+            for right in &merged_rights {
+                reader
+                    .scan(Table::Kv, Bound::Included(&right.start), upper(&right.end), &mut |k, _| {
+                        if !merge_keeps.contains(k) {
+                            wb.delete(Table::Kv, k.to_vec());
+                        }
+                        true
+                    })
+                    .map_err(io_err)?;
+            }
         }
         if absorbs {
             *spans += 1;
@@ -930,7 +993,16 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
             tokio::task::spawn_blocking(move || engine.wait_for_room()).await.map_err(io_err)?.map_err(io_err)?;
         }
         let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
-        let replies = self.apply_entries(&entries)?;
+        // The write waits for the node's span lock (see [`SpanLock`]); a snapshot install or
+        // a replica's removal may hold it for a while: then the batch is applied on a
+        // blocking thread, not while holding up this runtime thread's tasks.
+        let busy = self.inner.spans.try_lock().is_none();
+        let replies = if busy {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.apply_entries(&entries)).await.map_err(io_err)??
+        } else {
+            self.apply_entries(&entries)?
+        };
         for (responder, reply) in responders.into_iter().zip(replies) {
             if let Some(r) = responder {
                 r.send(reply);
@@ -1218,7 +1290,9 @@ mod tests {
         let write = |i, k: &'static [u8]| entry(i, RangeCmd::Data(bytes::Bytes::from_static(k)));
         sm.apply_entries(&[write(1, b"c")]).unwrap();
         engine.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(!sm.retired());
         assert!(sm.apply_entries(&[write(2, b"d")]).is_err());
+        assert!(sm.retired(), "the stop of an absorbed replica's group counts as a node failure");
         assert_eq!(engine.inner.get(Table::Kv, b"c").unwrap(), Some(b"v".to_vec()));
         assert_eq!(
             engine.inner.get(Table::Kv, b"d").unwrap(),
@@ -1259,6 +1333,19 @@ mod tests {
         open(&e).install(&meta, bytes.clone()).unwrap();
         assert_eq!(e.get(Table::Kv, b"c").unwrap(), Some(b"1".to_vec()));
         assert!(e.get(Table::Meta, &meta_key(9, ABSORBED)).unwrap().is_some());
+        // Range 10's [d, x) at epoch 4, later than the snapshot's: split off after the snapshot
+        // was taken, and here already. Its keys are its own: neither deleted nor overwritten.
+        let e = fresh(Some(RangeDesc { id: 10, start: b"d".to_vec(), end: b"x".to_vec(), epoch: 4 }));
+        put(&*e, b"d", b"theirs");
+        put(&*e, b"n", b"theirs");
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Kv, b"c".to_vec(), b"stale".to_vec());
+        e.write(wb).unwrap();
+        open(&e).install(&meta, bytes.clone()).unwrap();
+        assert!(e.get(Table::Meta, &meta_key(10, ABSORBED)).unwrap().is_none());
+        assert_eq!(e.get(Table::Kv, b"d").unwrap(), Some(b"theirs".to_vec()));
+        assert_eq!(e.get(Table::Kv, b"n").unwrap(), Some(b"theirs".to_vec()));
+        assert_eq!(e.get(Table::Kv, b"c").unwrap(), Some(b"1".to_vec()));
         // Range 3's [y, z) does not overlap it: untouched.
         let e = fresh(Some(RangeDesc { id: 3, start: b"y".to_vec(), end: b"z".to_vec(), epoch: 2 }));
         open(&e).install(&meta, bytes.clone()).unwrap();
@@ -1280,5 +1367,31 @@ mod tests {
         assert!(sm.apply_entries(&[entry(1, RangeCmd::Data(bytes::Bytes::from_static(b"d")))]).is_err());
         assert_eq!(e.get(Table::Kv, b"c").unwrap(), None);
         assert_eq!(e.get(Table::Kv, b"d").unwrap(), None);
+    }
+
+    /// A replica that lagged a split whose child is here already (caught up by a snapshot at
+    /// the split's epoch or later) leaves the child's state as it is when it applies the split.
+    #[test]
+    fn a_lagging_split_does_not_write_over_its_childs_state() {
+        let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
+        let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
+        let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
+        let child = RangeDesc { id: 8, start: b"m".to_vec(), end: b"y".to_vec(), epoch: 6 };
+        let applied = Some(LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 2, node_id: 1 }, 40));
+        let mut wb = WriteBatch::new();
+        wb.put(Table::Meta, meta_key(8, DESC), encode(&child));
+        wb.put(Table::Meta, meta_key(8, APPLIED), encode(&applied));
+        engine.write(wb).unwrap();
+        let sm =
+            RangeStateMachine::open(engine.clone(), Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
+        sm.apply_entries(&[entry(1, RangeCmd::Split { key: b"m".to_vec(), child: 8 })]).unwrap();
+        assert_eq!(sm.desc().end, b"m".to_vec());
+        let stored: RangeDesc = decode(&engine.get(Table::Meta, &meta_key(8, DESC)).unwrap().unwrap(), "").unwrap();
+        assert_eq!(stored, child, "the child's descriptor was written over");
+        let stored: Option<LogId> =
+            decode(&engine.get(Table::Meta, &meta_key(8, APPLIED)).unwrap().unwrap(), "").unwrap();
+        assert_eq!(stored, applied, "the child's applied position was written over");
     }
 }
