@@ -996,7 +996,7 @@ impl RangeHost {
     /// is decided again under `spans` (see [`sm::SpanLock`]), just before the deletes are
     /// written, so a merge or a snapshot that took keys of the span over during the scan
     /// keeps them, and one that comes after the deletes writes its keys after them.
-    fn delete_replica(engine: &dyn Engine, spans: &Mutex<u64>, id: RangeId, desc: &RangeDesc) -> io::Result<()> {
+    fn delete_replica(engine: &dyn Engine, spans: &sm::Spans, id: RangeId, desc: &RangeDesc) -> io::Result<()> {
         let held = sm::stored_descs(engine, id, desc)?;
         let mut wb = cairn_storage::WriteBatch::new();
         {
@@ -1029,7 +1029,7 @@ impl RangeHost {
         // it would hold up every apply on the node.
         let _spans = loop {
             engine.wait_for_room().map_err(io_err)?;
-            let spans = spans.lock();
+            let spans = spans.lock_long();
             if !engine.is_full() {
                 break spans;
             }
@@ -1755,7 +1755,7 @@ mod tests {
         // left neighbour that merged part of it) holds [g, z) by its stored descriptor alone.
         let removed = desc(1, "a", "m");
         let engine = engine_with(&["a", "c", "g", "k", "n"], &[removed.clone(), desc(2, "g", "z")]);
-        RangeHost::delete_replica(&*engine, &Mutex::new(0), 1, &removed).unwrap();
+        RangeHost::delete_replica(&*engine, &sm::Spans::default(), 1, &removed).unwrap();
         assert_eq!(kv_keys(&*engine), ["g", "k", "n"]);
         let reader = engine.reader().unwrap();
         assert_eq!(reader.get(Table::Meta, &sm::meta_key(1, sm::DESC)).unwrap(), None);

@@ -362,7 +362,60 @@ struct Inner {
 /// - by a replica's removal while it decides which keys of its span no other replica holds
 ///   and deletes them: a merge or snapshot written between that decision and the deletes
 ///   lost the keys it had just taken over.
-pub type SpanLock = Arc<Mutex<u64>>;
+pub type SpanLock = Arc<Spans>;
+
+/// See [`SpanLock`].
+#[derive(Default)]
+pub struct Spans {
+    count: Mutex<u64>,
+    /// Set while an install or a removal holds the lock (a scan, a large write): an apply
+    /// that would wait for it waits on a blocking thread instead of a runtime thread.
+    long: std::sync::atomic::AtomicBool,
+}
+
+impl Spans {
+    /// Takes the lock; its value counts merges and installs written under it.
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, u64> {
+        self.count.lock()
+    }
+
+    /// Takes the lock for a while (see [`Spans::held_long`]).
+    pub fn lock_long(&self) -> LongHold<'_> {
+        let count = self.count.lock();
+        self.long.store(true, std::sync::atomic::Ordering::SeqCst);
+        LongHold { count, long: &self.long }
+    }
+
+    /// Whether an install or a removal holds the lock now.
+    pub fn held_long(&self) -> bool {
+        self.long.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The span lock, held by an install or a removal.
+pub struct LongHold<'a> {
+    count: parking_lot::MutexGuard<'a, u64>,
+    long: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Drop for LongHold<'_> {
+    fn drop(&mut self) {
+        self.long.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl std::ops::Deref for LongHold<'_> {
+    type Target = u64;
+    fn deref(&self) -> &u64 {
+        &self.count
+    }
+}
+
+impl std::ops::DerefMut for LongHold<'_> {
+    fn deref_mut(&mut self) -> &mut u64 {
+        &mut self.count
+    }
+}
 
 /// A range's state machine; clones share state.
 #[derive(Clone)]
@@ -674,7 +727,7 @@ impl RangeStateMachine {
         // has room: a write waiting for a flush under it would hold up every apply on the node.
         let mut spans = loop {
             engine.wait_for_room().map_err(io_err)?;
-            let spans = self.inner.spans.lock();
+            let spans = self.inner.spans.lock_long();
             if !engine.is_full() {
                 break spans;
             }
@@ -995,8 +1048,9 @@ impl RaftStateMachine<RangeConfig> for RangeStateMachine {
         let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
         // The write waits for the node's span lock (see [`SpanLock`]); a snapshot install or
         // a replica's removal may hold it for a while: then the batch is applied on a
-        // blocking thread, not while holding up this runtime thread's tasks.
-        let busy = self.inner.spans.try_lock().is_none();
+        // blocking thread, not while holding up this runtime thread's tasks. (Other applies
+        // hold it for their engine write alone, which takes the engine's own lock anyway.)
+        let busy = self.inner.spans.held_long();
         let replies = if busy {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.apply_entries(&entries)).await.map_err(io_err)??
