@@ -374,6 +374,18 @@ impl DataTier {
                 continue;
             }
             let desc = RangeDesc { id: d.id, start: d.start.clone(), end: d.end.clone(), epoch: d.epoch };
+            // Not beside a replica here that lags the directory or left it (merged away): it
+            // may still apply a merge that grows its span over this range's, writing keys that
+            // are this range's now (a merge, then a split at the same key, on the other nodes).
+            if let Some(r) = self.host.replicas().into_iter().find(|r| {
+                let here = r.sm.desc();
+                let beside = (!here.end.is_empty() && here.end == desc.start)
+                    || (!desc.end.is_empty() && desc.end == here.start);
+                beside && dir.get(r.id).is_none_or(|x| x.epoch > here.epoch)
+            }) {
+                tracing::debug!(range = d.id, beside = r.id, "a replica beside it lags: not created yet");
+                continue;
+            }
             if let Err(e) = self.host.create(desc, voters).await {
                 tracing::debug!(range = d.id, error = %e, "cannot create a range replica yet");
             }

@@ -762,18 +762,10 @@ impl RangeHost {
             quiet_until,
         });
         for id in host.stored_ranges()? {
-            if host.engine.get(Table::Meta, &sm::meta_key(id, sm::REMOVING)).map_err(io_err)?.is_some() {
-                // A removal the node stopped in: finished, not started again.
-                let desc = host.stored_desc(id)?.ok_or_else(|| io_err(format!("range {id}: no descriptor")))?;
-                host.log.clean(id).await?;
-                let (engine, spans) = (host.engine.clone(), host.spans.clone());
-                tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
-                    .await
-                    .map_err(io_err)??;
-                tracing::info!(range = id, "range replica removal finished after a restart");
-                continue;
+            // A removal the node stopped in is finished, not started again.
+            if !host.finish_removal(id).await? {
+                host.start(id, None).await?;
             }
-            host.start(id, None).await?;
         }
         // A split applied here starts the new range's group at once.
         let weak = Arc::downgrade(&host);
@@ -927,6 +919,9 @@ impl RangeHost {
         if let Some(r) = self.get(desc.id) {
             return Ok(r);
         }
+        // A removal of an earlier replica of the range that failed half-way ends first: the
+        // new one starts afresh, not over what is left of the old one's log.
+        self.finish_removal(desc.id).await?;
         let stored = self.stored_desc(desc.id)?;
         let span = stored.as_ref().unwrap_or(&desc);
         if let Some(o) = self.replicas().into_iter().find(|r| overlaps(&r.sm.desc(), span)) {
@@ -946,6 +941,23 @@ impl RangeHost {
         self.start(desc.id, Some(desc)).await
     }
 
+    /// Finishes the removal of range `id`'s replica here if one began (see [`Self::destroy`]):
+    /// whether there was one.
+    async fn finish_removal(&self, id: RangeId) -> io::Result<bool> {
+        if self.engine.get(Table::Meta, &sm::meta_key(id, sm::REMOVING)).map_err(io_err)?.is_none() {
+            return Ok(false);
+        }
+        self.log.clean(id).await?;
+        if let Some(desc) = self.stored_desc(id)? {
+            let (engine, spans) = (self.engine.clone(), self.spans.clone());
+            tokio::task::spawn_blocking(move || Self::delete_replica(&*engine, &spans, id, &desc))
+                .await
+                .map_err(io_err)??;
+        }
+        tracing::info!(range = id, "an earlier removal of the range's replica finished");
+        Ok(true)
+    }
+
     fn stored_desc(&self, id: RangeId) -> io::Result<Option<RangeDesc>> {
         let reader = self.engine.reader().map_err(io_err)?;
         reader
@@ -961,10 +973,12 @@ impl RangeHost {
         let _g = self.lifecycle.lock().await;
         let Some(r) = self.replicas.write().remove(&id) else { return Ok(()) };
         let _ = r.raft.shutdown().await;
-        let desc = r.sm.desc();
         // openraft's shutdown stops the group's core; a state machine worker applying or
-        // installing is fenced off here.
-        r.sm.close();
+        // installing is fenced off here (then the stored descriptor is the last one written:
+        // an install updates the replica's own copy only after its write).
+        let sm = r.sm.clone();
+        tokio::task::spawn_blocking(move || sm.close()).await.map_err(io_err)?;
+        let desc = self.stored_desc(id)?.unwrap_or_else(|| r.sm.desc());
         // Marked durably first, then the log goes, then the state: a restart in between
         // finishes the removal (a replica started again over an emptied log would have voted
         // again with no memory of its votes; with the state deleted first, a replica of the

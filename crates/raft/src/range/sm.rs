@@ -368,9 +368,9 @@ pub type SpanLock = Arc<Spans>;
 #[derive(Default)]
 pub struct Spans {
     count: Mutex<u64>,
-    /// Set while an install or a removal holds the lock (a scan, a large write): an apply
-    /// that would wait for it waits on a blocking thread instead of a runtime thread.
-    long: std::sync::atomic::AtomicBool,
+    /// Installs and removals holding the lock or waiting for it (a scan, a large write): an
+    /// apply that would wait for them waits on a blocking thread instead of a runtime thread.
+    long: std::sync::atomic::AtomicUsize,
 }
 
 impl Spans {
@@ -381,26 +381,26 @@ impl Spans {
 
     /// Takes the lock for a while (see [`Spans::held_long`]).
     pub fn lock_long(&self) -> LongHold<'_> {
+        self.long.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let count = self.count.lock();
-        self.long.store(true, std::sync::atomic::Ordering::SeqCst);
         LongHold { count, long: &self.long }
     }
 
-    /// Whether an install or a removal holds the lock now.
+    /// Whether an install or a removal holds the lock now, or waits for it.
     pub fn held_long(&self) -> bool {
-        self.long.load(std::sync::atomic::Ordering::SeqCst)
+        self.long.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 }
 
 /// The span lock, held by an install or a removal.
 pub struct LongHold<'a> {
     count: parking_lot::MutexGuard<'a, u64>,
-    long: &'a std::sync::atomic::AtomicBool,
+    long: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for LongHold<'_> {
     fn drop(&mut self) {
-        self.long.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.long.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -721,8 +721,8 @@ impl RangeStateMachine {
             }
             Ok(wb)
         };
-        let (_, keep) = others()?;
-        let mut wb = batch(&keep)?;
+        let before = others()?;
+        let mut wb = batch(&before.1)?;
         // The write is under the span lock (see [`SpanLock`]), taken when the engine's buffer
         // has room: a write waiting for a flush under it would hold up every apply on the node.
         let mut spans = loop {
@@ -741,7 +741,7 @@ impl RangeStateMachine {
         // Another range here may have written keys of the span since the scan above: then it
         // is scanned again, under the lock (rare: as a rule no other range's span overlaps).
         let (stale, keep) = others()?;
-        if !stale.is_empty() || !keep.is_empty() {
+        if !stale.is_empty() || !keep.is_empty() || (&stale, &keep) != (&before.0, &before.1) {
             wb = batch(&keep)?;
         }
         for d in &stale {
@@ -787,6 +787,9 @@ impl RangeStateMachine {
         // fails stops the group, and the batch's writes before the freeze, unanswered, ran
         // on the other replicas: never a refusal to retry).
         let mut froze_here = false;
+        // Before the replica's own state is locked: an install or a removal holding the span
+        // lock is waited out without holding up the replica's readers.
+        let merges = *self.inner.spans.lock();
         let mut st = self.inner.state.lock();
         let mut view = Overlay {
             base: Base::Engine(&**engine, OnceLock::new()),
@@ -798,7 +801,6 @@ impl RangeStateMachine {
         let mut events = Vec::new();
         // Taken over by the range on the left (on this node): its keys are that range's now.
         // (Checked again before the write if a merge was written meanwhile: see [`SpanLock`].)
-        let merges = *self.inner.spans.lock();
         let absorbed = engine.get(Table::Meta, &meta_key(id, ABSORBED)).map_err(io_err)?.is_some();
         for entry in entries {
             if let Some(applied) = &st.applied {
@@ -940,9 +942,9 @@ impl RangeStateMachine {
         // of a SET run spent 15 % of node CPU in those copies).
         let Overlay { changes, base, .. } = view;
         drop(base);
-        // What a merge leaves in the right range's span: if a snapshot install was written
-        // between this batch's scan and its write, what it put there and the merge did not
-        // see goes too (below).
+        // What a merge leaves in the right range's span: what another write put there
+        // between this batch's scan and its write (this node's lagging replica of the right
+        // range, an install) and the merge did not see goes too (below).
         let merge_keeps: std::collections::HashSet<Vec<u8>> = changes
             .iter()
             .filter(|(k, v)| v.is_some() && merged_rights.iter().any(|r| r.contains(k)))
@@ -973,7 +975,9 @@ impl RangeStateMachine {
             // outcome is unknown to their clients, as a lagging absorbed replica answers).
             return Err(self.retire("merged into its left neighbour here while applying".into()));
         }
-        if *spans != merges {
+        if !merged_rights.is_empty() {
+            // Also without an install since: this node's lagging replica of the right range
+            // may have written a key after the merge's scan (it is absorbed only by this write).
             let reader = engine.reader().map_err(io_err)?;
             for right in &merged_rights {
                 reader
