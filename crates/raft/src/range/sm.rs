@@ -1231,13 +1231,23 @@ mod tests {
         assert_eq!(sm.apply_entries(&[entry(2, data())]).unwrap(), vec![RangeReply::WrongRange(frozen)]);
     }
 
-    /// An engine whose writes fail once `fail` is set.
-    struct Failing {
+    /// A memory engine rigged for tests: its writes fail once `fail` is set, and with `spans`,
+    /// once `armed`, the range on the left merges range 7 (marks it absorbed, under the span
+    /// lock) right after range 7's apply first looked whether it was absorbed.
+    struct Rigged {
         inner: MemEngine,
         fail: std::sync::atomic::AtomicBool,
+        spans: Option<SpanLock>,
+        armed: std::sync::atomic::AtomicBool,
     }
 
-    impl Engine for Failing {
+    impl Default for Rigged {
+        fn default() -> Self {
+            Rigged { inner: MemEngine::new(), fail: Default::default(), spans: None, armed: Default::default() }
+        }
+    }
+
+    impl Engine for Rigged {
         fn reader(&self) -> cairn_storage::Result<Box<dyn Reader + Send + Sync>> {
             self.inner.reader()
         }
@@ -1259,6 +1269,19 @@ mod tests {
         fn defragment(&self) -> cairn_storage::Result<(u64, u64)> {
             self.inner.defragment()
         }
+        fn get(&self, table: Table, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+            let r = self.inner.get(table, key)?;
+            if let Some(spans) = &self.spans {
+                if key == meta_key(7, ABSORBED) && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    let mut spans = spans.lock();
+                    let mut wb = WriteBatch::new();
+                    wb.put(Table::Meta, key.to_vec(), vec![1]);
+                    self.inner.write(wb)?;
+                    *spans += 1;
+                }
+            }
+            Ok(r)
+        }
     }
 
     /// A batch that froze the range but could not be written stops the group with its writes
@@ -1269,7 +1292,7 @@ mod tests {
         let desc = RangeDesc { id: 7, start: b"b".to_vec(), end: b"y".to_vec(), epoch: 3 };
         let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
         let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
-        let failing = Arc::new(Failing { inner: MemEngine::new(), fail: Default::default() });
+        let failing = Arc::new(Rigged::default());
         let engine: Arc<dyn Engine> = failing.clone();
         RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
         let sm = RangeStateMachine::open(engine, Arc::new(Nothing), 7, None, None, SpanLock::default()).unwrap();
@@ -1292,46 +1315,6 @@ mod tests {
         }
     }
 
-    /// An engine on which the range on the left merges range 7 (marks it absorbed, under the
-    /// span lock) right after range 7's apply first looked whether it was absorbed.
-    struct MergedMeanwhile {
-        inner: MemEngine,
-        spans: SpanLock,
-        armed: std::sync::atomic::AtomicBool,
-    }
-
-    impl Engine for MergedMeanwhile {
-        fn reader(&self) -> cairn_storage::Result<Box<dyn Reader + Send + Sync>> {
-            self.inner.reader()
-        }
-        fn write(&self, batch: WriteBatch) -> cairn_storage::Result<()> {
-            self.inner.write(batch)
-        }
-        fn sync(&self) -> cairn_storage::Result<()> {
-            self.inner.sync()
-        }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
-        fn live_bytes(&self) -> u64 {
-            self.inner.live_bytes()
-        }
-        fn defragment(&self) -> cairn_storage::Result<(u64, u64)> {
-            self.inner.defragment()
-        }
-        fn get(&self, table: Table, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
-            let r = self.inner.get(table, key)?;
-            if key == meta_key(7, ABSORBED) && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let mut spans = self.spans.lock();
-                let mut wb = WriteBatch::new();
-                wb.put(Table::Meta, key.to_vec(), vec![1]);
-                self.inner.write(wb)?;
-                *spans += 1;
-            }
-            Ok(r)
-        }
-    }
-
     /// A replica lagging the merge that took its keys over must not write them once the
     /// merge did: a batch that began before the merge was written looks again before its own
     /// write, and writes nothing.
@@ -1341,8 +1324,7 @@ mod tests {
         let nodes = std::collections::BTreeMap::from([(1u64, crate::types::PeerNode::default())]);
         let members = openraft::Membership::new(vec![[1u64].into()], nodes).unwrap();
         let spans = SpanLock::default();
-        let engine =
-            Arc::new(MergedMeanwhile { inner: MemEngine::new(), spans: spans.clone(), armed: Default::default() });
+        let engine = Arc::new(Rigged { spans: Some(spans.clone()), ..Default::default() });
         RangeStateMachine::write_start(&*engine, &desc, members).unwrap();
         let sm = RangeStateMachine::open(engine.clone(), Arc::new(Writes), 7, None, None, spans).unwrap();
         let write = |i, k: &'static [u8]| entry(i, RangeCmd::Data(bytes::Bytes::from_static(k)));
