@@ -182,14 +182,14 @@ impl SharedLog {
         rx.await.map_err(|_| io_err("range log: the writer has stopped"))?
     }
 
-    /// Removes log files every group has purged past. Call now and then.
     /// Removes everything group `group` holds in the log (its replica left this node).
     pub async fn clean(&self, group: RangeId) -> io::Result<()> {
         let mut b = LogBatch::default();
-        b.add_command(group, raft_engine::Command::Clean);
+        b.add_command(group, Command::Clean);
         self.write(b).await
     }
 
+    /// Removes log files every group has purged past. Call now and then.
     pub fn purge_files(&self) -> io::Result<Vec<RangeId>> {
         self.engine.purge_expired_files().map_err(io_err)
     }
@@ -211,13 +211,6 @@ impl SharedLog {
     /// Whether a write or fsync has failed (the node must stop).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
-    }
-
-    /// Removes everything of `group` (its replica was removed from this node).
-    pub async fn remove_group(&self, group: RangeId) -> io::Result<()> {
-        let mut b = LogBatch::default();
-        b.add_command(group, Command::Clean);
-        self.write(b).await
     }
 }
 
