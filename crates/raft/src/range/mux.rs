@@ -62,6 +62,12 @@ pub const IN_FLIGHT_MAX: usize = 4;
 pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest batch call on the wire (a snapshot is one message).
 pub const MESSAGE_BYTES_MAX: usize = crate::range::sm::SNAPSHOT_BYTES_MAX + (1 << 20);
+/// Bytes of batches queued on one outgoing stream and not yet taken by HTTP/2, at most. HTTP/2
+/// takes them as fast as the node reads (its flow control): past this, the node has stopped
+/// reading, and the stream is given up with what it queued (a gray failure: the connection up,
+/// the node stuck). Batches whose answers timed out no longer hold their lane's budget, so
+/// without this bound they piled up here for as long as the node stayed stuck.
+pub const STREAM_UNREAD_BYTES_MAX: usize = QUEUED_BYTES_MAX;
 /// Batches of one incoming stream handled at once, at most (each sender keeps at most
 /// [`IN_FLIGHT_MAX`] unanswered, so this bounds only a misbehaving one).
 pub const STREAM_BATCHES_MAX: usize = 64;
@@ -487,8 +493,63 @@ struct Waiting {
 /// An open stream: where its batches go, and who waits for their answers.
 #[derive(Clone)]
 struct OpenStream {
-    tx: mpsc::UnboundedSender<RangeStreamRequest>,
+    tx: mpsc::UnboundedSender<(RangeStreamRequest, usize)>,
+    outgoing: Outgoing,
     waiting: Arc<Mutex<Waiting>>,
+    /// Reads the stream's answers.
+    replies: Arc<tokio::task::AbortHandle>,
+}
+
+impl OpenStream {
+    /// Ends the stream: the batches queued on it and not yet taken by HTTP/2 are dropped (their
+    /// memory with them), and every batch waiting for an answer is answered as failed (it may
+    /// have run).
+    fn give_up(&self) {
+        self.outgoing.drop_queued();
+        self.replies.abort();
+        let mut w = self.waiting.lock();
+        w.closed = true;
+        w.map.clear();
+    }
+}
+
+/// The request side of an outgoing stream: the batches queued for HTTP/2, with the bytes it
+/// has not taken yet. (Shared, so that [`OpenStream::give_up`] can drop what is queued while
+/// HTTP/2 takes nothing; a channel's queue is reachable only from its receiver.)
+#[derive(Clone)]
+struct Outgoing {
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<(RangeStreamRequest, usize)>>>,
+    unread: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outgoing {
+    fn drop_queued(&self) {
+        let mut rx = self.rx.lock();
+        rx.close();
+        while let Ok((_, n)) = rx.try_recv() {
+            self.unread.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn unread(&self) -> usize {
+        self.unread.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl futures::Stream for Outgoing {
+    type Item = RangeStreamRequest;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RangeStreamRequest>> {
+        self.rx.lock().poll_recv(cx).map(|next| {
+            next.map(|(req, n)| {
+                self.unread.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+                req
+            })
+        })
+    }
 }
 
 /// A `Ranges/Stream` to one node, opened on the first batch and again after it ends (the
@@ -496,11 +557,13 @@ struct OpenStream {
 struct BatchStream {
     client: RangesClient<Channel>,
     open: tokio::sync::Mutex<Option<OpenStream>>,
+    /// [`STREAM_UNREAD_BYTES_MAX`] (smaller in tests).
+    unread_max: usize,
 }
 
 impl BatchStream {
     fn new(client: RangesClient<Channel>) -> BatchStream {
-        BatchStream { client, open: tokio::sync::Mutex::new(None) }
+        BatchStream { client, open: tokio::sync::Mutex::new(None), unread_max: STREAM_UNREAD_BYTES_MAX }
     }
 
     /// The open stream, opening it if need be. A failure here sent nothing.
@@ -513,7 +576,8 @@ impl BatchStream {
         }
         *open = None;
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let outgoing = Outgoing { rx: Arc::new(Mutex::new(rx)), unread: Default::default() };
+        let mut req = tonic::Request::new(outgoing.clone());
         crate::network::stamp(&mut req);
         let mut replies = match self.client.clone().stream(req).await {
             Ok(r) => r.into_inner(),
@@ -526,7 +590,7 @@ impl BatchStream {
         };
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let w = waiting.clone();
-        tokio::spawn(async move {
+        let replies = tokio::spawn(async move {
             let end = loop {
                 match replies.message().await {
                     Ok(Some(RangeStreamReply { id, reply })) => {
@@ -544,7 +608,7 @@ impl BatchStream {
             // Dropping the waiters answers each batch with "no answer": it may have run.
             w.map.clear();
         });
-        let s = OpenStream { tx, waiting };
+        let s = OpenStream { tx, outgoing, waiting, replies: Arc::new(replies.abort_handle()) };
         *open = Some(s.clone());
         Ok(s)
     }
@@ -557,6 +621,15 @@ impl BatchStream {
             Ok(s) => s?,
             Err(_) => return Err(CallError::NotSent(format!("no stream opened within {ttl:?}"))),
         };
+        let bytes = batch.messages.iter().map(|m| m.data.len() + 16).sum::<usize>();
+        let unread = s.outgoing.unread();
+        if unread > 0 && unread + bytes > self.unread_max {
+            // The node stopped reading: the next batch opens a new stream.
+            s.give_up();
+            return Err(CallError::NotSent(format!(
+                "the node has not read the {unread} bytes queued on its stream; stream given up"
+            )));
+        }
         let (reply, rx) = oneshot::channel();
         let id = {
             let mut w = s.waiting.lock();
@@ -568,7 +641,9 @@ impl BatchStream {
             w.map.insert(id, reply);
             id
         };
-        if s.tx.send(RangeStreamRequest { id, batch: Some(batch) }).is_err() {
+        s.outgoing.unread.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+        if s.tx.send((RangeStreamRequest { id, batch: Some(batch) }, bytes)).is_err() {
+            s.outgoing.unread.fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
             s.waiting.lock().map.remove(&id);
             return Err(CallError::NotSent("the stream ended".into()));
         }
@@ -942,5 +1017,93 @@ impl Ranges for RangesService {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
         let stats = self.handler.stats().await;
         Ok(tonic::Response::new(RangeStatsReply { stats: encode(&stats).into() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::peer::ranges_server::RangesServer;
+
+    /// A node stuck in a gray failure: its connection is up and it accepts streams, but it
+    /// never reads what comes on them.
+    #[derive(Default)]
+    struct Stuck {
+        streams: Mutex<Vec<tonic::Streaming<RangeStreamRequest>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Ranges for Stuck {
+        type StreamStream = futures::stream::Pending<Result<RangeStreamReply, tonic::Status>>;
+
+        async fn stream(
+            &self,
+            req: tonic::Request<tonic::Streaming<RangeStreamRequest>>,
+        ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+            self.streams.lock().push(req.into_inner());
+            Ok(tonic::Response::new(futures::stream::pending()))
+        }
+
+        async fn batch(
+            &self,
+            _: tonic::Request<RangeBatchRequest>,
+        ) -> Result<tonic::Response<RangeBatchReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stuck"))
+        }
+
+        async fn execute(
+            &self,
+            _: tonic::Request<RangeExecuteRequest>,
+        ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stuck"))
+        }
+
+        async fn stats(
+            &self,
+            _: tonic::Request<RangeStatsRequest>,
+        ) -> Result<tonic::Response<RangeStatsReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("stuck"))
+        }
+    }
+
+    /// Batches sent to a node that stopped reading its stream pile up no further than
+    /// [`STREAM_UNREAD_BYTES_MAX`]: past it the stream is given up, its queued batches dropped
+    /// and the batch not sent. (Their answers time out, which frees the lane for more: they
+    /// once piled up without end in the stream's queue.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_stops_reading_holds_up_a_bounded_number_of_bytes() {
+        const MAX: usize = 8 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RangesServer::new(Stuck::default()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let client = RangesClient::new(channel).max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let mut stream = BatchStream::new(client);
+        stream.unread_max = MAX;
+        let batch = || RangeBatchRequest {
+            messages: vec![RangeMessage { group: 1, kind: Kind::Append as u32, data: vec![7u8; 1 << 20].into() }],
+        };
+        let (mut sent, mut given_up) = (0, 0);
+        for _ in 0..48 {
+            let before = stream.open.lock().await.clone();
+            match stream.submit(batch(), Duration::from_millis(50)).await {
+                Ok(_) => sent += 1,
+                Err(CallError::NotSent(_)) => {
+                    given_up += 1;
+                    let old = before.expect("a stream was open");
+                    assert_eq!(old.outgoing.unread(), 0, "a given-up stream still holds its batches");
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+            let open = stream.open.lock().await.clone().unwrap();
+            assert!(open.outgoing.unread() <= MAX, "{} bytes queued on a stream", open.outgoing.unread());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(given_up >= 1, "{sent} batches of 1 MiB queued for a node that reads nothing, none refused");
     }
 }
