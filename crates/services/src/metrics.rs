@@ -81,6 +81,7 @@ pub struct Metrics {
     ranges_hibernating: Gauge,
     redis_expired_keys: Gauge,
     range_log_bytes: Gauge,
+    range_log_queued_bytes: Gauge,
     range_engine_buffered_bytes: Gauge,
     range_engine_flushes: Gauge,
     range_read_cache_bytes: Gauge,
@@ -152,6 +153,7 @@ impl Metrics {
             ranges_hibernating: Gauge::default(),
             redis_expired_keys: Gauge::default(),
             range_log_bytes: Gauge::default(),
+            range_log_queued_bytes: Gauge::default(),
             range_engine_buffered_bytes: Gauge::default(),
             range_engine_flushes: Gauge::default(),
             range_read_cache_bytes: Gauge::default(),
@@ -285,6 +287,11 @@ impl Metrics {
             "cairn_range_log_bytes",
             "Bytes of the data tier's shared Raft log files",
             m.range_log_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_log_queued_bytes",
+            "Bytes of appends, votes and purges queued for the data tier's shared log writer (at most 64 MiB; callers wait beyond)",
+            m.range_log_queued_bytes.clone(),
         );
         r.register(
             "cairn_range_engine_buffered_bytes",
@@ -434,6 +441,7 @@ impl Metrics {
             self.ranges_hibernating.set(replicas.iter().filter(|r| r.asleep()).count() as i64);
             self.redis_expired_keys.set(get(&crate::expiry::EXPIRED_KEYS));
             self.range_log_bytes.set(host.log_bytes() as i64);
+            self.range_log_queued_bytes.set(host.log_queued_bytes() as i64);
             let eb = host.engine_buffer();
             self.range_engine_buffered_bytes.set(get(&eb.buffered_bytes));
             self.range_engine_flushes.set(get(&eb.flushes));

@@ -1197,6 +1197,11 @@ impl RangeHost {
         self.log.size_bytes()
     }
 
+    /// Bytes queued for the shared log's writer.
+    pub fn log_queued_bytes(&self) -> u64 {
+        self.log.queued_bytes()
+    }
+
     /// Why this node's data tier cannot go on, once it cannot: its shared log failed a write
     /// or fsync, or a range's Raft core stopped on a storage error or a panic (openraft's own
     /// safety checks panic, e.g. on a follower whose log went back: an entry it had

@@ -39,8 +39,11 @@ const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 const RECENT_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes the writer merges into one write (and one fsync) at most.
 const WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Operations queued for the writer at most; a full queue makes callers wait.
-const QUEUE_MAX: usize = 4096;
+/// Bytes of operations queued for the writer at most; a full queue makes callers wait (an
+/// async wait: no runtime thread is held). Each operation counts at least
+/// [`QUEUED_OP_BYTES_MIN`], which bounds their count too.
+const QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+const QUEUED_OP_BYTES_MIN: usize = 1024;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
@@ -94,13 +97,18 @@ type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 struct Job {
     batch: LogBatch,
     done: Done,
+    /// Its room in the queue, given back once it is written.
+    _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The node's one Raft log for all its range replicas.
 pub struct SharedLog {
     engine: Arc<LogEngine>,
     /// `None` once closed.
-    queue: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// Bytes the queue has room for ([`QUEUE_BYTES_MAX`]).
+    room: Arc<tokio::sync::Semaphore>,
+    room_max: usize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
     stats: Arc<LogStats>,
@@ -120,10 +128,10 @@ pub struct LogStats {
 impl SharedLog {
     /// Opens (or creates) the log in `dir`. `sync` false is the unsafe no-fsync mode.
     pub fn open(dir: &Path, sync: bool) -> io::Result<Arc<SharedLog>> {
-        SharedLog::open_with(dir, sync, LogFs::default())
+        SharedLog::open_with(dir, sync, LogFs::default(), QUEUE_BYTES_MAX)
     }
 
-    fn open_with(dir: &Path, sync: bool, fs: LogFs) -> io::Result<Arc<SharedLog>> {
+    fn open_with(dir: &Path, sync: bool, fs: LogFs, room_max: usize) -> io::Result<Arc<SharedLog>> {
         std::fs::create_dir_all(dir)?;
         let cfg = raft_engine::Config {
             dir: dir.display().to_string(),
@@ -137,7 +145,7 @@ impl SharedLog {
             raft_engine::Engine::open_with_file_system(cfg, Arc::new(fs))
                 .map_err(|e| io_err(format!("range log in {}: {e}", dir.display())))?,
         );
-        let (queue, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE_MAX);
+        let (queue, rx) = std::sync::mpsc::channel::<Job>();
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LogStats::default());
         let hold = Arc::new(Mutex::new(()));
@@ -146,6 +154,8 @@ impl SharedLog {
         Ok(Arc::new(SharedLog {
             engine,
             queue: Mutex::new(Some(queue)),
+            room: Arc::new(tokio::sync::Semaphore::new(room_max)),
+            room_max,
             writer: Mutex::new(Some(w)),
             failed,
             stats,
@@ -155,29 +165,48 @@ impl SharedLog {
 
     /// Stops the writer once everything queued is written; later operations are refused.
     pub fn close(&self) {
+        self.room.close();
         drop(self.queue.lock().take());
         if let Some(w) = self.writer.lock().take() {
             let _ = w.join();
         }
     }
 
-    /// Queues `batch`; `done` runs once it is durable (or failed).
-    fn submit(&self, batch: LogBatch, done: Done) -> io::Result<()> {
+    /// Waits until the queue has room for an operation of `bytes` (one larger than the whole
+    /// queue waits for it to be empty).
+    async fn room_for(&self, bytes: usize) -> io::Result<tokio::sync::OwnedSemaphorePermit> {
+        let bytes = bytes.clamp(QUEUED_OP_BYTES_MIN, self.room_max);
+        self.room
+            .clone()
+            .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| io_err("range log: closed"))
+    }
+
+    /// Bytes of operations queued for the writer or being written.
+    pub fn queued_bytes(&self) -> u64 {
+        self.room_max.saturating_sub(self.room.available_permits()) as u64
+    }
+
+    /// Queues `batch` in the room taken for it; `done` runs once it is durable (or failed).
+    fn submit(&self, batch: LogBatch, done: Done, room: tokio::sync::OwnedSemaphorePermit) -> io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(io_err("range log: an earlier write or fsync failed; the node must restart"));
         }
         let q = self.queue.lock().clone().ok_or_else(|| io_err("range log: closed"))?;
-        q.send(Job { batch, done }).map_err(|_| io_err("range log: the writer has stopped"))
+        q.send(Job { batch, done, _room: room }).map_err(|_| io_err("range log: the writer has stopped"))
     }
 
     /// Queues `batch` and waits until it is durable.
     async fn write(&self, batch: LogBatch) -> io::Result<()> {
+        let room = self.room_for(batch.approximate_size()).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(
             batch,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
+            room,
         )?;
         rx.await.map_err(|_| io_err("range log: the writer has stopped"))?
     }
@@ -225,7 +254,7 @@ fn writer(
 ) {
     while let Ok(first) = rx.recv() {
         let _held = hold.lock();
-        let mut jobs = vec![first.done];
+        let mut jobs = vec![(first.done, first._room)];
         let mut batch = first.batch;
         let mut merge_err = None;
         while batch.approximate_size() < WRITE_BYTES_MAX {
@@ -234,7 +263,7 @@ fn writer(
                     if let Err(e) = batch.merge(&mut j.batch) {
                         merge_err = Some(io_err(e));
                     }
-                    jobs.push(j.done);
+                    jobs.push((j.done, j._room));
                 }
                 Err(_) => break,
             }
@@ -264,7 +293,9 @@ fn writer(
                 tracing::error!(error = %e, "range log write failed; every later write is refused");
             }
         }
-        for done in jobs {
+        // Each job's room is given back before its answer (the write is over).
+        for (done, room) in jobs {
+            drop(room);
             done(r.as_ref().map(|_| ()).map_err(io_err));
         }
     }
@@ -297,19 +328,41 @@ impl RangeLog {
         }
     }
 
-    /// Makes an empty log start after `applied` (as if purged up to it), so the state covering
-    /// it is never replayed from entries the log does not have: a replica that needs them gets
-    /// a snapshot. A log that holds entries or a purge point already is left alone.
+    /// Called at start with the state machine's applied log id; makes the log continue that
+    /// state.
+    ///
+    /// - An empty log with no purge point starts after `applied` (as if purged up to it), so
+    ///   the state covering it is never replayed from entries the log does not have: a
+    ///   replica that needs them gets a snapshot.
+    /// - A log whose first entry is past its purge point (an append past a gap, after a
+    ///   snapshot install, reached the disk and openraft's purge that follows it did not) is
+    ///   purged up to `applied`: openraft reads every entry after the purge point at start,
+    ///   and those are not there. The install was synced before that append, so `applied`
+    ///   is at least the snapshot's last entry, just before the first one held.
+    /// - Any other log is left alone.
     pub async fn seed(&self, applied: LogId) -> io::Result<()> {
         self.log.write(LogBatch::default()).await?;
         let purged: Option<LogId> = self.get_key(KEY_PURGED, "the purge point")?;
-        if purged.is_some() || self.engine_span()?.is_some() {
-            return Ok(());
-        }
         let mut b = LogBatch::default();
+        match self.engine_span()? {
+            None if purged.is_none() => {}
+            Some((first, _)) if purged.map_or(0, |p| p.index + 1) < first => {
+                if applied.index + 1 < first {
+                    return Err(io_err(format!(
+                        "range log: range {} holds entries from {first} on, its purge point is {} and its \
+                         state applied only up to {}: the entries between are lost",
+                        self.group,
+                        purged.map_or("none".to_string(), |p| p.index.to_string()),
+                        applied.index
+                    )));
+                }
+                b.add_command(self.group, Command::Compact { index: applied.index + 1 });
+            }
+            _ => return Ok(()),
+        }
         b.put(self.group, KEY_PURGED.to_vec(), encode(&applied)).map_err(io_err)?;
         self.log.write(b).await?;
-        *self.next.lock() = Some(applied.index + 1);
+        *self.next.lock() = Some(self.next_from_engine()?);
         Ok(())
     }
 
@@ -443,6 +496,9 @@ impl RaftLogStorage<RangeConfig> for RangeLog {
             })
             .collect();
         let lens: Vec<usize> = raw.iter().map(|v| v.value.len()).collect();
+        // Room first, waiting (not blocking) while the queue is full; nothing of this group's
+        // is queued meanwhile (openraft makes its log calls one at a time).
+        let room = self.log.room_for(lens.iter().sum()).await?;
         let mut b = LogBatch::default();
         // raft-engine panics on a hole and on overwriting purged entries; openraft never asks
         // for either, and a log that would is refused here rather than crash the node.
@@ -468,7 +524,7 @@ impl RaftLogStorage<RangeConfig> for RangeLog {
         b.delete(self.group, KEY_TAIL.to_vec());
         // Under the copy's lock: the queue first (it may refuse), then the copy.
         let mut recent = self.recent.lock();
-        self.log.submit(b, Box::new(move |r| callback.io_completed(r)))?;
+        self.log.submit(b, Box::new(move |r| callback.io_completed(r)), room)?;
         *next = Some(first_new + lens.len() as u64);
         for (e, len) in entries.into_iter().zip(lens) {
             recent.push(e, len);
@@ -530,7 +586,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let (fs, power_off) = LogFs::volatile();
-                let log = SharedLog::open_with(dir.path(), sync, fs).unwrap();
+                let log = SharedLog::open_with(dir.path(), sync, fs, QUEUE_BYTES_MAX).unwrap();
                 let mut l = RangeLog::new(log.clone(), 7);
                 let (tx, rx) = RangeConfig::oneshot();
                 l.append((0..50).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
@@ -555,7 +611,7 @@ mod tests {
         use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
         let (fs, fail) = LogFs::failing();
-        let log = SharedLog::open_with(dir.path(), true, fs).unwrap();
+        let log = SharedLog::open_with(dir.path(), true, fs, QUEUE_BYTES_MAX).unwrap();
         let mut l = RangeLog::new(log.clone(), 7);
         let (tx, rx) = RangeConfig::oneshot();
         l.append((0..5).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
@@ -569,6 +625,46 @@ mod tests {
         let (tx, _rx) = RangeConfig::oneshot();
         let later = l.append((10..11).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await;
         assert!(later.is_err(), "a later append was taken");
+    }
+
+    /// The writer's queue is bounded in bytes: with the writer held, appends of many groups
+    /// past its room wait for it, on a runtime whose one thread goes on running other tasks
+    /// (the queue's sender once blocked the thread), and are all written once it goes on.
+    #[tokio::test(flavor = "current_thread")]
+    #[allow(clippy::await_holding_lock, reason = "the writer is held on purpose while the test appends")]
+    async fn a_full_queue_makes_appends_wait_without_holding_their_thread() {
+        use openraft::type_config::TypeConfigExt;
+        const ROOM: usize = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open_with(dir.path(), true, LogFs::default(), ROOM).unwrap();
+        let held = log.hold.lock();
+        let queued = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for g in 1..=20u64 {
+            let (log, queued) = (log.clone(), queued.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut l = RangeLog::new(log, g);
+                let (tx, rx) = RangeConfig::oneshot();
+                l.append((0..10).map(|i| entry(i, 1000)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+                queued.fetch_add(1, Ordering::SeqCst);
+                rx.await.unwrap().unwrap();
+            }));
+        }
+        // This task runs while the appends wait: they do not hold the thread.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let taken = queued.load(Ordering::SeqCst);
+        assert!(taken >= 1, "no append was queued");
+        assert!(taken <= (ROOM / 10_000) as u64, "{taken} appends of 10 kB queued in a {ROOM}-byte queue");
+        assert!(log.queued_bytes() <= ROOM as u64 && log.queued_bytes() >= 10_000, "{} queued", log.queued_bytes());
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(log.queued_bytes(), 0);
+        for g in 1..=20u64 {
+            let mut l = RangeLog::new(log.clone(), g);
+            assert_eq!(l.try_get_log_entries(0..10).await.unwrap().len(), 10, "group {g}");
+        }
     }
 
     /// Appends queued faster than the writer writes them (openraft appends again before the
@@ -628,6 +724,48 @@ mod tests {
         let got = read.await.unwrap();
         assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (90..103).collect::<Vec<_>>());
         rx.await.unwrap().unwrap();
+    }
+
+    /// A crash after an append past a gap (a snapshot was installed) and before openraft's
+    /// purge that follows it: the log's first entry is past its purge point. At the next start
+    /// the log is purged up to the state's applied id, so every entry after the purge point is
+    /// there (openraft reads them at start, and the range failed to open, and the node with it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_a_gap_append_and_its_purge_is_repaired_at_start() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SharedLog::open(dir.path(), true).unwrap();
+            let mut l = RangeLog::new(log.clone(), 9);
+            let (tx, rx) = RangeConfig::oneshot();
+            l.append((0..10).map(|i| entry(i, 10)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+            l.purge(entry(5, 0).log_id).await.unwrap();
+            // A snapshot up to 19 was installed; the leader's next entries follow it.
+            let (tx, rx) = RangeConfig::oneshot();
+            l.append((20..25).map(|i| entry(i, 10)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+            log.close();
+        }
+        let log = SharedLog::open(dir.path(), true).unwrap();
+        let mut l = RangeLog::new(log.clone(), 9);
+        l.seed(entry(21, 0).log_id).await.unwrap();
+        let st = l.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id.map(|p| p.index), Some(21));
+        assert_eq!(st.last_log_id.map(|p| p.index), Some(24));
+        let after = l.try_get_log_entries(22..25).await.unwrap();
+        assert_eq!(after.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![22, 23, 24]);
+        // The next append continues the log.
+        let (tx, rx) = RangeConfig::oneshot();
+        l.append(vec![entry(25, 10)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        // A state that does not reach the log's first entry is refused, not papered over.
+        let mut other = RangeLog::new(log.clone(), 10);
+        let (tx, rx) = RangeConfig::oneshot();
+        other.append((30..32).map(|i| entry(i, 10)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        other.purge(entry(10, 0).log_id).await.unwrap();
+        assert!(other.seed(entry(20, 0).log_id).await.is_err());
     }
 
     /// Appends from many groups at once (merged by the writer into shared writes), then a
