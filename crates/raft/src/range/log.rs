@@ -175,7 +175,7 @@ impl SharedLog {
     /// Waits until the queue has room for an operation of `bytes` (one larger than the whole
     /// queue waits for it to be empty).
     async fn room_for(&self, bytes: usize) -> io::Result<tokio::sync::OwnedSemaphorePermit> {
-        let bytes = bytes.clamp(QUEUED_OP_BYTES_MIN, self.room_max);
+        let bytes = bytes.max(QUEUED_OP_BYTES_MIN).min(self.room_max);
         self.room
             .clone()
             .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
@@ -334,11 +334,12 @@ impl RangeLog {
     /// - An empty log with no purge point starts after `applied` (as if purged up to it), so
     ///   the state covering it is never replayed from entries the log does not have: a
     ///   replica that needs them gets a snapshot.
-    /// - A log whose first entry is past its purge point (an append past a gap, after a
-    ///   snapshot install, reached the disk and openraft's purge that follows it did not) is
-    ///   purged up to `applied`: openraft reads every entry after the purge point at start,
-    ///   and those are not there. The install was synced before that append, so `applied`
-    ///   is at least the snapshot's last entry, just before the first one held.
+    /// - A log whose first entry is past its purge point is purged up to `applied` when the
+    ///   state holds every entry missing in between: openraft reads every entry after the
+    ///   purge point at start, and the range would not open. (An append past a gap, after a
+    ///   snapshot install, with the purge that follows it not on disk, would leave such a log;
+    ///   openraft orders that purge before the next append, so it is not expected. The state
+    ///   on disk is durable here: a repair drops only entries it holds.)
     /// - Any other log is left alone.
     pub async fn seed(&self, applied: LogId) -> io::Result<()> {
         self.log.write(LogBatch::default()).await?;
@@ -356,6 +357,13 @@ impl RangeLog {
                         applied.index
                     )));
                 }
+                tracing::warn!(
+                    range = self.group,
+                    first,
+                    purged = ?purged.map(|p| p.index),
+                    applied = applied.index,
+                    "range log: entries missing between the purge point and the first entry; purged up to the applied state"
+                );
                 b.add_command(self.group, Command::Compact { index: applied.index + 1 });
             }
             _ => return Ok(()),

@@ -62,12 +62,18 @@ pub const IN_FLIGHT_MAX: usize = 4;
 pub const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest batch call on the wire (a snapshot is one message).
 pub const MESSAGE_BYTES_MAX: usize = crate::range::sm::SNAPSHOT_BYTES_MAX + (1 << 20);
-/// Bytes of batches queued on one outgoing stream and not yet taken by HTTP/2, at most. HTTP/2
-/// takes them as fast as the node reads (its flow control): past this, the node has stopped
-/// reading, and the stream is given up with what it queued (a gray failure: the connection up,
-/// the node stuck). Batches whose answers timed out no longer hold their lane's budget, so
-/// without this bound they piled up here for as long as the node stayed stuck.
-pub const STREAM_UNREAD_BYTES_MAX: usize = QUEUED_BYTES_MAX;
+/// Bytes of batches queued on one outgoing stream and not yet taken by HTTP/2, at most. Every
+/// message holds its lane's budget ([`QUEUED_BYTES_MAX`]) until it is answered or its answer
+/// times out, so a node that answers never gets past the budget; past it by this margin, it
+/// has stopped reading (a gray failure: the connection up, the node stuck), and the stream is
+/// given up with what it queued. Without this bound, batches whose answers timed out piled up
+/// here for as long as the node stayed stuck.
+///
+/// Giving up drops the batches HTTP/2 has not taken; it cannot reset the stream itself (hyper
+/// keeps the stream's sending half while it waits for the node's flow-control window), which
+/// keeps the batch HTTP/2 took last and its buffer until the connection closes: a few MiB per
+/// stream given up, not a queue without end.
+pub const STREAM_UNREAD_BYTES_MAX: usize = QUEUED_BYTES_MAX + (16 << 20);
 /// Batches of one incoming stream handled at once, at most (each sender keeps at most
 /// [`IN_FLIGHT_MAX`] unanswered, so this bounds only a misbehaving one).
 pub const STREAM_BATCHES_MAX: usize = 64;
@@ -485,7 +491,7 @@ impl Way {
 #[derive(Default)]
 struct Waiting {
     next_id: u64,
-    map: HashMap<u64, oneshot::Sender<RangeBatchReply>>,
+    map: HashMap<u64, oneshot::Sender<Result<RangeBatchReply, CallError>>>,
     /// The stream has ended: nothing more will be answered on it.
     closed: bool,
 }
@@ -505,10 +511,16 @@ impl OpenStream {
     /// memory with them), and every batch waiting for an answer is answered as failed (it may
     /// have run).
     fn give_up(&self) {
-        self.outgoing.drop_queued();
+        let dropped = self.outgoing.drop_queued();
         self.replies.abort();
         let mut w = self.waiting.lock();
         w.closed = true;
+        for id in dropped {
+            if let Some(waiter) = w.map.remove(&id) {
+                let _ = waiter.send(Err(CallError::NotSent("the node stopped reading its stream".into())));
+            }
+        }
+        // The rest may have run.
         w.map.clear();
     }
 }
@@ -523,12 +535,16 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn drop_queued(&self) {
+    /// Drops the batches HTTP/2 has not taken: their ids (they never left this node).
+    fn drop_queued(&self) -> Vec<u64> {
         let mut rx = self.rx.lock();
         rx.close();
-        while let Ok((_, n)) = rx.try_recv() {
+        let mut ids = Vec::new();
+        while let Ok((req, n)) = rx.try_recv() {
             self.unread.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+            ids.push(req.id);
         }
+        ids
     }
 
     fn unread(&self) -> usize {
@@ -595,7 +611,7 @@ impl BatchStream {
                 match replies.message().await {
                     Ok(Some(RangeStreamReply { id, reply })) => {
                         if let Some(waiter) = w.lock().map.remove(&id) {
-                            let _ = waiter.send(reply.unwrap_or_default());
+                            let _ = waiter.send(Ok(reply.unwrap_or_default()));
                         }
                     }
                     Ok(None) => break "the node ended the stream".to_string(),
@@ -654,7 +670,7 @@ impl BatchStream {
 /// A batch sent on a stream, its answer still to come.
 struct Sent {
     id: u64,
-    rx: oneshot::Receiver<RangeBatchReply>,
+    rx: oneshot::Receiver<Result<RangeBatchReply, CallError>>,
     waiting: Arc<Mutex<Waiting>>,
     deadline: tokio::time::Instant,
     ttl: Duration,
@@ -663,7 +679,7 @@ struct Sent {
 impl Sent {
     async fn answer(self) -> Result<RangeBatchReply, CallError> {
         match tokio::time::timeout_at(self.deadline, self.rx).await {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(CallError::Failed("the stream ended before the answer".into())),
             Err(_) => {
                 self.waiting.lock().map.remove(&self.id);
@@ -1068,8 +1084,9 @@ mod tests {
 
     /// Batches sent to a node that stopped reading its stream pile up no further than
     /// [`STREAM_UNREAD_BYTES_MAX`]: past it the stream is given up, its queued batches dropped
-    /// and the batch not sent. (Their answers time out, which frees the lane for more: they
-    /// once piled up without end in the stream's queue.)
+    /// and the batch not sent; the dropped batches are answered as not sent. (Their answers
+    /// time out, which frees the lane for more: they once piled up without end in the
+    /// stream's queue.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_stops_reading_holds_up_a_bounded_number_of_bytes() {
         const MAX: usize = 8 << 20;
@@ -1088,11 +1105,11 @@ mod tests {
         let batch = || RangeBatchRequest {
             messages: vec![RangeMessage { group: 1, kind: Kind::Append as u32, data: vec![7u8; 1 << 20].into() }],
         };
-        let (mut sent, mut given_up) = (0, 0);
+        let (mut sent, mut given_up) = (Vec::new(), 0);
         for _ in 0..48 {
             let before = stream.open.lock().await.clone();
             match stream.submit(batch(), Duration::from_millis(50)).await {
-                Ok(_) => sent += 1,
+                Ok(s) => sent.push(s),
                 Err(CallError::NotSent(_)) => {
                     given_up += 1;
                     let old = before.expect("a stream was open");
@@ -1104,6 +1121,14 @@ mod tests {
             assert!(open.outgoing.unread() <= MAX, "{} bytes queued on a stream", open.outgoing.unread());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(given_up >= 1, "{sent} batches of 1 MiB queued for a node that reads nothing, none refused");
+        let sent_count = sent.len();
+        assert!(given_up >= 1, "{sent_count} batches of 1 MiB queued for a node that reads nothing, none refused");
+        let mut not_sent = 0;
+        for s in sent {
+            if let Err(CallError::NotSent(_)) = s.answer().await {
+                not_sent += 1;
+            }
+        }
+        assert!(not_sent >= 1, "no batch dropped by a given-up stream was answered as not sent");
     }
 }
