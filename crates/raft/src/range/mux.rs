@@ -1082,6 +1082,53 @@ mod tests {
         }
     }
 
+    /// Starts a [`Stuck`] node: its peer URL.
+    async fn stuck_node() -> PeerNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RangesServer::new(Stuck::default()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        PeerNode { peer_urls: vec![format!("http://{addr}")] }
+    }
+
+    /// A message that finds its lane to a node full (the node answers nothing) waits at most
+    /// its time to live for room, then is not sent; it does not wait for the messages ahead
+    /// of it to time out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_waits_for_room_in_a_full_lane_no_longer_than_its_time_to_live() {
+        let node = stuck_node().await;
+        let mux = Mux::new(Default::default());
+        // The lane's budget taken by messages that wait 30 s for their answers.
+        let mut ahead = Vec::new();
+        for i in 0..(QUEUED_BYTES_MAX >> 20) {
+            let (mux, node) = (mux.clone(), node.clone());
+            ahead.push(tokio::spawn(async move {
+                mux.send(
+                    2,
+                    &node,
+                    Lane::Raft,
+                    i as u64,
+                    Kind::Append,
+                    vec![1u8; (1 << 20) - 1],
+                    Duration::from_secs(30),
+                )
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = std::time::Instant::now();
+        let r = mux.send(2, &node, Lane::Raft, 99, Kind::Append, vec![2u8; 100], Duration::from_millis(300)).await;
+        let waited = start.elapsed();
+        assert!(matches!(r, Err(CallError::NotSent(_))), "{r:?}");
+        assert!(waited < Duration::from_secs(3), "waited {waited:?} for room in the lane");
+        for a in ahead {
+            a.abort();
+        }
+    }
+
     /// Batches sent to a node that stopped reading its stream pile up no further than
     /// [`STREAM_UNREAD_BYTES_MAX`]: past it the stream is given up, its queued batches dropped
     /// and the batch not sent; the dropped batches are answered as not sent. (Their answers
