@@ -101,7 +101,7 @@ pub fn set_peer_tls(tls: tonic::transport::ClientTlsConfig) {
 pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
 
 /// This member's cluster ID, stamped on every peer call it makes; set once at start-up.
-static CLUSTER_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+pub(crate) static CLUSTER_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 pub fn set_cluster_id(id: u64) {
     let _ = CLUSTER_ID.set(id);

@@ -77,6 +77,9 @@ pub const STREAM_UNREAD_BYTES_MAX: usize = QUEUED_BYTES_MAX + (16 << 20);
 /// Batches of one incoming stream handled at once, at most (each sender keeps at most
 /// [`IN_FLIGHT_MAX`] unanswered, so this bounds only a misbehaving one).
 pub const STREAM_BATCHES_MAX: usize = 64;
+/// Bytes of the batches of one incoming stream handled at once, at most (a sender's lane holds
+/// at most [`QUEUED_BYTES_MAX`] unanswered); past it the stream is not read until some finish.
+pub const STREAM_BATCH_BYTES_MAX: usize = 4 * QUEUED_BYTES_MAX;
 
 /// The group id of the meta group's messages. They share the batches with the ranges' (one
 /// transport carries every group), and the receiver hands them to the node's meta group
@@ -906,11 +909,13 @@ pub struct RangesService {
     cluster_id: u64,
     handler: Arc<dyn RangeHandler>,
     meta: Option<crate::server::MetaReceiver>,
+    /// [`STREAM_BATCH_BYTES_MAX`] (smaller in tests).
+    stream_bytes_max: usize,
 }
 
 impl RangesService {
     pub fn new(cluster_id: u64, handler: Arc<dyn RangeHandler>) -> Self {
-        RangesService { cluster_id, handler, meta: None }
+        RangesService { cluster_id, handler, meta: None, stream_bytes_max: STREAM_BATCH_BYTES_MAX }
     }
 
     /// Hands the meta group's messages to `meta` (without it they are refused).
@@ -980,6 +985,8 @@ impl Ranges for RangesService {
         let svc = self.clone();
         tokio::spawn(async move {
             let running = Arc::new(Semaphore::new(STREAM_BATCHES_MAX));
+            let kib_max = (svc.stream_bytes_max / 1024).max(1);
+            let running_kib = Arc::new(Semaphore::new(kib_max));
             let closing = svc.handler.closing();
             tokio::pin!(closing);
             // The meta group's appends from this stream, handed on in order (ends with it).
@@ -992,13 +999,26 @@ impl Ranges for RangesService {
                     _ = &mut closing => break,
                 };
                 let Ok(Some(RangeStreamRequest { id, batch })) = next else { break };
-                let Ok(permit) = running.clone().acquire_owned().await else { break };
+                let msgs = batch.map(|b| b.messages).unwrap_or_default();
+                let kib = (msgs.iter().map(|m| m.data.len()).sum::<usize>() / 1024 + 1).min(kib_max) as u32;
+                // Room for it among the batches running, by count and by bytes; the next batch
+                // is not read meanwhile (HTTP/2's flow control then holds the sender back).
+                let room = async {
+                    let permit = running.clone().acquire_owned().await.ok()?;
+                    let bytes = running_kib.clone().acquire_many_owned(kib).await.ok()?;
+                    Some((permit, bytes))
+                };
+                let room = tokio::select! {
+                    r = room => r,
+                    _ = &mut closing => None,
+                };
+                let Some(room) = room else { break };
                 let tx = tx.clone();
-                let answer = svc.start_batch(batch.map(|b| b.messages).unwrap_or_default(), Some(&appends), sender);
+                let answer = svc.start_batch(msgs, Some(&appends), sender);
                 tokio::spawn(async move {
                     let results = answer.await;
                     let _ = tx.send(Ok(RangeStreamReply { id, reply: Some(RangeBatchReply { results }) })).await;
-                    drop(permit);
+                    drop(room);
                 });
             }
         });
@@ -1080,6 +1100,67 @@ mod tests {
         ) -> Result<tonic::Response<RangeStatsReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("stuck"))
         }
+    }
+
+    /// A node whose every Raft message hangs (a group stuck on its storage, say).
+    #[derive(Default)]
+    struct Hanging {
+        started: std::sync::atomic::AtomicUsize,
+    }
+
+    #[tonic::async_trait]
+    impl RangeHandler for Hanging {
+        async fn handle(&self, _: RangeId, _: Kind, _: &[u8]) -> Result<Vec<u8>, String> {
+            self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            futures::future::pending().await
+        }
+        async fn execute(&self, _: RangeRequest) -> Outcome {
+            futures::future::pending().await
+        }
+        async fn execute_reads(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
+            futures::future::pending().await
+        }
+        async fn execute_writes(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Vec<Outcome> {
+            futures::future::pending().await
+        }
+        async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+            Vec::new()
+        }
+        async fn closing(&self) {
+            futures::future::pending().await
+        }
+    }
+
+    /// A node runs the batches of one stream up to a bound in bytes, not only in count: with
+    /// every message hanging, it stops reading the stream once the batches it runs hold the
+    /// bound (the count bound alone let a stream hold 64 batches of any size).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_runs_a_streams_batches_up_to_a_bound_in_bytes() {
+        const MAX: usize = 8 << 20;
+        crate::network::set_cluster_id(0xca1);
+        let cluster = *crate::network::CLUSTER_ID.get().unwrap();
+        let handler = Arc::new(Hanging::default());
+        let mut svc = RangesService::new(cluster, handler.clone());
+        svc.stream_bytes_max = MAX;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc.server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let stream = BatchStream::new(RangesClient::new(channel).max_encoding_message_size(MESSAGE_BYTES_MAX));
+        let mut sent = Vec::new();
+        for g in 0..32u64 {
+            let msg = RangeMessage { group: g + 1, kind: Kind::Append as u32, data: vec![3u8; 1 << 20].into() };
+            sent.push(stream.submit(RangeBatchRequest { messages: vec![msg] }, Duration::from_secs(30)).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let started = handler.started.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(started >= 1, "no batch ran");
+        assert!(started <= MAX >> 20, "{started} batches of 1 MiB run at once under a bound of {MAX} bytes");
     }
 
     /// Starts a [`Stuck`] node: its peer URL.
