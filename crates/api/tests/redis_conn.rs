@@ -319,3 +319,30 @@ async fn a_pipeline_runs_commands_on_other_keys_concurrently_and_each_keys_in_or
     let most = backend.most.load(std::sync::atomic::Ordering::SeqCst);
     assert!(most >= 10, "at most {most} commands ran at once");
 }
+
+/// Two commands of many keys in one pipeline: whether the second waits for the first is
+/// decided in time linear in their keys. It once compared every key of one with every key of
+/// the other, on a runtime thread: a command of 30,000 keys and one of a million took minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_commands_on_many_keys_does_not_compare_every_pair() {
+    // A long reply first: while it goes out (the client reads nothing until it has sent
+    // everything), the server reads the rest ahead, so both commands are there for one batch.
+    let echo = vec![b'e'; 2 << 20];
+    let mut input = format!("*2\r\n$4\r\nECHO\r\n${}\r\n", echo.len()).into_bytes();
+    input.extend(&echo);
+    input.extend(b"\r\n");
+    let mut command = |prefix: &str, n: usize| {
+        input.extend(format!("*{}\r\n$6\r\nEXISTS\r\n", n + 1).as_bytes());
+        for i in 0..n {
+            // All of one length: each comparison goes past the lengths.
+            let k = format!("{prefix}{i:07}");
+            input.extend(format!("${}\r\n{k}\r\n", k.len()).as_bytes());
+        }
+    };
+    command("a", 30_000);
+    command("b", 1_000_000);
+    let start = std::time::Instant::now();
+    let out = exchange(Arc::new(MemBackend::new()), Limits::default(), &input).await;
+    assert!(out.ends_with(b":0\r\n:0\r\n") && out.len() == echo.len() + 20, "{} bytes", out.len());
+    assert!(start.elapsed() < std::time::Duration::from_secs(30), "took {:?}", start.elapsed());
+}

@@ -89,7 +89,8 @@ where
         while batch.len() < most && bytes < DECODED_BYTES_MAX {
             match decoder.decode(&mut buf) {
                 Ok(Some(args)) => {
-                    bytes += args.iter().map(Vec::len).sum::<usize>();
+                    // Each argument costs its bytes and its buffer (empty ones too).
+                    bytes += args.iter().map(|a| a.len() + resp::ARG_OVERHEAD_BYTES).sum::<usize>();
                     batch.push(args);
                 }
                 Ok(None) => break,
@@ -230,16 +231,33 @@ impl Pending {
         matches!(self.cmd, Command::Write(_))
     }
 
+    /// The ranges of its keys, each once (a command of many keys in few ranges compares few).
     fn ranges<B: Backend>(&self, backend: &B) -> &[u64] {
-        self.ranges.get_or_init(|| backend.ranges_of(&self.keys.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+        self.ranges.get_or_init(|| {
+            let mut r = backend.ranges_of(&self.keys.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            r.sort_unstable();
+            r.dedup();
+            r
+        })
     }
 
     /// Whether it must wait for `wave`: it touches one of the wave's keys, or it is a read
     /// and the wave writes in one of its ranges, or the other way round (see
     /// [`Conn::run_batch`]).
+    ///
+    /// Linear in the keys of both (hashed): a command naming a million keys after one that
+    /// named a million others once took minutes of a runtime thread, comparing every pair.
     fn waits_for<B: Backend>(&self, wave: &[Pending], backend: &B) -> bool {
+        // A command of a few keys (nearly all) compares them one by one: no set to build.
+        const HASHED_FROM: usize = 16;
+        let hashed: Option<std::collections::HashSet<&[u8]>> =
+            (self.keys.len() > HASHED_FROM).then(|| self.keys.iter().map(Vec::as_slice).collect());
+        let mine = |k: &Vec<u8>| match &hashed {
+            Some(set) => set.contains(k.as_slice()),
+            None => self.keys.contains(k),
+        };
         wave.iter().any(|p| {
-            p.keys.iter().any(|k| self.keys.contains(k))
+            p.keys.iter().any(mine)
                 || (p.is_write() != self.is_write()
                     && p.ranges(backend).iter().any(|r| self.ranges(backend).contains(r)))
         })

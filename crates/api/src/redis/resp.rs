@@ -81,6 +81,10 @@ pub struct Decoder {
     authenticated: bool,
 }
 
+/// What an argument costs beyond its bytes, as counted against the query and batch limits:
+/// its buffer (an empty argument is not free; Redis counts its `$0` header in the query buffer).
+pub const ARG_OVERHEAD_BYTES: usize = std::mem::size_of::<Vec<u8>>();
+
 /// The most arguments of a command from a client that has not authenticated (Redis's).
 pub const UNAUTHENTICATED_ARGS_MAX: i64 = 10;
 /// The longest argument from a client that has not authenticated (Redis's).
@@ -207,7 +211,7 @@ impl Decoder {
                         return Err(protocol("unauthenticated bulk length"));
                     }
                     let partial = self.partial.as_mut().expect("checked above");
-                    partial.bytes = partial.bytes.saturating_add(len);
+                    partial.bytes = partial.bytes.saturating_add(len + ARG_OVERHEAD_BYTES);
                     if partial.bytes > self.limits.query_bytes_max {
                         return Err(DecodeError::QueryTooBig);
                     }
