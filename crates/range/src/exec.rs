@@ -30,6 +30,23 @@ pub const KEYS_REPLY_MAX: usize = 1 << 20;
 /// Stored key-value pairs in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The most value bytes one MGET returns (over every range it reads): a reply is built in
+/// memory, and a few keys named many times over would otherwise ask a node for terabytes.
+pub const MGET_REPLY_BYTES_MAX: usize = VALUE_BYTES_MAX;
+
+/// KEYS's answer when it matches more than [`KEYS_REPLY_MAX`] keys.
+pub fn keys_too_many() -> Reply {
+    Reply::err(format!("ERR KEYS would return more than {KEYS_REPLY_MAX} keys; use SCAN"))
+}
+
+/// MGET's answer when its values pass [`MGET_REPLY_BYTES_MAX`].
+pub fn mget_too_big() -> Reply {
+    Reply::err(format!(
+        "ERR MGET would return more than {} MiB of values; ask for fewer keys",
+        MGET_REPLY_BYTES_MAX >> 20
+    ))
+}
+
 /// A failure of the store under apply or read. It is not an answer to the client: apply
 /// stops the node on it, a read returns an internal error.
 #[derive(Debug, Error)]
@@ -44,7 +61,9 @@ pub enum ExecError {
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ExecError>;
 
-    /// Entries with `start <= key < end`, in key order, at most `limit` of them.
+    /// Entries with `start <= key < end`, in key order, at most `limit` of them; of each
+    /// value, its first [`crate::record::HEADER_BYTES_MAX`] bytes at most (what scans read:
+    /// a record's header, see [`Record::header`]; a value is not copied for a scan).
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, ExecError>;
 }
 
@@ -358,9 +377,16 @@ pub fn read(cmd: &ReadCmd, kv: &impl KvRead, now_ms: i64) -> Result<Reply, ExecE
         },
         ReadCmd::MGet { keys } => {
             let mut out = Vec::with_capacity(keys.len());
+            let mut bytes = 0usize;
             for k in keys {
                 out.push(match load(kv, k, now_ms)? {
-                    Some(r) if r.kind == Kind::String => Reply::Bulk(r.value),
+                    Some(r) if r.kind == Kind::String => {
+                        bytes += r.value.len();
+                        if bytes > MGET_REPLY_BYTES_MAX {
+                            return Ok(mget_too_big());
+                        }
+                        Reply::Bulk(r.value)
+                    }
                     _ => Reply::Null,
                 });
             }
@@ -433,7 +459,7 @@ pub fn read(cmd: &ReadCmd, kv: &impl KvRead, now_ms: i64) -> Result<Reply, ExecE
                 Ok(true)
             })?;
             if truncated {
-                Reply::err(format!("ERR KEYS would return more than {KEYS_REPLY_MAX} keys; use SCAN"))
+                keys_too_many()
             } else {
                 Reply::Array(out)
             }
@@ -461,8 +487,8 @@ fn live_key<'a>(
 ) -> Result<Option<&'a [u8]>, ExecError> {
     let corrupt = |source| ExecError::Corruption { key: stored.to_vec(), source };
     let key = keys::decode(stored).ok_or_else(|| corrupt(DecodeError::Short { len: stored.len() }))?;
-    let r = Record::decode(value).map_err(corrupt)?;
-    if r.is_expired(now_ms) {
+    let (record_kind, expiry) = Record::header(value).map_err(corrupt)?;
+    if expiry.is_some_and(|at| at <= now_ms) {
         return Ok(None);
     }
     if let Some(p) = pattern {
@@ -472,7 +498,7 @@ fn live_key<'a>(
         }
     }
     if let Some(t) = kind {
-        if !t.eq_ignore_ascii_case(r.kind.name().as_bytes()) {
+        if !t.eq_ignore_ascii_case(record_kind.name().as_bytes()) {
             return Ok(None);
         }
     }

@@ -39,7 +39,7 @@ impl KvRead for MemKv {
             .map
             .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v[..v.len().min(crate::record::HEADER_BYTES_MAX)].to_vec()))
             .collect())
     }
 }

@@ -21,6 +21,8 @@ pub const VALUE_BYTES_MAX: usize = 512 * 1024 * 1024;
 const FORMAT: u8 = 1;
 const FLAG_EXPIRY: u8 = 1;
 const FIXED_BYTES: usize = 3 + 8 + 4;
+/// A record's header at most: what [`Record::header`] reads (a scan copies no more of a value).
+pub const HEADER_BYTES_MAX: usize = FIXED_BYTES + 8;
 
 /// The Redis type of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,6 +134,22 @@ impl Record {
         }
         let mut at = 3 + 8;
         Ok(if flags & FLAG_EXPIRY != 0 { Some(i64::from_be_bytes(take::<8>(bytes, &mut at)?)) } else { None })
+    }
+
+    /// The kind and expiry of an encoded record, from its header alone (`bytes` may be cut
+    /// after [`HEADER_BYTES_MAX`]): what a scan needs, without copying or checking the value.
+    pub fn header(bytes: &[u8]) -> Result<(Kind, Option<i64>), DecodeError> {
+        if bytes.len() < FIXED_BYTES {
+            return Err(DecodeError::Short { len: bytes.len() });
+        }
+        let kind = Kind::from_byte(bytes[1]).ok_or(DecodeError::Kind(bytes[1]))?;
+        let expiry = Record::expiry_of(bytes)?;
+        // The length field follows: a record cut before it is corrupt.
+        let fixed = FIXED_BYTES + if expiry.is_some() { 8 } else { 0 };
+        if bytes.len() < fixed {
+            return Err(DecodeError::Short { len: bytes.len() });
+        }
+        Ok((kind, expiry))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {

@@ -300,3 +300,53 @@ proptest! {
         let _ = postcard::from_bytes::<ReadCmd>(&bytes);
     }
 }
+
+/// Scans (SCAN, KEYS, DBSIZE, FLUSHALL) read records' headers only: the map hands them at most
+/// `HEADER_BYTES_MAX` bytes of each value, and expiry and TYPE filters still hold. (A scan
+/// once copied every value it passed: `SCAN 0 COUNT 100000` over 1 MiB values was 100 GiB.)
+#[test]
+fn scans_read_only_the_headers_of_records() {
+    use cairn_range::record::HEADER_BYTES_MAX;
+    let mut kv = MemKv::new();
+    put_record(&mut kv, "big", &Record::string(vec![7; 1 << 20], None, 1));
+    put_record(&mut kv, "gone", &Record::string(vec![7; 1 << 20], Some(NOW - 1), 1));
+    put_record(&mut kv, "later", &Record::string(vec![7; 1 << 20], Some(NOW + 60_000), 1));
+    put_record(&mut kv, "list", &Record { kind: Kind::List, value: vec![1; 1000], expire_at_ms: None, version: 1 });
+    let page = kv.scan(&KeySpan::redis().start, &KeySpan::redis().end, 100).unwrap();
+    assert_eq!(page.len(), 4);
+    assert!(page.iter().all(|(_, v)| v.len() <= HEADER_BYTES_MAX), "a scan copied a value");
+    assert_eq!(read(&kv, ReadCmd::DbSize { span: KeySpan::redis() }, NOW), Reply::Int(3));
+    let mut all = scan_all(&kv, 10, None, NOW);
+    all.sort();
+    assert_eq!(all, vec![k("big"), k("later"), k("list")]);
+    let lists = ReadCmd::Scan { span: KeySpan::redis(), after: None, count: 10, pattern: None, kind: Some(k("list")) };
+    assert_eq!(read(&kv, lists, NOW), Reply::Array(vec![Reply::Null, Reply::Array(vec![bulk("list")])]));
+    let Reply::Array(mut keys) = read(&kv, ReadCmd::Keys { span: KeySpan::redis(), pattern: k("*") }, NOW) else {
+        panic!("keys")
+    };
+    keys.sort_by_key(|r| match r {
+        Reply::Bulk(b) => b.clone(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(keys, vec![bulk("big"), bulk("later"), bulk("list")]);
+    // A record cut inside its header is still corruption.
+    kv.put(&keys::encode(b"cut"), Record::string(vec![], Some(NOW), 1).encode()[..16].to_vec()).unwrap();
+    assert!(matches!(
+        exec::read(&ReadCmd::DbSize { span: KeySpan::redis() }, &kv, NOW),
+        Err(ExecError::Corruption { .. })
+    ));
+}
+
+/// One MGET returns at most `MGET_REPLY_BYTES_MAX` bytes of values: a key named many times
+/// over once made a node build a reply of any size (terabytes from a 70 kB command).
+#[test]
+fn mget_refuses_a_reply_past_its_bound() {
+    let mut kv = MemKv::new();
+    put_record(&mut kv, "big", &Record::string(vec![7; 4 << 20], None, 1));
+    // (Compared without printing: a failure would print the values.)
+    let small = read(&kv, ReadCmd::MGet { keys: vec![k("big"), k("none")] }, NOW);
+    assert!(small == Reply::Array(vec![Reply::Bulk(vec![7; 4 << 20]), Reply::Null]), "MGET of two keys");
+    let many = (exec::MGET_REPLY_BYTES_MAX >> 22) + 1;
+    let too_big = read(&kv, ReadCmd::MGet { keys: vec![k("big"); many] }, NOW);
+    assert!(too_big == exec::mget_too_big(), "MGET of {many} x 4 MiB was not refused");
+}

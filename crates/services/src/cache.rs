@@ -19,6 +19,7 @@ use cairn_cluster::directory::{slots_of, Descriptor};
 use cairn_raft::range::{Applier, DataView, DataWrite, RangeDesc, RangeReply};
 use cairn_range::cmd::{DataCmd, ReadCmd, WriteReq};
 use cairn_range::exec::{Entries, ExecError, KvAccess, KvRead};
+use cairn_range::record::HEADER_BYTES_MAX;
 use cairn_range::{keys, KeySpan, Reply};
 
 use crate::data::{DataTier, TierError};
@@ -49,7 +50,7 @@ fn scan_view(v: &dyn DataView, start: &[u8], end: &[u8], limit: usize) -> Result
         return Ok(out);
     }
     v.scan(start, end, &mut |k, val| {
-        out.push((k.to_vec(), val.to_vec()));
+        out.push((k.to_vec(), val[..val.len().min(HEADER_BYTES_MAX)].to_vec()));
         out.len() < limit
     })
     .map_err(storage)?;
@@ -68,7 +69,7 @@ impl KvRead for Kv<'_, dyn DataWrite + '_> {
         }
         self.0
             .scan(start, end, &mut |k, v| {
-                out.push((k.to_vec(), v.to_vec()));
+                out.push((k.to_vec(), v[..v.len().min(HEADER_BYTES_MAX)].to_vec()));
                 out.len() < limit
             })
             .map_err(storage)?;
@@ -271,6 +272,10 @@ impl Cache {
                 for (d, span) in ranges {
                     let part = ReadCmd::Keys { span, pattern: pattern.clone() };
                     match self.on_range(&d, part).await {
+                        // The same bound over every range as over one.
+                        Reply::Array(v) if all.len() + v.len() > cairn_range::exec::KEYS_REPLY_MAX => {
+                            return cairn_range::exec::keys_too_many();
+                        }
                         Reply::Array(mut v) => all.append(&mut v),
                         other => return other,
                     }
@@ -453,11 +458,16 @@ impl Cache {
         let mget = matches!(make(vec![]), ReadCmd::MGet { .. });
         let mut values = vec![Reply::Null; keys.len()];
         let mut total = 0i64;
+        let mut bytes = 0usize;
         for (part, positions) in group_positions(&keys, ranges) {
             let reply =
                 self.one(&part[0], true, postcard::to_allocvec(&make(part.clone())).expect("serializable")).await;
             match reply {
                 Reply::Array(vs) if mget && vs.len() == positions.len() => {
+                    bytes += vs.iter().map(|v| if let Reply::Bulk(b) = v { b.len() } else { 0 }).sum::<usize>();
+                    if bytes > cairn_range::exec::MGET_REPLY_BYTES_MAX {
+                        return cairn_range::exec::mget_too_big();
+                    }
                     for (v, p) in vs.into_iter().zip(positions) {
                         values[p] = v;
                     }
