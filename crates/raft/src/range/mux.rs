@@ -1218,15 +1218,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_stops_reading_holds_up_a_bounded_number_of_bytes() {
         const MAX: usize = 8 << 20;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RangesServer::new(Stuck::default()))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let node = stuck_node().await;
         let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+            tonic::transport::Endpoint::from_shared(node.peer_urls[0].clone()).unwrap().connect().await.unwrap();
         let client = RangesClient::new(channel).max_encoding_message_size(MESSAGE_BYTES_MAX);
         let mut stream = BatchStream::new(client);
         stream.unread_max = MAX;
