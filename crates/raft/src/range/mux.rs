@@ -506,7 +506,7 @@ struct OpenStream {
     outgoing: Outgoing,
     waiting: Arc<Mutex<Waiting>>,
     /// Reads the stream's answers.
-    replies: Arc<tokio::task::AbortHandle>,
+    replies: tokio::task::AbortHandle,
 }
 
 impl OpenStream {
@@ -627,7 +627,7 @@ impl BatchStream {
             // Dropping the waiters answers each batch with "no answer": it may have run.
             w.map.clear();
         });
-        let s = OpenStream { tx, outgoing, waiting, replies: Arc::new(replies.abort_handle()) };
+        let s = OpenStream { tx, outgoing, waiting, replies: replies.abort_handle() };
         *open = Some(s.clone());
         Ok(s)
     }
