@@ -261,6 +261,20 @@ impl DataCmd {
         }
     }
 
+    /// The values the command stores as they are (SET's, MSET's, APPEND's suffix, SETRANGE's
+    /// patch), for the size check before it runs.
+    pub fn values(&self) -> Vec<&[u8]> {
+        match self {
+            DataCmd::Set { value, .. }
+            | DataCmd::SetNx { value, .. }
+            | DataCmd::GetSet { value, .. }
+            | DataCmd::Append { value, .. }
+            | DataCmd::SetRange { value, .. } => vec![value],
+            DataCmd::MSet { pairs } | DataCmd::MSetNx { pairs } => pairs.iter().map(|(_, v)| v.as_slice()).collect(),
+            _ => vec![],
+        }
+    }
+
     /// The span for range-wide commands.
     pub fn span(&self) -> Option<&KeySpan> {
         match self {

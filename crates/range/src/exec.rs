@@ -128,6 +128,12 @@ pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply
     if cmd.keys().iter().any(|k| k.len() > keys::KEY_BYTES_MAX) {
         return Ok(Reply::err(format!("ERR key is longer than {} bytes", keys::KEY_BYTES_MAX)));
     }
+    // The front end refuses longer bulk arguments (`proto-max-bulk-len`), but a command in the
+    // log is checked here too: a record past the bound would stop every replica that applies
+    // it (`Record::encode` refuses it, and so does every read of it).
+    if cmd.values().iter().any(|v| v.len() > VALUE_BYTES_MAX) {
+        return Ok(Reply::err(errors::TOO_BIG));
+    }
     Ok(match cmd {
         DataCmd::Set { key, value, cond, get, expiry } => {
             // A plain SET replaces whatever the key held, of any type: only GET, NX/XX and

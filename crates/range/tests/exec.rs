@@ -350,3 +350,27 @@ fn mget_refuses_a_reply_past_its_bound() {
     let too_big = read(&kv, ReadCmd::MGet { keys: vec![k("big"); many] }, NOW);
     assert!(too_big == exec::mget_too_big(), "MGET of {many} x 4 MiB was not refused");
 }
+
+/// A value past the record's bound that reaches a range's log (the front end refuses it, but a
+/// node of another version or setting might not) is an error reply, not a panic in every
+/// replica that applies it; nothing is written.
+#[test]
+fn values_past_the_bound_are_refused_before_any_write() {
+    // (Zeroed pages the kernel hands out lazily: no copy of 512 MiB per command.)
+    let huge = || vec![0u8; cairn_range::record::VALUE_BYTES_MAX + 1];
+    let cmds = vec![
+        DataCmd::Set { key: k("a"), value: huge(), cond: SetCond::Always, get: false, expiry: SetExpiry::Clear },
+        DataCmd::SetNx { key: k("a"), value: huge() },
+        DataCmd::GetSet { key: k("a"), value: huge() },
+        DataCmd::MSet { pairs: vec![(k("b"), k("v")), (k("a"), huge())] },
+        DataCmd::MSetNx { pairs: vec![(k("b"), k("v")), (k("a"), huge())] },
+    ];
+    let too_big = Reply::err("ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+    for cmd in cmds {
+        let mut kv = MemKv::new();
+        // (Compared without printing the command: a failure would print 512 MiB.)
+        let r = exec::apply(&cmd, &mut kv, NOW);
+        assert!(matches!(&r, Ok(reply) if *reply == too_big), "a value past the bound: {:?}", r.map(|_| ()));
+        assert!(kv.is_empty());
+    }
+}

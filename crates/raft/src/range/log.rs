@@ -133,9 +133,15 @@ impl SharedLog {
 
     fn open_with(dir: &Path, sync: bool, fs: LogFs, room_max: usize) -> io::Result<Arc<SharedLog>> {
         std::fs::create_dir_all(dir)?;
+        // Damage is told from a torn tail only where each write is synced before the next one
+        // starts: in the unsafe no-fsync mode several writes may be torn at once.
+        if sync {
+            crate::range::logcheck::check(dir)?;
+        }
         let cfg = raft_engine::Config {
             dir: dir.display().to_string(),
-            // A torn tail (a write cut by a crash) is dropped; damage before it is refused.
+            // A torn tail (a write cut by a crash) is dropped; damage raft-engine would take
+            // for one is refused before it opens the files (`logcheck`).
             recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
             target_file_size: raft_engine::ReadableSize::mb(64),
             purge_threshold: raft_engine::ReadableSize::gb(1),
@@ -814,5 +820,59 @@ mod tests {
                 assert_eq!(*e, entry(i as u64, (g as usize * 997 + i * 31) % 20_000));
             }
         }
+    }
+
+    /// Writes ten batches of group 7 (entries 0..10, one write each) through raft-engine.
+    async fn ten_writes(dir: &Path) {
+        use openraft::type_config::TypeConfigExt;
+        let log = SharedLog::open(dir, true).unwrap();
+        let mut l = RangeLog::new(log.clone(), 7);
+        for i in 0..10 {
+            let (tx, rx) = RangeConfig::oneshot();
+            l.append(vec![entry(i, 1000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        log.close();
+    }
+
+    /// The newest log file and where its batches start.
+    fn newest_batches(dir: &Path) -> (std::path::PathBuf, Vec<usize>) {
+        let (seq, path) = crate::range::logcheck::append_files(dir).unwrap().pop().unwrap();
+        let starts = crate::range::logcheck::batch_starts(&std::fs::read(&path).unwrap(), seq);
+        assert!(starts.len() >= 10, "{} batches", starts.len());
+        (path, starts)
+    }
+
+    /// A batch damaged after it was synced, with intact batches after it, makes the log refuse
+    /// to open; raft-engine alone dropped every entry from it on (a damaged footer) or opened
+    /// over it (damaged entries). A torn last batch is dropped, and what came before it kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damage_before_intact_batches_is_refused_and_a_torn_tail_dropped() {
+        for (what, from_end) in [("entries", None), ("footer", Some(6usize))] {
+            let dir = tempfile::tempdir().unwrap();
+            ten_writes(dir.path()).await;
+            let (path, starts) = newest_batches(dir.path());
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = match from_end {
+                None => starts[5] + 40,
+                Some(back) => starts[6] - back,
+            };
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            let r = SharedLog::open(dir.path(), true);
+            let e = r.err().unwrap_or_else(|| panic!("a log with damaged {what} in its middle opened"));
+            assert!(e.to_string().contains("is damaged"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged file was changed");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        ten_writes(dir.path()).await;
+        let (path, starts) = newest_batches(dir.path());
+        let last = *starts.last().unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(last as u64 + 100).unwrap();
+        let log = SharedLog::open(dir.path(), true).expect("a torn tail is dropped");
+        let mut l = RangeLog::new(log, 7);
+        let kept = l.try_get_log_entries(0..10).await.unwrap();
+        assert!(kept.len() >= 9, "{} entries kept after a torn tail", kept.len());
+        assert_eq!(kept[..9], (0..9).map(|i| entry(i, 1000)).collect::<Vec<_>>()[..]);
     }
 }

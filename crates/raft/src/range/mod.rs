@@ -24,6 +24,7 @@ pub mod gc;
 pub mod hibernate;
 pub mod host;
 pub mod log;
+pub(crate) mod logcheck;
 pub mod mux;
 pub mod sample;
 pub mod sm;

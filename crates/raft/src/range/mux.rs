@@ -285,7 +285,8 @@ impl Mux {
     }
 
     /// Sends several reads of `group` to `target`, which runs them together if it leads the
-    /// range (see `RangeHost::execute_reads`).
+    /// range (see `RangeHost::execute_reads`). An answer that does not hold one outcome per
+    /// read (a peer of another version, say) is an error: callers pair outcomes with reads.
     pub async fn execute_reads(
         &self,
         target: u64,
@@ -298,8 +299,13 @@ impl Mux {
         let reads = cmds.iter().map(|c| c.clone().into()).collect();
         let req = RangeExecuteRequest { group, epoch, read: true, reads, ..Default::default() };
         match self.execute_call(target, node, req, timeout).await {
-            Ok(b) => postcard::from_bytes(&b)
-                .unwrap_or_else(|e| Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}")))),
+            Ok(b) => match postcard::from_bytes::<Result<Vec<Outcome>, Outcome>>(&b) {
+                Ok(Ok(v)) if v.len() != cmds.len() => {
+                    Err(Outcome::Unavailable(format!("node {target:x} answered {} of {} reads", v.len(), cmds.len())))
+                }
+                Ok(r) => r,
+                Err(e) => Err(Outcome::Unavailable(format!("undecodable answer from node {target:x}: {e}"))),
+            },
             Err(CallError::NotSent(e) | CallError::Failed(e) | CallError::Refused(e)) => Err(Outcome::Unavailable(e)),
         }
     }
@@ -1161,6 +1167,57 @@ mod tests {
         let started = handler.started.load(std::sync::atomic::Ordering::SeqCst);
         assert!(started >= 1, "no batch ran");
         assert!(started <= MAX >> 20, "{started} batches of 1 MiB run at once under a bound of {MAX} bytes");
+    }
+
+    /// A node that answers a batch of reads with one outcome too few.
+    struct Short;
+
+    #[tonic::async_trait]
+    impl RangeHandler for Short {
+        async fn handle(&self, _: RangeId, _: Kind, _: &[u8]) -> Result<Vec<u8>, String> {
+            Err("no".into())
+        }
+        async fn execute(&self, _: RangeRequest) -> Outcome {
+            Outcome::Unavailable("no".into())
+        }
+        async fn execute_reads(&self, _: RangeId, _: u64, cmds: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
+            Ok(cmds.into_iter().skip(1).map(Outcome::Done).collect())
+        }
+        async fn execute_writes(&self, _: RangeId, _: u64, cmds: Vec<Vec<u8>>) -> Vec<Outcome> {
+            cmds.into_iter().skip(1).map(Outcome::Done).collect()
+        }
+        async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+            Vec::new()
+        }
+        async fn closing(&self) {
+            futures::future::pending().await
+        }
+    }
+
+    /// A batch of reads or writes answered with fewer outcomes than it holds is an error for
+    /// every command of it: the callers pair outcomes with commands (a short answer once left
+    /// a pipelined read without a reply, and the Redis front end panicked on it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_answer_to_a_batch_is_an_error() {
+        crate::network::set_cluster_id(0xca1);
+        let cluster = *crate::network::CLUSTER_ID.get().unwrap();
+        let svc = RangesService::new(cluster, Arc::new(Short));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc.server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let node = PeerNode { peer_urls: vec![format!("http://{addr}")] };
+        let mux = Mux::new(Default::default());
+        let cmds = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        let t = Duration::from_secs(10);
+        let r = mux.execute_reads(2, &node, 1, 1, &cmds, t).await;
+        assert!(matches!(&r, Err(Outcome::Unavailable(e)) if e.contains("2 of 3")), "{r:?}");
+        let w = mux.execute_writes(2, &node, 1, 1, &cmds, t).await;
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w.iter().all(|o| matches!(o, Outcome::Unknown(_))), "{w:?}");
     }
 
     /// Starts a [`Stuck`] node: its peer URL.
