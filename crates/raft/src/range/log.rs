@@ -25,6 +25,7 @@ use protobuf::well_known_types::BytesValue;
 use raft_engine::{Command, LogBatch, MessageExt};
 
 use crate::range::fs::LogFs;
+use crate::range::logcheck;
 
 /// raft-engine over the power-cut layer's files ([`LogFs`]).
 type LogEngine = raft_engine::Engine<LogFs>;
@@ -134,9 +135,11 @@ impl SharedLog {
     fn open_with(dir: &Path, sync: bool, fs: LogFs, room_max: usize) -> io::Result<Arc<SharedLog>> {
         std::fs::create_dir_all(dir)?;
         // Damage is told from a torn tail only where each write is synced before the next one
-        // starts: in the unsafe no-fsync mode several writes may be torn at once.
+        // starts: a log written in the unsafe no-fsync mode is marked so first.
         if sync {
-            crate::range::logcheck::check(dir)?;
+            logcheck::check(dir)?;
+        } else {
+            logcheck::mark_unsynced(dir)?;
         }
         let cfg = raft_engine::Config {
             dir: dir.display().to_string(),
@@ -151,6 +154,9 @@ impl SharedLog {
             raft_engine::Engine::open_with_file_system(cfg, Arc::new(fs))
                 .map_err(|e| io_err(format!("range log in {}: {e}", dir.display())))?,
         );
+        if sync {
+            logcheck::clear_unsynced(dir)?;
+        }
         let (queue, rx) = std::sync::mpsc::channel::<Job>();
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LogStats::default());
@@ -836,43 +842,84 @@ mod tests {
     }
 
     /// The newest log file and where its batches start.
-    fn newest_batches(dir: &Path) -> (std::path::PathBuf, Vec<usize>) {
+    fn newest_batches(dir: &Path) -> (std::path::PathBuf, Vec<u64>) {
         let (seq, path) = crate::range::logcheck::append_files(dir).unwrap().pop().unwrap();
         let starts = crate::range::logcheck::batch_starts(&std::fs::read(&path).unwrap(), seq);
         assert!(starts.len() >= 10, "{} batches", starts.len());
         (path, starts)
     }
 
-    /// A batch damaged after it was synced, with intact batches after it, makes the log refuse
-    /// to open; raft-engine alone dropped every entry from it on (a damaged footer) or opened
-    /// over it (damaged entries). A torn last batch is dropped, and what came before it kept.
+    /// A batch damaged after it was synced, with batches written after it, makes the log refuse
+    /// to open (raft-engine alone dropped every entry from it on), and so does a damaged file
+    /// header (raft-engine emptied the file); the file is left as it was. Damaged entries in
+    /// the middle are an error when read. A torn last batch is dropped, and what came before it
+    /// kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn damage_before_intact_batches_is_refused_and_a_torn_tail_dropped() {
-        for (what, from_end) in [("entries", None), ("footer", Some(6usize))] {
+    async fn damage_to_synced_batches_is_refused_and_a_torn_tail_dropped() {
+        let damage = |dir: &Path, at: &dyn Fn(&[u64]) -> u64| {
+            let (path, starts) = newest_batches(dir);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at(&starts) as usize] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            (path, bytes)
+        };
+        for (what, at) in
+            [("a footer", &(|s: &[u64]| s[6] - 6) as &dyn Fn(&[u64]) -> u64), ("the file header", &|_: &[u64]| 3)]
+        {
             let dir = tempfile::tempdir().unwrap();
             ten_writes(dir.path()).await;
-            let (path, starts) = newest_batches(dir.path());
-            let mut bytes = std::fs::read(&path).unwrap();
-            let at = match from_end {
-                None => starts[5] + 40,
-                Some(back) => starts[6] - back,
-            };
-            bytes[at] ^= 0x10;
-            std::fs::write(&path, &bytes).unwrap();
+            let (path, bytes) = damage(dir.path(), at);
             let r = SharedLog::open(dir.path(), true);
-            let e = r.err().unwrap_or_else(|| panic!("a log with damaged {what} in its middle opened"));
+            let e = r.err().unwrap_or_else(|| panic!("a log with {what} damaged opened"));
             assert!(e.to_string().contains("is damaged"), "{e}");
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged file was changed");
         }
         let dir = tempfile::tempdir().unwrap();
         ten_writes(dir.path()).await;
+        damage(dir.path(), &|s: &[u64]| s[5] + 40);
+        let log = SharedLog::open(dir.path(), true).expect("damaged entries in the middle are found when read");
+        let mut l = RangeLog::new(log, 7);
+        assert!(l.try_get_log_entries(0..10).await.is_err(), "damaged entries were read");
+
+        let dir = tempfile::tempdir().unwrap();
+        ten_writes(dir.path()).await;
         let (path, starts) = newest_batches(dir.path());
         let last = *starts.last().unwrap();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(last as u64 + 100).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(last + 100).unwrap();
         let log = SharedLog::open(dir.path(), true).expect("a torn tail is dropped");
         let mut l = RangeLog::new(log, 7);
         let kept = l.try_get_log_entries(0..10).await.unwrap();
         assert!(kept.len() >= 9, "{} entries kept after a torn tail", kept.len());
         assert_eq!(kept[..9], (0..9).map(|i| entry(i, 1000)).collect::<Vec<_>>()[..]);
+    }
+
+    /// A log written in the unsafe no-fsync mode may hold several torn writes: opened with
+    /// fsync again, its newest file is taken as torn, not damaged; once everything it holds is
+    /// synced, the mark goes and the check applies again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_written_without_fsync_opens_with_fsync_again() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SharedLog::open(dir.path(), false).unwrap();
+            assert!(dir.path().join(logcheck::UNSYNCED_MARK).exists());
+            let mut l = RangeLog::new(log.clone(), 7);
+            for i in 0..10 {
+                let (tx, rx) = RangeConfig::oneshot();
+                l.append(vec![entry(i, 1000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+                rx.await.unwrap().unwrap();
+            }
+            log.close();
+        }
+        // Writes 5 and 6 of the no-fsync run lost, 7 on kept (as a power cut may leave it).
+        let (path, starts) = newest_batches(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[starts[6] as usize - 6] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let log = SharedLog::open(dir.path(), true).expect("a log written without fsync opens");
+        assert!(!dir.path().join(logcheck::UNSYNCED_MARK).exists(), "the mark stayed");
+        let mut l = RangeLog::new(log.clone(), 7);
+        assert!(l.try_get_log_entries(0..3).await.unwrap().len() == 3);
+        log.close();
     }
 }

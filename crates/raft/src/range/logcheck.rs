@@ -5,26 +5,35 @@
 //! batch that fails to decode, taking it for the tail a crash tore. It cannot tell that from a
 //! batch damaged after it was synced (a bad sector, a stray write): it then drops entries this
 //! node acknowledged, which Raft's safety rests on, with only a warning, and it truncates the
-//! file, so the evidence is gone too. (It also truncates the last batch of an older file when
-//! only that batch's entries block is bad.)
+//! file, so the evidence is gone too. It also cuts the last batch of an older file whose entries
+//! block is bad, and empties a newest file whose header is bad.
 //!
-//! What tells them apart here: the shared log has one writer, which syncs each write before it
-//! starts the next (`log::writer`), so only the last write can be torn. A bad batch followed by
-//! an intact one was synced before it went bad. So, before raft-engine opens the append queue:
+//! What tells them apart here: the shared log has one writer, which syncs each write (one
+//! batch) before it starts the next (`log::writer`), and raft-engine syncs a new file's header
+//! before its first batch, so only the last batch can be torn. A bad batch followed by a batch
+//! written after it was synced before it went bad. So, before raft-engine opens the append
+//! queue:
 //!
-//! - every file but the newest must be intact to its end (raft-engine refuses most damage there
-//!   itself; this also refuses the case it truncates);
-//! - in the newest file, at the first bad batch: when its header still gives its length and the
-//!   batch right after it is intact, the bad batch is damage, not a tear, and the log is refused.
+//! - every file but the newest must be whole: each batch's footer checksum, and the last
+//!   batch's entries checksum (raft-engine refuses the rest of the damage there itself);
+//! - in the newest file, at the first batch whose footer fails: when its header still gives its
+//!   length and a batch of this file's life (its footer checksum holds) starts right after it,
+//!   it is damage, not a tear, and the log is refused; so is a bad file header with an intact
+//!   first batch after it.
 //!
-//! A batch is intact when both its checksums hold. Batches left from a reused file's earlier
-//! life carry another file number in their checksum (raft-engine's signature), so they are not
-//! taken for later writes. Limits: damage that destroys a batch's header (16 bytes) or spans two
-//! batches is still taken for a tail, since nothing then says where the next batch starts. The
-//! next batch is looked for only where the header says, not at every offset: user values in the
-//! log could otherwise forge an "intact" batch in what a crash left behind, and stop a node from
-//! starting. The rewrite queue (raft-engine's own compaction, written with several writes per
-//! sync) is not checked.
+//! Batches left from a reused file's earlier life carry another file number in their footer
+//! checksum (raft-engine's signature), so they are not taken for later writes. As raft-engine
+//! does, only the files from the last gap in their numbers on count (older ones are left over).
+//!
+//! Limits: damage that destroys a batch's header (16 bytes) or spans two batches is still taken
+//! for a tail, since nothing then says where the next batch starts. The next batch is looked
+//! for only where the header says, not at every offset: user values in the log could otherwise
+//! forge a batch in what a crash left behind, and stop a node from starting. Entries blocks
+//! other than a file's last are not read here: raft-engine checks each one when it reads it. The
+//! rewrite queue (raft-engine's own compaction, several writes per sync) is not checked.
+//! A log written in the unsafe no-fsync mode may hold several torn batches: such a log is
+//! marked ([`UNSYNCED_MARK`]), and the newest file's rule is not applied to it until everything
+//! it holds has been synced.
 //!
 //! raft-engine 0.4 offers no check that does not repair, so this reads its file format itself
 //! (`file_pipe_log/format.rs` and `log_batch.rs` there): a file is a header (magic, version,
@@ -34,36 +43,77 @@
 //! raft-engine and walk what it wrote.
 
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"RAFT-LOG-FILE-HEADER-9986AB3E47F320B394C8E84916EB0ED5";
-const BATCH_HEADER_BYTES: usize = 16;
+/// A file header: the magic, the version, and (version 2) the alignment.
+const FILE_HEADER_BYTES_MAX: usize = MAGIC.len() + 16;
+const BATCH_HEADER_BYTES: u64 = 16;
 const CHECKSUM_BYTES: usize = 4;
 const APPEND_SUFFIX: &str = ".raftlog";
 const SEQ_DIGITS: usize = 16;
+/// The file in the log's directory that says it was written without fsync.
+pub const UNSYNCED_MARK: &str = "UNSYNCED";
+
+/// What a walk reads: a file, by positioned reads, or bytes in memory (tests).
+trait Source {
+    fn size(&self) -> u64;
+    /// The `n` bytes at `at`, or `None` when they run past the end.
+    fn get(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>>;
+}
+
+struct FileSource {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl Source for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn get(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>> {
+        if at.checked_add(n).is_none_or(|end| end > self.size) {
+            return Ok(None);
+        }
+        let mut b = vec![0; usize::try_from(n).map_err(io::Error::other)?];
+        self.file.read_exact_at(&mut b, at)?;
+        Ok(Some(b))
+    }
+}
+
+impl Source for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn get(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>> {
+        let end = at.checked_add(n);
+        Ok(end.and_then(|end| <[u8]>::get(self, at as usize..end as usize)).map(<[u8]>::to_vec))
+    }
+}
 
 /// A file's format, from its header.
 struct Format {
     /// Where the first batch starts.
-    start: usize,
+    start: u64,
     /// XORed into each footer's checksum (format 2): the file's number.
     signature: Option<u32>,
     /// Batches start at multiples of it, zeros between (0: no alignment).
-    alignment: usize,
+    alignment: u64,
 }
 
 fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
-fn format(file: &[u8], seq: u64) -> Option<Format> {
-    let rest = file.strip_prefix(MAGIC)?;
+fn format(head: &[u8], seq: u64) -> Option<Format> {
+    let rest = head.strip_prefix(MAGIC)?;
     match be_u64(rest)? {
-        1 => Some(Format { start: MAGIC.len() + 8, signature: None, alignment: 0 }),
+        1 => Some(Format { start: MAGIC.len() as u64 + 8, signature: None, alignment: 0 }),
         2 => Some(Format {
-            start: MAGIC.len() + 16,
+            start: MAGIC.len() as u64 + 16,
             signature: Some(seq as u32),
-            alignment: usize::try_from(be_u64(rest.get(8..)?)?).ok()?,
+            alignment: be_u64(rest.get(8..)?)?,
         }),
         _ => None,
     }
@@ -79,82 +129,130 @@ fn checksum_holds(block: &[u8], signature: Option<u32>) -> bool {
     crc32fast::hash(data) == stored
 }
 
-/// The batch header at `at`: the batch's length and its footer's offset, when they make sense
-/// and the batch fits in the file.
-fn header_at(file: &[u8], at: usize) -> Option<(usize, usize)> {
-    let h = file.get(at..at.checked_add(BATCH_HEADER_BYTES)?)?;
-    let len_and_kind = be_u64(h)?;
-    // The compression: none (0) or LZ4 (1).
-    if len_and_kind & 0xff > 1 {
-        return None;
-    }
-    let len = usize::try_from(len_and_kind >> 8).ok()?;
-    let footer = usize::try_from(be_u64(&h[8..])?).ok()?;
-    if footer < BATCH_HEADER_BYTES || footer > len || at.checked_add(len)? > file.len() {
-        return None;
-    }
-    Some((len, footer))
+/// A batch's header: its length and its footer's offset.
+#[derive(Clone, Copy)]
+struct Header {
+    len: u64,
+    footer: u64,
 }
 
-/// The length of the intact batch at `at`, or `None`.
-fn intact_at(file: &[u8], at: usize, signature: Option<u32>) -> Option<usize> {
-    let (len, footer) = header_at(file, at)?;
-    let batch = &file[at..at + len];
-    let entries = &batch[BATCH_HEADER_BYTES..footer];
-    let ok = checksum_holds(&batch[footer..], signature) && (entries.is_empty() || checksum_holds(entries, None));
-    ok.then_some(len)
+/// The batch header at `at`, when it makes sense and the batch fits in the file.
+fn header_at(src: &(impl Source + ?Sized), at: u64) -> io::Result<Option<Header>> {
+    let Some(h) = src.get(at, BATCH_HEADER_BYTES)? else { return Ok(None) };
+    let (len_and_kind, footer) = (be_u64(&h).expect("16 bytes"), be_u64(&h[8..]).expect("16 bytes"));
+    // The compression: none (0) or LZ4 (1).
+    let len = len_and_kind >> 8;
+    let fits = at.checked_add(len).is_some_and(|end| end <= src.size());
+    Ok((len_and_kind & 0xff <= 1 && footer >= BATCH_HEADER_BYTES && footer <= len && fits)
+        .then_some(Header { len, footer }))
+}
+
+/// The batch at `at` when its header makes sense and its footer's checksum holds: written in
+/// this file's life (raft-engine's reader takes the same for a batch).
+fn batch_at(src: &(impl Source + ?Sized), at: u64, signature: Option<u32>) -> io::Result<Option<Header>> {
+    let Some(h) = header_at(src, at)? else { return Ok(None) };
+    let footer = src.get(at + h.footer, h.len - h.footer)?.unwrap_or_default();
+    Ok(checksum_holds(&footer, signature).then_some(h))
+}
+
+/// Whether the entries block of the batch at `at` is whole.
+fn entries_hold(src: &(impl Source + ?Sized), at: u64, h: Header) -> io::Result<bool> {
+    if h.footer == BATCH_HEADER_BYTES {
+        return Ok(true);
+    }
+    let entries = src.get(at + BATCH_HEADER_BYTES, h.footer - BATCH_HEADER_BYTES)?.unwrap_or_default();
+    Ok(checksum_holds(&entries, None))
+}
+
+/// Whether everything from `at` to the end is zeros (what raft-engine allocated ahead).
+fn zeros_from(src: &(impl Source + ?Sized), mut at: u64) -> io::Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    while at < src.size() {
+        let n = CHUNK.min(src.size() - at);
+        if src.get(at, n)?.is_none_or(|b| b.iter().any(|x| *x != 0)) {
+            return Ok(false);
+        }
+        at += n;
+    }
+    Ok(true)
 }
 
 /// What a walk of one file found.
 #[derive(Debug, PartialEq, Eq)]
 enum Walk {
-    /// Intact batches to the end (or to zeros the alignment allows).
-    Intact,
-    /// The first bad batch is at `at`; `next` is where the batch after it starts when its
-    /// header says so and that batch is intact.
-    Bad { at: usize, next: Option<usize> },
+    /// Whole to its end (or to zeros).
+    Whole,
+    /// The newest file's last write, torn from `at` on: raft-engine drops it.
+    Torn { at: u64 },
+    /// Damage to data that was synced.
+    Damaged(String),
 }
 
-fn walk(file: &[u8], seq: u64) -> Walk {
-    let Some(f) = format(file, seq) else {
-        return Walk::Bad { at: 0, next: None };
+/// Walks one file, number `seq`; `newest`: the newest file, whose last batch may be torn.
+fn walk(src: &(impl Source + ?Sized), seq: u64, newest: bool) -> io::Result<Walk> {
+    let head = src.get(0, FILE_HEADER_BYTES_MAX.min(src.size() as usize) as u64)?.unwrap_or_default();
+    let Some(f) = format(&head, seq) else {
+        // A new file's header is synced before its first batch: an intact batch after a bad
+        // header means the header went bad later.
+        for (start, signature) in [(MAGIC.len() as u64 + 16, Some(seq as u32)), (MAGIC.len() as u64 + 8, None)] {
+            if batch_at(src, start, signature)?.is_some() {
+                return Ok(Walk::Damaged(format!(
+                    "the file header is damaged, and the batch at offset {start} is intact"
+                )));
+            }
+        }
+        return Ok(if newest { Walk::Torn { at: 0 } } else { Walk::Damaged("the file header is damaged".into()) });
     };
     let mut at = f.start;
-    while at < file.len() {
-        if let Some(len) = intact_at(file, at, f.signature) {
-            at += len;
+    let mut last: Option<(u64, Header)> = None;
+    let mut torn = None;
+    while at < src.size() {
+        if let Some(h) = batch_at(src, at, f.signature)? {
+            last = Some((at, h));
+            at += h.len;
             continue;
         }
         if f.alignment > 0 {
             let aligned = at.div_ceil(f.alignment) * f.alignment;
-            if aligned > at && aligned <= file.len() && file[at..aligned].iter().all(|b| *b == 0) {
+            if aligned > at
+                && aligned <= src.size()
+                && src.get(at, aligned - at)?.is_some_and(|b| b.iter().all(|x| *x == 0))
+            {
                 at = aligned;
                 continue;
             }
         }
-        let next = header_at(file, at)
-            .map(|(len, _)| at + len)
-            .filter(|n| *n < file.len() && intact_at(file, *n, f.signature).is_some());
-        return Walk::Bad { at, next };
+        if !newest {
+            return Ok(Walk::Damaged(format!("the batch at offset {at} is damaged, and newer files follow")));
+        }
+        if let Some(h) = header_at(src, at)? {
+            let next = at + h.len;
+            if next < src.size() && batch_at(src, next, f.signature)?.is_some() {
+                return Ok(Walk::Damaged(format!(
+                    "the batch at offset {at} is damaged, and a batch written after it follows at offset {next}"
+                )));
+            }
+        }
+        if !zeros_from(src, at)? {
+            torn = Some(at);
+        }
+        break;
     }
-    Walk::Intact
+    // raft-engine checks the entries of each file's last batch as it opens the file, and cuts
+    // a bad one: in the newest file that is the last write, torn; in an older one, damage.
+    if let Some((at, h)) = last {
+        if !entries_hold(src, at, h)? {
+            if !newest {
+                return Ok(Walk::Damaged(format!("the entries of the last batch, at offset {at}, are damaged")));
+            }
+            torn = Some(torn.map_or(at, |t| t.min(at)));
+        }
+    }
+    Ok(torn.map_or(Walk::Whole, |at| Walk::Torn { at }))
 }
 
-/// Where each intact batch of `file` starts, up to the first bad one (for tests that damage
-/// a log raft-engine wrote).
-#[cfg(test)]
-pub(crate) fn batch_starts(file: &[u8], seq: u64) -> Vec<usize> {
-    let Some(f) = format(file, seq) else { return Vec::new() };
-    let mut at = f.start;
-    let mut starts = Vec::new();
-    while let Some(len) = intact_at(file, at, f.signature) {
-        starts.push(at);
-        at += len;
-    }
-    starts
-}
-
-/// The append queue's files in `dir`, oldest first.
+/// The append queue's files in `dir` that raft-engine reads, oldest first: those after the
+/// last gap in their numbers (older ones are left over from a purge a crash cut short).
 pub(crate) fn append_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir)? {
@@ -170,44 +268,82 @@ pub(crate) fn append_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         }
     }
     files.sort();
-    Ok(files)
+    let run = files.windows(2).rposition(|w| w[1].0 != w[0].0 + 1).map_or(0, |i| i + 1);
+    Ok(files.split_off(run))
 }
 
 /// Checks the shared log's append queue in `dir` (see the module's doc): an error names the
 /// file and the offsets when a batch there is damaged rather than torn.
 pub fn check(dir: &Path) -> io::Result<()> {
+    let unsynced = dir.join(UNSYNCED_MARK).exists();
     let files = append_files(dir)?;
     let newest = files.last().map(|(seq, _)| *seq);
     for (seq, path) in files {
-        let file = std::fs::read(&path)?;
-        let refuse = |what: String| {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "range log {}: {what}; entries this node acknowledged would be lost, so the log is \
-                     not opened. Its range replicas must be re-created from their peers: remove the \
-                     node (`cairn node remove`), clear its data directory and join it again",
-                    path.display()
-                ),
-            ))
-        };
-        match walk(&file, seq) {
-            Walk::Intact => {}
-            Walk::Bad { at, .. } if Some(seq) != newest => {
-                return refuse(format!("the batch at offset {at} is damaged, and newer files follow"));
+        let file = std::fs::File::open(&path)?;
+        let size = file.metadata()?.len();
+        let src = FileSource { file, size };
+        let is_newest = Some(seq) == newest;
+        match walk(&src, seq, is_newest)? {
+            Walk::Whole => {}
+            Walk::Torn { at } => {
+                tracing::warn!(file = %path.display(), offset = at, "range log: a torn last write is dropped")
             }
-            Walk::Bad { at, next: Some(next) } => {
-                return refuse(format!(
-                    "the batch at offset {at} is damaged, and an intact batch written after it follows at \
-                     offset {next}"
+            Walk::Damaged(_) if is_newest && unsynced => {
+                tracing::warn!(file = %path.display(), "range log: written without fsync; its tail is dropped")
+            }
+            Walk::Damaged(what) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "range log {}: {what}; the log is not opened, since raft-engine would drop what \
+                         it holds from there on. The node's range replicas must be re-created from their \
+                         peers: remove the node (`cairn node remove`), clear its data directory and join \
+                         it again",
+                        path.display()
+                    ),
                 ));
-            }
-            Walk::Bad { at, next: None } => {
-                tracing::warn!(file = %path.display(), offset = at, "range log: a torn tail is dropped");
             }
         }
     }
     Ok(())
+}
+
+/// Marks the log in `dir` as written without fsync (see [`UNSYNCED_MARK`]), durably, before
+/// any such write.
+pub fn mark_unsynced(dir: &Path) -> io::Result<()> {
+    std::fs::File::create(dir.join(UNSYNCED_MARK))?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Once the log in `dir` is opened with fsync again: syncs every file it holds (what the
+/// no-fsync run wrote), then removes the mark.
+pub fn clear_unsynced(dir: &Path) -> io::Result<()> {
+    let mark = dir.join(UNSYNCED_MARK);
+    if !mark.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_file() && p != mark {
+            std::fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    std::fs::remove_file(&mark)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Where each batch of `file` (number `seq`) starts, up to the first bad one (for tests that
+/// damage a log raft-engine wrote).
+#[cfg(test)]
+pub(crate) fn batch_starts(file: &[u8], seq: u64) -> Vec<u64> {
+    let Some(f) = format(file, seq) else { return Vec::new() };
+    let mut at = f.start;
+    let mut starts = Vec::new();
+    while let Ok(Some(h)) = batch_at(file, at, f.signature) {
+        starts.push(at);
+        at += h.len;
+    }
+    starts
 }
 
 #[cfg(test)]
@@ -221,7 +357,7 @@ mod tests {
         }
         let mut f = items.to_vec();
         f.extend_from_slice(&(crc32fast::hash(items) ^ signature).to_le_bytes());
-        let footer = BATCH_HEADER_BYTES + e.len();
+        let footer = BATCH_HEADER_BYTES as usize + e.len();
         let len = footer + f.len();
         let mut b = ((len as u64) << 8).to_be_bytes().to_vec();
         b.extend_from_slice(&(footer as u64).to_be_bytes());
@@ -240,31 +376,67 @@ mod tests {
         f
     }
 
+    fn walk_of(f: &[u8], seq: u64, newest: bool) -> Walk {
+        walk(f, seq, newest).unwrap()
+    }
+
+    fn damaged(w: Walk) -> bool {
+        matches!(w, Walk::Damaged(_))
+    }
+
     #[test]
-    fn a_walk_tells_a_torn_tail_from_damage_before_intact_batches() {
+    fn a_walk_tells_a_torn_tail_from_damage_to_synced_batches() {
         let seq = 7;
         let bs: Vec<Vec<u8>> = (0..3u8).map(|i| batch(&[i; 100], &[i; 20], seq as u32)).collect();
-        let start = MAGIC.len() + 16;
-        let mut f = file(&bs);
-        assert_eq!(walk(&f, seq), Walk::Intact);
-        // The last batch torn: a tail.
-        let whole = f.len();
-        f.truncate(whole - 30);
-        assert_eq!(walk(&f, seq), Walk::Bad { at: start + 2 * bs[0].len(), next: None });
-        // ... or followed by zeros, or by a batch of the file's earlier life (another number).
-        f.resize(whole + 4096, 0);
-        assert!(matches!(walk(&f, seq), Walk::Bad { next: None, .. }));
+        let start = FILE_HEADER_BYTES_MAX as u64;
+        let third = start + 2 * bs[0].len() as u64;
+        let whole = file(&bs);
+        assert_eq!(walk_of(&whole, seq, true), Walk::Whole);
+        assert_eq!(walk_of(&whole, seq, false), Walk::Whole);
+        // The last batch torn: a tail in the newest file, damage in an older one.
+        let mut f = whole.clone();
+        f.truncate(whole.len() - 30);
+        assert_eq!(walk_of(&f, seq, true), Walk::Torn { at: third });
+        assert!(damaged(walk_of(&f, seq, false)));
+        // ... torn in its entries only (its footer whole): the same.
+        let mut f = whole.clone();
+        f[third as usize + 20] ^= 1;
+        assert_eq!(walk_of(&f, seq, true), Walk::Torn { at: third });
+        assert!(damaged(walk_of(&f, seq, false)));
+        // Zeros after the last batch (allocated ahead): whole. A batch of the file's earlier
+        // life (another number) after a torn one: a tail.
+        let mut f = whole.clone();
+        f.resize(whole.len() + 4096, 0);
+        assert_eq!(walk_of(&f, seq, true), Walk::Whole);
         let mut g = file(&bs[..2]);
         g.extend_from_slice(&bs[2][..60]);
         g.extend_from_slice(&batch(&[9; 100], &[9; 20], 3));
-        assert!(matches!(walk(&g, seq), Walk::Bad { next: None, .. }));
-        // The middle batch damaged in its entries, or its items: intact batches follow.
-        for flip in [BATCH_HEADER_BYTES + 10, bs[0].len() - 6] {
-            let mut f = file(&bs);
-            f[start + bs[0].len() + flip] ^= 1;
-            assert_eq!(walk(&f, seq), Walk::Bad { at: start + bs[0].len(), next: Some(start + 2 * bs[0].len()) });
+        assert_eq!(walk_of(&g, seq, true), Walk::Torn { at: third });
+        // The middle batch's footer damaged, with a batch of this life after it: damage.
+        let mut f = whole.clone();
+        f[start as usize + 2 * bs[0].len() - 6] ^= 1;
+        assert!(damaged(walk_of(&f, seq, true)));
+        // ... also when the batch after it is torn in its entries (its footer written).
+        f[third as usize + 20] ^= 1;
+        assert!(damaged(walk_of(&f, seq, true)));
+        // A damaged file header with an intact first batch: damage; a torn one (nothing
+        // intact after it): a tail.
+        let mut f = whole.clone();
+        f[3] ^= 1;
+        assert!(damaged(walk_of(&f, seq, true)));
+        assert_eq!(walk_of(&f[..40], seq, true), Walk::Torn { at: 0 });
+        // Batches of another file number are not this file's.
+        assert_eq!(walk_of(&whole, seq + 1, true), Walk::Torn { at: start });
+    }
+
+    #[test]
+    fn only_the_files_after_the_last_gap_count() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [1u64, 2, 5, 6, 7] {
+            std::fs::write(dir.path().join(format!("{seq:016}{APPEND_SUFFIX}")), b"").unwrap();
         }
-        // A batch of another file number is not intact here.
-        assert!(matches!(walk(&file(&bs), seq + 1), Walk::Bad { at, .. } if at == start));
+        std::fs::write(dir.path().join(format!("{:016}.raftlog.reserved", 9)), b"").unwrap();
+        let seqs: Vec<u64> = append_files(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, vec![5, 6, 7]);
     }
 }
