@@ -261,17 +261,29 @@ impl DataCmd {
         }
     }
 
-    /// The values the command stores as they are (SET's, MSET's, APPEND's suffix, SETRANGE's
-    /// patch), for the size check before it runs.
-    pub fn values(&self) -> Vec<&[u8]> {
+    /// The longest value the command stores as it is (SET's, MSET's, APPEND's suffix,
+    /// SETRANGE's patch), for the size check before it runs; 0 for the others.
+    pub fn value_bytes_max(&self) -> usize {
         match self {
             DataCmd::Set { value, .. }
             | DataCmd::SetNx { value, .. }
             | DataCmd::GetSet { value, .. }
             | DataCmd::Append { value, .. }
-            | DataCmd::SetRange { value, .. } => vec![value],
-            DataCmd::MSet { pairs } | DataCmd::MSetNx { pairs } => pairs.iter().map(|(_, v)| v.as_slice()).collect(),
-            _ => vec![],
+            | DataCmd::SetRange { value, .. } => value.len(),
+            DataCmd::MSet { pairs } | DataCmd::MSetNx { pairs } => {
+                pairs.iter().map(|(_, v)| v.len()).max().unwrap_or(0)
+            }
+            DataCmd::Del { .. }
+            | DataCmd::Expire { .. }
+            | DataCmd::Persist { .. }
+            | DataCmd::GetDel { .. }
+            | DataCmd::GetEx { .. }
+            | DataCmd::IncrBy { .. }
+            | DataCmd::IncrByFloat { .. }
+            | DataCmd::Rename { .. }
+            | DataCmd::RenameNx { .. }
+            | DataCmd::Flush { .. }
+            | DataCmd::ExpireDelete { .. } => 0,
         }
     }
 

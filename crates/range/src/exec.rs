@@ -131,7 +131,7 @@ pub fn apply(cmd: &DataCmd, kv: &mut impl KvAccess, now_ms: i64) -> Result<Reply
     // The front end refuses longer bulk arguments (`proto-max-bulk-len`), but a command in the
     // log is checked here too: a record past the bound would stop every replica that applies
     // it (`Record::encode` refuses it, and so does every read of it).
-    if cmd.values().iter().any(|v| v.len() > VALUE_BYTES_MAX) {
+    if cmd.value_bytes_max() > VALUE_BYTES_MAX {
         return Ok(Reply::err(errors::TOO_BIG));
     }
     Ok(match cmd {

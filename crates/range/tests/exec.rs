@@ -356,21 +356,29 @@ fn mget_refuses_a_reply_past_its_bound() {
 /// replica that applies it; nothing is written.
 #[test]
 fn values_past_the_bound_are_refused_before_any_write() {
-    // (Zeroed pages the kernel hands out lazily: no copy of 512 MiB per command.)
+    // (Zeroed pages the kernel hands out lazily, one command's at a time.)
     let huge = || vec![0u8; cairn_range::record::VALUE_BYTES_MAX + 1];
-    let cmds = vec![
-        DataCmd::Set { key: k("a"), value: huge(), cond: SetCond::Always, get: false, expiry: SetExpiry::Clear },
-        DataCmd::SetNx { key: k("a"), value: huge() },
-        DataCmd::GetSet { key: k("a"), value: huge() },
-        DataCmd::MSet { pairs: vec![(k("b"), k("v")), (k("a"), huge())] },
-        DataCmd::MSetNx { pairs: vec![(k("b"), k("v")), (k("a"), huge())] },
+    let cmds: Vec<Box<dyn Fn() -> DataCmd>> = vec![
+        Box::new(|| DataCmd::Set {
+            key: k("a"),
+            value: huge(),
+            cond: SetCond::Always,
+            get: false,
+            expiry: SetExpiry::Clear,
+        }),
+        Box::new(|| DataCmd::SetNx { key: k("a"), value: huge() }),
+        Box::new(|| DataCmd::GetSet { key: k("a"), value: huge() }),
+        Box::new(|| DataCmd::Append { key: k("a"), value: huge() }),
+        Box::new(|| DataCmd::SetRange { key: k("a"), offset: 0, value: huge() }),
+        Box::new(|| DataCmd::MSet { pairs: vec![(k("b"), k("v")), (k("a"), huge())] }),
+        Box::new(|| DataCmd::MSetNx { pairs: vec![(k("b"), k("v")), (k("a"), huge())] }),
     ];
     let too_big = Reply::err("ERR string exceeds maximum allowed size (proto-max-bulk-len)");
-    for cmd in cmds {
+    for (i, cmd) in cmds.iter().enumerate() {
         let mut kv = MemKv::new();
         // (Compared without printing the command: a failure would print 512 MiB.)
-        let r = exec::apply(&cmd, &mut kv, NOW);
-        assert!(matches!(&r, Ok(reply) if *reply == too_big), "a value past the bound: {:?}", r.map(|_| ()));
-        assert!(kv.is_empty());
+        let r = exec::apply(&cmd(), &mut kv, NOW);
+        assert!(matches!(&r, Ok(reply) if *reply == too_big), "command {i}: {:?}", r.map(|_| ()));
+        assert!(kv.is_empty(), "command {i} wrote");
     }
 }
