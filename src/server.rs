@@ -518,13 +518,19 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                         None => {
                             let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;
                         }
-                        // A handshake that does not finish in time is dropped.
-                        Some(a) => match tokio::time::timeout(TLS_HANDSHAKE_MAX, a.accept(s)).await {
-                            Ok(Ok(s)) => {
-                                let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "Redis TLS handshake failed"),
-                            Err(_) => tracing::debug!("Redis TLS handshake timed out"),
+                        // A handshake counts against `maxclients` (past it the connection is
+                        // closed: no RESP error can reach a client before TLS is up), and one
+                        // that does not finish in time is dropped.
+                        Some(a) => match cairn_api::redis::clients::handshake(limits.clients_max) {
+                            None => tracing::debug!("Redis TLS connection refused: max number of clients reached"),
+                            Some(place) => match tokio::time::timeout(TLS_HANDSHAKE_MAX, a.accept(s)).await {
+                                Ok(Ok(s)) => {
+                                    drop(place);
+                                    let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(error = %e, "Redis TLS handshake failed"),
+                                Err(_) => tracing::debug!("Redis TLS handshake timed out"),
+                            },
                         },
                     }
                 });

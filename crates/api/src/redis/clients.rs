@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -171,11 +171,38 @@ impl Drop for Registered {
     }
 }
 
-/// Registers a new connection, or answers `None` when `max` connections are open already
-/// (Redis's `maxclients`).
+/// TLS handshakes under way: connections accepted and not registered yet. Each holds a socket
+/// and its TLS state for up to the handshake's time limit, so they count against `maxclients`
+/// with the registered ones: connections that never finish their handshake cannot pile up past
+/// the limit.
+static HANDSHAKES: AtomicUsize = AtomicUsize::new(0);
+
+/// A TLS handshake's place among the connections (see [`handshake`]); given back when dropped.
+pub struct Handshake(());
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        HANDSHAKES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place for a TLS handshake, or `None` when `max` connections are open or shaking hands
+/// already. Drop it once the handshake is over, before [`register`]ing the connection.
+pub fn handshake(max: usize) -> Option<Handshake> {
+    let all = CLIENTS.lock();
+    if all.len() + HANDSHAKES.load(Ordering::Acquire) >= max {
+        return None;
+    }
+    HANDSHAKES.fetch_add(1, Ordering::AcqRel);
+    drop(all);
+    Some(Handshake(()))
+}
+
+/// Registers a new connection, or answers `None` when `max` connections are open (or shaking
+/// hands) already (Redis's `maxclients`).
 pub fn register(peer: Peer, max: usize) -> Option<Registered> {
     let mut all = CLIENTS.lock();
-    if all.len() >= max {
+    if all.len() + HANDSHAKES.load(Ordering::Acquire) >= max {
         return None;
     }
     let c = Arc::new(Client {
