@@ -374,16 +374,9 @@ impl DataTier {
                 continue;
             }
             let desc = RangeDesc { id: d.id, start: d.start.clone(), end: d.end.clone(), epoch: d.epoch };
-            // Not beside a replica here that lags the directory or left it (merged away): it
-            // may still apply a merge that grows its span over this range's, writing keys that
-            // are this range's now (a merge, then a split at the same key, on the other nodes).
-            if let Some(r) = self.host.replicas().into_iter().find(|r| {
-                let here = r.sm.desc();
-                let beside = (!here.end.is_empty() && here.end == desc.start)
-                    || (!desc.end.is_empty() && desc.end == here.start);
-                beside && dir.get(r.id).is_none_or(|x| x.epoch > here.epoch)
-            }) {
-                tracing::debug!(range = d.id, beside = r.id, "a replica beside it lags: not created yet");
+            let here: Vec<RangeDesc> = self.host.replicas().iter().map(|r| r.sm.desc()).collect();
+            if let Some(beside) = lagging_neighbour(dir, &here, &desc) {
+                tracing::debug!(range = d.id, beside, "a replica beside it lags: not created yet");
                 continue;
             }
             if let Err(e) = self.host.create(desc, voters).await {
@@ -400,8 +393,7 @@ impl DataTier {
                 // merge: its apply of the merge writes the span's keys, which this removal
                 // would delete (a replica of it caught up to the directory's epoch already
                 // holds the span, and the removal leaves those keys alone).
-                let caught_up =
-                    over(dir, &desc).all(|d| self.host.get(d.id).is_none_or(|x| x.sm.desc().epoch >= d.epoch));
+                let caught_up = span_caught_up(dir, &desc, |id| self.host.get(id).map(|x| x.sm.desc().epoch));
                 if caught_up && merged_away(dir, &desc) {
                     tracing::info!(
                         range = r.id,
@@ -1035,6 +1027,28 @@ fn merged_away(dir: &Directory, desc: &RangeDesc) -> bool {
     over.peek().is_some() && over.all(|d| d.id != desc.id && d.epoch > desc.epoch)
 }
 
+/// The replica here (its id) that a new replica of `desc` must wait for, if any: one beside
+/// `desc`'s span that lags the directory or left it (merged away). It may still apply a merge
+/// that grows its span over `desc`'s, writing keys that are `desc`'s now (a merge, then a
+/// split at the same key, on the other nodes). `here` holds the spans of this node's replicas.
+fn lagging_neighbour(dir: &Directory, here: &[RangeDesc], desc: &RangeDesc) -> Option<u64> {
+    here.iter()
+        .find(|h| {
+            let beside = (!h.end.is_empty() && h.end == desc.start) || (!desc.end.is_empty() && desc.end == h.start);
+            beside && dir.get(h.id).is_none_or(|x| x.epoch > h.epoch)
+        })
+        .map(|h| h.id)
+}
+
+/// Whether each range the directory has over `desc`'s span, and this node holds a replica of
+/// (`epoch_here` gives its epoch), has caught up to the directory's epoch: only then may a
+/// replica merged away there be removed (a lagging one's apply of the merge writes the span's
+/// keys, which the removal would delete; one caught up already holds them, and the removal
+/// leaves those keys alone).
+fn span_caught_up(dir: &Directory, desc: &RangeDesc, epoch_here: impl Fn(u64) -> Option<u64>) -> bool {
+    over(dir, desc).all(|d| epoch_here(d.id).is_none_or(|e| e >= d.epoch))
+}
+
 /// The directory's ranges over `desc`'s span.
 fn over<'a>(dir: &'a Directory, desc: &'a RangeDesc) -> impl Iterator<Item = &'a Descriptor> + 'a {
     dir.iter().filter(move |d| {
@@ -1118,5 +1132,59 @@ mod tests {
         let last = Directory::new([d(1, b"", b"", 9)]).unwrap();
         assert!(merged_away(&last, &r(3, b"t", b"", 1)));
         assert!(!merged_away(&last, &r(3, b"t", b"", 10)));
+    }
+
+    fn desc(id: u64, start: &[u8], end: &[u8], epoch: u64) -> Descriptor {
+        Descriptor {
+            id,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            epoch,
+            replicas: vec![1, 2, 3],
+            learners: vec![],
+            conf: 0,
+        }
+    }
+
+    fn span(id: u64, start: &[u8], end: &[u8], epoch: u64) -> RangeDesc {
+        RangeDesc { id, start: start.to_vec(), end: end.to_vec(), epoch }
+    }
+
+    /// A new replica waits while a replica here beside its span lags the directory or left it;
+    /// replicas that are current, or not beside it, do not hold it up.
+    #[test]
+    fn a_new_replica_waits_for_a_lagging_neighbour() {
+        // The directory: range 1 [, m) at epoch 5, range 4 [m, t) (new here), range 3 [t, ).
+        let dir = Directory::new([desc(1, b"", b"m", 5), desc(4, b"m", b"t", 6), desc(3, b"t", b"", 2)]).unwrap();
+        let new = span(4, b"m", b"t", 6);
+        // Its neighbours here are current: it is created.
+        let current = [span(1, b"", b"m", 5), span(3, b"t", b"", 2)];
+        assert_eq!(lagging_neighbour(&dir, &current, &new), None);
+        // The left one lags (epoch 4 here, 5 in the directory): it waits.
+        let lagging = [span(1, b"", b"m", 4), span(3, b"t", b"", 2)];
+        assert_eq!(lagging_neighbour(&dir, &lagging, &new), Some(1));
+        // The right one left the directory (range 7 [t, x), merged away): it waits.
+        let left = [span(1, b"", b"m", 5), span(7, b"t", b"x", 1)];
+        assert_eq!(lagging_neighbour(&dir, &left, &new), Some(7));
+        // A lagging replica that is not beside it does not matter.
+        let far = [span(1, b"", b"g", 1)];
+        assert_eq!(lagging_neighbour(&dir, &far, &new), None);
+    }
+
+    /// A replica merged away is removed only once each range over its span that this node
+    /// holds has caught up to the directory's epoch.
+    #[test]
+    fn a_merged_replica_waits_for_the_ranges_over_its_span_to_catch_up() {
+        // Range 2 [m, t) merged into range 1, now [, t) at epoch 5.
+        let dir = Directory::new([desc(1, b"", b"t", 5), desc(3, b"t", b"", 1)]).unwrap();
+        let gone = span(2, b"m", b"t", 4);
+        assert!(span_caught_up(&dir, &gone, |id| (id == 1).then_some(5)));
+        assert!(!span_caught_up(&dir, &gone, |id| (id == 1).then_some(4)), "range 1 here has not applied the merge");
+        assert!(span_caught_up(&dir, &gone, |_| None), "no replica here over the span");
+        // Range 3 is not over the span: its epoch here does not matter.
+        assert!(span_caught_up(&dir, &gone, |id| match id {
+            1 => Some(5),
+            _ => Some(0),
+        }));
     }
 }
