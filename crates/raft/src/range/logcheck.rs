@@ -5,17 +5,17 @@
 //! batch that fails to decode, taking it for the tail a crash tore. It cannot tell that from a
 //! batch damaged after it was synced (a bad sector, a stray write): it then drops entries this
 //! node acknowledged, which Raft's safety rests on, with only a warning, and it truncates the
-//! file, so the evidence is gone too. It also cuts the last batch of an older file whose entries
-//! block is bad, and empties a newest file whose header is bad.
+//! file, so the evidence is gone too. It also empties a newest file whose header is bad.
 //!
 //! What tells them apart here: the shared log has one writer, which syncs each write (one
-//! batch) before it starts the next (`log::writer`), and raft-engine syncs a new file's header
-//! before its first batch, so only the last batch can be torn. A bad batch followed by a batch
-//! written after it was synced before it went bad. So, before raft-engine opens the append
-//! queue:
+//! batch) before it starts the next (`log::writer`), so only the last batch can be torn. A new
+//! file's header shares its first sector with the first batch's header, and raft-engine syncs
+//! the old file before it starts a new one. A bad batch followed by a batch written after it was
+//! synced before it went bad. So, before raft-engine opens the append queue:
 //!
 //! - every file but the newest must be whole: each batch's footer checksum, and the last
-//!   batch's entries checksum (raft-engine refuses the rest of the damage there itself);
+//!   batch's entries checksum (raft-engine refuses such damage there too, as it opens older
+//!   files read-only; checked here for one clear message);
 //! - in the newest file, at the first batch whose footer fails: when its header still gives its
 //!   length and a batch of this file's life (its footer checksum holds) starts right after it,
 //!   it is damage, not a tear, and the log is refused; so is a bad file header with an intact
@@ -25,15 +25,23 @@
 //! checksum (raft-engine's signature), so they are not taken for later writes. As raft-engine
 //! does, only the files from the last gap in their numbers on count (older ones are left over).
 //!
-//! Limits: damage that destroys a batch's header (16 bytes) or spans two batches is still taken
-//! for a tail, since nothing then says where the next batch starts. The next batch is looked
-//! for only where the header says, not at every offset: user values in the log could otherwise
-//! forge a batch in what a crash left behind, and stop a node from starting. Entries blocks
-//! other than a file's last are not read here: raft-engine checks each one when it reads it. The
-//! rewrite queue (raft-engine's own compaction, several writes per sync) is not checked.
+//! Limits (damage taken for a torn tail, and dropped as raft-engine drops it):
+//! - damage that destroys a batch's header (16 bytes) or spans two batches, since nothing then
+//!   says where the next batch starts; one bad first sector of the newest file (its header and
+//!   the first batch's) empties that file;
+//! - bad entries in the last intact batch before a tear: the bytes after it may be a reused
+//!   file's stale data, which says nothing about when they were written.
+//!
+//! The next batch is looked for only where the header says, not at every offset, so that user
+//! values in the log can hardly forge one in what a crash left behind and stop a node from
+//! starting (a forger would need the offsets and file number of a future torn write). Entries
+//! blocks other than a file's last are not read here: raft-engine checks each one when it reads
+//! it. The rewrite queue (raft-engine's own compaction, several writes per sync, so a tear there
+//! cannot be told from damage) is left to raft-engine.
+//!
 //! A log written in the unsafe no-fsync mode may hold several torn batches: such a log is
-//! marked ([`UNSYNCED_MARK`]), and the newest file's rule is not applied to it until everything
-//! it holds has been synced.
+//! marked ([`UNSYNCED_MARK`]), and damage in its newest file is taken for tears until everything
+//! it holds has been synced and the mark is gone.
 //!
 //! raft-engine 0.4 offers no check that does not repair, so this reads its file format itself
 //! (`file_pipe_log/format.rs` and `log_batch.rs` there): a file is a header (magic, version,
@@ -119,14 +127,25 @@ fn format(head: &[u8], seq: u64) -> Option<Format> {
     }
 }
 
-/// Whether `block`'s last 4 bytes are the CRC-32 of the rest, XORed with `signature`.
-fn checksum_holds(block: &[u8], signature: Option<u32>) -> bool {
-    if block.len() <= CHECKSUM_BYTES {
-        return false;
+/// Whether the `n` bytes at `at` end in the CRC-32 of the rest, XORed with `signature`. Read
+/// in chunks: a damaged header may claim a block as large as the file.
+fn checksum_holds(src: &(impl Source + ?Sized), at: u64, n: u64, signature: Option<u32>) -> io::Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    let sum_bytes = CHECKSUM_BYTES as u64;
+    if n <= sum_bytes {
+        return Ok(false);
     }
-    let (data, sum) = block.split_at(block.len() - CHECKSUM_BYTES);
-    let stored = u32::from_le_bytes(sum.try_into().expect("4 bytes")) ^ signature.unwrap_or(0);
-    crc32fast::hash(data) == stored
+    let Some(sum) = src.get(at + n - sum_bytes, sum_bytes)? else { return Ok(false) };
+    let stored = u32::from_le_bytes(sum[..].try_into().expect("4 bytes")) ^ signature.unwrap_or(0);
+    let mut crc = crc32fast::Hasher::new();
+    let (mut from, end) = (at, at + n - sum_bytes);
+    while from < end {
+        let len = CHUNK.min(end - from);
+        let Some(b) = src.get(from, len)? else { return Ok(false) };
+        crc.update(&b);
+        from += len;
+    }
+    Ok(crc.finalize() == stored)
 }
 
 /// A batch's header: its length and its footer's offset.
@@ -151,8 +170,7 @@ fn header_at(src: &(impl Source + ?Sized), at: u64) -> io::Result<Option<Header>
 /// this file's life (raft-engine's reader takes the same for a batch).
 fn batch_at(src: &(impl Source + ?Sized), at: u64, signature: Option<u32>) -> io::Result<Option<Header>> {
     let Some(h) = header_at(src, at)? else { return Ok(None) };
-    let footer = src.get(at + h.footer, h.len - h.footer)?.unwrap_or_default();
-    Ok(checksum_holds(&footer, signature).then_some(h))
+    Ok(checksum_holds(src, at + h.footer, h.len - h.footer, signature)?.then_some(h))
 }
 
 /// Whether the entries block of the batch at `at` is whole.
@@ -160,8 +178,7 @@ fn entries_hold(src: &(impl Source + ?Sized), at: u64, h: Header) -> io::Result<
     if h.footer == BATCH_HEADER_BYTES {
         return Ok(true);
     }
-    let entries = src.get(at + BATCH_HEADER_BYTES, h.footer - BATCH_HEADER_BYTES)?.unwrap_or_default();
-    Ok(checksum_holds(&entries, None))
+    checksum_holds(src, at + BATCH_HEADER_BYTES, h.footer - BATCH_HEADER_BYTES, None)
 }
 
 /// Whether everything from `at` to the end is zeros (what raft-engine allocated ahead).
@@ -275,7 +292,7 @@ pub(crate) fn append_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Checks the shared log's append queue in `dir` (see the module's doc): an error names the
 /// file and the offsets when a batch there is damaged rather than torn.
 pub fn check(dir: &Path) -> io::Result<()> {
-    let unsynced = dir.join(UNSYNCED_MARK).exists();
+    let unsynced = dir.join(UNSYNCED_MARK).try_exists()?;
     let files = append_files(dir)?;
     let newest = files.last().map(|(seq, _)| *seq);
     for (seq, path) in files {
@@ -288,8 +305,8 @@ pub fn check(dir: &Path) -> io::Result<()> {
             Walk::Torn { at } => {
                 tracing::warn!(file = %path.display(), offset = at, "range log: a torn last write is dropped")
             }
-            Walk::Damaged(_) if is_newest && unsynced => {
-                tracing::warn!(file = %path.display(), "range log: written without fsync; its tail is dropped")
+            Walk::Damaged(what) if is_newest && unsynced => {
+                tracing::warn!(file = %path.display(), what, "range log: written without fsync; its tail is dropped")
             }
             Walk::Damaged(what) => {
                 return Err(io::Error::new(
@@ -319,7 +336,7 @@ pub fn mark_unsynced(dir: &Path) -> io::Result<()> {
 /// no-fsync run wrote), then removes the mark.
 pub fn clear_unsynced(dir: &Path) -> io::Result<()> {
     let mark = dir.join(UNSYNCED_MARK);
-    if !mark.exists() {
+    if !mark.try_exists()? {
         return Ok(());
     }
     for e in std::fs::read_dir(dir)? {
@@ -328,6 +345,8 @@ pub fn clear_unsynced(dir: &Path) -> io::Result<()> {
             std::fs::File::open(&p)?.sync_all()?;
         }
     }
+    // The names too (raft-engine renames and removes files without syncing the directory).
+    std::fs::File::open(dir)?.sync_all()?;
     std::fs::remove_file(&mark)?;
     std::fs::File::open(dir)?.sync_all()
 }
@@ -403,15 +422,28 @@ mod tests {
         f[third as usize + 20] ^= 1;
         assert_eq!(walk_of(&f, seq, true), Walk::Torn { at: third });
         assert!(damaged(walk_of(&f, seq, false)));
-        // Zeros after the last batch (allocated ahead): whole. A batch of the file's earlier
-        // life (another number) after a torn one: a tail.
+        // Zeros after the last batch (allocated ahead): whole.
         let mut f = whole.clone();
         f.resize(whole.len() + 4096, 0);
         assert_eq!(walk_of(&f, seq, true), Walk::Whole);
-        let mut g = file(&bs[..2]);
-        g.extend_from_slice(&bs[2][..60]);
-        g.extend_from_slice(&batch(&[9; 100], &[9; 20], 3));
-        assert_eq!(walk_of(&g, seq, true), Walk::Torn { at: third });
+        // The last batch's footer torn (its header whole), zeros after it: a tail.
+        let mut f = whole.clone();
+        let n = f.len();
+        f[n - 3] ^= 1;
+        f.resize(n + 4096, 0);
+        assert_eq!(walk_of(&f, seq, true), Walk::Torn { at: third });
+        // A torn batch whose header gives its length, followed exactly there by a batch of the
+        // file's earlier life (another number): a tail; by a batch of this life: damage.
+        for (signature, is_damage) in [(3u32, false), (seq as u32, true)] {
+            let mut g = file(&bs[..2]);
+            let mut torn = bs[2].clone();
+            let l = torn.len();
+            torn[l - 3] ^= 1;
+            g.extend_from_slice(&torn);
+            g.extend_from_slice(&batch(&[9; 100], &[9; 20], signature));
+            let w = walk_of(&g, seq, true);
+            assert_eq!(damaged(w), is_damage, "a batch signed {signature} after a torn one");
+        }
         // The middle batch's footer damaged, with a batch of this life after it: damage.
         let mut f = whole.clone();
         f[start as usize + 2 * bs[0].len() - 6] ^= 1;
@@ -424,7 +456,12 @@ mod tests {
         let mut f = whole.clone();
         f[3] ^= 1;
         assert!(damaged(walk_of(&f, seq, true)));
+        assert!(damaged(walk_of(&f, seq, false)));
         assert_eq!(walk_of(&f[..40], seq, true), Walk::Torn { at: 0 });
+        assert!(damaged(walk_of(&f[..40], seq, false)));
+        // An empty newest file, or one holding only its header: nothing lost.
+        assert_eq!(walk_of(&[], seq, true), Walk::Torn { at: 0 });
+        assert_eq!(walk_of(&file(&[]), seq, true), Walk::Whole);
         // Batches of another file number are not this file's.
         assert_eq!(walk_of(&whole, seq + 1, true), Walk::Torn { at: start });
     }
