@@ -1100,21 +1100,7 @@ mod tests {
     /// later epoch (a merge took it over); a split's child not yet reported stays.
     #[test]
     fn only_a_replica_merged_away_is_removed() {
-        let d = |id: u64, start: &[u8], end: &[u8], epoch: u64| Descriptor {
-            id,
-            start: start.to_vec(),
-            end: end.to_vec(),
-            epoch,
-            replicas: vec![1, 2, 3],
-            learners: vec![],
-            conf: 0,
-        };
-        let r = |id: u64, start: &[u8], end: &[u8], epoch: u64| RangeDesc {
-            id,
-            start: start.to_vec(),
-            end: end.to_vec(),
-            epoch,
-        };
+        let (d, r) = (desc, span);
         // Range 2 ([m, t), frozen at epoch 4) merged into range 1, now [a, t) at epoch 5.
         let merged = Directory::new([d(1, b"", b"t", 5), d(3, b"t", b"", 1)]).unwrap();
         assert!(merged_away(&merged, &r(2, b"m", b"t", 4)));

@@ -38,6 +38,8 @@ use crate::recent::Recent;
 const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Encoded bytes of one group's newest entries kept decoded.
 const RECENT_BYTES_MAX: usize = 1024 * 1024;
+/// Size of one log file: past it, raft-engine starts the next.
+const FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes the writer merges into one write (and one fsync) at most.
 const WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Bytes of operations queued for the writer at most; a full queue makes callers wait (an
@@ -129,10 +131,11 @@ pub struct LogStats {
 impl SharedLog {
     /// Opens (or creates) the log in `dir`. `sync` false is the unsafe no-fsync mode.
     pub fn open(dir: &Path, sync: bool) -> io::Result<Arc<SharedLog>> {
-        SharedLog::open_with(dir, sync, LogFs::default(), QUEUE_BYTES_MAX)
+        SharedLog::open_with(dir, sync, LogFs::default(), QUEUE_BYTES_MAX, FILE_BYTES)
     }
 
-    fn open_with(dir: &Path, sync: bool, fs: LogFs, room_max: usize) -> io::Result<Arc<SharedLog>> {
+    /// [`Self::open`] with its own file layer, queue room and file size (tests).
+    fn open_with(dir: &Path, sync: bool, fs: LogFs, room_max: usize, file_bytes: u64) -> io::Result<Arc<SharedLog>> {
         std::fs::create_dir_all(dir)?;
         // Damage is told from a torn tail only where each write is synced before the next one
         // starts: a log about to be written in the unsafe no-fsync mode is marked so first.
@@ -145,7 +148,7 @@ impl SharedLog {
             // A torn tail (a write cut by a crash) is dropped; damage raft-engine would take
             // for one is refused before it opens the files (`logcheck`).
             recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
-            target_file_size: raft_engine::ReadableSize::mb(64),
+            target_file_size: raft_engine::ReadableSize(file_bytes),
             purge_threshold: raft_engine::ReadableSize::gb(1),
             ..Default::default()
         };
@@ -611,7 +614,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let (fs, power_off) = LogFs::volatile();
-                let log = SharedLog::open_with(dir.path(), sync, fs, QUEUE_BYTES_MAX).unwrap();
+                let log = SharedLog::open_with(dir.path(), sync, fs, QUEUE_BYTES_MAX, FILE_BYTES).unwrap();
                 let mut l = RangeLog::new(log.clone(), 7);
                 let (tx, rx) = RangeConfig::oneshot();
                 l.append((0..50).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
@@ -636,7 +639,7 @@ mod tests {
         use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
         let (fs, fail) = LogFs::failing();
-        let log = SharedLog::open_with(dir.path(), true, fs, QUEUE_BYTES_MAX).unwrap();
+        let log = SharedLog::open_with(dir.path(), true, fs, QUEUE_BYTES_MAX, FILE_BYTES).unwrap();
         let mut l = RangeLog::new(log.clone(), 7);
         let (tx, rx) = RangeConfig::oneshot();
         l.append((0..5).map(|i| entry(i, 100)), IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
@@ -661,7 +664,7 @@ mod tests {
         use openraft::type_config::TypeConfigExt;
         const ROOM: usize = 64 * 1024;
         let dir = tempfile::tempdir().unwrap();
-        let log = SharedLog::open_with(dir.path(), true, LogFs::default(), ROOM).unwrap();
+        let log = SharedLog::open_with(dir.path(), true, LogFs::default(), ROOM, FILE_BYTES).unwrap();
         let held = log.hold.lock();
         let queued = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
@@ -833,10 +836,12 @@ mod tests {
         }
     }
 
-    /// Writes ten batches of group 7 (entries 0..10, one write each) through raft-engine.
-    async fn ten_writes(dir: &Path) {
+    /// Writes ten batches of group 7 (entries 0..10, one write each) through raft-engine;
+    /// `sync` false: in the unsafe no-fsync mode.
+    async fn ten_writes(dir: &Path, sync: bool) {
         use openraft::type_config::TypeConfigExt;
-        let log = SharedLog::open(dir, true).unwrap();
+        let log = SharedLog::open(dir, sync).unwrap();
+        assert_eq!(dir.join(logcheck::UNSYNCED_MARK).exists(), !sync);
         let mut l = RangeLog::new(log.clone(), 7);
         for i in 0..10 {
             let (tx, rx) = RangeConfig::oneshot();
@@ -876,7 +881,7 @@ mod tests {
             [("a footer", &(|s: &[u64]| s[6] - 6) as &dyn Fn(&[u64]) -> u64), ("the file header", &|_: &[u64]| 3)]
         {
             let dir = tempfile::tempdir().unwrap();
-            ten_writes(dir.path()).await;
+            ten_writes(dir.path(), true).await;
             let (path, bytes) = damage(dir.path(), at);
             let r = SharedLog::open(dir.path(), true);
             let e = r.err().unwrap_or_else(|| panic!("a log with {what} damaged opened"));
@@ -884,14 +889,14 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged file was changed");
         }
         let dir = tempfile::tempdir().unwrap();
-        ten_writes(dir.path()).await;
+        ten_writes(dir.path(), true).await;
         damage(dir.path(), &|s: &[u64]| s[5] + 40);
         let log = SharedLog::open(dir.path(), true).expect("damaged entries in the middle are found when read");
         let mut l = RangeLog::new(log, 7);
         assert!(l.try_get_log_entries(0..10).await.is_err(), "damaged entries were read");
 
         let dir = tempfile::tempdir().unwrap();
-        ten_writes(dir.path()).await;
+        ten_writes(dir.path(), true).await;
         let (path, starts) = newest_batches(dir.path());
         let last = *starts.last().unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(last + 100).unwrap();
@@ -906,19 +911,8 @@ mod tests {
     /// synced, the mark goes and the check applies again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_written_without_fsync_opens_with_fsync_again() {
-        use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = SharedLog::open(dir.path(), false).unwrap();
-            assert!(dir.path().join(logcheck::UNSYNCED_MARK).exists());
-            let mut l = RangeLog::new(log.clone(), 7);
-            for i in 0..10 {
-                let (tx, rx) = RangeConfig::oneshot();
-                l.append(vec![entry(i, 1000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
-                rx.await.unwrap().unwrap();
-            }
-            log.close();
-        }
+        ten_writes(dir.path(), false).await;
         // A batch of the no-fsync run in the middle lost, the later ones kept (as a power cut
         // may leave the page cache's writes): raft-engine drops it and all after it.
         let (path, starts) = newest_batches(dir.path());
@@ -938,5 +932,41 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = SharedLog::open(dir.path(), true).err().expect("damage after the mark went was let through");
         assert!(e.to_string().contains("is damaged"), "{e}");
+    }
+
+    /// Files that rotate: every one is walked whole (the check reads rotated files as
+    /// raft-engine wrote them), and damage to an older file's last batch is refused with the
+    /// check's message, naming the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotated_files_are_walked_and_damage_in_an_older_one_is_refused() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SharedLog::open_with(dir.path(), true, LogFs::default(), QUEUE_BYTES_MAX, 32 * 1024);
+        {
+            let log = open().unwrap();
+            let mut l = RangeLog::new(log.clone(), 7);
+            for i in 0..40 {
+                let (tx, rx) = RangeConfig::oneshot();
+                l.append(vec![entry(i, 4000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+                rx.await.unwrap().unwrap();
+            }
+            log.close();
+        }
+        let files = logcheck::append_files(dir.path()).unwrap();
+        assert!(files.len() >= 3, "{} files", files.len());
+        {
+            let log = open().expect("a log of rotated files opens");
+            let mut l = RangeLog::new(log.clone(), 7);
+            assert_eq!(l.try_get_log_entries(0..40).await.unwrap().len(), 40);
+            log.close();
+        }
+        let (seq, path) = &files[0];
+        let bytes = std::fs::read(path).unwrap();
+        let last = *logcheck::batch_starts(&bytes, *seq).last().unwrap();
+        let mut damaged = bytes.clone();
+        damaged[last as usize + 30] ^= 0x10;
+        std::fs::write(path, &damaged).unwrap();
+        let e = open().err().expect("damage to an older file's last batch was let through");
+        assert!(e.to_string().contains("are damaged") && e.to_string().contains(&path.display().to_string()), "{e}");
     }
 }
