@@ -839,13 +839,18 @@ mod tests {
     /// Writes ten batches of group 7 (entries 0..10, one write each) through raft-engine;
     /// `sync` false: in the unsafe no-fsync mode.
     async fn ten_writes(dir: &Path, sync: bool) {
-        use openraft::type_config::TypeConfigExt;
         let log = SharedLog::open(dir, sync).unwrap();
         assert_eq!(dir.join(logcheck::UNSYNCED_MARK).exists(), !sync);
+        writes(&log, 10, 1000).await;
+    }
+
+    /// Appends entries `0..n` of `payload` bytes to group 7, one write each, then closes `log`.
+    async fn writes(log: &Arc<SharedLog>, n: u64, payload: usize) {
+        use openraft::type_config::TypeConfigExt;
         let mut l = RangeLog::new(log.clone(), 7);
-        for i in 0..10 {
+        for i in 0..n {
             let (tx, rx) = RangeConfig::oneshot();
-            l.append(vec![entry(i, 1000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
+            l.append(vec![entry(i, payload)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
             rx.await.unwrap().unwrap();
         }
         log.close();
@@ -939,19 +944,9 @@ mod tests {
     /// check's message, naming the file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rotated_files_are_walked_and_damage_in_an_older_one_is_refused() {
-        use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
         let open = || SharedLog::open_with(dir.path(), true, LogFs::default(), QUEUE_BYTES_MAX, 32 * 1024);
-        {
-            let log = open().unwrap();
-            let mut l = RangeLog::new(log.clone(), 7);
-            for i in 0..40 {
-                let (tx, rx) = RangeConfig::oneshot();
-                l.append(vec![entry(i, 4000)], IOFlushed::<RangeConfig>::signal(tx)).await.unwrap();
-                rx.await.unwrap().unwrap();
-            }
-            log.close();
-        }
+        writes(&open().unwrap(), 40, 4000).await;
         let files = logcheck::append_files(dir.path()).unwrap();
         assert!(files.len() >= 3, "{} files", files.len());
         {
