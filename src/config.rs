@@ -70,6 +70,12 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_ADVERTISE_REDIS_URLS", value_delimiter = ',')]
     pub advertise_redis_urls: Vec<String>,
 
+    /// Redis's `maxmemory-clients`: the most bytes this node's Redis connections may hold
+    /// together (read buffers, commands being run, replies); past it the connections holding
+    /// the most are closed, and INFO counts them in `evicted_clients`. 0: no limit.
+    #[arg(long, env = "CAIRN_REDIS_MAXMEMORY_CLIENTS", default_value_t = cairn_api::redis::Limits::default().clients_memory_max)]
+    pub redis_maxmemory_clients: u64,
+
     /// Replicas of each data tier range; fixed when the cluster is created.
     #[arg(long, env = "CAIRN_REPLICATION_FACTOR", default_value_t = 3)]
     pub replication_factor: usize,

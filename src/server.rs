@@ -486,6 +486,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
 
     cluster.metrics.set_tier(&tier);
     let cache = Arc::new(cairn_services::cache::Cache::new(tier.clone()));
+    let clients_memory_max = a.redis_maxmemory_clients;
     for (l, tls) in redis_listeners {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let backend = Arc::new(
@@ -513,7 +514,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<ExitCode> {
                 // The connection's futures are boxed: their nesting is too deep for rustc's
                 // layout query inside this task otherwise.
                 tokio::spawn(async move {
-                    let limits = cairn_api::redis::Limits::default();
+                    let limits = cairn_api::redis::Limits { clients_memory_max, ..Default::default() };
                     match acceptor {
                         None => {
                             let _ = Box::pin(cairn_api::redis::serve_client(s, peer, backend, limits)).await;

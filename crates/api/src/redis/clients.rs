@@ -69,6 +69,12 @@ pub struct Client {
     /// The reply buffer's size, and the most bytes one read's replies took in it.
     rbs: AtomicU64,
     rbp: AtomicU64,
+    /// What this connection adds to [`memory`]: its `tot-mem` when it last reported a change.
+    mem: AtomicU64,
+    /// Chosen for eviction ([`enforce`]): the connection closes at its next step.
+    evicted: AtomicBool,
+    /// Wakes the connection when it is evicted while it waits for its socket.
+    evict: tokio::sync::Notify,
 }
 
 impl Client {
@@ -105,16 +111,48 @@ impl Client {
     pub fn query_buffer(&self, len: usize, free: usize) {
         self.qbuf.store(len as u64, Ordering::Relaxed);
         self.qbuf_free.store(free as u64, Ordering::Relaxed);
+        self.account();
     }
 
     pub fn running(&self, argv_bytes: usize) {
         self.argv_mem.store(argv_bytes as u64, Ordering::Relaxed);
+        self.account();
     }
 
     /// One read's replies took `used` bytes of a reply buffer of `size`.
     pub fn replied(&self, used: usize, size: usize) {
         self.rbs.store(size as u64, Ordering::Relaxed);
         self.rbp.fetch_max(used as u64, Ordering::Relaxed);
+        self.account();
+    }
+
+    /// CLIENT LIST's `tot-mem`: the buffers this connection holds, and its own record.
+    fn tot_mem(&self) -> u64 {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        load(&self.qbuf) + load(&self.qbuf_free) + load(&self.argv_mem) + load(&self.rbs) + RECORD_BYTES
+    }
+
+    /// Brings the node's total ([`memory`]) up to date with this connection's `tot-mem`.
+    fn account(&self) {
+        let now = self.tot_mem();
+        let before = self.mem.swap(now, Ordering::AcqRel);
+        if now >= before {
+            MEMORY.fetch_add(now - before, Ordering::AcqRel);
+        } else {
+            MEMORY.fetch_sub(before - now, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether [`enforce`] chose this connection for eviction.
+    pub fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Completes once this connection is chosen for eviction (at once if it was already).
+    pub async fn eviction(&self) {
+        while !self.evicted() {
+            self.evict.notified().await;
+        }
     }
 
     /// Redis 7.0's `catClientInfoString` line, without its newline. Fields cairn has no
@@ -129,7 +167,7 @@ impl Client {
         let (qbuf, qfree) = (self.qbuf.load(Ordering::Relaxed), self.qbuf_free.load(Ordering::Relaxed));
         let argv = self.argv_mem.load(Ordering::Relaxed);
         let (rbs, rbp) = (self.rbs.load(Ordering::Relaxed), self.rbp.load(Ordering::Relaxed));
-        let tot = qbuf + qfree + argv + rbs + std::mem::size_of::<Client>() as u64;
+        let tot = self.tot_mem();
         let mut s = String::with_capacity(320);
         let _ = write!(
             s,
@@ -168,6 +206,66 @@ impl std::ops::Deref for Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         CLIENTS.lock().remove(&self.0.id);
+        MEMORY.fetch_sub(self.0.mem.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+    }
+}
+
+/// What a connection's record costs beyond its buffers (counted in its `tot-mem`).
+const RECORD_BYTES: u64 = std::mem::size_of::<Client>() as u64;
+
+/// The bytes all open connections hold: their `tot-mem` summed (INFO's `mem_clients_normal`).
+static MEMORY: AtomicU64 = AtomicU64::new(0);
+
+/// Connections closed by [`enforce`] since the process started (INFO's `evicted_clients`).
+static EVICTED: AtomicU64 = AtomicU64::new(0);
+
+/// The bytes all open connections hold, as last reported by each.
+pub fn memory() -> u64 {
+    MEMORY.load(Ordering::Acquire)
+}
+
+/// Connections evicted since the process started.
+pub fn evicted() -> u64 {
+    EVICTED.load(Ordering::Acquire)
+}
+
+/// Redis's client eviction (`maxmemory-clients`): while the open connections hold more than
+/// `max` bytes, the one holding the most is evicted (closed at its next step, woken if it waits
+/// for its socket), then the next, until what the others hold fits. `max == 0`: no limit, as in
+/// Redis. Each connection calls this after it reports a change, so the total overshoots `max`
+/// by at most what one connection took since its last report (one read, one wave's replies).
+pub fn enforce(max: u64) {
+    if max == 0 || memory() <= max {
+        return;
+    }
+    let all = CLIENTS.lock();
+    let mut total = memory();
+    let mut by_size: Vec<(u64, &Arc<Client>)> = Vec::new();
+    for c in all.values() {
+        let mem = c.mem.load(Ordering::Acquire);
+        if c.evicted() {
+            // Already on its way out: what it holds goes when it closes.
+            total = total.saturating_sub(mem);
+        } else {
+            by_size.push((mem, c));
+        }
+    }
+    by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (mem, c) in by_size {
+        if total <= max {
+            break;
+        }
+        total = total.saturating_sub(mem);
+        c.evicted.store(true, Ordering::Release);
+        c.evict.notify_one();
+        EVICTED.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!(
+            id = c.id,
+            addr = %c.peer.addr.map(|a| a.to_string()).unwrap_or_default(),
+            tot_mem = mem,
+            maxmemory_clients = max,
+            "Redis client evicted: the node's connections hold more than maxmemory-clients",
+        );
     }
 }
 
@@ -220,7 +318,11 @@ pub fn register(peer: Peer, max: usize) -> Option<Registered> {
         argv_mem: AtomicU64::new(0),
         rbs: AtomicU64::new(0),
         rbp: AtomicU64::new(0),
+        mem: AtomicU64::new(0),
+        evicted: AtomicBool::new(false),
+        evict: tokio::sync::Notify::new(),
     });
+    c.account();
     all.insert(c.id, c.clone());
     Some(Registered(c))
 }

@@ -103,9 +103,19 @@ where
         let full = stop.is_none() && (batch.len() == most || bytes >= DECODED_BYTES_MAX);
         conn.client.query_buffer(buf.len(), buf.capacity() - buf.len());
         conn.client.running(bytes);
+        // Over `maxmemory-clients`, the connections holding the most are evicted: closed
+        // without a reply, as Redis closes them.
+        clients::enforce(limits.clients_memory_max);
+        if conn.client.evicted() {
+            return Ok(());
+        }
         let then = conn.run_batch(batch, &mut out).await;
         conn.client.running(0);
         conn.client.replied(out.len(), out.capacity());
+        clients::enforce(limits.clients_memory_max);
+        if conn.client.evicted() {
+            return Ok(());
+        }
         if let Then::Close = then {
             stream.write_all(&out).await?;
             stream.flush().await?;
@@ -128,23 +138,37 @@ where
         // While the replies go out, what the client sends meanwhile is read ahead (within a
         // bound: Redis's query buffer limit, or much less before AUTH).
         let ahead = if conn.authenticated { limits.query_bytes_max } else { UNAUTHENTICATED_READ_AHEAD_BYTES };
+        // Each wait for the socket ends early if the connection is evicted meanwhile.
         if full {
             // More may be buffered: hand these replies over before decoding on (flushed: a
             // TLS stream may hold them otherwise, and if nothing complete follows, the next
             // pass only reads, while the client may be waiting for them).
-            write_reading(&mut stream, &out, &mut buf, ahead).await?;
+            tokio::select! {
+                biased;
+                _ = conn.client.eviction() => return Ok(()),
+                r = write_reading(&mut stream, &out, &mut buf, ahead) => r?,
+            };
             out.clear();
             continue;
         }
         if !out.is_empty() {
-            let more = write_reading(&mut stream, &out, &mut buf, ahead).await?;
+            let more = tokio::select! {
+                biased;
+                _ = conn.client.eviction() => return Ok(()),
+                r = write_reading(&mut stream, &out, &mut buf, ahead) => r?,
+            };
             out.clear();
             if more {
                 continue;
             }
         }
         buf.reserve(READ_CHUNK_BYTES);
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = tokio::select! {
+            biased;
+            _ = conn.client.eviction() => return Ok(()),
+            r = stream.read_buf(&mut buf) => r?,
+        };
+        if read == 0 {
             return Ok(());
         }
     }
@@ -587,6 +611,7 @@ impl<B: Backend> Conn<'_, B> {
             ("databases", "1".into()),
             ("maxclients", self.limits.clients_max.to_string()),
             ("maxmemory", "0".into()),
+            ("maxmemory-clients", self.limits.clients_memory_max.to_string()),
             ("maxmemory-policy", "noeviction".into()),
             ("notify-keyspace-events", "".into()),
             ("proto-max-bulk-len", self.limits.bulk_bytes_max.to_string()),
@@ -735,6 +760,15 @@ fn info_sections(cluster: bool, clients_max: usize) -> Vec<(&'static str, Vec<(&
                 ("blocked_clients", "0".into()),
             ],
         ),
+        (
+            "Memory",
+            vec![
+                ("mem_clients_normal", clients::memory().to_string()),
+                ("maxmemory", "0".into()),
+                ("maxmemory_policy", "noeviction".into()),
+            ],
+        ),
+        ("Stats", vec![("evicted_clients", clients::evicted().to_string())]),
         ("Replication", vec![("role", "master".into()), ("connected_slaves", "0".into())]),
         ("Cluster", vec![("cluster_enabled", if cluster { "1" } else { "0" }.into())]),
     ]

@@ -9,7 +9,8 @@
 //!
 //! [`conn::serve_client`] runs one client over any `AsyncRead + AsyncWrite`: every complete
 //! command in what has been read runs in order, and their replies go out in one write.
-//! [`clients`] is the node's registry of open connections (CLIENT LIST, `maxclients`).
+//! [`clients`] is the node's registry of open connections (CLIENT LIST, `maxclients`,
+//! `maxmemory-clients`).
 //! [`tier::TierBackend`] serves the data commands from the data tier (the server binds it to
 //! the `--listen-redis-urls` listeners); [`backend::MemBackend`] serves everything from one
 //! in-memory map, for tests.

@@ -33,6 +33,12 @@ pub struct Limits {
     /// `maxclients`: the most connections open at once on this node; past it a new one is
     /// answered `-ERR max number of clients reached` and closed.
     pub clients_max: usize,
+    /// `maxmemory-clients`: the most bytes the node's connections may hold together (read
+    /// buffers, commands being run, replies); past it the connections holding the most are
+    /// evicted (closed), as Redis 7 evicts clients. 0: no limit (Redis's default; cairn's is
+    /// 2 GiB, so that `maxclients` connections each at `client-query-buffer-limit` cannot
+    /// take the machine's memory).
+    pub clients_memory_max: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +50,7 @@ impl Default for Limits {
             query_bytes_max: 1024 * 1024 * 1024,
             pipeline_commands_max: 1024,
             clients_max: 10_000,
+            clients_memory_max: 2 * 1024 * 1024 * 1024,
         }
     }
 }
