@@ -46,7 +46,7 @@ async fn forward_batched(
     use prost::Message;
     let data = ForwardBatchRequest { requests: vec![req] }.encode_to_vec();
     let msg = RangeMessage { group: u64::MAX, kind: 8, data: data.into() };
-    let reply = r.batch(call(RangeBatchRequest { messages: vec![msg] }, cluster)).await?.into_inner();
+    let reply = r.batch(call(RangeBatchRequest { messages: vec![msg], ttl_ms: 0 }, cluster)).await?.into_inner();
     assert_eq!(reply.results.len(), 1, "{reply:?}");
     let result = &reply.results[0];
     assert_eq!(result.error, "", "the meta group takes forwarded batches");
@@ -135,8 +135,10 @@ async fn a_range_stream_answers_each_batch_by_its_id() {
     let mut r = RangesClient::connect(tc.members[0].peer_url.clone()).await.expect("connect to the peer port");
 
     let msg = |kind: u32, data: &[u8]| RangeMessage { group: 1, kind, data: data.to_vec().into() };
-    let batch =
-        |id: u64, messages: Vec<RangeMessage>| RangeStreamRequest { id, batch: Some(RangeBatchRequest { messages }) };
+    let batch = |id: u64, messages: Vec<RangeMessage>| RangeStreamRequest {
+        id,
+        batch: Some(RangeBatchRequest { messages, ttl_ms: 0 }),
+    };
     let sent = vec![
         // An unknown kind, and a forwarded request (kind 7) that does not decode.
         batch(7, vec![msg(99, b""), msg(7, &[0xff; 3])]),
@@ -177,7 +179,10 @@ async fn the_meta_groups_messages_travel_in_the_range_batches() {
     let vote = postcard::to_allocvec(&vote).unwrap();
     let sent = vec![RangeStreamRequest {
         id: 1,
-        batch: Some(RangeBatchRequest { messages: vec![msg(2, vote.clone()), msg(1, vec![0xff; 3]), msg(6, vec![])] }),
+        batch: Some(RangeBatchRequest {
+            messages: vec![msg(2, vote.clone()), msg(1, vec![0xff; 3]), msg(6, vec![])],
+            ttl_ms: 0,
+        }),
     }];
     let mut replies = r.stream(call(futures::stream::iter(sent), ours.clone())).await.expect("stream").into_inner();
     let reply = replies.message().await.expect("a reply").expect("the batch is answered");
@@ -191,7 +196,7 @@ async fn the_meta_groups_messages_travel_in_the_range_batches() {
     assert!(results[1].error.contains("bad meta group message"), "{:?}", results[1]);
     assert!(results[2].error.contains("not one of the meta group's"), "{:?}", results[2]);
 
-    let batch = RangeBatchRequest { messages: vec![msg(1, vec![0xff; 3]), msg(2, vote)] };
+    let batch = RangeBatchRequest { messages: vec![msg(1, vec![0xff; 3]), msg(2, vote)], ttl_ms: 0 };
     let results = r.batch(call(batch, ours)).await.expect("a batch call").into_inner().results;
     assert!(results[0].error.contains("travel only on a Ranges/Stream"), "{:?}", results[0]);
     assert!(results[1].error.is_empty(), "a vote may come in a call: {:?}", results[1]);

@@ -280,7 +280,7 @@ async fn forward_without_token(pki: &Pki, peer_urls: &[String], cluster: u64) ->
         // Message kind 8 of the meta group (u64::MAX): a forwarded batch.
         let data = ForwardBatchRequest { requests: vec![fwd] }.encode_to_vec();
         let msg = RangeMessage { group: u64::MAX, kind: 8, data: data.into() };
-        let mut req = tonic::Request::new(RangeBatchRequest { messages: vec![msg] });
+        let mut req = tonic::Request::new(RangeBatchRequest { messages: vec![msg], ttl_ms: 0 });
         req.metadata_mut().insert("x-etcd-cluster-id", format!("{cluster:x}").parse().unwrap());
         let reply = RangesClient::new(ch).batch(req).await.expect("a batch on the range transport").into_inner();
         assert_eq!(reply.results.len(), 1, "{reply:?}");

@@ -473,13 +473,14 @@ impl Way {
     /// waiting for their answers is left to the returned future.
     async fn submit(&self, messages: Vec<RangeMessage>, ttl: Duration) -> BatchAnswer {
         use futures::FutureExt;
+        let ttl_ms = ttl.as_millis().try_into().unwrap_or(u64::MAX);
         match self {
-            Way::Stream(s) => match s.submit(RangeBatchRequest { messages }, ttl).await {
+            Way::Stream(s) => match s.submit(RangeBatchRequest { messages, ttl_ms }, ttl).await {
                 Ok(sent) => sent.answer().map(|r| r.map(|r| r.results)).boxed(),
                 Err(e) => futures::future::ready(Err(e)).boxed(),
             },
             Way::Calls(client) => {
-                let mut req = tonic::Request::new(RangeBatchRequest { messages });
+                let mut req = tonic::Request::new(RangeBatchRequest { messages, ttl_ms });
                 req.set_timeout(ttl);
                 crate::network::stamp(&mut req);
                 let mut client = client.clone();
@@ -976,6 +977,20 @@ impl RangesService {
     }
 }
 
+/// How long a receiver works on a batch: the time to live its sender gave it, or
+/// [`RECEIVE_TTL_DEFAULT`] from a sender that gave none.
+fn receive_ttl(ttl_ms: u64) -> Duration {
+    if ttl_ms == 0 {
+        RECEIVE_TTL_DEFAULT
+    } else {
+        Duration::from_millis(ttl_ms)
+    }
+}
+
+/// The time to live of a batch from a node of an earlier build, which does not say: longer than
+/// any wait of a sender (a forwarded write waits for its commit up to the request timeout).
+const RECEIVE_TTL_DEFAULT: Duration = Duration::from_secs(120);
+
 #[tonic::async_trait]
 impl Ranges for RangesService {
     type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<RangeStreamReply, tonic::Status>>;
@@ -1005,7 +1020,7 @@ impl Ranges for RangesService {
                     _ = &mut closing => break,
                 };
                 let Ok(Some(RangeStreamRequest { id, batch })) = next else { break };
-                let msgs = batch.map(|b| b.messages).unwrap_or_default();
+                let (msgs, ttl) = batch.map(|b| (b.messages, receive_ttl(b.ttl_ms))).unwrap_or_default();
                 let kib = (msgs.iter().map(|m| m.data.len()).sum::<usize>() / 1024 + 1).min(kib_max) as u32;
                 // Room for it among the batches running, by count and by bytes; the next batch
                 // is not read meanwhile (HTTP/2's flow control then holds the sender back).
@@ -1020,9 +1035,20 @@ impl Ranges for RangesService {
                 };
                 let Some(room) = room else { break };
                 let tx = tx.clone();
+                let n = msgs.len();
                 let answer = svc.start_batch(msgs, Some(&appends), sender);
+                // A batch is worked on while its sender waits for it, and while the stream is
+                // there to answer on: past its time to live, or once the stream is gone, what
+                // is still under way is dropped (a write already proposed stays proposed; only
+                // the wait for it ends), so stuck handlers cannot pile up.
                 tokio::spawn(async move {
-                    let results = answer.await;
+                    let results = tokio::select! {
+                        r = tokio::time::timeout(ttl, answer) => r.unwrap_or_else(|_| {
+                            let error = format!("not answered within its time to live ({ttl:?})");
+                            vec![RangeResult { data: Default::default(), error }; n]
+                        }),
+                        _ = tx.closed() => return,
+                    };
                     let _ = tx.send(Ok(RangeStreamReply { id, reply: Some(RangeBatchReply { results }) })).await;
                     drop(room);
                 });
@@ -1161,7 +1187,12 @@ mod tests {
         let mut sent = Vec::new();
         for g in 0..32u64 {
             let msg = RangeMessage { group: g + 1, kind: Kind::Append as u32, data: vec![3u8; 1 << 20].into() };
-            sent.push(stream.submit(RangeBatchRequest { messages: vec![msg] }, Duration::from_secs(30)).await.unwrap());
+            sent.push(
+                stream
+                    .submit(RangeBatchRequest { messages: vec![msg], ttl_ms: 30_000 }, Duration::from_secs(30))
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let started = handler.started.load(std::sync::atomic::Ordering::SeqCst);
@@ -1218,6 +1249,103 @@ mod tests {
         let w = mux.execute_writes(2, &node, 1, 1, &cmds, t).await;
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w.iter().all(|o| matches!(o, Outcome::Unknown(_))), "{w:?}");
+    }
+
+    /// A node whose handlers never finish; `live` counts the ones under way.
+    struct Hang {
+        live: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    /// One handler under way, for [`Hang`]'s count.
+    struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl RangeHandler for Hang {
+        async fn handle(&self, _: RangeId, _: Kind, _: &[u8]) -> Result<Vec<u8>, String> {
+            self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _live = Live(self.live.clone());
+            futures::future::pending().await
+        }
+        async fn execute(&self, _: RangeRequest) -> Outcome {
+            futures::future::pending().await
+        }
+        async fn execute_reads(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
+            futures::future::pending().await
+        }
+        async fn execute_writes(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Vec<Outcome> {
+            futures::future::pending().await
+        }
+        async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+            Vec::new()
+        }
+        async fn closing(&self) {
+            futures::future::pending().await
+        }
+    }
+
+    /// Waits up to 5 s for `live` to reach `n`.
+    async fn live_reaches(live: &std::sync::atomic::AtomicUsize, n: usize) -> bool {
+        for _ in 0..500 {
+            if live.load(std::sync::atomic::Ordering::SeqCst) == n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// A receiver works on a batch only while someone waits for it: past the time to live its
+    /// sender gave it, or once the stream it came on is gone, its handlers are dropped. (They
+    /// once ran on without end: a handler that never finished kept its task, and what its batch
+    /// held, for as long as the node ran, and a new stream's batches piled up beside them.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_drops_batches_no_one_waits_for() {
+        crate::network::set_cluster_id(0xca1);
+        let cluster = *crate::network::CLUSTER_ID.get().unwrap();
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc = RangesService::new(cluster, Arc::new(Hang { live: live.clone() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc.server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let node = PeerNode { peer_urls: vec![format!("http://{addr}")] };
+
+        // Past its time to live, on a stream that stays open.
+        let mux = Mux::new(Default::default());
+        let r = mux.call(2, &node, 1, Kind::Append, vec![1], Duration::from_millis(300)).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            live_reaches(&live, 0).await,
+            "{} handlers still run past their time to live",
+            live.load(std::sync::atomic::Ordering::SeqCst)
+        );
+
+        // From a sender that gives no time to live (an earlier build), until its stream goes.
+        let channel =
+            tonic::transport::Endpoint::from_shared(node.peer_urls[0].clone()).unwrap().connect().await.unwrap();
+        let mut client = RangesClient::new(channel);
+        let (tx, rx) = mpsc::channel(4);
+        let msg = RangeMessage { group: 1, kind: Kind::Append as u32, data: vec![1].into() };
+        tx.send(RangeStreamRequest { id: 1, batch: Some(RangeBatchRequest { messages: vec![msg], ttl_ms: 0 }) })
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        crate::network::stamp(&mut req);
+        let replies = client.stream(req).await.unwrap();
+        assert!(live_reaches(&live, 1).await, "the batch's handler did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 1, "dropped while its stream is open");
+        drop((tx, replies, client));
+        assert!(live_reaches(&live, 0).await, "a handler still runs after its stream is gone");
     }
 
     /// Starts a [`Stuck`] node: its peer URL.
@@ -1283,6 +1411,7 @@ mod tests {
         stream.unread_max = MAX;
         let batch = || RangeBatchRequest {
             messages: vec![RangeMessage { group: 1, kind: Kind::Append as u32, data: vec![7u8; 1 << 20].into() }],
+            ttl_ms: 50,
         };
         let (mut sent, mut given_up) = (Vec::new(), 0);
         for _ in 0..48 {
