@@ -139,7 +139,9 @@ impl SharedLog {
         std::fs::create_dir_all(dir)?;
         // Damage is told from a torn tail only where each write is synced before the next one
         // starts: a log about to be written in the unsafe no-fsync mode is marked so first.
-        logcheck::check(dir)?;
+        let started = std::time::Instant::now();
+        let checked = logcheck::check(dir)?;
+        let check_time = started.elapsed();
         if !sync {
             logcheck::mark_unsynced(dir)?;
         }
@@ -155,6 +157,14 @@ impl SharedLog {
         let engine = Arc::new(
             raft_engine::Engine::open_with_file_system(cfg, Arc::new(fs))
                 .map_err(|e| io_err(format!("range log in {}: {e}", dir.display())))?,
+        );
+        tracing::info!(
+            dir = %dir.display(),
+            files = checked.files,
+            bytes = checked.bytes,
+            check_ms = check_time.as_millis() as u64,
+            open_ms = (started.elapsed() - check_time).as_millis() as u64,
+            "range log checked and opened",
         );
         if sync {
             logcheck::clear_unsynced(dir)?;

@@ -71,9 +71,25 @@ trait Source {
     fn get(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>>;
 }
 
+/// A log file, read through a window of [`WINDOW_BYTES`] that moves forward as the walk does:
+/// the walk reads each batch's header and footer, and reading those one by one cost a disk
+/// round trip per batch on a cold page cache (3.7 s for a 690 MB log; the file read whole,
+/// 1.1 s). Reads past the window's end refill it from where they start; larger ones go to the
+/// file directly.
 struct FileSource {
     file: std::fs::File,
     size: u64,
+    /// The window: the file's bytes from `.0` on.
+    window: std::cell::RefCell<(u64, Vec<u8>)>,
+}
+
+/// The bytes a [`FileSource`] reads at once.
+const WINDOW_BYTES: u64 = 4 << 20;
+
+impl FileSource {
+    fn new(file: std::fs::File, size: u64) -> FileSource {
+        FileSource { file, size, window: Default::default() }
+    }
 }
 
 impl Source for FileSource {
@@ -81,12 +97,22 @@ impl Source for FileSource {
         self.size
     }
     fn get(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>> {
-        if at.checked_add(n).is_none_or(|end| end > self.size) {
-            return Ok(None);
+        let Some(end) = at.checked_add(n).filter(|end| *end <= self.size) else { return Ok(None) };
+        let len = usize::try_from(n).map_err(io::Error::other)?;
+        if n > WINDOW_BYTES {
+            let mut b = vec![0; len];
+            self.file.read_exact_at(&mut b, at)?;
+            return Ok(Some(b));
         }
-        let mut b = vec![0; usize::try_from(n).map_err(io::Error::other)?];
-        self.file.read_exact_at(&mut b, at)?;
-        Ok(Some(b))
+        let mut w = self.window.borrow_mut();
+        if at < w.0 || end > w.0 + w.1.len() as u64 {
+            let fill = WINDOW_BYTES.min(self.size - at) as usize;
+            w.1.resize(fill, 0);
+            self.file.read_exact_at(&mut w.1, at)?;
+            w.0 = at;
+        }
+        let from = (at - w.0) as usize;
+        Ok(Some(w.1[from..from + len].to_vec()))
     }
 }
 
@@ -289,16 +315,26 @@ pub(crate) fn append_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(files.split_off(run))
 }
 
+/// What [`check`] walked: the append queue's files and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Checked {
+    pub files: usize,
+    pub bytes: u64,
+}
+
 /// Checks the shared log's append queue in `dir` (see the module's doc): an error names the
 /// file and the offsets when a batch there is damaged rather than torn.
-pub fn check(dir: &Path) -> io::Result<()> {
+pub fn check(dir: &Path) -> io::Result<Checked> {
     let unsynced = dir.join(UNSYNCED_MARK).try_exists()?;
     let files = append_files(dir)?;
     let newest = files.last().map(|(seq, _)| *seq);
+    let mut checked = Checked::default();
     for (seq, path) in files {
         let file = std::fs::File::open(&path)?;
         let size = file.metadata()?.len();
-        let src = FileSource { file, size };
+        checked.files += 1;
+        checked.bytes += size;
+        let src = FileSource::new(file, size);
         let is_newest = Some(seq) == newest;
         match walk(&src, seq, is_newest)? {
             Walk::Whole => {}
@@ -322,7 +358,7 @@ pub fn check(dir: &Path) -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(checked)
 }
 
 /// Marks the log in `dir` as written without fsync (see [`UNSYNCED_MARK`]), durably, before
@@ -368,6 +404,38 @@ pub(crate) fn batch_starts(file: &[u8], seq: u64) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file read through the window gives the bytes the file holds, for reads forward,
+    /// backward, across the window's end, past the file's end and larger than the window.
+    #[test]
+    fn the_window_reads_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let size = 2 * WINDOW_BYTES + 12_345;
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let src = FileSource::new(std::fs::File::open(&path).unwrap(), size);
+        let w = WINDOW_BYTES;
+        let reads = [
+            (0, 16),
+            (100, 1000),
+            (w - 8, 16),
+            (w + 5, 16),
+            (3, 5),
+            (w - 1, w),
+            (0, w + 1),
+            (size - 16, 16),
+            (size - 16, 17),
+            (size, 0),
+            (size + 1, 0),
+            (u64::MAX, 2),
+            (2 * w - 4, 8),
+            (10, w),
+        ];
+        for (at, n) in reads {
+            assert_eq!(src.get(at, n).unwrap(), Source::get(&bytes[..], at, n).unwrap(), "{n} bytes at {at}");
+        }
+    }
 
     fn batch(entries: &[u8], items: &[u8], signature: u32) -> Vec<u8> {
         let mut e = entries.to_vec();
