@@ -64,6 +64,19 @@ async fn closed(io: &mut DuplexStream) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(10), io.read(&mut b)).await, Ok(Ok(0) | Err(_)))
 }
 
+/// Reads everything until the server closes the connection: whether it did within 10 s.
+async fn drained_to_close(io: &mut (impl AsyncReadExt + Unpin)) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut b = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, io.read(&mut b)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Waits until the connections hold at least `bytes` (the server has read what was sent).
 async fn memory_at_least(bytes: u64) {
     for _ in 0..1000 {
@@ -73,6 +86,17 @@ async fn memory_at_least(bytes: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the connections hold {} bytes, not {bytes}", clients::memory());
+}
+
+/// Waits up to 5 s for `n` connections to be open.
+async fn until_open(n: usize) {
+    for _ in 0..500 {
+        if clients::count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(clients::count(), n, "connections open");
 }
 
 /// Past `maxmemory-clients`, the connection holding the most is closed, even while it waits
@@ -109,18 +133,49 @@ async fn the_connection_holding_the_most_is_evicted_past_maxmemory_clients() {
     alone.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nc\r\n$5000000\r\n").await.unwrap();
     assert!(closed(&mut alone).await, "a connection past the limit alone was not evicted");
 
-    // INFO: two evictions, and what the open connections hold, under the limit.
-    let info = call(&mut small, b"INFO stats\r\n").await.unwrap();
-    assert!(info.contains("evicted_clients:2\r\n"), "{info}");
-    let held = clients::memory();
-    assert!(held > 0 && held < 4 * MIB, "the open connections hold {held} bytes");
-    drop((small, second));
-    for _ in 0..500 {
-        if clients::count() == 0 {
+    // A pipeline whose replies pass the limit is cut short after the wave of commands that
+    // passed it, not after the whole pipeline (its replies once piled up for all of it).
+    let mut value = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n".to_vec();
+    value.extend_from_slice(&[b'z'; 1_000_000]);
+    value.extend_from_slice(b"\r\n");
+    assert_eq!(call(&mut second, &value).await.as_deref(), Some("+OK\r\n"));
+    // Only `small` stays open (with its few bytes), so the pipeline's connection is the one
+    // that holds the most.
+    drop(second);
+    until_open(1).await;
+    let mut piped = open(&backend, &limits);
+    piped.write_all(&b"GET big\r\nINCR n\r\n".repeat(100)).await.unwrap();
+    assert!(closed(&mut piped).await, "a pipeline past the limit was not evicted");
+    let n = call(&mut small, b"GET n\r\n").await.unwrap();
+    let n: u32 = n.split("\r\n").nth(1).unwrap().parse().unwrap();
+    assert!(n > 0 && n < 10, "{n} of the pipeline's 100 INCRs ran before it was evicted");
+
+    // A client that sends on without reading its replies: what the node reads ahead while the
+    // replies wait for room counts too (it once did not, up to the query buffer limit).
+    let flood = open(&backend, &limits);
+    let (mut from, mut to) = tokio::io::split(flood);
+    to.write_all(b"GET big\r\nGET big\r\n").await.unwrap();
+    let sender = tokio::spawn(async move {
+        let _ = to.write_all(&b"PING\r\n".repeat(1_000_000)).await;
+        to
+    });
+    // Evicted while it reads nothing.
+    for _ in 0..1000 {
+        if clients::evicted() == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(clients::count(), 0);
+    assert_eq!(clients::evicted(), 4, "a client reading nothing was not evicted");
+    assert!(drained_to_close(&mut from).await, "the evicted connection stayed open");
+    drop(sender.await);
+
+    // INFO: four evictions, and what the open connections hold, under the limit.
+    let info = call(&mut small, b"INFO stats\r\n").await.unwrap();
+    assert!(info.contains("evicted_clients:4\r\n"), "{info}");
+    let held = clients::memory();
+    assert!(held > 0 && held < 4 * MIB, "the open connections hold {held} bytes");
+    drop(small);
+    until_open(0).await;
     assert_eq!(clients::memory(), 0, "memory of closed connections still counted");
 }

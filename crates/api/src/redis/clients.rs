@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -132,15 +132,15 @@ impl Client {
         load(&self.qbuf) + load(&self.qbuf_free) + load(&self.argv_mem) + load(&self.rbs) + RECORD_BYTES
     }
 
-    /// Brings the node's total ([`memory`]) up to date with this connection's `tot-mem`.
+    /// Brings the node's total ([`memory`]) up to date with this connection's `tot-mem`. An
+    /// evicted connection counts no more: what it holds goes as it closes.
     fn account(&self) {
+        if self.evicted() {
+            return;
+        }
         let now = self.tot_mem();
         let before = self.mem.swap(now, Ordering::AcqRel);
-        if now >= before {
-            MEMORY.fetch_add(now - before, Ordering::AcqRel);
-        } else {
-            MEMORY.fetch_sub(before - now, Ordering::AcqRel);
-        }
+        MEMORY.fetch_add(now as i64 - before as i64, Ordering::AcqRel);
     }
 
     /// Whether [`enforce`] chose this connection for eviction.
@@ -205,23 +205,28 @@ impl std::ops::Deref for Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        CLIENTS.lock().remove(&self.0.id);
-        MEMORY.fetch_sub(self.0.mem.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+        // Under the registry's lock, so that `enforce` never finds the memory of a connection
+        // it cannot find.
+        let mut all = CLIENTS.lock();
+        MEMORY.fetch_sub(self.0.mem.swap(0, Ordering::AcqRel) as i64, Ordering::AcqRel);
+        all.remove(&self.0.id);
     }
 }
 
 /// What a connection's record costs beyond its buffers (counted in its `tot-mem`).
 const RECORD_BYTES: u64 = std::mem::size_of::<Client>() as u64;
 
-/// The bytes all open connections hold: their `tot-mem` summed (INFO's `mem_clients_normal`).
-static MEMORY: AtomicU64 = AtomicU64::new(0);
+/// The bytes the open connections hold: their `tot-mem` summed (INFO's `mem_clients_normal`),
+/// evicted ones left out. Signed: a connection's report and its eviction may cross, which
+/// leaves it below its sum for a moment.
+static MEMORY: AtomicI64 = AtomicI64::new(0);
 
 /// Connections closed by [`enforce`] since the process started (INFO's `evicted_clients`).
 static EVICTED: AtomicU64 = AtomicU64::new(0);
 
-/// The bytes all open connections hold, as last reported by each.
+/// The bytes the open connections (but those evicted) hold, as last reported by each.
 pub fn memory() -> u64 {
-    MEMORY.load(Ordering::Acquire)
+    MEMORY.load(Ordering::Acquire).max(0) as u64
 }
 
 /// Connections evicted since the process started.
@@ -232,31 +237,27 @@ pub fn evicted() -> u64 {
 /// Redis's client eviction (`maxmemory-clients`): while the open connections hold more than
 /// `max` bytes, the one holding the most is evicted (closed at its next step, woken if it waits
 /// for its socket), then the next, until what the others hold fits. `max == 0`: no limit, as in
-/// Redis. Each connection calls this after it reports a change, so the total overshoots `max`
-/// by at most what one connection took since its last report (one read, one wave's replies).
+/// Redis. Each connection calls this after it reports a change (each decode, each read while
+/// its replies wait for the socket, each wave's replies), so the total overshoots `max` by at
+/// most what one connection took since its last report: one read, one wave's replies.
 pub fn enforce(max: u64) {
     if max == 0 || memory() <= max {
         return;
     }
     let all = CLIENTS.lock();
-    let mut total = memory();
-    let mut by_size: Vec<(u64, &Arc<Client>)> = Vec::new();
-    for c in all.values() {
-        let mem = c.mem.load(Ordering::Acquire);
-        if c.evicted() {
-            // Already on its way out: what it holds goes when it closes.
-            total = total.saturating_sub(mem);
-        } else {
-            by_size.push((mem, c));
-        }
+    if memory() <= max {
+        return;
     }
-    by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    // Evicted ones are on their way out, and no longer counted.
+    let mut by_size: Vec<(u64, &Arc<Client>)> =
+        all.values().filter(|c| !c.evicted()).map(|c| (c.mem.load(Ordering::Acquire), c)).collect();
+    by_size.sort_unstable_by_key(|(mem, _)| std::cmp::Reverse(*mem));
     for (mem, c) in by_size {
-        if total <= max {
+        if memory() <= max {
             break;
         }
-        total = total.saturating_sub(mem);
         c.evicted.store(true, Ordering::Release);
+        MEMORY.fetch_sub(c.mem.swap(0, Ordering::AcqRel) as i64, Ordering::AcqRel);
         c.evict.notify_one();
         EVICTED.fetch_add(1, Ordering::AcqRel);
         tracing::warn!(

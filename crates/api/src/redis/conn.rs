@@ -117,21 +117,17 @@ where
             return Ok(());
         }
         if let Then::Close = then {
-            stream.write_all(&out).await?;
-            stream.flush().await?;
-            return stream.shutdown().await;
+            return last_words(&mut stream, &out, &conn.client).await;
         }
         match stop {
             Some(DecodeError::Protocol(msg)) => {
                 resp::encode(&Reply::Error(msg), conn.proto, &mut out);
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                return stream.shutdown().await;
+                return last_words(&mut stream, &out, &conn.client).await;
             }
             Some(DecodeError::QueryTooBig) => {
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                return stream.shutdown().await;
+                drop(buf);
+                conn.client.query_buffer(0, 0);
+                return last_words(&mut stream, &out, &conn.client).await;
             }
             None => {}
         }
@@ -146,7 +142,7 @@ where
             tokio::select! {
                 biased;
                 _ = conn.client.eviction() => return Ok(()),
-                r = write_reading(&mut stream, &out, &mut buf, ahead) => r?,
+                r = write_reading(&mut stream, &out, &mut buf, ahead, &conn.client, limits.clients_memory_max) => r?,
             };
             out.clear();
             continue;
@@ -155,7 +151,7 @@ where
             let more = tokio::select! {
                 biased;
                 _ = conn.client.eviction() => return Ok(()),
-                r = write_reading(&mut stream, &out, &mut buf, ahead) => r?,
+                r = write_reading(&mut stream, &out, &mut buf, ahead, &conn.client, limits.clients_memory_max) => r?,
             };
             out.clear();
             if more {
@@ -174,16 +170,34 @@ where
     }
 }
 
+/// The last replies before the connection closes (QUIT, a protocol error), written unless the
+/// connection is evicted meanwhile (a client that does not read them would hold it open).
+async fn last_words<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8], client: &clients::Client) -> io::Result<()> {
+    tokio::select! {
+        biased;
+        _ = client.eviction() => Ok(()),
+        r = async {
+            stream.write_all(out).await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        } => r,
+    }
+}
+
 /// Writes `out` to the client and flushes it, reading what it sends meanwhile into `buf` until `buf` holds
 /// `ahead` bytes; whether anything was read (or the client closed its side). A client may send
 /// a whole pipeline before it reads a reply (redis-py's pipelines do): were this side to stop
 /// reading while its replies wait for room in the socket, both sides would wait for good.
-/// Redis keeps reading then too.
+/// Redis keeps reading then too. Each read is reported to the node's registry
+/// (`maxmemory-clients`, at most `memory_max` bytes over all connections); an error once that
+/// evicts this connection.
 async fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     out: &[u8],
     buf: &mut BytesMut,
     ahead: usize,
+    client: &clients::Client,
+    memory_max: u64,
 ) -> io::Result<bool> {
     use std::pin::Pin;
     use std::task::Poll;
@@ -212,7 +226,14 @@ async fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
         buf.reserve(READ_CHUNK_BYTES);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
             Poll::Ready(Ok(0)) => (read, closed) = (true, true),
-            Poll::Ready(Ok(_)) => read = true,
+            Poll::Ready(Ok(_)) => {
+                read = true;
+                client.query_buffer(buf.len(), buf.capacity() - buf.len());
+                clients::enforce(memory_max);
+                if client.evicted() {
+                    return Poll::Ready(Err(io::Error::other("evicted: maxmemory-clients")));
+                }
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
@@ -309,7 +330,9 @@ impl<B: Backend> Conn<'_, B> {
             let cmd = match self.prepare(args) {
                 Ok(c) => c,
                 Err(reply) => {
-                    self.run_wave(&mut wave, out).await;
+                    if let Then::Close = self.wave_then(&mut wave, out).await {
+                        return Then::Close;
+                    }
                     resp::encode(&reply, self.proto, out);
                     continue;
                 }
@@ -318,12 +341,16 @@ impl<B: Backend> Conn<'_, B> {
                 Some(keys) => {
                     let p = Pending { cmd, keys, ranges: Default::default() };
                     if wave.len() == WAVE_COMMANDS_MAX || p.waits_for(&wave, self.backend) {
-                        self.run_wave(&mut wave, out).await;
+                        if let Then::Close = self.wave_then(&mut wave, out).await {
+                            return Then::Close;
+                        }
                     }
                     wave.push(p);
                 }
                 None => {
-                    self.run_wave(&mut wave, out).await;
+                    if let Then::Close = self.wave_then(&mut wave, out).await {
+                        return Then::Close;
+                    }
                     let (reply, then) = self.run(cmd).await;
                     resp::encode(&reply, self.proto, out);
                     if let Then::Close = then {
@@ -334,6 +361,23 @@ impl<B: Backend> Conn<'_, B> {
         }
         self.run_wave(&mut wave, out).await;
         Then::Continue
+    }
+
+    /// Runs a wave (if any), then reports the replies so far to the node's registry:
+    /// `Then::Close` when that evicted this connection (`maxmemory-clients`), so a batch's
+    /// replies pile up past the limit by one wave at most, not by a whole batch.
+    async fn wave_then(&mut self, wave: &mut Vec<Pending>, out: &mut Vec<u8>) -> Then {
+        if wave.is_empty() {
+            return Then::Continue;
+        }
+        self.run_wave(wave, out).await;
+        self.client.replied(out.len(), out.capacity());
+        clients::enforce(self.limits.clients_memory_max);
+        if self.client.evicted() {
+            Then::Close
+        } else {
+            Then::Continue
+        }
     }
 
     /// Runs a wave (see [`Self::run_batch`]) and encodes its replies in order. Its writes go

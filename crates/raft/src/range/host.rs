@@ -78,7 +78,7 @@ pub struct RangeReplica {
     /// Client writes waiting to share the next entry (see [`RangeReplica::write_data`]).
     batcher: Mutex<Batcher>,
     /// Room for queued client writes, in KiB ([`QUEUED_KIB_MAX`]): a writer waits for it.
-    room: tokio::sync::Semaphore,
+    room: Arc<tokio::sync::Semaphore>,
     /// Entries of client writes proposed and not yet answered ([`ENTRIES_IN_FLIGHT`]).
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Read barriers shared by concurrent reads (see [`RangeReplica::read_barrier`]).
@@ -202,6 +202,9 @@ struct Batcher {
 struct Queued {
     routed: Routed,
     answer: tokio::sync::oneshot::Sender<Result<RangeReply, RangeError>>,
+    /// Its room among the queued writes, held until it is answered, whether or not its writer
+    /// still waits (a writer whose wait is dropped leaves its write queued).
+    room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The most client writes one entry carries, and their most bytes (one write past it goes
@@ -354,11 +357,11 @@ impl RangeReplica {
     pub async fn write_data(self: &Arc<Self>, epoch: u64, cmd: Vec<u8>) -> Result<RangeReply, RangeError> {
         let kib = (cmd.len() / 1024 + 1).min(QUEUED_KIB_MAX) as u32;
         // The semaphore is never closed.
-        let _room = self.room.acquire_many(kib).await.ok();
+        let room = self.room.clone().acquire_many_owned(kib).await.ok();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let start = {
             let mut b = self.batcher.lock();
-            b.queue.push_back(Queued { routed: Routed { epoch, cmd: cmd.into() }, answer });
+            b.queue.push_back(Queued { routed: Routed { epoch, cmd: cmd.into() }, answer, room });
             !std::mem::replace(&mut b.proposing, true)
         };
         if start {
@@ -397,7 +400,12 @@ impl RangeReplica {
                 b.queue.drain(..n).collect()
             };
             let stamp = cairn_types::clock::wall_ms();
-            let (routed, answers): (Vec<Routed>, Vec<_>) = batch.into_iter().map(|q| (q.routed, q.answer)).unzip();
+            let (mut routed, mut answers, mut rooms) = (Vec::new(), Vec::new(), Vec::new());
+            for q in batch {
+                routed.push(q.routed);
+                answers.push(q.answer);
+                rooms.push(q.room);
+            }
             let op = match <[Routed; 1]>::try_from(routed) {
                 Ok([one]) => RangeOp::data(stamp, one.epoch, one.cmd),
                 Err(many) => RangeOp { stamp_ms: stamp, epoch: 0, cmd: RangeCmd::Batch(many) },
@@ -406,6 +414,7 @@ impl RangeReplica {
                 Ok(reply) => reply,
                 Err(e) => {
                     hand_out(answers, Err(e));
+                    drop(rooms);
                     continue;
                 }
             };
@@ -413,6 +422,7 @@ impl RangeReplica {
             tokio::spawn(async move {
                 let _slot = slot;
                 hand_out(answers, written(id, reply.await));
+                drop(rooms);
             });
         }
     }
@@ -891,7 +901,7 @@ impl RangeHost {
             awake_until: Mutex::new(None),
             handed_over: Mutex::new(None),
             batcher: Mutex::new(Batcher::default()),
-            room: tokio::sync::Semaphore::new(QUEUED_KIB_MAX),
+            room: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB_MAX)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT)),
             barriers: Arc::new(Barriers { node: self.reads.clone(), ..Default::default() }),
             core_watch: Mutex::new(metrics.clone()),

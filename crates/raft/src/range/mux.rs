@@ -473,7 +473,8 @@ impl Way {
     /// waiting for their answers is left to the returned future.
     async fn submit(&self, messages: Vec<RangeMessage>, ttl: Duration) -> BatchAnswer {
         use futures::FutureExt;
-        let ttl_ms = ttl.as_millis().try_into().unwrap_or(u64::MAX);
+        // At least 1: 0 says "no time to live" (a node of an earlier build).
+        let ttl_ms = ttl.as_millis().try_into().unwrap_or(u64::MAX).max(1);
         match self {
             Way::Stream(s) => match s.submit(RangeBatchRequest { messages, ttl_ms }, ttl).await {
                 Ok(sent) => sent.answer().map(|r| r.map(|r| r.results)).boxed(),
@@ -878,15 +879,27 @@ pub trait RangeHandler: Send + Sync + 'static {
 }
 
 /// Answers one range's message.
-async fn handle_message(h: &dyn RangeHandler, m: RangeMessage) -> Result<Vec<u8>, String> {
+async fn handle_message(h: Arc<dyn RangeHandler>, m: RangeMessage) -> Result<Vec<u8>, String> {
     match Kind::from_u32(m.kind) {
         Some(Kind::Execute) => match prost::Message::decode(&m.data[..]) {
-            Ok(req) => execute(h, req).await,
+            Ok(req) => execute_to_the_end(h, req).await,
             Err(e) => Err(format!("undecodable forwarded request: {e}")),
         },
         Some(kind) => h.handle(m.group, kind, &m.data).await,
         None => Err(format!("unknown range message kind {}", m.kind)),
     }
+}
+
+/// [`execute`], where a range change (a split, a move, a replica added) runs to its end in a
+/// task of its own even if no one waits for it any more: cut short between its steps, a move
+/// would leave a learner behind. Client requests stop when their wait is dropped.
+async fn execute_to_the_end(h: Arc<dyn RangeHandler>, r: RangeExecuteRequest) -> Result<Vec<u8>, String> {
+    if r.admin.is_empty() {
+        return execute(&*h, r).await;
+    }
+    tokio::spawn(async move { execute(&*h, r).await })
+        .await
+        .unwrap_or_else(|e| Err(format!("the range change's task failed: {e}")))
 }
 
 /// Runs a forwarded client request: its encoded outcome (see `RangeExecuteRequest`), or why
@@ -956,7 +969,7 @@ impl RangesService {
             .map(|m| {
                 if m.group != META_GROUP {
                     let h = self.handler.clone();
-                    return Either::Left(async move { handle_message(&*h, m).await });
+                    return Either::Left(async move { handle_message(h, m).await });
                 }
                 Either::Right(match &self.meta {
                     Some(meta) => meta.message(m.kind, m.data, appends, sender),
@@ -988,8 +1001,8 @@ fn receive_ttl(ttl_ms: u64) -> Duration {
 }
 
 /// The time to live of a batch from a node of an earlier build, which does not say: longer than
-/// any wait of a sender (a forwarded write waits for its commit up to the request timeout).
-const RECEIVE_TTL_DEFAULT: Duration = Duration::from_secs(120);
+/// any wait of a sender (the longest, a replica move's, is 150 s).
+const RECEIVE_TTL_DEFAULT: Duration = Duration::from_secs(180);
 
 #[tonic::async_trait]
 impl Ranges for RangesService {
@@ -1074,7 +1087,9 @@ impl Ranges for RangesService {
         req: tonic::Request<RangeExecuteRequest>,
     ) -> Result<tonic::Response<RangeExecuteReply>, tonic::Status> {
         crate::network::check_cluster_id(req.metadata(), self.cluster_id, false)?;
-        let outcome = execute(&*self.handler, req.into_inner()).await.map_err(tonic::Status::invalid_argument)?;
+        let outcome = execute_to_the_end(self.handler.clone(), req.into_inner())
+            .await
+            .map_err(tonic::Status::invalid_argument)?;
         Ok(tonic::Response::new(RangeExecuteReply { outcome: outcome.into() }))
     }
 
@@ -1251,9 +1266,11 @@ mod tests {
         assert!(w.iter().all(|o| matches!(o, Outcome::Unknown(_))), "{w:?}");
     }
 
-    /// A node whose handlers never finish; `live` counts the ones under way.
+    /// A node whose handlers never finish, but range changes, which take 500 ms; `live`
+    /// counts the handlers under way, `changed` the range changes finished.
     struct Hang {
         live: Arc<std::sync::atomic::AtomicUsize>,
+        changed: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     /// One handler under way, for [`Hang`]'s count.
@@ -1272,8 +1289,13 @@ mod tests {
             let _live = Live(self.live.clone());
             futures::future::pending().await
         }
-        async fn execute(&self, _: RangeRequest) -> Outcome {
-            futures::future::pending().await
+        async fn execute(&self, r: RangeRequest) -> Outcome {
+            if r.admin.is_none() {
+                return futures::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Outcome::Done(vec![])
         }
         async fn execute_reads(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
             futures::future::pending().await
@@ -1304,12 +1326,15 @@ mod tests {
     /// sender gave it, or once the stream it came on is gone, its handlers are dropped. (They
     /// once ran on without end: a handler that never finished kept its task, and what its batch
     /// held, for as long as the node ran, and a new stream's batches piled up beside them.)
+    /// A range change runs to its end all the same: cut short between its steps, a move would
+    /// leave a learner behind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_receiver_drops_batches_no_one_waits_for() {
         crate::network::set_cluster_id(0xca1);
         let cluster = *crate::network::CLUSTER_ID.get().unwrap();
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = RangesService::new(cluster, Arc::new(Hang { live: live.clone() }));
+        let changed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc = RangesService::new(cluster, Arc::new(Hang { live: live.clone(), changed: changed.clone() }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -1328,6 +1353,13 @@ mod tests {
             "{} handlers still run past their time to live",
             live.load(std::sync::atomic::Ordering::SeqCst)
         );
+
+        // A range change past its time to live finishes.
+        let change = RangeRequest::admin(1, 0, crate::range::types::Admin::LoadKeys);
+        let o = mux.execute(2, &node, change, Duration::from_millis(100)).await;
+        assert!(!matches!(o, Outcome::Done(_)), "{o:?}");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(changed.load(std::sync::atomic::Ordering::SeqCst), 1, "a range change was cut short");
 
         // From a sender that gives no time to live (an earlier build), until its stream goes.
         let channel =
