@@ -150,6 +150,15 @@ async fn the_connection_holding_the_most_is_evicted_past_maxmemory_clients() {
     let n: u32 = n.split("\r\n").nth(1).unwrap().parse().unwrap();
     assert!(n > 0 && n < 10, "{n} of the pipeline's 100 INCRs ran before it was evicted");
 
+    // So is one whose commands run one by one (not in waves: COMMAND DOCS, some 100 KB each),
+    // after the command that passed the limit: the INCR at the end of its pipeline never runs.
+    let mut docs = open(&backend, &limits);
+    let mut pipeline = b"COMMAND DOCS\r\n".repeat(1000);
+    pipeline.extend_from_slice(b"INCR after-docs\r\n");
+    docs.write_all(&pipeline).await.unwrap();
+    assert!(drained_to_close(&mut docs).await, "a pipeline of COMMAND DOCS past the limit was not evicted");
+    assert_eq!(call(&mut small, b"EXISTS after-docs\r\n").await.as_deref(), Some(":0\r\n"));
+
     // A client that sends on without reading its replies: what the node reads ahead while the
     // replies wait for room counts too (it once did not, up to the query buffer limit).
     let flood = open(&backend, &limits);
@@ -161,18 +170,18 @@ async fn the_connection_holding_the_most_is_evicted_past_maxmemory_clients() {
     });
     // Evicted while it reads nothing.
     for _ in 0..1000 {
-        if clients::evicted() == 4 {
+        if clients::evicted() == 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(clients::evicted(), 4, "a client reading nothing was not evicted");
+    assert_eq!(clients::evicted(), 5, "a client reading nothing was not evicted");
     assert!(drained_to_close(&mut from).await, "the evicted connection stayed open");
     drop(sender.await);
 
-    // INFO: four evictions, and what the open connections hold, under the limit.
+    // INFO: five evictions, and what the open connections hold, under the limit.
     let info = call(&mut small, b"INFO stats\r\n").await.unwrap();
-    assert!(info.contains("evicted_clients:4\r\n"), "{info}");
+    assert!(info.contains("evicted_clients:5\r\n"), "{info}");
     let held = clients::memory();
     assert!(held > 0 && held < 4 * MIB, "the open connections hold {held} bytes");
     drop(small);

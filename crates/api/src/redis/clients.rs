@@ -203,6 +203,13 @@ impl std::ops::Deref for Registered {
     }
 }
 
+impl Registered {
+    /// The connection's record, shared (to wait for its eviction beside its other work).
+    pub fn handle(&self) -> Arc<Client> {
+        self.0.clone()
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         // Under the registry's lock, so that `enforce` never finds the memory of a connection

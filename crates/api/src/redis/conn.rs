@@ -109,7 +109,13 @@ where
         if conn.client.evicted() {
             return Ok(());
         }
-        let then = conn.run_batch(batch, &mut out).await;
+        // An eviction also ends the batch's waits (a write already queued stays queued).
+        let evicted = conn.client.handle();
+        let then = tokio::select! {
+            biased;
+            _ = evicted.eviction() => return Ok(()),
+            then = conn.run_batch(batch, &mut out) => then,
+        };
         conn.client.running(0);
         conn.client.replied(out.len(), out.capacity());
         clients::enforce(limits.clients_memory_max);
@@ -356,6 +362,9 @@ impl<B: Backend> Conn<'_, B> {
                     if let Then::Close = then {
                         return Then::Close;
                     }
+                    if let Then::Close = self.report(out.len(), out.capacity()) {
+                        return Then::Close;
+                    }
                 }
             }
         }
@@ -363,15 +372,20 @@ impl<B: Backend> Conn<'_, B> {
         Then::Continue
     }
 
-    /// Runs a wave (if any), then reports the replies so far to the node's registry:
-    /// `Then::Close` when that evicted this connection (`maxmemory-clients`), so a batch's
-    /// replies pile up past the limit by one wave at most, not by a whole batch.
+    /// Runs a wave (if any), then [reports](Self::report) the replies so far.
     async fn wave_then(&mut self, wave: &mut Vec<Pending>, out: &mut Vec<u8>) -> Then {
         if wave.is_empty() {
             return Then::Continue;
         }
         self.run_wave(wave, out).await;
-        self.client.replied(out.len(), out.capacity());
+        self.report(out.len(), out.capacity())
+    }
+
+    /// Reports the replies so far to the node's registry: `Then::Close` when that evicted this
+    /// connection (`maxmemory-clients`). Done after each wave and each command run alone, so a
+    /// batch's replies pile up past the limit by one wave or one command at most.
+    fn report(&self, used: usize, size: usize) -> Then {
+        self.client.replied(used, size);
         clients::enforce(self.limits.clients_memory_max);
         if self.client.evicted() {
             Then::Close

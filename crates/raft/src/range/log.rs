@@ -154,6 +154,7 @@ impl SharedLog {
             purge_threshold: raft_engine::ReadableSize::gb(1),
             ..Default::default()
         };
+        let opening = std::time::Instant::now();
         let engine = Arc::new(
             raft_engine::Engine::open_with_file_system(cfg, Arc::new(fs))
                 .map_err(|e| io_err(format!("range log in {}: {e}", dir.display())))?,
@@ -163,7 +164,7 @@ impl SharedLog {
             files = checked.files,
             bytes = checked.bytes,
             check_ms = check_time.as_millis() as u64,
-            open_ms = (started.elapsed() - check_time).as_millis() as u64,
+            open_ms = opening.elapsed().as_millis() as u64,
             "range log checked and opened",
         );
         if sync {

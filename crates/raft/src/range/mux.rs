@@ -1149,20 +1149,40 @@ mod tests {
         }
     }
 
-    /// A node whose every Raft message hangs (a group stuck on its storage, say).
+    /// A node whose every Raft message and client request hangs (a group stuck on its storage,
+    /// say), but range changes, which take 500 ms. `started` counts the Raft messages begun,
+    /// `live` those under way, `changed` the range changes finished.
     #[derive(Default)]
     struct Hanging {
         started: std::sync::atomic::AtomicUsize,
+        live: Arc<std::sync::atomic::AtomicUsize>,
+        changed: std::sync::atomic::AtomicUsize,
+    }
+
+    /// One handler under way, for [`Hanging`]'s count.
+    struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     #[tonic::async_trait]
     impl RangeHandler for Hanging {
         async fn handle(&self, _: RangeId, _: Kind, _: &[u8]) -> Result<Vec<u8>, String> {
             self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _live = Live(self.live.clone());
             futures::future::pending().await
         }
-        async fn execute(&self, _: RangeRequest) -> Outcome {
-            futures::future::pending().await
+        async fn execute(&self, r: RangeRequest) -> Outcome {
+            if r.admin.is_none() {
+                return futures::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Outcome::Done(vec![])
         }
         async fn execute_reads(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
             futures::future::pending().await
@@ -1189,13 +1209,7 @@ mod tests {
         let handler = Arc::new(Hanging::default());
         let mut svc = RangesService::new(cluster, handler.clone());
         svc.stream_bytes_max = MAX;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc.server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let addr = serve(svc).await;
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let stream = BatchStream::new(RangesClient::new(channel).max_encoding_message_size(MESSAGE_BYTES_MAX));
@@ -1248,13 +1262,7 @@ mod tests {
         crate::network::set_cluster_id(0xca1);
         let cluster = *crate::network::CLUSTER_ID.get().unwrap();
         let svc = RangesService::new(cluster, Arc::new(Short));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc.server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let addr = serve(svc).await;
         let node = PeerNode { peer_urls: vec![format!("http://{addr}")] };
         let mux = Mux::new(Default::default());
         let cmds = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
@@ -1266,49 +1274,16 @@ mod tests {
         assert!(w.iter().all(|o| matches!(o, Outcome::Unknown(_))), "{w:?}");
     }
 
-    /// A node whose handlers never finish, but range changes, which take 500 ms; `live`
-    /// counts the handlers under way, `changed` the range changes finished.
-    struct Hang {
-        live: Arc<std::sync::atomic::AtomicUsize>,
-        changed: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    /// One handler under way, for [`Hang`]'s count.
-    struct Live(Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Drop for Live {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[tonic::async_trait]
-    impl RangeHandler for Hang {
-        async fn handle(&self, _: RangeId, _: Kind, _: &[u8]) -> Result<Vec<u8>, String> {
-            self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _live = Live(self.live.clone());
-            futures::future::pending().await
-        }
-        async fn execute(&self, r: RangeRequest) -> Outcome {
-            if r.admin.is_none() {
-                return futures::future::pending().await;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            self.changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Outcome::Done(vec![])
-        }
-        async fn execute_reads(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Result<Vec<Outcome>, Outcome> {
-            futures::future::pending().await
-        }
-        async fn execute_writes(&self, _: RangeId, _: u64, _: Vec<Vec<u8>>) -> Vec<Outcome> {
-            futures::future::pending().await
-        }
-        async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
-            Vec::new()
-        }
-        async fn closing(&self) {
-            futures::future::pending().await
-        }
+    /// Serves `svc` on a port of its own: its address.
+    async fn serve(svc: RangesService) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc.server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
     }
 
     /// Waits up to 5 s for `live` to reach `n`.
@@ -1332,16 +1307,10 @@ mod tests {
     async fn a_receiver_drops_batches_no_one_waits_for() {
         crate::network::set_cluster_id(0xca1);
         let cluster = *crate::network::CLUSTER_ID.get().unwrap();
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let changed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = RangesService::new(cluster, Arc::new(Hang { live: live.clone(), changed: changed.clone() }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc.server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let handler = Arc::new(Hanging::default());
+        let (live, changed) = (handler.live.clone(), &handler.changed);
+        let svc = RangesService::new(cluster, handler.clone());
+        let addr = serve(svc).await;
         let node = PeerNode { peer_urls: vec![format!("http://{addr}")] };
 
         // Past its time to live, on a stream that stays open.
