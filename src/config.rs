@@ -457,6 +457,7 @@ mod tests {
         let a = parse(expand_config_file(argv).unwrap());
         assert_eq!(a.name, "n1");
         assert_eq!(a.max_request_bytes, 1_572_864);
+        assert_eq!(a.redis_maxmemory_clients, 2 << 30);
         a.limits().validate().unwrap();
     }
 
