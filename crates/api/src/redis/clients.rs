@@ -148,6 +148,12 @@ impl Client {
         self.evicted.load(Ordering::Acquire)
     }
 
+    /// [`enforce`]s `max` after a report of this connection: whether it is evicted.
+    pub fn evicted_past(&self, max: u64) -> bool {
+        enforce(max);
+        self.evicted()
+    }
+
     /// Completes once this connection is chosen for eviction (at once if it was already).
     pub async fn eviction(&self) {
         while !self.evicted() {

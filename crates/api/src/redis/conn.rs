@@ -105,21 +105,15 @@ where
         conn.client.running(bytes);
         // Over `maxmemory-clients`, the connections holding the most are evicted: closed
         // without a reply, as Redis closes them.
-        clients::enforce(limits.clients_memory_max);
-        if conn.client.evicted() {
+        if conn.client.evicted_past(limits.clients_memory_max) {
             return Ok(());
         }
         // An eviction also ends the batch's waits (a write already queued stays queued).
-        let evicted = conn.client.handle();
-        let then = tokio::select! {
-            biased;
-            _ = evicted.eviction() => return Ok(()),
-            then = conn.run_batch(batch, &mut out) => then,
-        };
+        let client = conn.client.handle();
+        let Some(then) = unless_evicted(&client, conn.run_batch(batch, &mut out)).await else { return Ok(()) };
         conn.client.running(0);
         conn.client.replied(out.len(), out.capacity());
-        clients::enforce(limits.clients_memory_max);
-        if conn.client.evicted() {
+        if conn.client.evicted_past(limits.clients_memory_max) {
             return Ok(());
         }
         if let Then::Close = then {
@@ -145,32 +139,24 @@ where
             // More may be buffered: hand these replies over before decoding on (flushed: a
             // TLS stream may hold them otherwise, and if nothing complete follows, the next
             // pass only reads, while the client may be waiting for them).
-            tokio::select! {
-                biased;
-                _ = conn.client.eviction() => return Ok(()),
-                r = write_reading(&mut stream, &out, &mut buf, ahead, &conn.client, limits.clients_memory_max) => r?,
-            };
+            let writing = write_reading(&mut stream, &out, &mut buf, ahead, &client, limits.clients_memory_max);
+            let Some(written) = unless_evicted(&client, writing).await else { return Ok(()) };
+            written?;
             out.clear();
             continue;
         }
         if !out.is_empty() {
-            let more = tokio::select! {
-                biased;
-                _ = conn.client.eviction() => return Ok(()),
-                r = write_reading(&mut stream, &out, &mut buf, ahead, &conn.client, limits.clients_memory_max) => r?,
-            };
+            let writing = write_reading(&mut stream, &out, &mut buf, ahead, &client, limits.clients_memory_max);
+            let Some(more) = unless_evicted(&client, writing).await else { return Ok(()) };
+            let more = more?;
             out.clear();
             if more {
                 continue;
             }
         }
         buf.reserve(READ_CHUNK_BYTES);
-        let read = tokio::select! {
-            biased;
-            _ = conn.client.eviction() => return Ok(()),
-            r = stream.read_buf(&mut buf) => r?,
-        };
-        if read == 0 {
+        let Some(read) = unless_evicted(&client, stream.read_buf(&mut buf)).await else { return Ok(()) };
+        if read? == 0 {
             return Ok(());
         }
     }
@@ -179,14 +165,20 @@ where
 /// The last replies before the connection closes (QUIT, a protocol error), written unless the
 /// connection is evicted meanwhile (a client that does not read them would hold it open).
 async fn last_words<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8], client: &clients::Client) -> io::Result<()> {
+    let words = async {
+        stream.write_all(out).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    unless_evicted(client, words).await.unwrap_or(Ok(()))
+}
+
+/// `work`'s output, or `None` if `client` is evicted first (its wait then ends).
+async fn unless_evicted<T>(client: &clients::Client, work: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
-        _ = client.eviction() => Ok(()),
-        r = async {
-            stream.write_all(out).await?;
-            stream.flush().await?;
-            stream.shutdown().await
-        } => r,
+        _ = client.eviction() => None,
+        r = work => Some(r),
     }
 }
 
@@ -235,8 +227,7 @@ async fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
             Poll::Ready(Ok(_)) => {
                 read = true;
                 client.query_buffer(buf.len(), buf.capacity() - buf.len());
-                clients::enforce(memory_max);
-                if client.evicted() {
+                if client.evicted_past(memory_max) {
                     return Poll::Ready(Err(io::Error::other("evicted: maxmemory-clients")));
                 }
             }
@@ -386,8 +377,7 @@ impl<B: Backend> Conn<'_, B> {
     /// batch's replies pile up past the limit by one wave or one command at most.
     fn report(&self, used: usize, size: usize) -> Then {
         self.client.replied(used, size);
-        clients::enforce(self.limits.clients_memory_max);
-        if self.client.evicted() {
+        if self.client.evicted_past(self.limits.clients_memory_max) {
             Then::Close
         } else {
             Then::Continue
