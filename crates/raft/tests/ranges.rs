@@ -937,6 +937,64 @@ async fn a_move_whose_learner_never_catches_up_gives_up_and_removes_it() {
     }
 }
 
+/// Two moves of one range off the same node, the second sent while the first waits for its
+/// learner: the second runs after the first and finds nothing left to move, and the range
+/// keeps three voters. (Run side by side, each swapped its own learner in for the same voter,
+/// and the range was left with four.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_one_range_run_one_after_the_other() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_all(&dirs).await;
+    let voters: BTreeMap<u64, PeerNode> = nodes[..3].iter().map(|n| (n.id, n.peer())).collect();
+    for n in &nodes[..3] {
+        n.host.create(range(1), Some(voters.clone())).await.unwrap();
+    }
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    write(&three, 1, &key(1, 0), "v").await;
+    let l = leader(&three, 1).await;
+    let from = [1u64, 2, 3].into_iter().find(|v| *v != nodes[l].id).unwrap();
+    let members = |n: &Node| n.host.get(1).map(|r| r.members()).map(|(v, l, _)| (v, l));
+    // Node 4 holds no replica yet, so the first move's learner cannot catch up.
+    let host = nodes[l].host.clone();
+    let to4 = nodes[3].peer();
+    let first = tokio::spawn(async move {
+        host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 4, to_peer: to4 })).await
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while members(&nodes[l]).map(|(_, l)| l) != Some(vec![4]) {
+        assert!(Instant::now() < end, "the first move added no learner");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes[4].host.create(range(1), None).await.unwrap();
+    let host = nodes[l].host.clone();
+    let to5 = nodes[4].peer();
+    let second = tokio::spawn(async move {
+        host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 5, to_peer: to5 })).await
+    });
+    // Time for the second to run to its end, were it not waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!second.is_finished(), "the second move ran beside the first: {:?}", members(&nodes[l]));
+    nodes[3].host.create(range(1), None).await.unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(20), first).await.expect("the first move never ended").unwrap();
+    assert_eq!(first, Outcome::Done(vec![]));
+    let second =
+        tokio::time::timeout(Duration::from_secs(20), second).await.expect("the second move never ended").unwrap();
+    match second {
+        Outcome::Unavailable(why) => assert!(why.contains("holds no replica"), "{why}"),
+        other => panic!("the second move, after the first: {other:?}"),
+    }
+    let want: Vec<u64> = [1u64, 2, 3, 4].into_iter().filter(|v| *v != from).collect();
+    let end = Instant::now() + Duration::from_secs(10);
+    while members(&nodes[l]) != Some((want.clone(), vec![])) {
+        assert!(Instant::now() < end, "range 1's members: {:?}, not {want:?}", members(&nodes[l]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 /// A node that just started neither votes nor campaigns for the election timeout's maximum:
 /// a leader may still be serving reads on a lease that counted on this node's refusal of
 /// other candidates, which openraft forgot in the restart. Then it votes as before.

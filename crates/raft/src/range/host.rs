@@ -75,6 +75,13 @@ pub struct RangeReplica {
     /// died). So while that vote stands it is no leader to vouch for in beats: a follower
     /// that slept on its word must wake and elect.
     handed_over: Mutex<Option<crate::range::types::Vote>>,
+    /// Held by a replica change (a move, a replica added) from its first look at the members
+    /// to its end: one runs at a time, and the next sees what the last one left. Two at once
+    /// each computed the voters from what they saw, so a second move off the same node, run
+    /// while the first waited for its learner, left the range with one voter too many.
+    /// (Dropping learners takes no turn: it is what ends a move whose learner never catches
+    /// up.)
+    changing: tokio::sync::Mutex<()>,
     /// Client writes waiting to share the next entry (see [`RangeReplica::write_data`]).
     batcher: Mutex<Batcher>,
     /// Room for queued client writes, in KiB ([`QUEUED_KIB_MAX`]): a writer waits for it.
@@ -900,6 +907,7 @@ impl RangeHost {
             asleep: std::sync::atomic::AtomicBool::new(false),
             awake_until: Mutex::new(None),
             handed_over: Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
             batcher: Mutex::new(Batcher::default()),
             room: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB_MAX)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT)),
@@ -1363,6 +1371,10 @@ impl RangeHost {
 
     /// Runs an operator's change on range `r`, whose leader this node must be.
     async fn admin(&self, r: &Arc<RangeReplica>, epoch: u64, a: Admin) -> Outcome {
+        let _turn = match a {
+            Admin::Move { .. } | Admin::AddReplica { .. } => Some(r.changing.lock().await),
+            _ => None,
+        };
         let me = self.opts.node_id;
         let leader = r.leader();
         if leader != Some(me) {
