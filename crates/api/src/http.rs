@@ -76,8 +76,8 @@ pub fn tier_router(tier: Arc<cairn_services::data::DataTier>, auth: cairn_servic
             }
         }));
     axum::Router::new()
-        .route("/v1/ranges", get(|State(t): State<Tier>| async move { Json(t.ranges_report()) }))
-        .route("/v1/nodes", get(|State(t): State<Tier>| async move { Json(t.nodes_report()) }))
+        .route("/v1/ranges", get(|State(t): State<Tier>| async move { Json(t.ranges_report().await) }))
+        .route("/v1/nodes", get(|State(t): State<Tier>| async move { Json(t.nodes_report().await) }))
         .merge(changes)
         .with_state(tier)
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_cluster::directory::{slot_start, Descriptor, Directory, DirectoryOp, NodeRecord, PREFIX_REDIS, SLOTS};
+use cairn_raft::range::host::MEASURE_WAIT;
 use cairn_raft::range::{Admin, Outcome, RangeDesc, RangeHost, RangeReplica, RangeRequest};
 use cairn_raft::PeerNode;
 use cairn_state::{Op, Response};
@@ -38,7 +39,8 @@ pub struct RangeInfo {
     /// Node names.
     pub leader: Option<String>,
     pub replicas: Vec<String>,
-    /// Bytes of keys and values, measured on this node's replica (`None`: no replica here).
+    /// Bytes of keys and values, measured on this node's replica (`None`: no replica here, or
+    /// its size not measured yet since it started or last changed).
     pub bytes: Option<u64>,
 }
 
@@ -227,8 +229,10 @@ impl DataTier {
         self.host.get(d.id).and_then(|r| r.leader()).or_else(|| self.hints.lock().get(&d.id).map(|h| h.leader))
     }
 
-    /// Every range, for operators.
-    pub fn ranges_report(&self) -> Vec<RangeInfo> {
+    /// Every range, for operators, after a wait of at most [`MEASURE_WAIT`] for the sizes
+    /// of this node's replicas to be measured again where they may have changed.
+    pub async fn ranges_report(&self) -> Vec<RangeInfo> {
+        self.host.measure(MEASURE_WAIT).await;
         let Some(dir) = self.directory() else { return vec![] };
         let records = self.nodes();
         let name = |id: u64| records.get(&id).map_or_else(|| format!("{id:x}"), |r| r.name.clone());
@@ -241,14 +245,14 @@ impl DataTier {
                 slots: cairn_cluster::directory::slots_of(&d.start, &d.end).map(|(a, b)| format!("{a}-{b}")),
                 leader: self.leader_of(d).map(name),
                 replicas: d.replicas.iter().map(|r| name(*r)).collect(),
-                bytes: self.host.get(d.id).map(|r| r.size()),
+                bytes: self.host.get(d.id).and_then(|r| r.measured_bytes()),
             })
             .collect()
     }
 
     /// Every data node, for operators.
-    pub fn nodes_report(&self) -> Vec<NodeInfo> {
-        let ranges = self.ranges_report();
+    pub async fn nodes_report(&self) -> Vec<NodeInfo> {
+        let ranges = self.ranges_report().await;
         let m = self.c.node.membership();
         let voters = m.voters;
         let members = m.nodes;

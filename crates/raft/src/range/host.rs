@@ -628,8 +628,8 @@ impl RangeReplica {
     }
 
     /// The range's bytes, measured again when they may have changed enough (see
-    /// `SIZE_EVERY`). A scan: call it from a blocking context.
-    pub fn size(&self) -> u64 {
+    /// `SIZE_EVERY`). A scan: only [`RangeHost::measure`]'s passes call it, in a blocking thread.
+    fn size(&self) -> u64 {
         // Read before the scan: what apply writes during it counts towards the next one.
         let at = Measured {
             at: cairn_types::clock::now(),
@@ -650,26 +650,35 @@ impl RangeReplica {
         l.bytes
     }
 
-    /// The replica's figures; starts a new window of request counts and key samples.
-    pub fn stats(&self) -> crate::range::ReplicaStats {
+    /// The range's bytes as last measured, if that was since its descriptor last changed and
+    /// its last snapshot was installed (see [`RangeHost::measure`]).
+    pub fn measured_bytes(&self) -> Option<u64> {
+        let (epoch, installs) = (self.sm.desc().epoch, self.sm.installs());
+        let l = self.load.lock();
+        l.measured.filter(|m| m.epoch == epoch && m.installs == installs).map(|_| l.bytes)
+    }
+
+    /// The replica's figures, and a new window of request counts and key samples; `None`
+    /// while its size is not known ([`Self::measured_bytes`]: the window goes on).
+    pub fn stats(&self) -> Option<crate::range::ReplicaStats> {
         let now = cairn_types::clock::now();
         let epoch = self.sm.desc().epoch;
-        self.size();
+        let bytes = self.measured_bytes()?;
         let mut l = self.load.lock();
         let secs = l.since.map_or(0.0, |s| now.duration_since(s).as_secs_f64());
         let qps = if secs > 0.0 { l.requests as f64 / secs } else { 0.0 };
         l.requests = 0;
         l.last_sample = l.sample.take();
         l.since = Some(now);
-        crate::range::ReplicaStats {
+        Some(crate::range::ReplicaStats {
             id: self.id,
             epoch,
             leader: self.leader(),
-            bytes: l.bytes,
+            bytes,
             qps,
             idle_ms: l.last_request.map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64),
             frozen: self.sm.frozen(),
-        }
+        })
     }
 
     /// The range's voters and learners as this replica has applied them, and the log index
@@ -717,6 +726,57 @@ pub struct RangeHost {
     closing: tokio::sync::watch::Sender<bool>,
     /// Until then this node's replicas neither vote nor campaign (see [`RangeHost::quiet`]).
     quiet_until: tokio::time::Instant,
+    /// Passes measuring the replicas' sizes (see [`RangeHost::measure`]).
+    measures: Passes,
+}
+
+/// How long the stats call waits for a pass measuring sizes: half of what the placement
+/// driver gives a node to answer.
+pub const MEASURE_WAIT: Duration = Duration::from_secs(1);
+
+/// Work run in a blocking thread, one pass at a time, that callers wait for as long as each
+/// chooses (see [`RangeHost::measure`]).
+#[derive(Default)]
+struct Passes {
+    /// The last pass started, and whether it has ended.
+    last: Mutex<Option<(SharedPass, Arc<std::sync::atomic::AtomicBool>)>>,
+    /// Passes started.
+    started: std::sync::atomic::AtomicU64,
+}
+
+type SharedPass = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+impl Passes {
+    /// The pass under way, or a new one of `work`.
+    fn pass(&self, work: impl FnOnce() + Send + 'static) -> SharedPass {
+        use futures::FutureExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut last = self.last.lock();
+        if let Some((pass, ended)) = last.as_ref() {
+            if !ended.load(Ordering::Acquire) {
+                return pass.clone();
+            }
+        }
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let ended = Arc::new(AtomicBool::new(false));
+        let done = ended.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            // Ended even if the work panicked (the pass is over either way).
+            struct Ended(Arc<AtomicBool>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _ended = Ended(done);
+            work()
+        })
+        .map(|_| ())
+        .boxed()
+        .shared();
+        *last = Some((pass.clone(), ended));
+        pass
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -777,6 +837,7 @@ impl RangeHost {
             lifecycle: tokio::sync::Mutex::new(()),
             spans: sm::SpanLock::default(),
             quiet_until,
+            measures: Passes::default(),
         });
         for id in host.stored_ranges()? {
             // A removal the node stopped in is finished, not started again.
@@ -1622,10 +1683,35 @@ impl RangeHost {
         self.mux.execute_writes(node, peer, group, epoch, cmds, timeout).await
     }
 
-    /// Every replica's figures (the stats call's answer).
+    /// The figures of every replica whose size is known (the stats call's answer), after a
+    /// wait of at most [`MEASURE_WAIT`] for a pass of [`Self::measure`].
     pub async fn stats(&self) -> Vec<crate::range::ReplicaStats> {
+        self.measure(MEASURE_WAIT).await;
+        self.replicas().iter().filter_map(|r| r.stats()).collect()
+    }
+
+    /// Measures the size of every replica that may have changed enough since it was last
+    /// measured ([`RangeReplica::size`]), in a pass in a blocking thread; waits at most `wait`
+    /// for it. One pass runs at a time: a caller that finds one under way waits for that one.
+    ///
+    /// Measuring is a scan of the range. Those who ask for sizes do not wait for the scans to
+    /// end: the placement driver's stats call, which is also the node's liveness beat (a node
+    /// that held more than its 2 s of scans, after a start or a split, seemed silent, and
+    /// concurrent calls scanned the same ranges twice over), and `/v1/ranges`, whose scans
+    /// held a runtime worker.
+    pub async fn measure(&self, wait: Duration) {
         let all = self.replicas();
-        tokio::task::spawn_blocking(move || all.iter().map(|r| r.stats()).collect()).await.unwrap_or_default()
+        let pass = self.measures.pass(move || {
+            for r in all {
+                r.size();
+            }
+        });
+        let _ = tokio::time::timeout(wait, pass).await;
+    }
+
+    /// Passes of [`Self::measure`] started.
+    pub fn measure_passes(&self) -> u64 {
+        self.measures.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks node `node` (this one, or a peer) for its replicas' figures.
@@ -1824,6 +1910,60 @@ mod tests {
         drop(merge);
         removal.join().unwrap().unwrap();
         assert_eq!(kv_keys(&*engine), ["a", "c", "n"]);
+    }
+
+    /// Applies and reads nothing: the test below only measures.
+    struct Nothing;
+
+    impl Applier for Nothing {
+        fn apply(&self, _: &RangeDesc, _: &mut dyn sm::DataWrite, _: u64, _: &[u8]) -> io::Result<RangeReply> {
+            Ok(RangeReply::default())
+        }
+        fn read(&self, _: &RangeDesc, _: &dyn DataView, _: &[u8], _: u64) -> io::Result<RangeReply> {
+            Ok(RangeReply::default())
+        }
+    }
+
+    /// The stats call (the node's liveness beat) waits for a pass measuring sizes only
+    /// [`MEASURE_WAIT`], leaves out the replicas not measured yet, and joins the pass under
+    /// way instead of starting another; once that pass ends, the next call measures again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stats_call_waits_for_sizes_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RangeHostOptions {
+            node_id: 1,
+            dir: dir.path().to_path_buf(),
+            timers: RaftTimers { heartbeat_ms: 50, election_timeout_ms: 500 },
+            snapshot_count: 50,
+            unsafe_no_fsync: false,
+            engine_cache_bytes: 1 << 20,
+            engine_buffer: Default::default(),
+            split_bytes: 64 << 20,
+            mux: Mux::new(Default::default()),
+            move_catch_up_max: MOVE_CATCH_UP_MAX,
+        };
+        let host = RangeHost::open(opts, Arc::new(Nothing)).await.unwrap();
+        // A pass that takes as long as the test says (a scan of a large node).
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let slow = host.measures.pass(move || {
+            let _ = held.recv();
+        });
+        let one = BTreeMap::from([(1u64, PeerNode::default())]);
+        host.create(desc(1, "a", "z"), Some(one)).await.unwrap();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let stats =
+                tokio::time::timeout(MEASURE_WAIT * 3, host.stats()).await.expect("the stats call waited for the pass");
+            assert!(t.elapsed() >= MEASURE_WAIT && t.elapsed() < MEASURE_WAIT * 2, "{:?}", t.elapsed());
+            assert!(stats.is_empty(), "a range not measured yet was reported");
+        }
+        assert_eq!(host.measure_passes(), 1, "a call started a pass beside the one under way");
+        release.send(()).unwrap();
+        slow.await;
+        let stats = host.stats().await;
+        assert_eq!(stats.iter().map(|s| (s.id, s.bytes)).collect::<Vec<_>>(), [(1, 0)]);
+        assert_eq!(host.measure_passes(), 2);
+        host.shutdown().await;
     }
 
     #[test]
