@@ -82,6 +82,7 @@ pub struct Metrics {
     redis_expired_keys: Gauge,
     range_log_bytes: Gauge,
     range_log_queued_bytes: Gauge,
+    range_queued_write_bytes: Gauge,
     range_engine_buffered_bytes: Gauge,
     range_engine_flushes: Gauge,
     range_read_cache_bytes: Gauge,
@@ -154,6 +155,7 @@ impl Metrics {
             redis_expired_keys: Gauge::default(),
             range_log_bytes: Gauge::default(),
             range_log_queued_bytes: Gauge::default(),
+            range_queued_write_bytes: Gauge::default(),
             range_engine_buffered_bytes: Gauge::default(),
             range_engine_flushes: Gauge::default(),
             range_read_cache_bytes: Gauge::default(),
@@ -292,6 +294,11 @@ impl Metrics {
             "cairn_range_log_queued_bytes",
             "Bytes of appends, votes and purges queued for the data tier's shared log writer (at most 64 MiB; callers wait beyond)",
             m.range_log_queued_bytes.clone(),
+        );
+        r.register(
+            "cairn_range_queued_write_bytes",
+            "Room taken by client writes queued or in flight on this node's range leaders until each is answered (each write rounded up to the next KiB; at most 64 MiB per range, writers wait beyond)",
+            m.range_queued_write_bytes.clone(),
         );
         r.register(
             "cairn_range_engine_buffered_bytes",
@@ -442,6 +449,7 @@ impl Metrics {
             self.redis_expired_keys.set(get(&crate::expiry::EXPIRED_KEYS));
             self.range_log_bytes.set(host.log_bytes() as i64);
             self.range_log_queued_bytes.set(host.log_queued_bytes() as i64);
+            self.range_queued_write_bytes.set(host.queued_write_bytes() as i64);
             let eb = host.engine_buffer();
             self.range_engine_buffered_bytes.set(get(&eb.buffered_bytes));
             self.range_engine_flushes.set(get(&eb.flushes));

@@ -650,6 +650,13 @@ impl RangeReplica {
         l.bytes
     }
 
+    /// Room taken by the client writes queued here or in flight, until each is answered (a
+    /// write whose writer stopped waiting keeps it): bytes, each write rounded up to the next
+    /// KiB, at most `QUEUED_KIB_MAX` KiB (64 MiB).
+    pub fn queued_write_bytes(&self) -> u64 {
+        (QUEUED_KIB_MAX - self.room.available_permits()) as u64 * 1024
+    }
+
     /// The range's bytes as last measured, if that was since its descriptor last changed and
     /// its last snapshot was installed (see [`RangeHost::measure`]).
     pub fn measured_bytes(&self) -> Option<u64> {
@@ -1281,6 +1288,12 @@ impl RangeHost {
         self.log.queued_bytes()
     }
 
+    /// Room taken by client writes queued or in flight on this node's replicas
+    /// ([`RangeReplica::queued_write_bytes`]).
+    pub fn queued_write_bytes(&self) -> u64 {
+        self.replicas().iter().map(|r| r.queued_write_bytes()).sum()
+    }
+
     /// Why this node's data tier cannot go on, once it cannot: its shared log failed a write
     /// or fsync, or a range's Raft core stopped on a storage error or a panic (openraft's own
     /// safety checks panic, e.g. on a follower whose log went back: an entry it had
@@ -1691,7 +1704,7 @@ impl RangeHost {
     }
 
     /// Measures the size of every replica that may have changed enough since it was last
-    /// measured ([`RangeReplica::size`]), in a pass in a blocking thread; waits at most `wait`
+    /// measured (`RangeReplica::size`), in a pass in a blocking thread; waits at most `wait`
     /// for it. One pass runs at a time: a caller that finds one under way waits for that one.
     ///
     /// Measuring is a scan of the range. Those who ask for sizes do not wait for the scans to
@@ -1912,11 +1925,49 @@ mod tests {
         assert_eq!(kv_keys(&*engine), ["a", "c", "n"]);
     }
 
-    /// Applies and reads nothing: the test below only measures.
-    struct Nothing;
+    /// Node 1's host on `dir`, with the test suite's timers.
+    fn test_options(dir: &std::path::Path) -> RangeHostOptions {
+        RangeHostOptions {
+            node_id: 1,
+            dir: dir.to_path_buf(),
+            timers: RaftTimers { heartbeat_ms: 50, election_timeout_ms: 500 },
+            snapshot_count: 50,
+            unsafe_no_fsync: false,
+            engine_cache_bytes: 1 << 20,
+            engine_buffer: Default::default(),
+            split_bytes: 64 << 20,
+            mux: Mux::new(Default::default()),
+            move_catch_up_max: MOVE_CATCH_UP_MAX,
+        }
+    }
 
-    impl Applier for Nothing {
+    /// Applies and reads nothing, and holds every apply while its flag is set.
+    #[derive(Default)]
+    struct Stalled(std::sync::Mutex<bool>, std::sync::Condvar);
+
+    impl Stalled {
+        fn hold(&self, held: bool) {
+            *self.0.lock().unwrap() = held;
+            self.1.notify_all();
+        }
+    }
+
+    /// Lets applies go on when dropped, so that a failing test ends instead of leaving one
+    /// held in a runtime worker, which would keep the runtime from shutting down.
+    struct Release(Arc<Stalled>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+
+    impl Applier for Stalled {
         fn apply(&self, _: &RangeDesc, _: &mut dyn sm::DataWrite, _: u64, _: &[u8]) -> io::Result<RangeReply> {
+            let mut held = self.0.lock().unwrap();
+            while *held {
+                held = self.1.wait(held).unwrap();
+            }
             Ok(RangeReply::default())
         }
         fn read(&self, _: &RangeDesc, _: &dyn DataView, _: &[u8], _: u64) -> io::Result<RangeReply> {
@@ -1930,19 +1981,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_stats_call_waits_for_sizes_only_so_long() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = RangeHostOptions {
-            node_id: 1,
-            dir: dir.path().to_path_buf(),
-            timers: RaftTimers { heartbeat_ms: 50, election_timeout_ms: 500 },
-            snapshot_count: 50,
-            unsafe_no_fsync: false,
-            engine_cache_bytes: 1 << 20,
-            engine_buffer: Default::default(),
-            split_bytes: 64 << 20,
-            mux: Mux::new(Default::default()),
-            move_catch_up_max: MOVE_CATCH_UP_MAX,
-        };
-        let host = RangeHost::open(opts, Arc::new(Nothing)).await.unwrap();
+        let host = RangeHost::open(test_options(dir.path()), Arc::new(Stalled::default())).await.unwrap();
         // A pass that takes as long as the test says (a scan of a large node).
         let (release, held) = std::sync::mpsc::channel::<()>();
         let slow = host.measures.pass(move || {
@@ -1963,6 +2002,51 @@ mod tests {
         let stats = host.stats().await;
         assert_eq!(stats.iter().map(|s| (s.id, s.bytes)).collect::<Vec<_>>(), [(1, 0)]);
         assert_eq!(host.measure_passes(), 2);
+        host.shutdown().await;
+    }
+
+    /// A queued client write keeps its room in the replica's queue until it is answered, even
+    /// once its writer stopped waiting (a Redis client that hung up, a forwarded batch dropped):
+    /// freeing it then let the queue grow past its bound. Past the bound, writers wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_queued_write_keeps_its_room_until_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let stalled = Arc::new(Stalled::default());
+        let host = RangeHost::open(test_options(dir.path()), stalled.clone()).await.unwrap();
+        let one = BTreeMap::from([(1u64, PeerNode::default())]);
+        host.create(desc(1, "a", "z"), Some(one)).await.unwrap();
+        let r = host.get(1).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while r.leader() != Some(1) {
+            assert!(std::time::Instant::now() < end, "the range elected no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stalled.hold(true);
+        let release = Release(stalled.clone());
+        // Writers of 1 MiB each that give up after 50 ms: the first entries commit and wait in
+        // apply, the rest wait in the queue.
+        let mib = 1 << 20;
+        let kib_each = (mib / 1024 + 1) as u64;
+        let fits = QUEUED_KIB_MAX as u64 / kib_each;
+        for _ in 0..fits {
+            let w = tokio::time::timeout(Duration::from_millis(50), r.write_data(1, vec![0; mib])).await;
+            assert!(w.is_err(), "a write was answered while apply was held: {w:?}");
+        }
+        assert_eq!(r.queued_write_bytes(), fits * kib_each * 1024, "writes that no one waits for gave their room back");
+        assert_eq!(host.queued_write_bytes(), r.queued_write_bytes());
+        // The queue is full: the next writer waits for room, and nothing more is queued.
+        let w = tokio::time::timeout(Duration::from_millis(200), r.write_data(1, vec![0; mib])).await;
+        assert!(w.is_err());
+        assert_eq!(r.queued_write_bytes(), fits * kib_each * 1024);
+        // Apply goes on: every write is answered, and the room is free again.
+        drop(release);
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while r.queued_write_bytes() > 0 {
+            assert!(std::time::Instant::now() < end, "room still taken: {}", r.queued_write_bytes());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let w = tokio::time::timeout(Duration::from_secs(10), r.write_data(1, b"after".to_vec())).await;
+        assert!(matches!(w, Ok(Ok(_))), "{w:?}");
         host.shutdown().await;
     }
 
