@@ -938,9 +938,9 @@ async fn a_move_whose_learner_never_catches_up_gives_up_and_removes_it() {
 }
 
 /// Two moves of one range off the same node, the second sent while the first waits for its
-/// learner: the second runs after the first and finds nothing left to move, and the range
-/// keeps three voters. (Run side by side, each swapped its own learner in for the same voter,
-/// and the range was left with four.)
+/// learner: the second is refused while the first is under way, and the range keeps three
+/// voters. (Run side by side, each swapped its own learner in for the same voter, and the
+/// range was left with four.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_of_one_range_run_one_after_the_other() {
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -968,22 +968,21 @@ async fn changes_of_one_range_run_one_after_the_other() {
     nodes[4].host.create(range(1), None).await.unwrap();
     let host = nodes[l].host.clone();
     let to5 = nodes[4].peer();
-    let second = tokio::spawn(async move {
-        host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 5, to_peer: to5 })).await
-    });
-    // Time for the second to run to its end, were it not waiting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!second.is_finished(), "the second move ran beside the first: {:?}", members(&nodes[l]));
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        host.execute(RangeRequest::admin(1, 0, Admin::Move { from, to: 5, to_peer: to5 })),
+    )
+    .await
+    .expect("the second move never ended");
+    match second {
+        Outcome::Unavailable(why) => assert!(why.contains("under way"), "{why}"),
+        other => panic!("the second move, while the first was under way: {other:?} {:?}", members(&nodes[l])),
+    }
+    assert!(!first.is_finished());
     nodes[3].host.create(range(1), None).await.unwrap();
     let first =
         tokio::time::timeout(Duration::from_secs(20), first).await.expect("the first move never ended").unwrap();
     assert_eq!(first, Outcome::Done(vec![]));
-    let second =
-        tokio::time::timeout(Duration::from_secs(20), second).await.expect("the second move never ended").unwrap();
-    match second {
-        Outcome::Unavailable(why) => assert!(why.contains("holds no replica"), "{why}"),
-        other => panic!("the second move, after the first: {other:?}"),
-    }
     let want: Vec<u64> = [1u64, 2, 3, 4].into_iter().filter(|v| *v != from).collect();
     let end = Instant::now() + Duration::from_secs(10);
     while members(&nodes[l]) != Some((want.clone(), vec![])) {

@@ -297,7 +297,7 @@ impl Metrics {
         );
         r.register(
             "cairn_range_queued_write_bytes",
-            "Room taken by client writes queued or in flight on this node's range leaders until each is answered (each write rounded up to the next KiB; at most 64 MiB per range, writers wait beyond)",
+            "Room taken by client writes queued or in flight on this node's range replicas until each is answered (a write counts a KiB per whole KiB plus one; at most 64 MiB per range, or one larger write; writers wait beyond)",
             m.range_queued_write_bytes.clone(),
         );
         r.register(
