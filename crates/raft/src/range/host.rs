@@ -258,8 +258,7 @@ impl Measured {
     /// (see [`SIZE_EVERY`]).
     fn stale(&self, now: Measured, bytes: u64, split_bytes: u64) -> bool {
         let since = now.at.duration_since(self.at);
-        // A measure stored by a pass that read `written` before this one did (passes run one at
-        // a time, but the figure read first may be stored last if a pass raced a caller).
+        // Passes measure one at a time and `written` only grows; saturating all the same.
         let changed = now.written.saturating_sub(self.written);
         self.epoch != now.epoch
             || self.installs != now.installs
